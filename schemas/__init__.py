@@ -1,0 +1,1 @@
+"""Avro schemas (one ``.avsc`` per record type) and their Python models."""

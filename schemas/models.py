@@ -1,0 +1,128 @@
+"""Python models of the Avro records in this folder.
+
+Times are integers: trade times in microseconds, candle times in milliseconds since the UTC
+epoch, as on the wire. Keeping them integers avoids datetime conversions on the hot path.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, NamedTuple
+
+SIDES = ("buy", "sell", "unknown")
+
+
+class Trade(NamedTuple):
+    trade_id: str
+    ts: int  # microseconds since epoch, exchange event time
+    price: float
+    amount: float
+    side: str = "unknown"
+
+
+@dataclass(slots=True)
+class TradeBatch:
+    exchange: str
+    symbol: str
+    received_at: int  # microseconds, wall clock at receipt
+    trades: list[Trade] = field(default_factory=list)
+
+    @property
+    def key(self) -> str:
+        """Partition key: every trade of a symbol goes to one partition, in order."""
+        return f"{self.exchange}:{self.symbol}"
+
+    def to_avro(self) -> dict[str, Any]:
+        return {
+            "exchange": self.exchange,
+            "symbol": self.symbol,
+            "received_at": self.received_at,
+            "trades": [t._asdict() for t in self.trades],
+        }
+
+    @classmethod
+    def from_avro(cls, d: dict[str, Any]) -> TradeBatch:
+        return cls(
+            d["exchange"],
+            d["symbol"],
+            d["received_at"],
+            [Trade(t["trade_id"], t["ts"], t["price"], t["amount"], t["side"]) for t in d["trades"]],
+        )
+
+
+@dataclass(slots=True)
+class Candle:
+    exchange: str
+    symbol: str
+    interval: str
+    open_time: int  # ms
+    close_time: int  # ms, last millisecond of the window
+    open: float
+    high: float
+    low: float
+    close: float
+    volume: float
+    quote_volume: float
+    trade_count: int
+    vwap: float | None = None
+    taker_buy_volume: float | None = None
+    first_trade_id: str | None = None
+    last_trade_id: str | None = None
+    is_final: bool = False
+    revision: int = 0
+
+    @property
+    def key(self) -> str:
+        return f"{self.exchange}:{self.symbol}:{self.interval}"
+
+    def to_avro(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_avro(cls, d: dict[str, Any]) -> Candle:
+        return cls(**{f.name: d[f.name] for f in _CANDLE_FIELDS})
+
+
+_CANDLE_FIELDS = fields(Candle)
+
+
+@dataclass(slots=True)
+class DeadLetter:
+    component: str
+    reason: str
+    payload: bytes
+    ts: int  # ms
+    source_topic: str | None = None
+    source_partition: int | None = None
+    source_offset: int | None = None
+    key: bytes | None = None
+
+    def to_avro(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_avro(cls, d: dict[str, Any]) -> DeadLetter:
+        return cls(**d)
+
+
+@dataclass(slots=True)
+class LateTrade:
+    exchange: str
+    symbol: str
+    trade: Trade
+    reason: str
+    watermark: int  # µs
+
+    def to_avro(self) -> dict[str, Any]:
+        return {
+            "exchange": self.exchange,
+            "symbol": self.symbol,
+            "trade": self.trade._asdict(),
+            "reason": self.reason,
+            "watermark": self.watermark,
+        }
+
+    @classmethod
+    def from_avro(cls, d: dict[str, Any]) -> LateTrade:
+        t = d["trade"]
+        return cls(d["exchange"], d["symbol"], Trade(t["trade_id"], t["ts"], t["price"], t["amount"], t["side"]), d["reason"], d["watermark"])

@@ -1,0 +1,1 @@
+"""tickflow's platform: Faust app, settings, topics, sources, producer and CLI."""

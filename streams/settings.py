@@ -1,0 +1,78 @@
+"""All tickflow settings in one typed object, read from environment variables.
+
+Defaults run embedded: no Kafka, ClickHouse or Schema Registry to install. Every field maps to an
+upper-case environment variable of the same name (``KAFKA_BOOTSTRAP``, ``TICKS_PARTITIONS``, ...).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="", case_sensitive=False, extra="ignore")
+
+    # Connections
+    kafka_bootstrap: str | None = Field(None, description="Kafka bootstrap servers; unset = embedded Tansu broker")
+    broker_port: int = Field(9092, description="Port of the embedded broker")
+    schema_registry_url: str | None = Field(None, description="Confluent Schema Registry; unset = fixed local schema ids")
+    clickhouse_url: str | None = Field(None, description="ClickHouse server (http://user:pass@host:8123/db); unset = embedded chdb in TICKFLOW_DATA_DIR/clickhouse")
+    database_url: str | None = Field("postgresql://127.0.0.1:5432/test", description="PostgreSQL/TimescaleDB for the postgres sink; empty = sink off")
+    redis_url: str | None = Field("redis://127.0.0.1:6379/0", description="Redis for realtime fan-out; empty = sink off")
+    tickflow_data_dir: Path = Field(Path("./data"), description="Local state: embedded ClickHouse, snapshots")
+
+    # Topics
+    topic_ticks: str = "ticks"
+    topic_candles: str = "candles"
+    topic_indicators: str = "indicators"
+    topic_dlq: str = "dlq"
+    topic_late_trades: str = "late-trades"
+    topic_candle_state: str = "candles-state"
+    ticks_partitions: int = Field(8, description="Partitions of ticks; derived topics use the same count")
+    replication_factor: int = 1
+
+    # Batching
+    batch_max_trades: int = Field(500, description="Replay/synthetic micro-batch closes at this many trades ...")
+    batch_max_ms: int = Field(50, description="... or this many ms of event time")
+    sink_batch_size: int = Field(5000, description="Records per sink write")
+    sink_batch_ms: int = Field(500, description="Longest a sink holds a partial batch")
+
+    # Candles
+    candle_intervals: str = Field("1m,5m,15m,1h,4h,1d", description="Intervals built by the candle agent")
+    candle_lateness_ms: int = Field(2000, description="Allowed out-of-orderness: watermark = max trade time - this")
+    candle_grace_ms: int = Field(60_000, description="After a window is final, trades this late still revise it")
+    candle_update_ms: int = Field(250, description="At most one in-progress update per symbol and interval this often")
+    candle_idle_timeout_s: float = Field(10.0, description="Wall-clock quiet time after which a partition's open windows close")
+    candle_fill_gaps: bool = Field(True, description="Emit flat zero-volume candles for minutes with no trades")
+    candle_snapshot_s: float = Field(2.0, description="How often the candle agent checkpoints its state")
+
+    # Operations
+    log_level: str = "INFO"
+    log_format: str = Field("json", description="json or console")
+    metrics_port: int = Field(9108, description="Prometheus /metrics port; 0 = off")
+    app_id: str = Field("tickflow", description="Faust app id and consumer group prefix")
+    session_timeout_s: float = 8.0
+
+    @property
+    def intervals(self) -> list[str]:
+        return [i.strip() for i in self.candle_intervals.split(",") if i.strip()]
+
+    @property
+    def bootstrap(self) -> str:
+        """Bootstrap servers, falling back to the embedded broker's address."""
+        return self.kafka_bootstrap or f"127.0.0.1:{self.broker_port}"
+
+    @property
+    def clickhouse_dsn(self) -> str:
+        return self.clickhouse_url or f"chdb://{(self.tickflow_data_dir / 'clickhouse').resolve()}"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

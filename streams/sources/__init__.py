@@ -1,0 +1,1 @@
+"""Trade sources, chosen with ``--source``: ``synthetic``, ``replay:PATH``, ``ccxt:EXCHANGE``."""

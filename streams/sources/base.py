@@ -1,0 +1,91 @@
+"""The source contract: an async iterator of ``TradeBatch``es (and ``BadInput`` it could not parse).
+
+A source never raises on bad data: it yields ``BadInput`` with the original bytes and the reason,
+and the ingest loop sends that to the dead-letter topic and goes on.
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+import time
+from collections.abc import AsyncIterator, Iterable, Iterator
+from dataclasses import dataclass
+
+from schemas.models import SIDES, Trade, TradeBatch
+
+# Trades outside these bounds are rejected as bad input (2009-01-03 is the Bitcoin genesis block).
+MIN_TS_US = 1_230_940_800_000_000
+MAX_FUTURE_US = 24 * 3600 * 1_000_000
+
+
+@dataclass(slots=True)
+class BadInput:
+    reason: str
+    payload: bytes
+
+
+SourceItem = TradeBatch | BadInput
+
+
+class Source(abc.ABC):
+    """Yields batches of trades of one symbol each; ``aclose`` releases connections and files."""
+
+    @abc.abstractmethod
+    def stream(self) -> AsyncIterator[SourceItem]: ...
+
+    async def aclose(self) -> None:  # noqa: B027 - optional hook
+        return None
+
+
+def now_us() -> int:
+    return time.time_ns() // 1000
+
+
+def trade_problem(t: Trade, now: int | None = None) -> str | None:
+    """Why a trade is unusable, or None when it is fine."""
+    if not isinstance(t.price, float | int) or math.isnan(t.price) or math.isinf(t.price) or t.price <= 0:
+        return f"bad price {t.price!r}"
+    if not isinstance(t.amount, float | int) or math.isnan(t.amount) or math.isinf(t.amount) or t.amount <= 0:
+        return f"bad amount {t.amount!r}"
+    if not isinstance(t.ts, int) or t.ts < MIN_TS_US or t.ts > (now or now_us()) + MAX_FUTURE_US:
+        return f"timestamp {t.ts!r} outside the sane range"
+    if not t.trade_id:
+        return "missing trade id"
+    if t.side not in SIDES:
+        return f"unknown side {t.side!r}"
+    return None
+
+
+class MicroBatcher:
+    """Groups a time-ordered trade stream into per-symbol batches.
+
+    A symbol's batch closes at ``max_trades`` trades or when event time has moved ``max_ms``
+    past its first trade, so replays produce the same batches whatever the replay speed.
+    """
+
+    def __init__(self, exchange: str, max_trades: int, max_ms: int) -> None:
+        self.exchange = exchange
+        self.max_trades = max_trades
+        self.max_us = max_ms * 1000
+        self._open: dict[str, list[Trade]] = {}
+
+    def add(self, symbol: str, trade: Trade) -> Iterator[TradeBatch]:
+        """Add one trade; yield batches that closed (of any symbol) because event time moved on."""
+        buf = self._open.get(symbol)
+        if buf is not None and trade.ts - buf[0].ts >= self.max_us:
+            yield self._close(symbol)
+            buf = None
+        if buf is None:
+            buf = self._open[symbol] = []
+        buf.append(trade)
+        if len(buf) >= self.max_trades:
+            yield self._close(symbol)
+        for other in [s for s, b in self._open.items() if s != symbol and trade.ts - b[0].ts >= self.max_us]:
+            yield self._close(other)
+
+    def flush(self) -> Iterable[TradeBatch]:
+        return [self._close(s) for s in list(self._open)]
+
+    def _close(self, symbol: str) -> TradeBatch:
+        return TradeBatch(self.exchange, symbol, now_us(), self._open.pop(symbol))
