@@ -126,3 +126,58 @@ class LateTrade:
     def from_avro(cls, d: dict[str, Any]) -> LateTrade:
         t = d["trade"]
         return cls(d["exchange"], d["symbol"], Trade(t["trade_id"], t["ts"], t["price"], t["amount"], t["side"]), d["reason"], d["watermark"])
+
+
+@dataclass(slots=True)
+class Indicators:
+    """Indicator values of one candle; None where TA-Lib has no value yet (NaN in TA-Lib).
+
+    Field names follow the default periods (ma50 is the first configured SMA, ema12 the first
+    configured EMA, ...); configuring other periods changes the values, never the names.
+    """
+
+    exchange: str
+    symbol: str
+    interval: str
+    open_time: int  # ms, of the candle
+    close: float
+    candle_revision: int = 0
+    rsi: float | None = None
+    ma50: float | None = None
+    ma200: float | None = None
+    ema12: float | None = None
+    ema26: float | None = None
+    ema50: float | None = None
+    ema200: float | None = None
+    macd: float | None = None
+    macd_signal: float | None = None
+    macd_histogram: float | None = None
+    bb_upper: float | None = None
+    bb_middle: float | None = None
+    bb_lower: float | None = None
+    atr: float | None = None
+    stoch_k: float | None = None
+    stoch_d: float | None = None
+    obv: float | None = None
+    wma: float | None = None
+    adx: float | None = None
+    plus_di: float | None = None
+    minus_di: float | None = None
+    cci: float | None = None
+    willr: float | None = None
+    mfi: float | None = None
+    roc: float | None = None
+
+    @property
+    def key(self) -> str:
+        return f"{self.exchange}:{self.symbol}:{self.interval}"
+
+    def to_avro(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_avro(cls, d: dict[str, Any]) -> Indicators:
+        return cls(**{f.name: d[f.name] for f in _INDICATORS_FIELDS})
+
+
+_INDICATORS_FIELDS = fields(Indicators)

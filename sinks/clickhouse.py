@@ -1,0 +1,75 @@
+"""ClickHouse sink: the raw trade archive and final candles, inserted as column batches.
+
+Both tables are ReplacingMergeTree (infra/sql/clickhouse/0001_init.sql), so idempotency comes from
+the engine: a replayed batch adds duplicate rows that merges collapse, and queries that must be exact
+before merges use FINAL or argMax (examples in infra/sql/clickhouse/examples.sql). ``candles`` uses
+``revision`` as the version column, so a later revision of a window wins.
+
+Only final candles are stored: in-progress candles are realtime state that is superseded within
+a second, which Redis serves; writing them here would add rows that exist only to be merged away.
+
+The same code serves a ClickHouse server (``CLICKHOUSE_URL``) and embedded chdb (``chdb:///path``).
+chdb hosts one engine per process, so clients on one path must be shared; :func:`connect` is the
+one place clients are made.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import clickhouse_connect
+from clickhouse_connect.driver import exceptions as ch_errors
+from clickhouse_connect.driver.client import Client
+
+from sinks.base import DataRejected, Sink, SinkBatch, candle_columns, trade_columns
+
+# Server error codes that mean "this data can never be inserted", as opposed to an unavailable
+# server: TYPE_MISMATCH, CANNOT_PARSE_*, TOO_LARGE_STRING_SIZE, INCORRECT_DATA,
+# VALUE_IS_OUT_OF_RANGE_OF_DATA_TYPE, CANNOT_INSERT_NULL_IN_ORDINARY_COLUMN, ARGUMENT_OUT_OF_BOUND.
+DATA_ERROR_CODES = frozenset({53, 6, 27, 32, 38, 41, 69, 72, 117, 131, 321, 349})
+
+
+def connect(dsn: str) -> Client:
+    """A client for ``http(s)://user:pw@host:port/db`` or embedded ``chdb:///abs/path``."""
+    return clickhouse_connect.get_client(dsn=dsn)
+
+
+class ClickHouseSink(Sink):
+    name = "clickhouse"
+    topics = ("ticks", "candles")
+
+    def __init__(self, client: Client, *, owns_client: bool = False) -> None:
+        self._client = client
+        self._owns_client = owns_client
+        self._contexts: dict[str, Any] = {}
+
+    @classmethod
+    def from_dsn(cls, dsn: str) -> ClickHouseSink:
+        return cls(connect(dsn), owns_client=True)
+
+    def write(self, batch: SinkBatch) -> None:
+        if batch.trades:
+            self._insert("trades", trade_columns(batch.trades))
+        finals = batch.final_candles()
+        if finals:
+            self._insert("candles", candle_columns(finals))
+
+    def _insert(self, table: str, columns: dict[str, list[Any]]) -> None:
+        # Insert contexts cache the table's column types, saving a DESCRIBE per insert.
+        ctx = self._contexts.get(table)
+        try:
+            if ctx is None:
+                ctx = self._contexts[table] = self._client.create_insert_context(table, list(columns), column_oriented=True)
+            ctx.data = list(columns.values())
+            self._client.insert(context=ctx)
+        except ch_errors.DataError as exc:
+            raise DataRejected(f"{table}: {exc}") from exc
+        except ch_errors.DatabaseError as exc:
+            self._contexts.pop(table, None)  # the table may have changed; describe it again
+            if exc.code in DATA_ERROR_CODES:
+                raise DataRejected(f"{table}: {exc}") from exc
+            raise
+
+    def close(self) -> None:
+        if self._owns_client:
+            self._client.close()

@@ -1,0 +1,104 @@
+"""PostgreSQL / TimescaleDB sink: trades and final candles, upserted in one transaction per batch.
+
+Rows are COPYed (binary) into session temp tables, then moved with one ``INSERT ... SELECT`` per
+table, so a batch costs a handful of round trips whatever its size. Times travel as integers and
+become ``timestamptz`` in SQL by exact integer arithmetic, avoiding float rounding on the way.
+
+Only final candles are stored: in-progress ones change several times a second and matter only
+until their window closes, so they go to Redis; storing them here would multiply write volume for
+rows that are overwritten anyway. A later revision of a final candle (a late trade within the grace
+period) replaces the stored row; an older or equal revision is ignored, so replays are harmless.
+Trades are keyed by (exchange, symbol, trade_id, ts) and inserted with ``ON CONFLICT DO NOTHING``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+from psycopg_pool import ConnectionPool
+
+from sinks.base import CANDLE_COLUMNS, TRADE_COLUMNS, DataRejected, Sink, SinkBatch, candle_columns, trade_columns
+
+_STAGE_TRADES = """
+CREATE TEMP TABLE IF NOT EXISTS stage_trades (
+    exchange text, symbol text, trade_id text, ts bigint, price float8, amount float8, side text
+) ON COMMIT DELETE ROWS"""
+_TRADE_TYPES = ["text", "text", "text", "int8", "float8", "float8", "text"]
+_INSERT_TRADES = """
+INSERT INTO trades (exchange, symbol, trade_id, ts, price, amount, side)
+SELECT exchange, symbol, trade_id, TIMESTAMPTZ 'epoch' + ts * INTERVAL '1 microsecond', price, amount, side
+FROM stage_trades
+ON CONFLICT DO NOTHING"""
+
+_STAGE_CANDLES = """
+CREATE TEMP TABLE IF NOT EXISTS stage_candles (
+    seq int8, exchange text, symbol text, "interval" text, open_time int8, close_time int8,
+    open float8, high float8, low float8, close float8, volume float8, quote_volume float8,
+    trade_count int8, vwap float8, taker_buy_volume float8, first_trade_id text, last_trade_id text,
+    is_final bool, revision int4
+) ON COMMIT DELETE ROWS"""
+_CANDLE_TYPES = ["int8", "text", "text", "text", "int8", "int8"] + ["float8"] * 6 + ["int8", "float8", "float8", "text", "text", "bool", "int4"]
+_KEY = 'exchange, symbol, "interval", open_time'
+_TIMES = {"open_time", "close_time"}
+_COLS = ", ".join('"interval"' if c == "interval" else c for c in CANDLE_COLUMNS)
+_SELECT = ", ".join(
+    f"TIMESTAMPTZ 'epoch' + {c} * INTERVAL '1 millisecond' AS {c}" if c in _TIMES else ('"interval"' if c == "interval" else c)
+    for c in CANDLE_COLUMNS
+)
+_UPDATE = ", ".join(f"{c} = EXCLUDED.{c}" for c in CANDLE_COLUMNS if c not in {"exchange", "symbol", "interval", "open_time"})
+# Within a batch the highest revision of a window wins, and among equal revisions the last in
+# Kafka order (seq); against the table only a strictly higher revision replaces the stored row.
+_INSERT_CANDLES = f"""
+INSERT INTO candles ({_COLS})
+SELECT DISTINCT ON ({_KEY}) {_SELECT}
+FROM stage_candles
+ORDER BY {_KEY}, revision DESC, seq DESC
+ON CONFLICT ({_KEY}) DO UPDATE SET {_UPDATE}
+WHERE candles.revision < EXCLUDED.revision"""
+
+
+class PostgresSink(Sink):
+    name = "postgres"
+    topics = ("ticks", "candles")
+
+    def __init__(self, conninfo: str, *, connect_timeout: float = 10.0) -> None:
+        # One connection is enough for one writer; the pool re-establishes it after a server restart.
+        self._pool = ConnectionPool(
+            conninfo,
+            min_size=1,
+            max_size=1,
+            timeout=connect_timeout,
+            check=ConnectionPool.check_connection,
+            name="tickflow-postgres-sink",
+            open=True,
+        )
+
+    def write(self, batch: SinkBatch) -> None:
+        trades = trade_columns(batch.trades)
+        candles = candle_columns(batch.final_candles())
+        if not trades["ts"] and not candles["open_time"]:
+            return
+        try:
+            with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+                if trades["ts"]:
+                    _copy(cur, _STAGE_TRADES, "stage_trades", TRADE_COLUMNS, _TRADE_TYPES, zip(*trades.values(), strict=True))
+                    cur.execute(_INSERT_TRADES)
+                if candles["open_time"]:
+                    rows = zip(range(len(candles["open_time"])), *candles.values(), strict=True)
+                    _copy(cur, _STAGE_CANDLES, "stage_candles", ("seq", *CANDLE_COLUMNS), _CANDLE_TYPES, rows)
+                    cur.execute(_INSERT_CANDLES)
+        except (psycopg.DataError, psycopg.IntegrityError) as exc:
+            raise DataRejected(f"{type(exc).__name__}: {str(exc).strip()}") from exc
+
+    def close(self) -> None:
+        self._pool.close()
+
+
+def _copy(cur: psycopg.Cursor[Any], create: str, table: str, columns: tuple[str, ...], types: list[str], rows: Any) -> None:
+    cur.execute(create)
+    cols = ", ".join(f'"{c}"' for c in columns)
+    with cur.copy(f"COPY {table} ({cols}) FROM STDIN (FORMAT BINARY)") as copy:
+        copy.set_types(types)
+        for row in rows:
+            copy.write_row(row)

