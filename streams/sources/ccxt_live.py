@@ -90,6 +90,9 @@ class _Seen:
         self._floor = (ts_ms, trade_id)
         self._remember(trade_id)
 
+    def has(self, trade_id: str) -> bool:
+        return trade_id in self._ids
+
     def fresh(self, raws: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """The trades not seen before, now remembered; the cursor moves to the newest."""
         out = []
@@ -165,6 +168,7 @@ class CcxtSource(Source):
         self._queue: asyncio.Queue[SourceItem | BaseException] = asyncio.Queue(queue_size)
         self._tasks: list[asyncio.Task[None]] = []
         self._epoch = 0
+        self._cache_limit = int(self.exchange.options.get("tradesLimit", 1000))
         self._track_disconnects()
 
     async def stream(self) -> AsyncIterator[SourceItem]:
@@ -226,9 +230,7 @@ class CcxtSource(Source):
             await self._queue.put(e)
 
     async def _watch(self, symbol: str) -> None:
-        seen = self._seen[symbol]
-        cache_limit = int(self.exchange.options.get("tradesLimit", 1000))
-        resync = seen.last_ts is not None
+        resync = self._seen[symbol].last_ts is not None
         attempt = 0
         pending: asyncio.Future[list[dict[str, Any]]] | None = None
         started = self._epoch
@@ -240,15 +242,18 @@ class CcxtSource(Source):
                         resync = resync or self._epoch != started
                         started = self._epoch
                         pending = asyncio.ensure_future(self.exchange.watch_trades(symbol))
-                    if resync and seen.last_ts is not None:
-                        done, _ = await asyncio.wait({pending}, timeout=self.poll_interval)
-                        if not done:
-                            await self._catch_up(symbol)
-                            continue
-                    delivery = await pending
+                        await asyncio.sleep(0)  # the watch registers its future: later trades resolve it
+                        await self._flush_cache(symbol)
+                    done, _ = await asyncio.wait({pending}, timeout=self.poll_interval)
+                    if not done:
+                        await self._flush_cache(symbol)
+                        if resync:
+                            await self._recover(symbol)
+                        continue
+                    delivery = pending.result()
                     pending = None
-                    if (resync or len(delivery) >= cache_limit) and seen.last_ts is not None:
-                        await self._catch_up(symbol)
+                    if resync or len(delivery) >= self._cache_limit:
+                        await self._recover(symbol)
                     resync = False
                     attempt = 0
                     await self._emit(symbol, delivery)
@@ -261,6 +266,30 @@ class CcxtSource(Source):
         finally:
             if pending is not None:
                 pending.cancel()
+
+    async def _flush_cache(self, symbol: str) -> None:
+        """Emit trades ccxt received while no watch was waiting: it would hand them out only with
+        the next message, which on a quiet market may be long. A cache full of unseen trades may
+        have evicted some, so REST fills in first."""
+        cache = getattr(self.exchange, "trades", {}).get(symbol) or []
+        seen = self._seen[symbol]
+        unseen: list[dict[str, Any]] = []
+        for raw in reversed(cache):
+            tid = raw.get("id")
+            if tid is None:
+                continue  # not recognisable as seen: left to the next delivery, which returns it once
+            if seen.has(str(tid)):
+                break
+            unseen.append(raw)
+        else:
+            if len(cache) >= self._cache_limit:
+                await self._recover(symbol)
+        await self._emit(symbol, unseen[::-1])
+
+    async def _recover(self, symbol: str) -> None:
+        """Catch up through REST when there is a last trade to catch up from."""
+        if self._seen[symbol].last_ts is not None:
+            await self._catch_up(symbol)
 
     async def _poll(self, symbol: str) -> None:
         attempt = 0

@@ -1,0 +1,356 @@
+"""Feeds one sink from Kafka: consume a batch, write it, then commit its offsets.
+
+At-least-once with idempotent writes gives exactly-once in effect: offsets are committed only after
+``Sink.write`` returned, so a crash replays at most the uncommitted batch, which the store absorbs.
+
+Failures never lose records:
+
+- the store is down or failing: the same batch is retried with capped exponential backoff, for
+  as long as it takes, with nothing committed meanwhile;
+- the store rejects some data for good (:class:`~sinks.base.DataRejected`): the batch is bisected
+  down to the offending records, which are dead-lettered with the reason, and the rest is written;
+- a record that is not valid Avro for its topic is dead-lettered with its original bytes.
+
+Dead-lettered records are committed with their batch, after ``dead_letter`` returned, so that
+callable must make the letter durable before returning (e.g. produce, then flush).
+
+Each sink has its own consumer group (``{app_id}-sink-{name}``), so a slow or broken store never
+holds back another one.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+from prometheus_client import Counter, Gauge, Histogram
+from tenacity import RetryCallState, RetryError, Retrying, retry_if_exception, wait_exponential
+
+from schemas.codec import AvroCodec, SchemaRegistry
+from schemas.models import DeadLetter
+from sinks.base import TOPICS, DataRejected, Sink, SinkBatch
+from streams.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+RECORDS = Counter("tickflow_sink_records_total", "Kafka records a sink wrote (or dead-lettered) and committed", ["sink"])
+WRITE_SECONDS = Histogram(
+    "tickflow_sink_write_seconds",
+    "Duration of successful sink writes",
+    ["sink"],
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+ERRORS = Counter("tickflow_sink_errors_total", "Sink failures: write (retried), rejected, undecodable, commit", ["sink", "kind"])
+LAG = Gauge("tickflow_sink_lag", "Records on assigned partitions not yet committed by the sink", ["sink"])
+
+
+class _Stopped(Exception):
+    """Stop was requested while a batch could not be written; it stays uncommitted."""
+
+
+@dataclass(slots=True)
+class _Record:
+    msg: Message
+    part: SinkBatch | None  # None: undecodable, ``problem`` says why
+    problem: str | None = None
+
+
+def _tp(msg: Message) -> tuple[str, int]:
+    return msg.topic(), msg.partition()
+
+
+class SinkRunner:
+    def __init__(
+        self,
+        sink: Sink,
+        settings: Settings,
+        *,
+        dead_letter: Callable[[DeadLetter], None],
+        group_id: str | None = None,
+        backoff_initial_s: float = 0.5,
+        backoff_max_s: float = 30.0,
+        consumer_config: dict[str, Any] | None = None,
+    ) -> None:
+        self.sink = sink
+        self.settings = settings
+        self.group_id = group_id or f"{settings.app_id}-sink-{sink.name}"
+        self._dead_letter = dead_letter
+        self._wait = wait_exponential(multiplier=backoff_initial_s, max=backoff_max_s)
+        self._component = f"sink-{sink.name}"
+        self._log = log.bind(sink=sink.name)
+        registry = SchemaRegistry(settings.schema_registry_url) if settings.schema_registry_url else None
+        self._specs = {getattr(settings, TOPICS[t].settings_attr): TOPICS[t] for t in sink.topics}
+        self._codecs = {topic: AvroCodec(spec.schema, topic=topic, registry=registry) for topic, spec in self._specs.items()}
+        conf = {
+            "bootstrap.servers": settings.bootstrap,
+            "group.id": self.group_id,
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+            "session.timeout.ms": int(settings.session_timeout_s * 1000),
+            "client.id": f"tickflow-{self._component}",
+        }
+        conf.update(consumer_config or {})
+        self._consumer = Consumer(conf)
+        self._consumer.subscribe(list(self._specs), on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_revoke)
+        self._pending: list[_Record] = []
+        self._to_commit: dict[tuple[str, int], int] = {}
+        self._stop = threading.Event()
+        self._closed = False
+
+    # -- public API
+
+    def run(self, stop: threading.Event) -> None:
+        """Consume, write and commit until ``stop`` is set; a batch that cannot be written then stays uncommitted."""
+        self._stop = stop
+        try:
+            while not stop.is_set():
+                self._cycle()
+        except _Stopped:
+            self._log.warning("stopped with an unwritten batch; it will be consumed again", records=len(self._pending))
+
+    def run_until_drained(self, idle_s: float, *, timeout_s: float | None = None) -> None:
+        """Return once all assigned partitions have stayed fully committed (lag 0) for ``idle_s``.
+
+        ``timeout_s`` bounds the wait (TimeoutError); None waits as long as records keep coming or
+        the store keeps failing.
+        """
+        self._stop = threading.Event()
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        idle_since: float | None = None
+        while True:
+            if self._cycle():
+                idle_since = None
+            elif self._drained():
+                idle_since = idle_since or time.monotonic()
+                if time.monotonic() - idle_since >= idle_s:
+                    return
+            else:
+                idle_since = None
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"sink {self.sink.name} not drained within {timeout_s}s (lag {self.lag()})")
+
+    def lag(self) -> int:
+        """Sum over assigned partitions of high watermark minus committed offset."""
+        total = sum(high - done for high, done in self._partition_state().values())
+        LAG.labels(self.sink.name).set(total)
+        return total
+
+    def close(self) -> None:
+        """Leave the consumer group; the sink itself is closed by its owner."""
+        if not self._closed:
+            self._closed = True
+            self._consumer.close()
+
+    # -- consume
+
+    def _cycle(self) -> int:
+        """Collect one batch, write and commit it; return the number of records consumed."""
+        n = self._poll_batch()
+        self._flush()
+        return n
+
+    def _poll_batch(self) -> int:
+        """Consume until sink_batch_size rows/records, or sink_batch_ms after the first record.
+
+        With nothing to consume, returns after one sink_batch_ms wait, so callers can check stop
+        conditions; the batch clock starts at the first record, which bounds how long one waits.
+        """
+        size, window = self.settings.sink_batch_size, self.settings.sink_batch_ms / 1000
+        count = rows = 0
+        deadline: float | None = None
+        while count < size and rows < size and not self._stop.is_set():
+            timeout = window if deadline is None else deadline - time.monotonic()
+            if timeout <= 0:
+                break
+            msgs = self._consumer.consume(num_messages=min(size - count, 10_000), timeout=timeout)
+            if not msgs and deadline is None:
+                break
+            deadline = deadline or time.monotonic() + window
+            for msg in msgs:
+                record = self._decode(msg)
+                if record is None:
+                    continue
+                self._pending.append(record)
+                count += 1
+                rows += len(record.part) if record.part is not None else 1
+        return count
+
+    def _decode(self, msg: Message) -> _Record | None:
+        err = msg.error()
+        if err is not None:
+            if err.fatal():
+                raise KafkaException(err)
+            if err.code() != KafkaError._PARTITION_EOF:
+                self._log.warning("consumer error", error=str(err))
+            return None
+        spec = self._specs[msg.topic()]
+        try:
+            return _Record(msg, spec.to_batch(self._codecs[msg.topic()].decode(msg.value())))
+        except Exception as exc:  # any failure to read the bytes is the record's fault
+            return _Record(msg, None, f"undecodable {spec.schema} record: {exc}")
+
+    # -- write
+
+    def _flush(self) -> None:
+        records = self._pending
+        if records:
+            for rec in records:
+                if rec.problem is not None:
+                    ERRORS.labels(self.sink.name, "undecodable").inc()
+                    self._send_dead_letter(rec, rec.problem)
+            self._write_isolating([r for r in records if r.part is not None])
+            for rec in records:
+                self._to_commit[_tp(rec.msg)] = rec.msg.offset() + 1
+            RECORDS.labels(self.sink.name).inc(len(records))
+            self._pending = []
+        self._commit()
+
+    def _write_isolating(self, records: list[_Record]) -> None:
+        """Write the records; on DataRejected split in halves until the rejected ones are alone."""
+        if not records:
+            return
+        try:
+            self._write_retrying(SinkBatch.merge(r.part for r in records if r.part is not None), records)
+        except DataRejected as exc:
+            if len(records) == 1:
+                ERRORS.labels(self.sink.name, "rejected").inc()
+                self._send_dead_letter(records[0], f"rejected by {self.sink.name}: {exc}")
+                return
+            mid = len(records) // 2
+            self._write_isolating(records[:mid])
+            self._write_isolating(records[mid:])
+
+    def _write_retrying(self, batch: SinkBatch, records: list[_Record]) -> None:
+        def before_sleep(state: RetryCallState) -> None:
+            ERRORS.labels(self.sink.name, "write").inc()
+            exc = state.outcome.exception() if state.outcome else None
+            first, last = records[0].msg, records[-1].msg
+            self._log.warning(
+                "sink write failed; retrying",
+                attempt=state.attempt_number,
+                retry_in_s=round(state.next_action.sleep, 2) if state.next_action else None,
+                error=f"{type(exc).__name__}: {exc}",
+                records=len(records),
+                partition=first.partition(),
+                offset=first.offset(),
+                last_partition=last.partition(),
+                last_offset=last.offset(),
+            )
+
+        try:
+            for attempt in self._retrying(before_sleep, retry_if_exception(lambda e: not isinstance(e, DataRejected))):
+                with attempt:
+                    started = time.perf_counter()
+                    self.sink.write(batch)
+                    WRITE_SECONDS.labels(self.sink.name).observe(time.perf_counter() - started)
+        except RetryError as exc:
+            raise _Stopped from exc
+
+    def _send_dead_letter(self, rec: _Record, reason: str) -> None:
+        msg = rec.msg
+        letter = DeadLetter(
+            component=self._component,
+            reason=reason,
+            payload=msg.value() or b"",
+            ts=time.time_ns() // 1_000_000,
+            source_topic=msg.topic(),
+            source_partition=msg.partition(),
+            source_offset=msg.offset(),
+            key=msg.key(),
+        )
+        self._log.error("record dead-lettered", reason=reason, topic=msg.topic(), partition=msg.partition(), offset=msg.offset())
+
+        def before_sleep(state: RetryCallState) -> None:
+            exc = state.outcome.exception() if state.outcome else None
+            self._log.warning("dead-letter failed; retrying", attempt=state.attempt_number, error=f"{type(exc).__name__}: {exc}")
+
+        try:
+            for attempt in self._retrying(before_sleep, retry_if_exception(lambda e: True)):
+                with attempt:
+                    self._dead_letter(letter)
+        except RetryError as exc:
+            raise _Stopped from exc
+
+    def _retrying(self, before_sleep: Callable[[RetryCallState], None], retry: Any) -> Retrying:
+        """Forever, with capped exponential backoff; a stop request ends it (RetryError)."""
+        return Retrying(
+            wait=self._wait,
+            retry=retry,
+            stop=lambda _state: self._stop.is_set(),
+            sleep=self._stop.wait,
+            before_sleep=before_sleep,
+            reraise=False,
+        )
+
+    # -- offsets
+
+    def _commit(self, only: set[tuple[str, int]] | None = None) -> None:
+        """Commit written offsets synchronously; a failure keeps them for the next attempt."""
+        todo = {k: v for k, v in self._to_commit.items() if only is None or k in only}
+        if not todo:
+            return
+        offsets = [TopicPartition(t, p, o) for (t, p), o in todo.items()]
+        try:
+            result = self._consumer.commit(offsets=offsets, asynchronous=False) or []
+            failed = [tp for tp in result if tp.error is not None]
+            if failed:
+                raise KafkaException(failed[0].error)
+        except KafkaException as exc:
+            # The rows are written; if the partitions moved to another member it re-reads and
+            # rewrites them idempotently, otherwise the next cycle commits again.
+            ERRORS.labels(self.sink.name, "commit").inc()
+            self._log.warning("offset commit failed", error=str(exc), partitions=len(offsets))
+            return
+        for key, offset in todo.items():
+            if self._to_commit.get(key) == offset:
+                del self._to_commit[key]
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._log.info("partitions assigned", partitions=[f"{p.topic}[{p.partition}]" for p in partitions])
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """Drop uncommitted work of partitions this member loses: the next owner re-reads it."""
+        gone = {(p.topic, p.partition) for p in partitions}
+        self._commit(only=gone)
+        self._pending = [r for r in self._pending if _tp(r.msg) not in gone]
+        self._to_commit = {k: v for k, v in self._to_commit.items() if k not in gone}
+        self._log.info("partitions revoked", partitions=sorted(f"{t}[{p}]" for t, p in gone))
+
+    def _partition_state(self) -> dict[tuple[str, int], tuple[int, int]]:
+        """(high watermark, committed-or-low offset) per assigned partition."""
+        assignment = self._consumer.assignment()
+        if not assignment:
+            return {}
+        state = {}
+        for tp in self._consumer.committed(assignment, timeout=10):
+            low, high = self._consumer.get_watermark_offsets(tp, timeout=10, cached=False)
+            state[(tp.topic, tp.partition)] = (high, tp.offset if tp.offset >= 0 else low)
+        return state
+
+    def _drained(self) -> bool:
+        """True when partitions are assigned, nothing is pending and every one is committed to its end.
+
+        Records consumed up to the end but ending in transaction markers leave the position past the
+        last record's offset + 1; committing the position then closes that gap.
+        """
+        if self._pending or self._to_commit or not self._consumer.assignment():
+            return False
+        state = self._partition_state()
+        behind = {k for k, (high, done) in state.items() if high > done}
+        if behind:
+            for tp in self._consumer.position([TopicPartition(t, p) for t, p in behind]):
+                high, done = state[(tp.topic, tp.partition)]
+                if tp.offset >= high > done:
+                    self._to_commit[(tp.topic, tp.partition)] = tp.offset
+            if not self._to_commit:
+                LAG.labels(self.sink.name).set(sum(h - d for h, d in state.values()))
+                return False
+            self._commit()
+            return False
+        LAG.labels(self.sink.name).set(0)
+        return True
