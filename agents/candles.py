@@ -11,18 +11,23 @@ watermark reaches its end (``close_time + 1``) and is then emitted once, ``revis
 
 Late data. A trade whose 1m window is final but whose end + ``grace_ms`` the watermark has not
 reached yet revises that window: the minute and every higher window containing it are re-emitted
-with ``revision + 1``. Revisions are coalesced per :meth:`CandleBook.add` call (one re-emission per
-window and batch, after the batch's final candles) so a back-fill burst does not flood the sinks;
-the values do not depend on batching. A trade later than that is returned as a ``LateTrade``.
+with ``revision + 1``. Revisions are coalesced (one re-emission per window, at the end of the
+:meth:`CandleBook.add` call or before the watermark next finalizes something, whichever is first)
+so a back-fill burst does not flood the sinks; the values never depend on batching. A trade later
+than that is returned as a ``LateTrade``. Duplicate trade ids are remembered per symbol only while
+their window can still be revised, which bounds memory; an older duplicate is late anyway.
 
 Gaps (``fill_gaps``). A minute without trades after a symbol's first traded minute gets a flat
 candle at the previous close (volume 0, ``taker_buy_volume`` 0.0 if the previous minute knew sides,
 else None), as exchange klines do for a quiet symbol, for at most ``max_fill_minutes`` after the
 symbol's last traded minute (a stale symbol or a clock jump must not emit millions of candles; the
-symbol resumes with its next trade). Flat candles are not back-filled before a symbol's first
-trade, nor around a minute created by a revision. A revision landing in a flat minute rewrites
-only that minute: the flat candles after it keep their price, as exchange klines are not
-rewritten either.
+symbol resumes with its next trade). No flat candle precedes a symbol's first traded minute, also
+when that minute arrives late (flat minutes then follow it). A late minute that lands before minutes
+the symbol already had is emitted alone: the flat minutes between are not back-filled (rare, as it
+needs a symbol's start to arrive out of order by more than the lateness and a minute). A revision
+landing in a flat minute rewrites only that minute: the flat candles already emitted after it keep
+their price, as exchange klines are not rewritten either; flat candles emitted later continue from
+the revised close.
 
 Roll-ups. Higher intervals aggregate final 1m candles (flat ones included): open/close and trade
 ids from the first/last minute with trades, high/low over traded minutes, sums over all; a window
@@ -93,10 +98,11 @@ class CandleConfig:
     intervals: tuple[str, ...] = ("1m", "5m", "15m", "1h", "4h", "1d")  # emitted; 1m is always built (base of roll-ups)
     lateness_ms: int = 2000  # watermark = highest trade time seen in the book - lateness
     grace_ms: int = 60_000  # a final window may still be revised until watermark >= window end + grace
-    fill_gaps: bool = True
+    fill_gaps: bool = True  # flat candles for minutes without trades, as exchange klines have
     max_fill_minutes: int = 7 * 1440  # flat candles after a symbol's last traded minute, at most
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "intervals", tuple(self.intervals))  # settings hand over a list
         if not self.intervals:
             raise ValueError("no candle interval configured")
         if len({parse_interval(name) for name in self.intervals}) != len(self.intervals):
@@ -265,7 +271,7 @@ class CandleBook:
         self._due_ms = _FAR  # earliest watermark (ms) at which some symbol has work
         self._due_ts = _FAR  # the same as a highest-trade time in µs, for the hot loop
         self._out: BookOutput | None = None
-        self._pending: list[tuple[int, int, list]] = []  # revised final windows of the current batch
+        self._pending: list[tuple[_Symbol, int, int, list]] = []  # revised final windows not emitted yet
         self._pending_ids: set[int] = set()
 
     # ------------------------------------------------------------------ public API
@@ -346,7 +352,7 @@ class CandleBook:
         if agg is not None:
             agg[:_CORE] = (o_ts, o_px, o_id, c_ts, c_px, c_id, hi, lo, vol, quote, cnt, buy, has)
         self._max_ts = maxts
-        self._flush_revisions(st)
+        self._flush_revisions()
         out.duplicates = dups
         if touched:
             out.dirty.update(st.keys)
@@ -399,6 +405,7 @@ class CandleBook:
         if need > self._max_ts:
             self._max_ts = need
         self._advance()
+        self._flush_revisions()
         self._out = None
         return out
 
@@ -472,6 +479,8 @@ class CandleBook:
             return a
         if wm < end + self._grace:
             self._revise(st, m, wm, tid, ts, px, amt, side)
+            if self._due_ts <= self._max_ts:  # the minute started the symbol: flat minutes after it are due
+                self._advance()
             return None
         out = self._out
         assert out is not None
@@ -493,12 +502,27 @@ class CandleBook:
         if a is None:  # never emitted: before the symbol's first minute, or not gap-filled
             a = st.final1m[m] = _new_agg(None, False, -1, [])
             self._lower_due(st, m + MINUTE_MS + grace)
+        elif not a[COUNT]:
+            a[HAS] = False  # a flat minute's sides came from the minute before; now its own trades count
         _absorb(a, tid, ts, px, amt, side)
         st.ids.add(tid)
-        self._mark(-1, m, a)
+        self._mark(st, -1, m, a)
         out = self._out
         assert out is not None
         out.dirty.update(st.keys)
+        if st.frontier is None or m >= st.frontier:
+            # The symbol's first minute (or the first after a dormant stretch) came late: start here.
+            st.frontier = st.last_traded_end = m + MINUTE_MS
+            st.last_close = a[C_PX]
+            st.last_has = a[HAS]
+        elif m + MINUTE_MS >= st.last_traded_end:
+            # Flat minutes not emitted yet continue from the revised close, as the exchange's would.
+            st.last_traded_end = m + MINUTE_MS
+            st.last_close = a[C_PX]
+            if m + MINUTE_MS == st.frontier:
+                st.last_has = a[HAS]
+        if self._filling(st):
+            self._lower_due(st, st.frontier + MINUTE_MS)
         for k, (_, iv) in enumerate(self._higher):
             start = m - m % iv
             if start + iv <= wm:
@@ -507,7 +531,7 @@ class CandleBook:
                 if h is None:  # a final higher window that had no minute at all was never emitted
                     h = windows[start] = _new_agg(None, False, -1, None)
                     self._lower_due(st, start + iv + grace)
-                self._mark(k, start, h)
+                self._mark(st, k, start, h)
             else:
                 windows = st.open_h[k]
                 h = windows.get(start)
@@ -516,17 +540,18 @@ class CandleBook:
                     self._lower_due(st, start + iv)
             _roll_trade(h, m, a, px, amt, side)
 
-    def _mark(self, k: int, start: int, a: list) -> None:
+    def _mark(self, st: _Symbol, k: int, start: int, a: list) -> None:
         if id(a) not in self._pending_ids:
             self._pending_ids.add(id(a))
-            self._pending.append((k, start, a))
+            self._pending.append((st, k, start, a))
 
-    def _flush_revisions(self, st: _Symbol) -> None:
+    def _flush_revisions(self) -> None:
+        """Emit the windows revised since the last flush, once each (before the watermark moves on)."""
         if not self._pending:
             return
         out = self._out
         assert out is not None
-        for k, start, a in self._pending:
+        for st, k, start, a in self._pending:
             a[REV] += 1
             if k < 0:
                 if self._name_1m:
@@ -550,6 +575,7 @@ class CandleBook:
 
     def _advance(self) -> None:
         """Do every symbol's work that the current watermark has made due."""
+        self._flush_revisions()
         wm = self._max_ts // 1000 - self._lateness
         for st in self._syms.values():
             if st.due <= wm:
@@ -591,10 +617,15 @@ class CandleBook:
                 candles.append(_candle(ex, sym, self._name_1m, m, MINUTE_MS, a, True, 0))
             for k, (_, iv) in enumerate(self._higher):
                 start = m - m % iv
-                windows = st.open_h[k]
-                h = windows.get(start)
-                if h is None:
-                    h = windows[start] = _new_agg(a[C_PX] if a[COUNT] else a[FLAT], False, 0, None)
+                h = st.final_h[k].get(start)
+                if h is not None:  # only when catching up after a symbol's late first minute
+                    if a[COUNT] or (a[HAS] and not h[HAS]):
+                        self._mark(st, k, start, h)
+                else:
+                    windows = st.open_h[k]
+                    h = windows.get(start)
+                    if h is None:
+                        h = windows[start] = _new_agg(a[C_PX] if a[COUNT] else a[FLAT], False, 0, None)
                 _roll_minute(h, m, a)
         self._expire(st, wm)
         st.due = self._symbol_due(st)

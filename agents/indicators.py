@@ -3,32 +3,36 @@
 Pure and I/O-free: the Faust agent around it only feeds candles and publishes what comes back.
 
 Each series (exchange, symbol, interval) keeps an ``IndicatorState``: O(1) work per candle (CCI
-excepted: its mean deviation is a sum over the window, as in TA-Lib) and O(longest period + K)
-memory. The arithmetic replays TA-Lib 0.8's C code operation by operation — same seeds, same
-running sums updated in the same order, same zero tests — so a value is bit-identical to
-``talib`` except where TA-Lib fuses a multiply-add (its ATR step on an FMA-capable CPU), which
-stays within a few ulp. A value is None exactly where TA-Lib returns NaN (its lookback).
+excepted: its mean deviation is a sum over its window, in TA-Lib too) and O(longest period +
+history) memory. The arithmetic replays the C code of the TA-Lib the ``talib`` wheel ships
+(0.8.1) operation by operation: same seeds, same running sums updated in the same order, same
+re-anchoring of running sums, same zero tests. Values are therefore bit-identical to ``talib``,
+except the ATR step and the MACD signal step, which TA-Lib computes with a fused multiply-add
+that Python 3.11 lacks; those differ by a few ulp. A value is None exactly where TA-Lib returns
+NaN (its lookback; TA-Lib's unstable periods stay at their default 0).
 
-TA-Lib behaviours kept on purpose (users compare against TA-Lib, not against a textbook):
+TA-Lib behaviours kept on purpose (users check us against TA-Lib, not against a textbook):
 
-- EMA is seeded with the SMA of its first n closes; the MACD fast and slow EMAs are seeded on
-  windows ending on the same bar (bar slow-1) and the signal with the SMA of the first
-  ``signal`` MACD values, so MACD, signal and histogram all start at bar slow+signal-2.
-- RSI, ATR and ADX use unstable period 0: RSI is seeded with the averages of the first n changes
-  (n+1 closes), ATR with the SMA of the first n true ranges (bar 0 has none), ADX with the mean
-  of the first n DX. RSI is 0 when nothing moved (gain and loss both 0).
-- STOCH (%K = (C-LL)/((HH-LL)/100), slow %K and %D as SMA) and WILLR are 0 on a window
-  where high equals low; ROC is 0 after a zero close.
-- Bollinger deviation is the population deviation of TA-Lib 0.8's shifted, reseeded variance.
-- CCI is 0 when the close sits on the mean or the mean deviation is zero (|x| < 1e-14).
-- ADX skips a DX whose +DI + -DI is zero, +DI/-DI are 0 when the true range sum is 0.
-- MFI ignores a typical-price change within 1e-14 of the prices' magnitude, restarts its sums
-  after a whole window without money flow, and is 0 on a window without any.
-- OBV starts at the first candle's volume.
+- EMA is seeded with the SMA of its first n closes. The MACD fast and slow EMAs are seeded on
+  windows that end on the same bar (slow-1), the signal with the SMA of the first ``signal`` MACD
+  values, and all three outputs start at bar slow+signal-2.
+- RSI is seeded with the mean gain and loss of the first n changes (n+1 closes) and is 0, not 50,
+  when nothing moved in its window.
+- ATR is seeded with the SMA of the first n true ranges; bar 0 has no true range.
+- Bollinger deviation is the population deviation, from TA-Lib's shifted running sums that are
+  re-anchored every 32 periods or when they cancel.
+- STOCH %K = 100*((C-LL)/(HH-LL)) smoothed by SMAs into slow %K and %D; STOCH and WILLR are 0 on a
+  window flat within 1e-14 of its prices; CCI is 0 when close-to-mean or the mean deviation is
+  within 1e-14 of the mean.
+- ADX and +DI/-DI use Wilder's sums (x - x/n + dm), DI are 0 while the true-range sum is 0, a DX
+  is skipped while +DI + -DI is 0, and ADX starts at bar 2n-1 with the mean of the first n DX.
+- MFI ignores a typical-price change within 1e-14 of the prices, restarts its sums after a whole
+  window without money flow, and is 0 on a window without any. OBV starts at the first volume.
+  ROC is 0 after a zero close. WMA re-anchors its running sums every 8 periods.
 
 A series is a sequence of bars: a missing interval is not filled in, exactly as TA-Lib sees an
-array. Revisions and late candles inside the last ``history`` candles are applied by rolling the
-state back to just before that candle and replaying; older ones raise ``RevisionTooOld``.
+array. Revisions and late candles within the last ``history`` candles roll the state back to just
+before that candle and replay; older ones raise ``RevisionTooOld``.
 """
 
 from __future__ import annotations
@@ -45,7 +49,7 @@ from typing import Any
 
 from schemas.models import Candle, Indicators
 
-# TA-Lib adds left to right from 0; Python 3.12+ ``sum`` of floats compensates, so use a plain fold there.
+# TA-Lib adds left to right from 0; Python 3.12+ ``sum`` of floats compensates, so fold there.
 _naive_sum = sum if sys.version_info < (3, 12) else partial(reduce, add)
 
 _EPSILON = 1e-14  # TA_EPSILON of TA-Lib 0.8 (ta_utility.h)
@@ -79,7 +83,8 @@ class IndicatorConfig:
     """Periods of every indicator. The output field names stay those of the defaults.
 
     ``sma_periods`` feed ma50 and ma200, ``ema_periods`` feed ema12, ema26, ema50 and ema200 in
-    that order. ``history`` is how many recent candles can be revised or inserted late.
+    that order, ``adx_period`` also +DI and -DI. ``history`` is how many recent candles can be
+    revised or arrive late; each kept candle costs about 3 kB.
     """
 
     sma_periods: tuple[int, int] = (50, 200)
@@ -127,12 +132,13 @@ class IndicatorConfig:
         if self.macd_fast >= self.macd_slow:
             raise ValueError("macd_fast must be shorter than macd_slow")
         for name in ("bb_dev_up", "bb_dev_down"):
-            if not math.isfinite(getattr(self, name)):
-                raise ValueError(f"{name} must be finite")
+            value = getattr(self, name)
+            if not isinstance(value, float | int) or not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number, got {value!r}")
 
     @property
     def window(self) -> int:
-        """Bars of history the state needs behind the current one (the longest period, plus one)."""
+        """Bars the state reads behind the current one: the longest period, plus one."""
         return 1 + max(
             *self.sma_periods, *self.ema_periods, self.rsi_period, self.macd_slow, self.bb_period,
             self.atr_period, self.stoch_fastk, self.stoch_slowk, self.stoch_slowd, self.wma_period,
@@ -147,41 +153,79 @@ class IndicatorConfig:
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
 
 
-# Running scalars of a series, in the order of IndicatorState.scalars. Every one starts at 0.0
-# except the window extremes' indices (-1: "nothing cached") and the Bollinger reseed countdown.
+# Running scalars of a series, in the order of IndicatorState.scalars (see ``_initial_scalars``).
 _SCALARS = (
     "prev_c", "prev_h", "prev_l", "sma0", "sma1", "ema0", "ema1", "ema2", "ema3", "gain", "loss",
     "m_fast", "m_slow", "m_sig", "bb_total", "bb_shift", "bb_v1", "bb_v2", "bb_reseed", "atr",
     "s_hi", "s_hi_i", "s_lo", "s_lo_i", "k_total", "d_total", "w_hi", "w_hi_i", "w_lo", "w_lo_i",
-    "obv", "wma_sub", "wma_sum", "wma_trail", "pdm", "mdm", "tr_sum", "adx", "prev_tp", "mf_pos",
-    "mf_neg", "mf_null",
+    "obv", "wma_sub", "wma_sum", "wma_trail", "wma_reseed", "pdm", "mdm", "tr_sum", "adx", "prev_tp",
+    "mf_pos", "mf_neg", "mf_null",
 )  # fmt: skip
+# Per-bar values read back later (trailing values of running sums, window rescans).
 _BUFFERS = ("closes", "highs", "lows", "fastk", "slowk", "tps", "pos_flow", "neg_flow")
 
 
-@dataclass(slots=True)
-class _Entry:
-    """One of the last ``history`` candles: the scalars just before it, and its output."""
+def _initial_scalars(cfg: IndicatorConfig) -> list[Any]:
+    """Scalars of an empty series: sums at 0, no window extreme cached, reseed countdowns full."""
+    scalars: list[Any] = [0.0] * len(_SCALARS)
+    for name in ("s_hi_i", "s_lo_i", "w_hi_i", "w_lo_i"):
+        scalars[_SCALARS.index(name)] = -1
+    scalars[_SCALARS.index("bb_reseed")] = 32 * cfg.bb_period
+    scalars[_SCALARS.index("wma_reseed")] = 8 * cfg.wma_period
+    scalars[_SCALARS.index("mf_null")] = 0
+    return scalars
 
-    candle: Candle
-    before: list[float]
-    output: Indicators
+
+def _constants(cfg: IndicatorConfig) -> tuple[Any, ...]:
+    """Everything ``step`` derives from the config, computed once and the way TA-Lib computes it.
+
+    ``lb_*`` are lookbacks: the series index of an indicator's first value.
+    """
+    e = cfg.ema_periods
+    atr_beta = (cfg.atr_period - 1) / cfg.atr_period
+    fastk, slowk, slowd = cfg.stoch_fastk, cfg.stoch_slowk, cfg.stoch_slowd
+    return (
+        *cfg.sma_periods, *(p - 1 for p in cfg.sma_periods),
+        *e, *(p - 1 for p in e), *(2.0 / (p + 1) for p in e),
+        cfg.rsi_period, cfg.rsi_period - 1, 1.0 / cfg.rsi_period,
+        cfg.macd_fast, cfg.macd_slow, cfg.macd_signal, 2.0 / (cfg.macd_fast + 1), 2.0 / (cfg.macd_slow + 1),
+        2.0 / (cfg.macd_signal + 1), cfg.macd_slow - cfg.macd_fast, cfg.macd_slow - 1,
+        cfg.macd_slow + cfg.macd_signal - 2,
+        cfg.bb_period, cfg.bb_period - 1, 1.0 / cfg.bb_period, cfg.bb_dev_up, cfg.bb_dev_down,
+        cfg.atr_period, 1.0 - atr_beta, atr_beta,
+        fastk, slowk, slowd, fastk - 1, fastk + slowk - 2, fastk + slowk + slowd - 3,
+        cfg.willr_period, cfg.willr_period - 1,
+        cfg.wma_period, cfg.wma_period - 1, cfg.wma_period * (cfg.wma_period + 1) / 2.0,
+        cfg.adx_period, cfg.adx_period - 1, 2 * cfg.adx_period - 1, cfg.cci_period, cfg.cci_period - 1, cfg.mfi_period, cfg.roc_period,
+    )  # fmt: skip
 
 
 def candle_problem(candle: Candle) -> str | None:
     """Why a candle cannot be fed to the indicators, or None when it is fine."""
+    h, l, v = candle.high, candle.low, candle.volume  # noqa: E741
+    try:
+        if (
+            math.isfinite(candle.open + h + l + candle.close + v)
+            and l <= h
+            and v >= 0.0
+            and type(candle.open_time) is int
+            and type(candle.revision) is int
+        ):
+            return None
+    except TypeError:
+        pass
     for name in ("open", "high", "low", "close", "volume"):
         value = getattr(candle, name)
         if not isinstance(value, float | int) or isinstance(value, bool) or not math.isfinite(value):
             return f"bad {name} {value!r}"
-    if candle.high < candle.low:
-        return f"high {candle.high!r} below low {candle.low!r}"
-    if candle.volume < 0:
-        return f"negative volume {candle.volume!r}"
-    if not isinstance(candle.open_time, int) or isinstance(candle.open_time, bool):
-        return f"bad open_time {candle.open_time!r}"
-    if not isinstance(candle.revision, int) or isinstance(candle.revision, bool):
-        return f"bad revision {candle.revision!r}"
+    if h < l:
+        return f"high {h!r} below low {l!r}"
+    if v < 0:
+        return f"negative volume {v!r}"
+    for name in ("open_time", "revision"):
+        value = getattr(candle, name)
+        if not isinstance(value, int) or isinstance(value, bool):
+            return f"bad {name} {value!r}"
     return None
 
 
@@ -189,37 +233,33 @@ class IndicatorState:
     """Running indicator state of one series, fed one bar at a time.
 
     ``scalars`` is rebuilt as a new list on every bar, so keeping the old list is a free snapshot
-    of the state before that bar; the per-bar buffers only grow at the end and are trimmed at the
-    front, so rolling back is truncating them to the bar count of the snapshot.
+    of the state before that bar. The per-bar buffers only grow at the end and are trimmed at the
+    front, so rolling back is truncating them to the bar count of the snapshot. ``entries`` keeps
+    (candle, scalars before it, its record) for the last ``history`` candles.
     """
 
-    __slots__ = ("cfg", "key", "t", "base", "scalars", "entries", *_BUFFERS, "_keep")
+    __slots__ = ("cfg", "key", "t", "base", "scalars", "entries", *_BUFFERS, "_const", "_keep")
 
     def __init__(self, cfg: IndicatorConfig, key: str) -> None:
         self.cfg = cfg
         self.key = key
+        self._const = _constants(cfg)
         self._keep = cfg.window + cfg.history + 1
         self.reset()
 
     def reset(self) -> None:
         """Forget every bar: the state of an empty series."""
-        cfg = self.cfg
-        self.t = 0  # bars fed so far; the next bar gets index t
+        self.t = 0  # bars fed so far; the next bar has series index t
         self.base = 0  # series index of element 0 of every buffer
-        scalars = [0.0] * len(_SCALARS)
-        for name in ("s_hi_i", "s_lo_i", "w_hi_i", "w_lo_i"):
-            scalars[_SCALARS.index(name)] = -1
-        scalars[_SCALARS.index("bb_reseed")] = 32 * cfg.bb_period
-        self.scalars: list[Any] = scalars
+        self.scalars: list[Any] = _initial_scalars(self.cfg)
         for name in _BUFFERS:
             setattr(self, name, array("d"))
-        self.entries: deque[_Entry] = deque()
+        self.entries: deque[tuple[Candle, list[Any], Indicators]] = deque(maxlen=self.cfg.history)
 
-    # -- the per-bar step ----------------------------------------------------------------------------------
+    # -- the per-bar step ---------------------------------------------------------------------------
 
     def step(self, h: float, l: float, c: float, v: float) -> tuple[float | None, ...]:  # noqa: E741, C901, PLR0912, PLR0915
-        """Advance by one bar and return its values in ``VALUE_FIELDS`` order."""
-        cfg = self.cfg
+        """Advance by one bar (high, low, close, volume); return its values in ``VALUE_FIELDS`` order."""
         t = self.t
         base = self.base
         closes, highs, lows = self.closes, self.highs, self.lows
@@ -227,125 +267,134 @@ class IndicatorState:
         highs.append(h)
         lows.append(l)
         (
+            n_sma0, n_sma1, lb_sma0, lb_sma1, n_ema0, n_ema1, n_ema2, n_ema3, lb_ema0, lb_ema1, lb_ema2,
+            lb_ema3, k_ema0, k_ema1, k_ema2, k_ema3, n_rsi, rsi_m1, inv_rsi,
+            fast, slow, sig, k_fast, k_slow, k_sig, fast_from, lb_line, lb_macd,
+            n_bb, lb_bb, inv_bb, dev_up, dev_dn, n_atr, alpha_atr, beta_atr,
+            n_fastk, n_slowk, n_slowd, lb_fastk, lb_slowk, lb_stoch, n_willr, lb_willr,
+            n_wma, lb_wma, wma_divider, n_adx, adx_m1, lb_adx, n_cci, lb_cci, n_mfi, n_roc,
+        ) = self._const  # fmt: skip
+        (
             prev_c, prev_h, prev_l, sma0, sma1, ema0, ema1, ema2, ema3, gain, loss,
             m_fast, m_slow, m_sig, bb_total, bb_shift, bb_v1, bb_v2, bb_reseed, atr,
             s_hi, s_hi_i, s_lo, s_lo_i, k_total, d_total, w_hi, w_hi_i, w_lo, w_lo_i,
-            obv, wma_sub, wma_sum, wma_trail, pdm, mdm, tr_sum, adx, prev_tp, mf_pos,
-            mf_neg, mf_null,
+            obv, wma_sub, wma_sum, wma_trail, wma_reseed, pdm, mdm, tr_sum, adx, prev_tp,
+            mf_pos, mf_neg, mf_null,
         ) = self.scalars  # fmt: skip
 
-        # SMA: TA-Lib's running total, new close added before the output, oldest removed after.
-        n0, n1 = cfg.sma_periods
+        # SMA: running total, the new close added before the output, the oldest removed after.
         sma0 += c
-        if t >= n0 - 1:
-            ma50 = sma0 / n0
-            sma0 -= closes[t - n0 + 1 - base]
+        if t >= lb_sma0:
+            ma50 = sma0 / n_sma0
+            sma0 -= closes[t - lb_sma0 - base]
         else:
             ma50 = None
         sma1 += c
-        if t >= n1 - 1:
-            ma200 = sma1 / n1
-            sma1 -= closes[t - n1 + 1 - base]
+        if t >= lb_sma1:
+            ma200 = sma1 / n_sma1
+            sma1 -= closes[t - lb_sma1 - base]
         else:
             ma200 = None
 
         # EMA: the scalar holds the seed sum until bar n-1, then the average.
-        e0, e1, e2, e3 = cfg.ema_periods
-        if t < e0 - 1:
+        if t > lb_ema0:
+            ema12 = ema0 = (c - ema0) * k_ema0 + ema0
+        elif t == lb_ema0:
+            ema12 = ema0 = (ema0 + c) / n_ema0
+        else:
             ema0 += c
             ema12 = None
+        if t > lb_ema1:
+            ema26 = ema1 = (c - ema1) * k_ema1 + ema1
+        elif t == lb_ema1:
+            ema26 = ema1 = (ema1 + c) / n_ema1
         else:
-            ema0 = (ema0 + c) / e0 if t == e0 - 1 else (c - ema0) * (2.0 / (e0 + 1)) + ema0
-            ema12 = ema0
-        if t < e1 - 1:
             ema1 += c
             ema26 = None
+        if t > lb_ema2:
+            ema50 = ema2 = (c - ema2) * k_ema2 + ema2
+        elif t == lb_ema2:
+            ema50 = ema2 = (ema2 + c) / n_ema2
         else:
-            ema1 = (ema1 + c) / e1 if t == e1 - 1 else (c - ema1) * (2.0 / (e1 + 1)) + ema1
-            ema26 = ema1
-        if t < e2 - 1:
             ema2 += c
             ema50 = None
+        if t > lb_ema3:
+            ema200 = ema3 = (c - ema3) * k_ema3 + ema3
+        elif t == lb_ema3:
+            ema200 = ema3 = (ema3 + c) / n_ema3
         else:
-            ema2 = (ema2 + c) / e2 if t == e2 - 1 else (c - ema2) * (2.0 / (e2 + 1)) + ema2
-            ema50 = ema2
-        if t < e3 - 1:
             ema3 += c
             ema200 = None
-        else:
-            ema3 = (ema3 + c) / e3 if t == e3 - 1 else (c - ema3) * (2.0 / (e3 + 1)) + ema3
-            ema200 = ema3
 
-        # RSI: sums of the first n gains/losses, then Wilder's (x*(n-1) + new) * (1/n).
-        n = cfg.rsi_period
+        # RSI: sums of the first n gains and losses, then Wilder's (x*(n-1) + new) * (1/n).
         rsi = None
         if t:
             change = c - prev_c
-            if t > n:
-                loss *= n - 1
-                gain *= n - 1
+            if t > n_rsi:
+                loss *= rsi_m1
+                gain *= rsi_m1
             if change > 0.0:
                 gain += change
             else:
                 loss -= change
-            if t >= n:
-                loss *= 1.0 / n
-                gain *= 1.0 / n
+            if t >= n_rsi:
+                loss *= inv_rsi
+                gain *= inv_rsi
                 total = gain + loss
                 rsi = 100.0 * (gain / total) if total > 0.0 else 0.0
 
         # MACD: fast and slow seeds end on bar slow-1; the signal is seeded from the MACD values.
-        fast, slow, sig = cfg.macd_fast, cfg.macd_slow, cfg.macd_signal
         macd = macd_signal = macd_histogram = None
-        if t < slow - 1:
-            m_slow += c
-            if t >= slow - fast:
-                m_fast += c
+        if t > lb_line:
+            m_fast = (c - m_fast) * k_fast + m_fast
+            m_slow = (c - m_slow) * k_slow + m_slow
+        elif t == lb_line:
+            m_fast = (m_fast + c) / fast
+            m_slow = (m_slow + c) / slow
         else:
-            if t == slow - 1:
-                m_fast = (m_fast + c) / fast
-                m_slow = (m_slow + c) / slow
-            else:
-                m_fast = (c - m_fast) * (2.0 / (fast + 1)) + m_fast
-                m_slow = (c - m_slow) * (2.0 / (slow + 1)) + m_slow
+            m_slow += c
+            if t >= fast_from:
+                m_fast += c
+        if t >= lb_line:
             line = m_fast - m_slow
-            start = slow + sig - 2
-            if t < start:
-                m_sig += line
+            if t > lb_macd:
+                m_sig = (line - m_sig) * k_sig + m_sig
+            elif t == lb_macd:
+                m_sig = (m_sig + line) / sig
             else:
-                m_sig = (m_sig + line) / sig if t == start else (line - m_sig) * (2.0 / (sig + 1)) + m_sig
+                m_sig += line
+            if t >= lb_macd:
                 macd, macd_signal, macd_histogram = line, m_sig, line - m_sig
 
-        # Bollinger: SMA middle; variance of the closes minus a shift, reseeded when it cancels.
-        n = cfg.bb_period
-        inv = 1.0 / n
+        # Bollinger: SMA middle band; variance from the closes minus a shift, re-anchored on the
+        # window when it cancels, when a large close leaves, or every 32 periods.
         bb_upper = bb_middle = bb_lower = None
-        if t == 0:
+        if not t:
             bb_shift = c
         bb_total += c
         dev = c - bb_shift
         bb_v1 += dev
         bb_v2 += dev * dev
-        if t >= n - 1:
-            mean1 = bb_v1 * inv
-            variance = bb_v2 * inv - mean1 * mean1
-            bb_middle = bb_total / n
-            oldest = closes[t - n + 1 - base]
+        if t >= lb_bb:
+            mean1 = bb_v1 * inv_bb
+            variance = bb_v2 * inv_bb - mean1 * mean1
+            bb_middle = bb_total / n_bb
+            oldest = closes[t - lb_bb - base]
             bb_total -= oldest
             dev = oldest - bb_shift
             bb_v1 -= dev
             dev *= dev
             bb_v2 -= dev
             bb_reseed -= 1
-            if variance < 0.000001 * (bb_v2 * inv) or dev > 1000000.0 * bb_v2 or bb_reseed <= 0:
-                bb_shift, bb_v1, bb_v2, variance = _reseed_variance(closes[t - n + 1 - base : t + 1 - base], inv)
-                bb_reseed = 32 * n
+            if variance < 0.000001 * (bb_v2 * inv_bb) or dev > 1000000.0 * bb_v2 or bb_reseed <= 0:
+                bb_shift, bb_v1, bb_v2, variance = _reanchored_variance(closes[t - lb_bb - base : t + 1 - base], inv_bb)
+                bb_reseed = 32 * n_bb
             std = math.sqrt(variance) if variance > 0.0 else 0.0
-            if cfg.bb_dev_up == cfg.bb_dev_down:
-                width = std * cfg.bb_dev_up
+            if dev_up == dev_dn:
+                width = std * dev_up
                 bb_upper, bb_lower = bb_middle + width, bb_middle - width
             else:
-                bb_upper, bb_lower = bb_middle + std * cfg.bb_dev_up, bb_middle - std * cfg.bb_dev_down
+                bb_upper, bb_lower = bb_middle + std * dev_up, bb_middle - std * dev_dn
 
         # True range (bar 0 has none: no previous close).
         if t:
@@ -356,109 +405,113 @@ class IndicatorState:
             gap = abs(prev_c - l)
             if gap > true_range:
                 true_range = gap
-        else:
-            true_range = 0.0
 
-        # ATR: SMA of the first n true ranges, then Wilder's alpha*tr + beta*atr.
-        n = cfg.atr_period
+        # ATR: SMA of the first n true ranges, then alpha*tr + beta*atr.
         atr_out = None
-        if t:
-            if t < n:
-                atr += true_range
-            elif t == n:
-                atr = (atr + true_range) / n
-                atr_out = atr
-            else:
-                beta = (n - 1) / n
-                atr = (1.0 - beta) * true_range + beta * atr
-                atr_out = atr
+        if t > n_atr:
+            atr_out = atr = alpha_atr * true_range + beta_atr * atr
+        elif t == n_atr:
+            atr_out = atr = (atr + true_range) / n_atr
+        elif t:
+            atr += true_range
 
-        # Stochastic: fast %K over the window's extremes, slow %K and %D as TA-Lib SMAs.
-        fastk_n, slowk_n, slowd_n = cfg.stoch_fastk, cfg.stoch_slowk, cfg.stoch_slowd
+        # Stochastic: fast %K against the window's extremes (cached with their bar, rescanned when
+        # that bar leaves the window), slow %K and %D as TA-Lib SMAs.
         stoch_k = stoch_d = None
         fastk = slowk = 0.0
-        if t >= fastk_n - 1:
-            first = t - fastk_n + 1
+        if t >= lb_fastk:
+            first = t - lb_fastk
             if s_lo_i < first:
-                s_lo, s_lo_i = _lowest(lows, first - base, t - base, base)
+                window = lows[first - base : t + 1 - base]
+                s_lo = min(window)
+                s_lo_i = first + window.index(s_lo)
             elif l <= s_lo:
                 s_lo, s_lo_i = l, t
             if s_hi_i < first:
-                s_hi, s_hi_i = _highest(highs, first - base, t - base, base)
+                window = highs[first - base : t + 1 - base]
+                s_hi = max(window)
+                s_hi_i = first + window.index(s_hi)
             elif h >= s_hi:
                 s_hi, s_hi_i = h, t
-            diff = (s_hi - s_lo) / 100.0
-            fastk = (c - s_lo) / diff if diff != 0.0 else 0.0
+            span = s_hi - s_lo
+            if abs(span) > _EPSILON * (abs(s_hi) + abs(s_lo)):
+                fastk = 100.0 * ((c - s_lo) / span)
         self.fastk.append(fastk)
-        if t >= fastk_n - 1:
+        if t >= lb_fastk:
             k_total += fastk
-            if t >= fastk_n + slowk_n - 2:
-                slowk = k_total / slowk_n
-                k_total -= self.fastk[t - slowk_n + 1 - base]
+            if t >= lb_slowk:
+                slowk = k_total / n_slowk
+                k_total -= self.fastk[t - n_slowk + 1 - base]
         self.slowk.append(slowk)
-        if t >= fastk_n + slowk_n - 2:
+        if t >= lb_slowk:
             d_total += slowk
-            if t >= fastk_n + slowk_n + slowd_n - 3:
-                stoch_k, stoch_d = slowk, d_total / slowd_n
-                d_total -= self.slowk[t - slowd_n + 1 - base]
+            if t >= lb_stoch:
+                stoch_k, stoch_d = slowk, d_total / n_slowd
+                d_total -= self.slowk[t - n_slowd + 1 - base]
 
-        # Williams %R: same window logic, its own period.
-        n = cfg.willr_period
+        # Williams %R: the stochastic's window when the periods agree, else its own.
         willr = None
-        if t >= n - 1:
-            first = t - n + 1
-            if w_lo_i < first:
-                w_lo, w_lo_i = _lowest(lows, first - base, t - base, base)
-            elif l <= w_lo:
-                w_lo, w_lo_i = l, t
-            if w_hi_i < first:
-                w_hi, w_hi_i = _highest(highs, first - base, t - base, base)
-            elif h >= w_hi:
-                w_hi, w_hi_i = h, t
-            diff = (w_hi - w_lo) / -100.0
-            willr = (w_hi - c) / diff if diff != 0.0 else 0.0
+        if t >= lb_willr:
+            if n_willr == n_fastk:
+                w_hi, w_lo = s_hi, s_lo
+            else:
+                first = t - lb_willr
+                if w_lo_i < first:
+                    window = lows[first - base : t + 1 - base]
+                    w_lo = min(window)
+                    w_lo_i = first + window.index(w_lo)
+                elif l <= w_lo:
+                    w_lo, w_lo_i = l, t
+                if w_hi_i < first:
+                    window = highs[first - base : t + 1 - base]
+                    w_hi = max(window)
+                    w_hi_i = first + window.index(w_hi)
+                elif h >= w_hi:
+                    w_hi, w_hi_i = h, t
+            span = w_hi - w_lo
+            willr = -100.0 * ((w_hi - c) / span) if abs(span) > _EPSILON * (abs(w_hi) + abs(w_lo)) else 0.0
 
         # OBV from the first volume.
-        if t == 0:
+        if not t:
             obv = v
         elif c > prev_c:
             obv += v
         elif c < prev_c:
             obv -= v
 
-        # WMA: TA-Lib's periodSum/periodSub recurrence.
-        n = cfg.wma_period
-        if t < n - 1:
+        # WMA: TA-Lib's periodSum/periodSub recurrence, rebuilt from the window every 8 periods.
+        if t >= lb_wma:
+            wma_sub += c
+            wma_sub -= wma_trail
+            wma_sum += c * n_wma
+            wma_reseed -= 1
+            if wma_reseed <= 0:
+                wma_reseed = 8 * n_wma
+                wma_sub = wma_sum = 0.0
+                weight = 1
+                for x in closes[t - lb_wma - base : t + 1 - base]:
+                    wma_sub += x
+                    wma_sum += x * weight
+                    weight += 1
+            wma_trail = closes[t - lb_wma - base]
+            wma = wma_sum / wma_divider
+            wma_sum -= wma_sub
+        else:
             wma_sub += c
             wma_sum += c * (t + 1)
             wma = None
-        else:
-            wma_sub += c
-            wma_sub -= wma_trail
-            wma_sum += c * n
-            wma_trail = closes[t - n + 1 - base]
-            wma = wma_sum / (n * (n + 1) // 2)
-            wma_sum -= wma_sub
 
-        # ADX, +DI, -DI: DM and TR summed over bars 1..n-1, then Wilder steps.
-        n = cfg.adx_period
+        # ADX, +DI, -DI: DM and TR summed over bars 1..n-1, then Wilder's x - x/n + new.
         adx_out = plus_di = minus_di = None
         if t:
             up = h - prev_h
             down = prev_l - l
             plus_dm = up if up - down > 0.0 and up > 0.0 else 0.0
             minus_dm = down if down - up > 0.0 and down > 0.0 else 0.0
-            if t < n:
-                mdm += minus_dm
-                pdm += plus_dm
-                tr_sum += true_range
-            else:
-                inv = 1.0 / n
-                mdm -= mdm * inv
-                pdm -= pdm * inv
-                mdm += minus_dm
-                pdm += plus_dm
-                tr_sum = tr_sum - tr_sum * inv + true_range
+            if t >= n_adx:
+                mdm = mdm - mdm / n_adx + minus_dm
+                pdm = pdm - pdm / n_adx + plus_dm
+                tr_sum = tr_sum - tr_sum / n_adx + true_range
                 dx = None
                 if tr_sum > 0.0:
                     minus_di = 100.0 * (mdm / tr_sum)
@@ -468,44 +521,46 @@ class IndicatorState:
                         dx = 100.0 * (abs(minus_di - plus_di) / di_sum)
                 else:
                     minus_di = plus_di = 0.0
-                if t < 2 * n - 1:
+                if t > lb_adx:
                     if dx is not None:
-                        adx += dx
-                elif t == 2 * n - 1:
-                    if dx is not None:
-                        adx += dx
-                    adx = adx / n
+                        adx = (adx * adx_m1 + dx) / n_adx
                     adx_out = adx
                 else:
                     if dx is not None:
-                        adx = adx - (adx - dx) * inv
-                    adx_out = adx
-
-        # CCI: TA-Lib sums its circular buffer slot by slot, so sum the window in slot order.
-        tp = (h + l + c) / 3.0
-        self.tps.append(tp)
-        n = cfg.cci_period
-        cci = None
-        if t >= n - 1:
-            window = self.tps[t - n + 1 - base : t + 1 - base]
-            split = (n - (t + 1) % n) % n
-            slots = window[split:] + window[:split]
-            mean = _naive_sum(slots) / n
-            mean_dev = _naive_sum(map(abs, map(mean.__rsub__, slots)))
-            away = tp - mean
-            if -_EPSILON < away < _EPSILON or -_EPSILON < mean_dev < _EPSILON:
-                cci = 0.0
+                        adx += dx
+                    if t == lb_adx:
+                        adx_out = adx = adx / n_adx
             else:
-                cci = away / (0.015 * (mean_dev / n))
+                mdm += minus_dm
+                pdm += plus_dm
+                tr_sum += true_range
 
-        # MFI: positive/negative money flow sums over the window, dead-zone on flat prices.
-        n = cfg.mfi_period
+        # CCI: TA-Lib sums its circular buffer slot by slot (slot = bar index mod n), so sum the
+        # window in that order; flatness is judged against the mean's own magnitude.
+        tp = (h + l + c) / 3.0
+        tps = self.tps
+        tps.append(tp)
+        cci = None
+        if t >= lb_cci:
+            start = t - lb_cci - base
+            split = start + (n_cci - (t + 1) % n_cci) % n_cci
+            slots = tps[split : t + 1 - base] + tps[start:split]
+            mean = _naive_sum(slots) / n_cci
+            mean_dev = 0.0
+            for x in slots:
+                mean_dev += abs(x - mean)
+            mean_dev /= n_cci
+            away = tp - mean
+            scale = _EPSILON * abs(mean)
+            cci = away / (0.015 * mean_dev) if abs(away) > scale and abs(mean_dev) > scale else 0.0
+
+        # MFI: positive and negative money flow over the window.
         mfi = None
         pos = neg = 0.0
         if t:
-            if t > n:
-                mf_pos -= self.pos_flow[t - n - base]
-                mf_neg -= self.neg_flow[t - n - base]
+            if t > n_mfi:
+                mf_pos -= self.pos_flow[t - n_mfi - base]
+                mf_neg -= self.neg_flow[t - n_mfi - base]
             change = tp - prev_tp
             flow = 0.0 if abs(change) <= _EPSILON * (abs(tp) + abs(prev_tp)) else tp * v
             if change < 0.0:
@@ -514,23 +569,22 @@ class IndicatorState:
                 pos = flow
             mf_pos += pos
             mf_neg += neg
-            mf_null = mf_null + 1 if flow == 0.0 else 0
-            if mf_null >= n:
-                mf_null = n
+            mf_null = 0 if flow else mf_null + 1
+            if mf_null >= n_mfi:
+                mf_null = n_mfi
                 mf_pos = mf_neg = 0.0
-            if t >= n:
+            if t >= n_mfi:
                 total = mf_pos + mf_neg
-                if total <= 0.0:
-                    mfi = 0.0
-                else:
+                if total > 0.0:
                     mfi = 100.0 * ((0.0 if mf_pos < 0.0 else total if mf_pos > total else mf_pos) / total)
+                else:
+                    mfi = 0.0
         self.pos_flow.append(pos)
         self.neg_flow.append(neg)
 
         # ROC in percent.
-        n = cfg.roc_period
-        if t >= n:
-            old = closes[t - n - base]
+        if t >= n_roc:
+            old = closes[t - n_roc - base]
             roc = (c / old - 1.0) * 100.0 if old != 0.0 else 0.0
         else:
             roc = None
@@ -539,8 +593,8 @@ class IndicatorState:
             c, h, l, sma0, sma1, ema0, ema1, ema2, ema3, gain, loss,
             m_fast, m_slow, m_sig, bb_total, bb_shift, bb_v1, bb_v2, bb_reseed, atr,
             s_hi, s_hi_i, s_lo, s_lo_i, k_total, d_total, w_hi, w_hi_i, w_lo, w_lo_i,
-            obv, wma_sub, wma_sum, wma_trail, pdm, mdm, tr_sum, adx, tp, mf_pos,
-            mf_neg, mf_null,
+            obv, wma_sub, wma_sum, wma_trail, wma_reseed, pdm, mdm, tr_sum, adx, tp,
+            mf_pos, mf_neg, mf_null,
         ]  # fmt: skip
         self.t = t + 1
         if len(closes) > self._keep + 256:
@@ -557,69 +611,63 @@ class IndicatorState:
             del getattr(self, name)[:drop]
         self.base += drop
 
-    # -- history, rollback, replay -------------------------------------------------------------------------
+    # -- history, rollback, replay ------------------------------------------------------------------
 
     def feed(self, candle: Candle) -> Indicators:
-        """Append a final candle newer than every kept one and remember how to undo it."""
+        """Append a final candle newer than every kept one, remembering how to undo it."""
         before = self.scalars
         output = Indicators(
             candle.exchange, candle.symbol, candle.interval, candle.open_time, candle.close, candle.revision,
             *self.step(candle.high, candle.low, candle.close, candle.volume),
         )
-        self.entries.append(_Entry(candle, before, output))
-        if len(self.entries) > self.cfg.history:
-            self.entries.popleft()
+        self.entries.append((candle, before, output))
         return output
 
-    def rollback(self, depth: int) -> list[Candle]:
-        """Undo the last ``depth`` kept candles and return them, oldest first."""
-        undone = [self.entries.pop() for _ in range(depth)][::-1]
-        self._restore(undone[0].before, self.t - depth)
-        return [e.candle for e in undone]
-
     def _restore(self, scalars: list[Any], bars: int) -> None:
-        """Go back to the state after ``bars`` bars whose scalars were ``scalars``."""
+        """Go back to the state after ``bars`` bars, whose scalars were ``scalars``."""
         self.scalars = scalars
         self.t = bars
         keep = bars - self.base
         for name in _BUFFERS:
             del getattr(self, name)[keep:]
 
-    def covers_start(self) -> bool:
-        """True when the kept candles go back to the first bar of the series."""
-        return len(self.entries) == self.t
+    def rollback(self, depth: int) -> list[Candle]:
+        """Undo the last ``depth`` kept candles and return them, oldest first."""
+        undone = [self.entries.pop() for _ in range(depth)][::-1]
+        self._restore(undone[0][1], self.t - depth)
+        return [candle for candle, _, _ in undone]
 
     def apply(self, candle: Candle) -> list[Indicators]:
-        """Feed, revise or insert ``candle``; return its record and every record it changed."""
+        """Feed, revise or insert ``candle``; return its record and then every record it changed."""
         entries = self.entries
-        if not entries or candle.open_time > entries[-1].candle.open_time:
+        if not entries or candle.open_time > entries[-1][0].open_time:
             return [self.feed(candle)]
-        if candle.open_time < entries[0].candle.open_time and not self.covers_start():
+        if candle.open_time < entries[0][0].open_time and len(entries) < self.t:
             raise RevisionTooOld(
                 f"candle {self.key} {candle.open_time} rev {candle.revision} is older than the kept history "
-                f"(oldest kept {entries[0].candle.open_time}, history {self.cfg.history})"
+                f"(oldest kept {entries[0][0].open_time}, history {self.cfg.history})"
             )
-        depth = 0
-        for entry in reversed(entries):
-            if entry.candle.open_time <= candle.open_time:
+        newer = 0
+        for kept, _, _ in reversed(entries):
+            if kept.open_time <= candle.open_time:
                 break
-            depth += 1
-        position = len(entries) - depth - 1
-        if position >= 0 and entries[position].candle.open_time == candle.open_time:
-            kept = entries[position]
-            if candle.revision <= kept.candle.revision:
-                return [kept.output]  # re-delivery or a stale revision: nothing changes
-            later = self.rollback(depth + 1)[1:]
+            newer += 1
+        same = len(entries) - newer - 1
+        if same >= 0 and entries[same][0].open_time == candle.open_time:
+            kept, _, output = entries[same]
+            if candle.revision <= kept.revision:
+                return [output]  # re-delivery, or an older revision: nothing changes
+            later = self.rollback(newer + 1)[1:]
         else:
-            later = self.rollback(depth)
+            later = self.rollback(newer)
         return [self.feed(c) for c in (candle, *later)]
 
     def peek(self, candle: Candle) -> Indicators:
         """Values as if ``candle`` (final or not) were the next bar, leaving the state as it was."""
-        if self.entries and candle.open_time <= self.entries[-1].candle.open_time:
+        if self.entries and candle.open_time <= self.entries[-1][0].open_time:
             raise BadCandle(
-                f"peek at {self.key} {candle.open_time} needs a candle newer than the last final one "
-                f"({self.entries[-1].candle.open_time})"
+                f"peek at {self.key} {candle.open_time} needs a candle newer than the last one "
+                f"({self.entries[-1][0].open_time})"
             )
         before, bars = self.scalars, self.t
         output = Indicators(
@@ -629,19 +677,19 @@ class IndicatorState:
         self._restore(before, bars)
         return output
 
-    # -- serialisation -------------------------------------------------------------------------------------
+    # -- serialisation ------------------------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:
-        oldest = self.t - len(self.entries)
-        keep_from = max(self.base, oldest - self.cfg.window)
+        """JSON-ready state: scalars, the buffer tail rollbacks and the next bars read, history."""
+        keep_from = max(self.base, self.t - len(self.entries) - self.cfg.window)
         return {
             "t": self.t,
             "base": keep_from,
             "scalars": list(self.scalars),
             "buffers": {name: getattr(self, name)[keep_from - self.base :].tolist() for name in _BUFFERS},
             "entries": [
-                {"candle": e.candle.to_avro(), "before": list(e.before), "output": e.output.to_avro()}
-                for e in self.entries
+                {"candle": candle.to_avro(), "before": list(before), "output": output.to_avro()}
+                for candle, before, output in self.entries
             ],
         }
 
@@ -653,17 +701,17 @@ class IndicatorState:
         state.scalars = list(d["scalars"])
         for name in _BUFFERS:
             setattr(state, name, array("d", d["buffers"][name]))
-        state.entries = deque(
-            _Entry(Candle.from_avro(e["candle"]), list(e["before"]), Indicators.from_avro(e["output"]))
-            for e in d["entries"]
+        state.entries.extend(
+            (Candle.from_avro(e["candle"]), list(e["before"]), Indicators.from_avro(e["output"])) for e in d["entries"]
         )
         return state
 
 
-def _reseed_variance(window: Sequence[float], inv: float) -> tuple[float, float, float, float]:
-    """TA-Lib's reseed: shift = window mean, sums recomputed, oldest bar removed again.
+def _reanchored_variance(window: Sequence[float], inv: float) -> tuple[float, float, float, float]:
+    """TA-Lib's Bollinger re-anchor: shift to the window mean and rebuild the shifted sums.
 
-    Returns the new shift, the two shifted sums (without the oldest bar) and the window's variance.
+    Returns the new shift, the sums with the window's oldest close already removed (as the
+    running sums are after each bar), and the window's variance (0 below 1e-12 of the mean square).
     """
     total = 0.0
     for x in window:
@@ -682,24 +730,6 @@ def _reseed_variance(window: Sequence[float], inv: float) -> tuple[float, float,
     v1 -= dev
     v2 -= dev * dev
     return shift, v1, v2, variance
-
-
-def _lowest(values: array, first: int, last: int, base: int) -> tuple[float, int]:
-    """Lowest of values[first..last] and its series index (earliest on ties, as TA-Lib)."""
-    best, at = values[first], first
-    for i in range(first + 1, last + 1):
-        if values[i] < best:
-            best, at = values[i], i
-    return best, at + base
-
-
-def _highest(values: array, first: int, last: int, base: int) -> tuple[float, int]:
-    """Highest of values[first..last] and its series index (earliest on ties, as TA-Lib)."""
-    best, at = values[first], first
-    for i in range(first + 1, last + 1):
-        if values[i] > best:
-            best, at = values[i], i
-    return best, at + base
 
 
 @dataclass(slots=True)
@@ -722,31 +752,31 @@ class IndicatorEngine:
             raise BadCandle(f"candle {candle.key} {candle.open_time}: {problem}")
 
     def process(self, candle: Candle) -> list[Indicators]:
-        """Apply a final candle; return its record first, then every later record a revision changed.
+        """Apply a final candle; return its record first, then every later record it changed.
 
-        A new candle gives one record. A revision (same open_time, higher revision) or a late candle
-        (older open_time not yet seen) recomputes from there on and returns the records of it and of
-        every later kept candle. A re-delivery (same open_time, same or lower revision) returns the
-        kept record and changes nothing. Raises ``BadCandle`` or ``RevisionTooOld``.
+        A new candle gives one record. A revision (same open_time, higher revision) or a late
+        candle (an older open_time not seen yet) recomputes from there on and also returns the
+        records of every later kept candle. A re-delivery (same open_time, same or lower revision)
+        returns the kept record and changes nothing. Raises ``BadCandle`` or ``RevisionTooOld``.
         """
         if not candle.is_final:
-            raise BadCandle(f"candle {candle.key} {candle.open_time} is not final (use peek for a forming candle)")
+            raise BadCandle(f"candle {candle.key} {candle.open_time} is not final (peek takes a forming candle)")
         self._check(candle)
         return self._state(candle.key).apply(candle)
 
     def update(self, candle: Candle) -> Indicators:
-        """The record of a final candle (see ``process`` for the records a revision also changes)."""
+        """The record of a final candle (``process`` also returns the later records a revision changed)."""
         return self.process(candle)[0]
 
     def peek(self, candle: Candle) -> Indicators:
-        """Values of a forming candle as if it closed now; the state is left unchanged."""
+        """Values of a forming candle as if it closed now; the state does not change."""
         self._check(candle)
         return self._state(candle.key).peek(candle)
 
     def seed(self, key: str, candles: Iterable[Candle]) -> Indicators | None:
-        """Restart series ``key`` from history: its candles in any order, the highest revision per open_time.
+        """Restart series ``key`` from its history: candles in any order, highest revision per open_time.
 
-        Returns the record of the newest candle (None for no candles).
+        Returns the record of the newest candle, or None when there is none.
         """
         latest: dict[int, Candle] = {}
         for candle in candles:
@@ -766,7 +796,7 @@ class IndicatorEngine:
         return output
 
     def snapshot(self) -> dict[str, Any]:
-        """The whole engine as a JSON-serialisable dict (floats round-trip exactly through orjson)."""
+        """The whole engine as a JSON-serialisable dict (its floats round-trip exactly through orjson)."""
         return {
             "version": _SNAPSHOT_VERSION,
             "config": self.config.to_dict(),

@@ -4,7 +4,8 @@ Two scenarios, 100 symbols in one book (one partition), 500-trade batches, inter
 1m+5m+15m+1h+4h+1d, trades from a small seeded generator (random walk prices, mixed sides, a few
 trades out of order within the lateness):
 
-* busy:  500 trades per symbol in 50 ms of event time (the shell's default micro-batch span).
+* busy:  500 trades per symbol in 200 ms of event time (2,500 trades/s per symbol), default
+  lateness; the run crosses midnight, so every interval finalizes once for every symbol.
 * quiet: 500 trades per symbol in 40 s of event time with a 45 s lateness, so every symbol
   finalizes a minute (and its roll-ups) about every other batch: the per-minute overhead.
 
@@ -22,7 +23,7 @@ from agents.candles import CandleBook, CandleConfig
 from schemas.models import Trade
 
 SIDES = ("buy", "sell", "buy", "sell", "unknown")
-START_US = 1_723_161_599_500_000  # 2024-08-08 23:59:59.5 UTC: both scenarios cross a day boundary
+START_US = 1_723_161_595_000_000  # 2024-08-08 23:59:55 UTC: both scenarios cross a day boundary
 
 
 def generate(n_symbols: int, batch: int, rounds: int, span_ms: int, seed: int = 7) -> list[tuple[str, list[Trade]]]:
@@ -40,7 +41,8 @@ def generate(n_symbols: int, batch: int, rounds: int, span_ms: int, seed: int = 
             for i in range(batch):
                 p = round(p * (1.0 + rng.gauss(0.0, 0.0005)), 4)
                 jitter = rng.randrange(-step_us, step_us) if rng.random() < 0.02 else 0
-                trades.append(Trade(str(next_id[s]), base + i * step_us + max(jitter, -i * step_us), p, round(rng.uniform(0.001, 2.0), 3), SIDES[rng.randrange(5)]))
+                ts = base + i * step_us + max(jitter, -i * step_us)
+                trades.append(Trade(str(next_id[s]), ts, p, round(rng.uniform(0.001, 2.0), 3), SIDES[rng.randrange(5)]))
                 next_id[s] += 1
             prices[s] = p
             out.append((f"SYM{s}", trades))
@@ -62,11 +64,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--symbols", type=int, default=100)
     ap.add_argument("--batch", type=int, default=500)
-    ap.add_argument("--rounds", type=int, default=20, help="rounds per scenario (trades = symbols * batch * rounds)")
+    ap.add_argument("--rounds", type=int, default=40, help="rounds per scenario (trades = symbols * batch * rounds)")
     ap.add_argument("--runs", type=int, default=5)
     args = ap.parse_args()
     scenarios = {
-        "busy": (50, CandleConfig()),
+        "busy": (200, CandleConfig()),
         "quiet": (40_000, CandleConfig(lateness_ms=45_000)),
     }
     for name, (span_ms, config) in scenarios.items():

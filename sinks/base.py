@@ -29,6 +29,7 @@ from schemas.models import Candle, Trade, TradeBatch
 # wrapped value then breaks every reader of the table), so both analytic stores reject such rows.
 MIN_TIME_MS = -2_208_988_800_000
 MAX_TIME_MS = 10_413_791_999_999
+MAX_INT64 = 2**63 - 1
 MAX_REVISION = 2**31 - 1  # Avro int; fits PostgreSQL integer and the ClickHouse UInt32 version column
 
 
@@ -140,6 +141,8 @@ def candle_columns(candles: list[Candle]) -> dict[str, list[Any]]:
     _check_times("candle close_time (ms)", cols["close_time"], 1)
     if min(cols["revision"]) < 0 or max(cols["revision"]) > MAX_REVISION:
         raise DataRejected(f"candle revision outside 0..{MAX_REVISION}")
+    if min(cols["trade_count"]) < 0 or max(cols["trade_count"]) > MAX_INT64:
+        raise DataRejected("candle trade_count outside 0..2**63-1")
     for name in ("exchange", "symbol", "interval", "first_trade_id", "last_trade_id"):
         _check_text(f"candle {name}", cols[name])
     return cols

@@ -26,7 +26,7 @@ from sinks.base import DataRejected, Sink, SinkBatch, candle_columns, trade_colu
 # Server error codes that mean "this data can never be inserted", as opposed to an unavailable
 # server: TYPE_MISMATCH, CANNOT_PARSE_*, TOO_LARGE_STRING_SIZE, INCORRECT_DATA,
 # VALUE_IS_OUT_OF_RANGE_OF_DATA_TYPE, CANNOT_INSERT_NULL_IN_ORDINARY_COLUMN, ARGUMENT_OUT_OF_BOUND.
-DATA_ERROR_CODES = frozenset({53, 6, 27, 32, 38, 41, 69, 72, 117, 131, 321, 349})
+DATA_ERROR_CODES = frozenset({6, 27, 38, 41, 53, 69, 72, 117, 131, 321, 349})
 
 
 def connect(dsn: str) -> Client:

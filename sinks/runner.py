@@ -27,13 +27,18 @@ from dataclasses import dataclass
 from typing import Any
 
 import structlog
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import Consumer, IsolationLevel, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka.admin import AdminClient, OffsetSpec
 from prometheus_client import Counter, Gauge, Histogram
-from tenacity import RetryCallState, RetryError, Retrying, retry_if_exception, wait_exponential
+from tenacity import RetryCallState, RetryError, Retrying, retry_if_exception, retry_if_exception_type, wait_exponential
 
 from schemas.codec import AvroCodec, SchemaRegistry
 from schemas.models import DeadLetter
 from sinks.base import TOPICS, DataRejected, Sink, SinkBatch
+from sinks.clickhouse import ClickHouseSink, connect
+from sinks.migrations import migrate_clickhouse, migrate_postgres
+from sinks.postgres import PostgresSink
+from sinks.redis import RedisSink
 from streams.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -47,6 +52,10 @@ WRITE_SECONDS = Histogram(
 )
 ERRORS = Counter("tickflow_sink_errors_total", "Sink failures: write (retried), rejected, undecodable, commit", ["sink", "kind"])
 LAG = Gauge("tickflow_sink_lag", "Records on assigned partitions not yet committed by the sink", ["sink"])
+
+
+LAG_EVERY_S = 10.0  # how often run() refreshes the lag gauge
+_CONSUMER_ONLY = frozenset({"group.id", "enable.auto.commit", "auto.offset.reset", "session.timeout.ms"})
 
 
 class _Stopped(Exception):
@@ -96,6 +105,9 @@ class SinkRunner:
         }
         conf.update(consumer_config or {})
         self._consumer = Consumer(conf)
+        # Watermarks come from one batched ListOffsets request: the consumer's per-partition
+        # query_watermark_offsets costs a round trip (and on some brokers a fetch wait) each.
+        self._admin = AdminClient({k: v for k, v in conf.items() if k not in _CONSUMER_ONLY})
         self._consumer.subscribe(list(self._specs), on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_revoke)
         self._pending: list[_Record] = []
         self._to_commit: dict[tuple[str, int], int] = {}
@@ -107,9 +119,13 @@ class SinkRunner:
     def run(self, stop: threading.Event) -> None:
         """Consume, write and commit until ``stop`` is set; a batch that cannot be written then stays uncommitted."""
         self._stop = stop
+        next_lag = 0.0
         try:
             while not stop.is_set():
                 self._cycle()
+                if time.monotonic() >= next_lag:
+                    self._update_lag()
+                    next_lag = time.monotonic() + LAG_EVERY_S
         except _Stopped:
             self._log.warning("stopped with an unwritten batch; it will be consumed again", records=len(self._pending))
 
@@ -132,19 +148,31 @@ class SinkRunner:
             else:
                 idle_since = None
             if deadline is not None and time.monotonic() > deadline:
-                raise TimeoutError(f"sink {self.sink.name} not drained within {timeout_s}s (lag {self.lag()})")
+                raise TimeoutError(f"sink {self.sink.name} not drained within {timeout_s}s")
 
     def lag(self) -> int:
-        """Sum over assigned partitions of high watermark minus committed offset."""
-        total = sum(high - done for high, done in self._partition_state().values())
+        """Sum over assigned partitions of end offset minus committed offset (KafkaException if unreachable)."""
+        total = sum(max(high - done, 0) for high, done in self._partition_state().values())
         LAG.labels(self.sink.name).set(total)
         return total
+
+    def _update_lag(self) -> None:
+        try:
+            self.lag()
+        except KafkaException as exc:
+            self._log.warning("lag unknown", error=str(exc))
 
     def close(self) -> None:
         """Leave the consumer group; the sink itself is closed by its owner."""
         if not self._closed:
             self._closed = True
             self._consumer.close()
+
+    def __enter__(self) -> SinkRunner:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     # -- consume
 
@@ -270,7 +298,7 @@ class SinkRunner:
             self._log.warning("dead-letter failed; retrying", attempt=state.attempt_number, error=f"{type(exc).__name__}: {exc}")
 
         try:
-            for attempt in self._retrying(before_sleep, retry_if_exception(lambda e: True)):
+            for attempt in self._retrying(before_sleep, retry_if_exception_type(Exception)):
                 with attempt:
                     self._dead_letter(letter)
         except RetryError as exc:
@@ -322,15 +350,25 @@ class SinkRunner:
         self._log.info("partitions revoked", partitions=sorted(f"{t}[{p}]" for t, p in gone))
 
     def _partition_state(self) -> dict[tuple[str, int], tuple[int, int]]:
-        """(high watermark, committed-or-low offset) per assigned partition."""
+        """(end offset, committed offset or start of log) per assigned partition.
+
+        The end is the last stable offset (read_committed, like the consumer), so records of open
+        transactions, which cannot be consumed yet, do not count.
+        """
         assignment = self._consumer.assignment()
         if not assignment:
             return {}
-        state = {}
-        for tp in self._consumer.committed(assignment, timeout=10):
-            low, high = self._consumer.get_watermark_offsets(tp, timeout=10, cached=False)
-            state[(tp.topic, tp.partition)] = (high, tp.offset if tp.offset >= 0 else low)
-        return state
+        committed = {(tp.topic, tp.partition): tp.offset for tp in self._consumer.committed(assignment, timeout=10)}
+        ends = self._list_offsets(committed, OffsetSpec.latest())
+        unset = [k for k, off in committed.items() if off < 0]
+        starts = self._list_offsets(unset, OffsetSpec.earliest()) if unset else {}
+        return {k: (ends[k], off if off >= 0 else starts[k]) for k, off in committed.items()}
+
+    def _list_offsets(self, keys: Any, spec: OffsetSpec) -> dict[tuple[str, int], int]:
+        futures = self._admin.list_offsets(
+            {TopicPartition(t, p): spec for t, p in keys}, isolation_level=IsolationLevel.READ_COMMITTED, request_timeout=10
+        )
+        return {(tp.topic, tp.partition): fut.result().offset for tp, fut in futures.items()}
 
     def _drained(self) -> bool:
         """True when partitions are assigned, nothing is pending and every one is committed to its end.
@@ -340,7 +378,11 @@ class SinkRunner:
         """
         if self._pending or self._to_commit or not self._consumer.assignment():
             return False
-        state = self._partition_state()
+        try:
+            state = self._partition_state()
+        except KafkaException as exc:
+            self._log.warning("offsets unknown; not drained yet", error=str(exc))
+            return False
         behind = {k for k, (high, done) in state.items() if high > done}
         if behind:
             for tp in self._consumer.position([TopicPartition(t, p) for t, p in behind]):
@@ -348,9 +390,24 @@ class SinkRunner:
                 if tp.offset >= high > done:
                     self._to_commit[(tp.topic, tp.partition)] = tp.offset
             if not self._to_commit:
-                LAG.labels(self.sink.name).set(sum(h - d for h, d in state.values()))
+                LAG.labels(self.sink.name).set(sum(max(h - d, 0) for h, d in state.values()))
                 return False
             self._commit()
             return False
         LAG.labels(self.sink.name).set(0)
         return True
+
+
+def open_sinks(settings: Settings, *, migrate: bool = True) -> list[Sink]:
+    """The configured sinks, migrated first: ClickHouse always, PostgreSQL and Redis when their URL is set."""
+    client = connect(settings.clickhouse_dsn)
+    if migrate:
+        migrate_clickhouse(client)
+    sinks: list[Sink] = [ClickHouseSink(client, owns_client=True)]
+    if settings.database_url:
+        if migrate:
+            migrate_postgres(settings.database_url)
+        sinks.append(PostgresSink(settings.database_url))
+    if settings.redis_url:
+        sinks.append(RedisSink(settings.redis_url))
+    return sinks

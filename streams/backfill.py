@@ -90,7 +90,9 @@ async def fetch_ohlcv_history(
     return [candle_from_ohlcv(exchange.id, symbol, timeframe, step_ms, row, now_ms) for row in rows]
 
 
-def candle_from_ohlcv(exchange_id: str, symbol: str, timeframe: str, step_ms: int, row: list[Any], now_ms: int) -> Candle:
+def candle_from_ohlcv(
+    exchange_id: str, symbol: str, timeframe: str, step_ms: int, row: list[Any], now_ms: int
+) -> Candle:
     """A ccxt ``[ts, o, h, l, c, v]`` row as a Candle; final once its window has fully passed."""
     open_time, o, h, low, c, v = row[:6]
     close_time = open_time + step_ms - 1
@@ -112,7 +114,9 @@ def candle_from_ohlcv(exchange_id: str, symbol: str, timeframe: str, step_ms: in
     )
 
 
-async def _with_retries(call: Any, exchange_id: str, symbol: str, retries: int, min_backoff: float, max_backoff: float) -> Any:
+async def _with_retries(
+    call: Any, exchange_id: str, symbol: str, retries: int, min_backoff: float, max_backoff: float
+) -> Any:
     attempt = 0
     while True:
         try:
@@ -122,5 +126,8 @@ async def _with_retries(call: Any, exchange_id: str, symbol: str, retries: int, 
             if attempt > retries:
                 raise
             delay = backoff_delay(attempt, min_backoff, max_backoff)
-            log.warning("backfill_retry", exchange=exchange_id, symbol=symbol, attempt=attempt, delay_s=round(delay, 3), error=repr(e))
+            log.warning(
+                "backfill_retry", exchange=exchange_id, symbol=symbol, attempt=attempt,
+                delay_s=round(delay, 3), error=repr(e),
+            )
             await asyncio.sleep(delay)

@@ -185,6 +185,22 @@ async def test_rest_polling_resumes_after_cursor_and_retries_429() -> None:
     assert all(int(q["endTime"]) - int(q["startTime"]) <= 3_600_000 for q in agg_trade_requests(fake))
 
 
+async def test_catch_up_crosses_hours_without_trades() -> None:
+    """Binance answers ``since`` with one hour at most: an empty hour is not the end of history."""
+    head = xrpeth_agg_trades()[:40]
+    quiet = 3 * 3_600_000
+    recorded = retime(head[:20] + [{**t, "T": t["T"] + quiet} for t in head[20:]])
+    async with FakeBinance(pending={"XRPETH": list(recorded)}) as fake:
+        await fake.publish("XRPETH", len(recorded))
+        cursor = (recorded[5]["T"] * 1000, str(recorded[5]["a"]))
+        c = Collector(make_source(fake, ["XRP/ETH"], mode="rest", page_limit=8, resume_after={"XRP/ETH": cursor}))
+        try:
+            await c.until_ids({str(t["a"]) for t in recorded[6:]})
+        finally:
+            await c.close()
+    assert c.trades == [expected_trade(t) for t in recorded[6:]]
+
+
 async def test_malformed_trade_becomes_bad_input_and_stream_goes_on() -> None:
     recorded = retime(xrpeth_agg_trades()[:30])
     broken = {k: v for k, v in recorded[10].items() if k != "p"}

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import difflib
+import weakref
 from collections import deque
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
@@ -30,7 +31,7 @@ log = structlog.get_logger(__name__)
 
 RECONNECTS = Counter(
     "tickflow_source_reconnects",
-    "Retries of a live exchange source after a transient error (disconnect, timeout, rate limit)",
+    "Live exchange sockets lost and REST calls retried after transient errors (timeouts, rate limits)",
     ["exchange"],
 )
 
@@ -48,7 +49,8 @@ class _Profile:
 
 
 # ccxt.pro's binance pushes individual trades while REST fetch_trades returns aggregated trades,
-# whose ids differ; the aggTrade stream makes both sides aggregated trades.
+# whose ids differ; the aggTrade stream makes both sides aggregated trades. Prices and volumes are
+# the same either way; a trade count built from them counts aggregated trades, not Binance's fills.
 _BINANCE = _Profile({"watchTrades": {"name": "aggTrade"}}, 3_600_000)
 _PROFILES = dict.fromkeys(("binance", "binanceus", "binanceusdm", "binancecoinm"), _BINANCE)
 
@@ -168,6 +170,8 @@ class CcxtSource(Source):
         self._queue: asyncio.Queue[SourceItem | BaseException] = asyncio.Queue(queue_size)
         self._tasks: list[asyncio.Task[None]] = []
         self._epoch = 0
+        self._closing = False
+        self._lost: weakref.WeakSet[Any] = weakref.WeakSet()
         self._cache_limit = int(self.exchange.options.get("tradesLimit", 1000))
         self._track_disconnects()
 
@@ -180,6 +184,7 @@ class CcxtSource(Source):
             yield item
 
     async def aclose(self) -> None:
+        self._closing = True
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -195,6 +200,12 @@ class CcxtSource(Source):
 
             def counted(client: Any, error: Any, _original: Any = original) -> Any:
                 self._epoch += 1
+                if not self._closing and client not in self._lost:  # ccxt may report one loss twice
+                    self._lost.add(client)
+                    RECONNECTS.labels(self.exchange_id).inc()
+                    log.warning(
+                        "exchange_socket_lost", exchange=self.exchange_id, url=getattr(client, "url", None), detail=str(error)
+                    )
                 return _original(client, error)
 
             setattr(self.exchange, hook, counted)
@@ -217,7 +228,9 @@ class CcxtSource(Source):
         if self.mode == "ws" and not can_watch:
             raise ValueError(f"{self.exchange_id} has no websocket trades in ccxt; use mode 'rest'")
         run = self._watch if self.mode == "ws" or (self.mode == "auto" and can_watch) else self._poll
-        self._tasks = [asyncio.create_task(self._guard(run, s), name=f"ccxt:{self.exchange_id}:{s}") for s in self.symbols]
+        self._tasks = [
+            asyncio.create_task(self._guard(run, s), name=f"ccxt:{self.exchange_id}:{s}") for s in self.symbols
+        ]
 
     async def _guard(self, run: Any, symbol: str) -> None:
         """Hand a permanent error (bad symbol, authentication, a bug) to the consumer instead of dying unseen."""
@@ -250,7 +263,13 @@ class CcxtSource(Source):
                         if resync:
                             await self._recover(symbol)
                         continue
-                    delivery = pending.result()
+                    try:
+                        delivery = pending.result()
+                    except TRANSIENT_ERRORS as e:
+                        pending, resync = None, True
+                        attempt += 1
+                        await self._pause(symbol, e, attempt, count=False)  # the socket hook counted it
+                        continue
                     pending = None
                     if resync or len(delivery) >= self._cache_limit:
                         await self._recover(symbol)
@@ -258,8 +277,6 @@ class CcxtSource(Source):
                     attempt = 0
                     await self._emit(symbol, delivery)
                 except TRANSIENT_ERRORS as e:
-                    if pending is not None and pending.done():
-                        pending = None
                     resync = True
                     attempt += 1
                     await self._pause(symbol, e, attempt)
@@ -344,9 +361,10 @@ class CcxtSource(Source):
                 attempt += 1
                 await self._pause(symbol, e, attempt)
 
-    async def _pause(self, symbol: str | None, error: Exception, attempt: int) -> None:
+    async def _pause(self, symbol: str | None, error: Exception, attempt: int, *, count: bool = True) -> None:
         delay = backoff_delay(attempt, self.min_backoff, self.max_backoff)
-        RECONNECTS.labels(self.exchange_id).inc()
+        if count:
+            RECONNECTS.labels(self.exchange_id).inc()
         log.warning(
             "source_retry", exchange=self.exchange_id, symbol=symbol, attempt=attempt,
             delay_s=round(delay, 3), error=f"{type(error).__name__}: {error}",

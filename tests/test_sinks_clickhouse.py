@@ -1,0 +1,215 @@
+"""ClickHouseSink and the ClickHouse migrations on embedded chdb, and equality with PostgreSQL.
+
+chdb hosts one engine (one data path) per process, so the module shares one client on one tmp path
+and closes it at the end; tests keep apart by using their own exchange names.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from schemas.models import Candle, Trade
+from sinks.base import DataRejected, SinkBatch, candle_columns
+from sinks.clickhouse import ClickHouseSink, connect
+from sinks.migrations import discover, migrate_clickhouse, migrate_postgres, split_statements
+from sinks.postgres import PostgresSink
+from sinks.redis import RedisSink
+from sinks.runner import open_sinks
+from streams.settings import Settings
+
+T0 = 1_700_000_040_000  # ms, a minute boundary
+ADMIN_URL = os.environ.get("TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """TICKFLOW_DATA_DIR of this module: the engine lives in its ``clickhouse`` folder."""
+    return tmp_path_factory.mktemp("tickflow-data").resolve()
+
+
+@pytest.fixture(scope="module")
+def client(data_dir: Path) -> Iterator:
+    c = connect(Settings(tickflow_data_dir=data_dir).clickhouse_dsn)
+    migrate_clickhouse(c)
+    yield c
+    c.close()
+
+
+@pytest.fixture
+def exchange() -> str:
+    return f"ex{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def sink(client) -> ClickHouseSink:  # noqa: ANN001
+    return ClickHouseSink(client)
+
+
+def candle(exchange: str, open_time: int = T0, *, revision: int = 0, final: bool = True, close: float = 101.0, interval: str = "1m") -> Candle:
+    return Candle(
+        exchange, "BTC/USDT", interval, open_time, open_time + 59_999, 100.0, 102.0, 99.5, close, 3.0, 300.0, 7,
+        vwap=100.5 if revision % 2 == 0 else None, taker_buy_volume=1.0, first_trade_id="10", last_trade_id=None,
+        is_final=final, revision=revision,
+    )
+
+
+def trade(exchange: str, i: int, symbol: str = "BTC/USDT") -> tuple[str, str, Trade]:
+    return (exchange, symbol, Trade(str(1000 + i), T0 * 1000 + i * 1_000_123, 100.0 + i / 8, 0.25 * (i + 1), "buy" if i % 2 else "sell"))
+
+
+def ch_trades(client, exchange: str) -> list[tuple]:  # noqa: ANN001
+    return client.query(
+        "SELECT exchange, symbol, trade_id, toUnixTimestamp64Micro(ts), price, amount, side FROM trades FINAL "
+        "WHERE exchange = {e:String} ORDER BY symbol, trade_id",
+        parameters={"e": exchange},
+    ).result_rows
+
+
+def ch_candles(client, exchange: str) -> list[tuple]:  # noqa: ANN001
+    return client.query(
+        "SELECT exchange, symbol, `interval`, toUnixTimestamp64Milli(open_time), toUnixTimestamp64Milli(close_time), open, high, low, "
+        "close, volume, quote_volume, trade_count, vwap, taker_buy_volume, first_trade_id, last_trade_id, is_final, revision "
+        "FROM candles FINAL WHERE exchange = {e:String} ORDER BY symbol, `interval`, open_time",
+        parameters={"e": exchange},
+    ).result_rows
+
+
+def test_migrations_are_idempotent(client) -> None:  # noqa: ANN001
+    assert migrate_clickhouse(client) == []
+    assert client.query("SELECT version, name FROM schema_migrations FINAL").result_rows == [("0001", "init")]
+    engines = dict(client.query("SELECT name, engine FROM system.tables WHERE database = currentDatabase()").result_rows)
+    assert engines["trades"] == engines["candles"] == "ReplacingMergeTree"
+    assert [m.version for m in discover("clickhouse")] == ["0001"]  # examples.sql is not a migration
+
+
+def test_example_queries_run(client) -> None:  # noqa: ANN001
+    examples = Path(__file__).resolve().parents[1] / "infra" / "sql" / "clickhouse" / "examples.sql"
+    statements = split_statements(examples.read_text(), backslash_escapes=True)
+    assert len(statements) == 3
+    for stmt in statements:
+        client.query(stmt)
+
+
+def test_same_batch_twice_gives_the_same_rows(sink: ClickHouseSink, client, exchange: str) -> None:  # noqa: ANN001
+    batch = SinkBatch([trade(exchange, i) for i in range(20)], [candle(exchange), candle(exchange, T0 + 60_000)])
+    sink.write(batch)
+    first = ch_trades(client, exchange), ch_candles(client, exchange)
+    sink.write(batch)
+    assert (ch_trades(client, exchange), ch_candles(client, exchange)) == first
+    assert len(first[0]) == 20 and len(first[1]) == 2
+    client.command("OPTIMIZE TABLE trades FINAL")
+    assert client.query("SELECT count() FROM trades WHERE exchange = {e:String}", parameters={"e": exchange}).result_rows == [(20,)]
+
+
+def test_revision_newer_wins_older_ignored(sink: ClickHouseSink, client, exchange: str) -> None:  # noqa: ANN001
+    sink.write(SinkBatch(candles=[candle(exchange, revision=1, close=1.0)]))
+    sink.write(SinkBatch(candles=[candle(exchange, revision=0, close=0.0)]))
+    assert [(r[-1], r[8]) for r in ch_candles(client, exchange)] == [(1, 1.0)]
+    sink.write(SinkBatch(candles=[candle(exchange, revision=3, close=3.0), candle(exchange, revision=2, close=2.0)]))
+    assert [(r[-1], r[8]) for r in ch_candles(client, exchange)] == [(3, 3.0)]
+
+
+def test_in_progress_candles_are_not_stored(sink: ClickHouseSink, client, exchange: str) -> None:  # noqa: ANN001
+    sink.write(SinkBatch(candles=[candle(exchange, final=False), candle(exchange, T0 + 120_000)]))
+    assert [(r[3], r[16]) for r in ch_candles(client, exchange)] == [(T0 + 120_000, True)]
+
+
+def test_exact_times_and_nullable_columns(sink: ClickHouseSink, client, exchange: str) -> None:  # noqa: ANN001
+    c = candle(exchange, revision=1)
+    sink.write(SinkBatch([trade(exchange, 7)], [c]))
+    t = trade(exchange, 7)[2]
+    assert ch_trades(client, exchange) == [(exchange, "BTC/USDT", t.trade_id, t.ts, t.price, t.amount, t.side)]
+    assert ch_candles(client, exchange) == [
+        (exchange, "BTC/USDT", "1m", T0, T0 + 59_999, 100.0, 102.0, 99.5, 101.0, 3.0, 300.0, 7, None, 1.0, "10", None, True, 1)
+    ]
+
+
+def test_unstorable_values_are_rejected(sink: ClickHouseSink, client, exchange: str) -> None:  # noqa: ANN001
+    with pytest.raises(DataRejected, match="outside the storable range"):
+        sink.write(SinkBatch([(exchange, "X", Trade("1", 10**19, 1.0, 1.0, "buy"))]))
+    with pytest.raises(DataRejected, match="revision"):
+        sink.write(SinkBatch(candles=[candle(exchange, revision=-1)]))
+    assert ch_candles(client, exchange) == []
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    try:
+        admin = psycopg.connect(ADMIN_URL, autocommit=True, connect_timeout=3)
+    except psycopg.OperationalError as exc:
+        pytest.skip(f"PostgreSQL at {ADMIN_URL} unreachable: {exc}")
+    name = f"tickflow_test_{uuid.uuid4().hex[:10]}"
+    with admin:
+        admin.execute(f"CREATE DATABASE {name}")
+    url = psycopg.conninfo.make_conninfo(ADMIN_URL, dbname=name)
+    try:
+        migrate_postgres(url)
+        yield url
+    finally:
+        with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
+            admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def test_clickhouse_and_postgres_hold_the_same_rows(sink: ClickHouseSink, client, exchange: str, pg_url: str) -> None:  # noqa: ANN001
+    batches = [
+        SinkBatch(
+            [trade(exchange, i) for i in range(30)] + [trade(exchange, 3), trade(exchange, 2, symbol="ETH/USDT")],
+            [candle(exchange, revision=0), candle(exchange, T0 + 60_000, final=False), candle(exchange, T0, interval="5m")],
+        ),
+        SinkBatch(
+            [trade(exchange, i) for i in range(25, 40)],
+            [candle(exchange, revision=2, close=99.0), candle(exchange, revision=1, close=98.0), candle(exchange, T0 + 60_000)],
+        ),
+    ]
+    pg = PostgresSink(pg_url)
+    try:
+        for batch in batches + batches[:1]:  # replaying the first batch must change nothing
+            sink.write(batch)
+            pg.write(batch)
+    finally:
+        pg.close()
+    with psycopg.connect(pg_url) as conn:
+        pg_trades = conn.execute(
+            "SELECT exchange, symbol, trade_id, (extract(epoch FROM ts) * 1000000)::bigint, price, amount, side FROM trades ORDER BY symbol, trade_id"
+        ).fetchall()
+        pg_candles = conn.execute(
+            'SELECT exchange, symbol, "interval", (extract(epoch FROM open_time) * 1000)::bigint, (extract(epoch FROM close_time) * 1000)::bigint, '
+            "open, high, low, close, volume, quote_volume, trade_count, vwap, taker_buy_volume, first_trade_id, last_trade_id, is_final, revision "
+            'FROM candles ORDER BY symbol, "interval", open_time'
+        ).fetchall()
+    assert ch_trades(client, exchange) == pg_trades
+    assert ch_candles(client, exchange) == pg_candles
+    assert len(pg_trades) == 41 and [(c[2], c[3], c[-1]) for c in pg_candles] == [("1m", T0, 2), ("1m", T0 + 60_000, 0), ("5m", T0, 0)]
+
+
+def test_client_side_type_errors_become_data_rejected(sink: ClickHouseSink, client, exchange: str) -> None:  # noqa: ANN001
+    """Past the shared checks, a value the column type cannot hold is still a rejection, not a retry."""
+    cols = candle_columns([candle(exchange)])
+    cols["revision"] = [2**40]  # UInt32 column
+    with pytest.raises(DataRejected, match="revision"):
+        sink._insert("candles", cols)
+    sink.write(SinkBatch(candles=[candle(exchange)]))  # the cached insert context still works
+    assert len(ch_candles(client, exchange)) == 1
+
+
+def test_open_sinks_migrates_and_opens_every_configured_store(client, data_dir: Path, pg_url: str, exchange: str) -> None:  # noqa: ANN001
+    settings = Settings(tickflow_data_dir=data_dir, database_url=pg_url, redis_url="redis://127.0.0.1:6379/0")
+    sinks = open_sinks(settings)
+    try:
+        assert [type(s) for s in sinks] == [ClickHouseSink, PostgresSink, RedisSink]
+        sinks[0].write(SinkBatch(candles=[candle(exchange)]))  # same engine as the module's client
+        assert len(ch_candles(client, exchange)) == 1
+        with psycopg.connect(pg_url) as conn:
+            assert conn.execute("SELECT count(*) FROM schema_migrations").fetchone() == (3,)
+    finally:
+        for s in sinks:
+            s.close()
+    (only,) = open_sinks(Settings(tickflow_data_dir=data_dir, database_url="", redis_url=""), migrate=False)
+    only.close()
+    assert isinstance(only, ClickHouseSink)

@@ -1,0 +1,117 @@
+"""RedisSink against a real Redis: publish, latest snapshot, TTL, ordering of snapshots."""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections.abc import Iterator
+
+import orjson
+import pytest
+import redis
+
+from schemas.models import Candle
+from sinks.base import DataRejected, SinkBatch
+from sinks.redis import RedisSink, candle_json, interval_seconds, latest_per_key, snapshot_ttl
+
+REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+T0 = 1_700_000_040_000
+
+
+@pytest.fixture
+def r() -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        client.ping()
+    except redis.ConnectionError as exc:
+        pytest.skip(f"Redis at {REDIS_URL} unreachable: {exc}")
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def exchange(r: redis.Redis) -> Iterator[str]:
+    name = f"ex{uuid.uuid4().hex[:8]}"
+    yield name
+    for key in r.scan_iter(f"latest:candles:{name}:*"):
+        r.delete(key)
+
+
+@pytest.fixture
+def sink() -> Iterator[RedisSink]:
+    s = RedisSink(REDIS_URL)
+    yield s
+    s.close()
+
+
+def candle(exchange: str, open_time: int = T0, *, close: float = 101.0, final: bool = False, interval: str = "1m", revision: int = 0) -> Candle:
+    return Candle(exchange, "BTC/USDT", interval, open_time, open_time + 59_999, 100.0, 102.0, 99.5, close, 3.0, 300.0, 7, is_final=final, revision=revision)
+
+
+def latest(r: redis.Redis, exchange: str, interval: str = "1m") -> dict | None:
+    raw = r.get(f"latest:candles:{exchange}:BTC/USDT:{interval}")
+    return None if raw is None else orjson.loads(raw)
+
+
+def test_every_candle_is_published_in_order(sink: RedisSink, r: redis.Redis, exchange: str) -> None:
+    pubsub = r.pubsub()
+    channel = f"candles:{exchange}:BTC/USDT:1m"
+    pubsub.subscribe(channel)
+    assert pubsub.get_message(timeout=2)["type"] == "subscribe"
+    sink.write(SinkBatch(candles=[candle(exchange, close=1.0), candle(exchange, close=2.0, final=True), candle(exchange, T0 + 60_000, close=3.0)]))
+    got = []
+    deadline = time.monotonic() + 5
+    while len(got) < 3 and time.monotonic() < deadline:
+        msg = pubsub.get_message(timeout=1)
+        if msg and msg["type"] == "message":
+            assert msg["channel"].decode() == channel
+            got.append(orjson.loads(msg["data"]))
+    pubsub.close()
+    assert [(m["close"], m["is_final"]) for m in got] == [(1.0, False), (2.0, True), (3.0, False)]
+    assert got[0]["open_time"] == T0 and got[0]["open_time_iso"] == "2023-11-14T22:14:00.000Z"
+    assert got[0]["close_time_iso"] == "2023-11-14T22:14:59.999Z"
+
+
+def test_latest_snapshot_and_ttl(sink: RedisSink, r: redis.Redis, exchange: str) -> None:
+    sink.write(SinkBatch(candles=[candle(exchange, close=1.0), candle(exchange, close=2.0), candle(exchange, interval="1h", close=5.0)]))
+    assert latest(r, exchange)["close"] == 2.0
+    assert 170 <= r.ttl(f"latest:candles:{exchange}:BTC/USDT:1m") <= 180
+    assert 3 * 3600 - 10 <= r.ttl(f"latest:candles:{exchange}:BTC/USDT:1h") <= 3 * 3600
+    assert latest(r, exchange, "1h")["close"] == 5.0
+
+
+def test_revision_of_an_older_window_does_not_replace_the_snapshot(sink: RedisSink, r: redis.Redis, exchange: str) -> None:
+    sink.write(SinkBatch(candles=[candle(exchange, T0 + 60_000, close=7.0), candle(exchange, T0, close=1.0, final=True, revision=1)]))
+    assert latest(r, exchange)["open_time"] == T0 + 60_000  # within one batch
+    sink.write(SinkBatch(candles=[candle(exchange, T0, close=2.0, final=True, revision=2)]))
+    assert latest(r, exchange)["close"] == 7.0  # across batches
+    sink.write(SinkBatch(candles=[candle(exchange, T0 + 60_000, close=8.0, final=True)]))
+    assert latest(r, exchange)["close"] == 8.0  # same window, later in order: replaces
+
+
+def test_latest_per_key_prefers_newest_window_then_batch_order(exchange: str) -> None:
+    cs = [candle(exchange, T0 + 60_000, close=1.0), candle(exchange, T0), candle(exchange, T0 + 60_000, close=2.0), candle(exchange, interval="5m")]
+    assert latest_per_key(cs) == {f"{exchange}:BTC/USDT:1m": 2, f"{exchange}:BTC/USDT:5m": 3}
+
+
+def test_intervals_and_ttl() -> None:
+    assert [interval_seconds(i) for i in ("1s", "1m", "15m", "4h", "1d", "1w")] == [1, 60, 900, 14400, 86400, 604800]
+    assert snapshot_ttl("1s") == 60 and snapshot_ttl("5m") == 900
+    with pytest.raises(ValueError):
+        interval_seconds("0m")
+    with pytest.raises(ValueError):
+        interval_seconds("minute")
+
+
+def test_unusable_candle_is_rejected(sink: RedisSink, r: redis.Redis, exchange: str) -> None:
+    with pytest.raises(DataRejected, match="interval"):
+        sink.write(SinkBatch(candles=[candle(exchange, interval="weird")]))
+    with pytest.raises(DataRejected):
+        sink.write(SinkBatch(candles=[candle(exchange, 10**18)]))
+    assert latest(r, exchange) is None
+
+
+def test_json_has_every_candle_field(exchange: str) -> None:
+    doc = orjson.loads(candle_json(candle(exchange)))
+    assert set(doc) >= {"exchange", "symbol", "interval", "open_time", "close_time", "vwap", "is_final", "revision", "open_time_iso"}
