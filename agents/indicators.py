@@ -738,11 +738,20 @@ class IndicatorEngine:
 
     config: IndicatorConfig = field(default_factory=IndicatorConfig)
     series: dict[str, IndicatorState] = field(default_factory=dict)
+    # The same states by (exchange, symbol, interval): cheaper per candle than formatting the key.
+    _by_parts: dict[tuple[str, str, str], IndicatorState] = field(default_factory=dict, repr=False)
 
     def _state(self, key: str) -> IndicatorState:
         state = self.series.get(key)
         if state is None:
             state = self.series[key] = IndicatorState(self.config, key)
+        return state
+
+    def _state_of(self, candle: Candle) -> IndicatorState:
+        parts = (candle.exchange, candle.symbol, candle.interval)
+        state = self._by_parts.get(parts)
+        if state is None:
+            state = self._by_parts[parts] = self._state(candle.key)
         return state
 
     @staticmethod
@@ -762,7 +771,7 @@ class IndicatorEngine:
         if not candle.is_final:
             raise BadCandle(f"candle {candle.key} {candle.open_time} is not final (peek takes a forming candle)")
         self._check(candle)
-        return self._state(candle.key).apply(candle)
+        return self._state_of(candle).apply(candle)
 
     def update(self, candle: Candle) -> Indicators:
         """The record of a final candle (``process`` also returns the later records a revision changed)."""
@@ -771,7 +780,7 @@ class IndicatorEngine:
     def peek(self, candle: Candle) -> Indicators:
         """Values of a forming candle as if it closed now; the state does not change."""
         self._check(candle)
-        return self._state(candle.key).peek(candle)
+        return self._state_of(candle).peek(candle)
 
     def seed(self, key: str, candles: Iterable[Candle]) -> Indicators | None:
         """Restart series ``key`` from its history: candles in any order, highest revision per open_time.

@@ -130,7 +130,9 @@ class SinkRunner:
             self._log.warning("stopped with an unwritten batch; it will be consumed again", records=len(self._pending))
 
     def run_until_drained(self, idle_s: float, *, timeout_s: float | None = None) -> None:
-        """Return once all assigned partitions have stayed fully committed (lag 0) for ``idle_s``.
+        """Return once the group has stayed fully committed (lag 0, nothing pending) for ``idle_s``.
+
+        Used by ``tickflow run --until-drained`` and tests.
 
         ``timeout_s`` bounds the wait (TimeoutError); None waits as long as records keep coming or
         the store keeps failing.
@@ -151,7 +153,7 @@ class SinkRunner:
                 raise TimeoutError(f"sink {self.sink.name} not drained within {timeout_s}s")
 
     def lag(self) -> int:
-        """Sum over assigned partitions of end offset minus committed offset (KafkaException if unreachable)."""
+        """Records in the sink's topics not yet committed by its group (KafkaException if unreachable)."""
         total = sum(max(high - done, 0) for high, done in self._partition_state().values())
         LAG.labels(self.sink.name).set(total)
         return total
@@ -350,19 +352,24 @@ class SinkRunner:
         self._log.info("partitions revoked", partitions=sorted(f"{t}[{p}]" for t, p in gone))
 
     def _partition_state(self) -> dict[tuple[str, int], tuple[int, int]]:
-        """(end offset, committed offset or start of log) per assigned partition.
+        """(end offset, group's committed offset or start of log) for every partition of the topics.
 
-        The end is the last stable offset (read_committed, like the consumer), so records of open
-        transactions, which cannot be consumed yet, do not count.
+        Group-wide rather than this member's assignment, so lag is meaningful before the group has
+        formed and with several members. The end is the last stable offset (read_committed, like the
+        consumer): records of open transactions cannot be consumed yet and do not count.
         """
-        assignment = self._consumer.assignment()
-        if not assignment:
+        tps = [TopicPartition(t, p) for t in self._specs for p in self._partitions(t)]
+        if not tps:
             return {}
-        committed = {(tp.topic, tp.partition): tp.offset for tp in self._consumer.committed(assignment, timeout=10)}
+        committed = {(tp.topic, tp.partition): tp.offset for tp in self._consumer.committed(tps, timeout=10)}
         ends = self._list_offsets(committed, OffsetSpec.latest())
         unset = [k for k, off in committed.items() if off < 0]
         starts = self._list_offsets(unset, OffsetSpec.earliest()) if unset else {}
         return {k: (ends[k], off if off >= 0 else starts[k]) for k, off in committed.items()}
+
+    def _partitions(self, topic: str) -> list[int]:
+        meta = self._consumer.list_topics(topic, timeout=10).topics.get(topic)
+        return [] if meta is None or meta.error is not None else sorted(meta.partitions)
 
     def _list_offsets(self, keys: Any, spec: OffsetSpec) -> dict[tuple[str, int], int]:
         futures = self._admin.list_offsets(
@@ -371,7 +378,7 @@ class SinkRunner:
         return {(tp.topic, tp.partition): fut.result().offset for tp, fut in futures.items()}
 
     def _drained(self) -> bool:
-        """True when partitions are assigned, nothing is pending and every one is committed to its end.
+        """True when this member has partitions, nothing pending, and the group is committed to the end.
 
         Records consumed up to the end but ending in transaction markers leave the position past the
         last record's offset + 1; committing the position then closes that gap.
@@ -385,7 +392,9 @@ class SinkRunner:
             return False
         behind = {k for k, (high, done) in state.items() if high > done}
         if behind:
-            for tp in self._consumer.position([TopicPartition(t, p) for t, p in behind]):
+            assigned = {(tp.topic, tp.partition) for tp in self._consumer.assignment()}
+            mine = [TopicPartition(t, p) for t, p in behind & assigned]
+            for tp in self._consumer.position(mine) if mine else []:
                 high, done = state[(tp.topic, tp.partition)]
                 if tp.offset >= high > done:
                     self._to_commit[(tp.topic, tp.partition)] = tp.offset

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 import uuid
@@ -120,6 +121,7 @@ def test_records_are_written_then_committed(topics: Settings, runner_factory, le
     sink = MemorySink()
     runner = runner_factory(sink, settings)
     assert runner.group_id == f"{settings.app_id}-sink-memory"
+    assert runner.lag() > 0  # group-wide: known before the group has formed
     runner.run_until_drained(idle_s=0.5, timeout_s=60)
     assert len(sink.trades) == n_trades and len({(s, t.trade_id) for _, s, t in sink.trades}) == n_trades
     assert sorted((c.symbol, c.open_time) for c in sink.candles) == sorted((s, T0 + m * 60_000) for s in ("BTC/USDT", "ETH/USDT", "SOL/USDT") for m in range(4))
@@ -188,7 +190,7 @@ def test_run_stops_on_request_and_a_second_run_resumes(topics: Settings, runner_
 
 
 def test_postgres_sink_end_to_end(topics: Settings, runner_factory, letters: list[DeadLetter]) -> None:  # noqa: ANN001
-    admin_url = "postgresql://postgres@127.0.0.1:5432/test"
+    admin_url = os.environ.get("TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/test")
     try:
         admin = psycopg.connect(admin_url, autocommit=True, connect_timeout=3)
     except psycopg.OperationalError as exc:

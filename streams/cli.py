@@ -1,0 +1,326 @@
+"""The ``tickflow`` command line."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from streams.settings import Settings, get_settings
+
+app = typer.Typer(help="tickflow: crypto trades to candles, indicators and signals, event-sourced on Kafka.", no_args_is_help=True, add_completion=False)
+console = Console(stderr=True)
+
+
+def _setup(settings: Settings) -> None:
+    from streams.observability import configure_logging, serve_metrics
+
+    configure_logging(settings.log_level, settings.log_format)
+    serve_metrics(settings.metrics_port)
+
+
+def open_source(spec: str, settings: Settings, *, symbols: list[str], fmt: str | None, speed: str, rate: float | None, limit: int | None, exchange: str | None):
+    """Build the source named by ``--source``: synthetic, replay:PATH or ccxt:EXCHANGE."""
+    kind, _, arg = spec.partition(":")
+    if kind == "synthetic":
+        from streams.sources.synthetic import SyntheticSource
+
+        return SyntheticSource(symbols=symbols or 10, rate=rate, limit=limit, max_trades=settings.batch_max_trades, max_ms=settings.batch_max_ms)
+    if kind == "replay":
+        from streams.sources.replay import ReplaySource, parse_source_speed
+
+        if not arg:
+            raise typer.BadParameter("replay needs a path: --source replay:PATH")
+        return ReplaySource(Path(arg), fmt=fmt, speed=parse_source_speed(speed), exchange=exchange, symbol=symbols[0] if symbols else None, max_trades=settings.batch_max_trades, max_ms=settings.batch_max_ms)
+    if kind == "ccxt":
+        from streams.sources.ccxt_live import CcxtSource
+
+        if not arg or not symbols:
+            raise typer.BadParameter("ccxt needs an exchange and symbols: --source ccxt:binance --symbols BTC/USDT,ETH/USDT")
+        return CcxtSource(arg, symbols)
+    raise typer.BadParameter(f"unknown source {spec!r}: use synthetic, replay:PATH or ccxt:EXCHANGE")
+
+
+def _symbols(text: str | None) -> list[str]:
+    return [s.strip() for s in (text or "").split(",") if s.strip()]
+
+
+SourceOpt = Annotated[str, typer.Option("--source", help="synthetic | replay:PATH | ccxt:EXCHANGE")]
+SymbolsOpt = Annotated[Optional[str], typer.Option("--symbols", help="Comma-separated symbols (ccxt: BTC/USDT,ETH/USDT; synthetic: names)")]
+FormatOpt = Annotated[Optional[str], typer.Option("--format", help="Replay format; detected when omitted: binance-trades, binance-aggtrades, tardis, ccxt-json, binance-ws")]
+SpeedOpt = Annotated[str, typer.Option("--speed", help="Replay speed: 1x, 10x, ... or max")]
+RateOpt = Annotated[Optional[float], typer.Option("--rate", help="Synthetic trades per second (omit for as fast as possible)")]
+LimitOpt = Annotated[Optional[int], typer.Option("--limit", help="Synthetic: stop after this many trades")]
+ExchangeOpt = Annotated[Optional[str], typer.Option("--exchange", help="Replay: exchange name when the file has none")]
+
+
+@app.command()
+def broker(port: Annotated[Optional[int], typer.Option(help="Port (default BROKER_PORT, 9092)")] = None) -> None:
+    """Run the embedded Kafka-compatible broker (Tansu) on 127.0.0.1 until stopped.
+
+    Example: tickflow broker --port 9092
+    """
+    from streams.broker import EmbeddedBroker
+    from streams.topics import ensure_topics
+
+    settings = get_settings()
+    _setup(settings)
+    b = EmbeddedBroker(port or settings.broker_port)
+    with b:
+        ensure_topics(settings.model_copy(update={"kafka_bootstrap": b.bootstrap}))
+        console.print(f"broker on {b.bootstrap}: export KAFKA_BOOTSTRAP={b.bootstrap}; Ctrl-C stops it")
+        try:
+            while b.proc and b.proc.poll() is None:
+                time.sleep(0.5)
+        except KeyboardInterrupt:
+            pass
+
+
+@app.command()
+def ingest(
+    source: SourceOpt = "synthetic",
+    symbols: SymbolsOpt = None,
+    fmt: FormatOpt = None,
+    speed: SpeedOpt = "max",
+    rate: RateOpt = 1000.0,
+    limit: LimitOpt = None,
+    exchange: ExchangeOpt = None,
+) -> None:
+    """Run a source into the ticks topic (KAFKA_BOOTSTRAP must point at a broker).
+
+    Example: tickflow ingest --source replay:trades.csv.gz --speed 10x
+    """
+    from streams.ingest import IngestStats, run_ingest
+    from streams.producer import TickProducer
+    from streams.topics import ensure_topics
+
+    settings = get_settings()
+    _setup(settings)
+    if not settings.kafka_bootstrap:
+        raise typer.BadParameter("KAFKA_BOOTSTRAP is not set: start `tickflow broker` and export it, or use `tickflow run`")
+    ensure_topics(settings)
+    src = open_source(source, settings, symbols=_symbols(symbols), fmt=fmt, speed=speed, rate=rate, limit=limit, exchange=exchange)
+
+    def progress(s: IngestStats) -> None:
+        console.print(f"[bold]{s.trades:,}[/] trades  {s.rate:,.0f} trades/s  {s.batches:,} batches  {s.rejected:,} errors", highlight=False)
+
+    try:
+        asyncio.run(run_ingest(src, TickProducer(settings), settings, source_name=source.partition(":")[0], on_progress=progress))
+    except KeyboardInterrupt:
+        pass
+
+
+def _summary(status) -> Table:  # noqa: ANN001
+    t = Table(title="tickflow", expand=False)
+    for col in ("trades", "trades/s", "errors", "candles", "sink lag"):
+        t.add_column(col)
+    s = status.ingest
+    from agents.candle_agent import CANDLES_OUT
+
+    candles = sum(m.value for metric in CANDLES_OUT.collect() for m in metric.samples if m.name.endswith("_total"))
+    lags = status.sinks.lags() if status.sinks else {}
+    t.add_row(
+        f"{s.trades:,}" if s else "0",
+        f"{s.rate:,.0f}" if s else "0",
+        f"{s.rejected:,}" if s else "0",
+        f"{candles:,.0f}",
+        ", ".join(f"{k} {v if v is not None else '?'}" for k, v in lags.items()) or "-",
+    )
+    if status.worker:
+        latest = Table(show_header=True)
+        for col in ("symbol", "interval", "open_time", "open", "high", "low", "close", "volume", "trades"):
+            latest.add_column(col)
+        rows = 0
+        for ps in status.worker.parts.values():
+            for ex, sym in list(ps.book._syms)[:8]:  # noqa: SLF001 - read-only view
+                c = ps.book.in_progress(ex, sym, status.worker.settings.intervals[0])
+                if c is not None and rows < 12:
+                    rows += 1
+                    latest.add_row(f"{ex}:{sym}", c.interval, time.strftime("%H:%M", time.gmtime(c.open_time / 1000)), f"{c.open:g}", f"{c.high:g}", f"{c.low:g}", f"{c.close:g}", f"{c.volume:.4g}", str(c.trade_count))
+        t.add_row(latest)
+    return t
+
+
+@app.command()
+def run(
+    source: SourceOpt = "synthetic",
+    symbols: SymbolsOpt = None,
+    fmt: FormatOpt = None,
+    speed: SpeedOpt = "max",
+    rate: RateOpt = 1000.0,
+    limit: LimitOpt = None,
+    exchange: ExchangeOpt = None,
+    until_drained: Annotated[bool, typer.Option("--until-drained", help="Exit 0 once the source is done and every sink has written everything")] = False,
+    no_source: Annotated[bool, typer.Option("--no-source", help="Run worker and sinks only")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No live summary")] = False,
+) -> None:
+    """Run the whole path: embedded broker if KAFKA_BOOTSTRAP is unset, a source, the candle worker, the sinks.
+
+    Example: tickflow run --source replay:../shared/data/tardis_binance_futures_btcusdt/tardis_trades_binance-futures_BTCUSDT_2020-02-22.csv --until-drained
+    """
+    from streams.pipeline import RunStatus, kafka, run_pipeline
+
+    settings = get_settings()
+    _setup(settings)
+    status = RunStatus()
+
+    async def main(s: Settings) -> None:
+        src = None if no_source else open_source(source, s, symbols=_symbols(symbols), fmt=fmt, speed=speed, rate=rate, limit=limit, exchange=exchange)
+        task = asyncio.create_task(run_pipeline(s, source=src, source_name=source.partition(":")[0], until_drained=until_drained, say=lambda m: console.print(f"[yellow]{m}[/]"), status=status))
+        if quiet or not sys.stderr.isatty():
+            await task
+            return
+        with Live(_summary(status), console=console, refresh_per_second=2) as live:
+            while not task.done():
+                await asyncio.sleep(1.0)
+                live.update(_summary(status))
+        await task
+
+    with kafka(settings) as s:
+        asyncio.run(main(s))
+    if until_drained and status.ingest is not None:
+        console.print(f"drained: {status.ingest.trades:,} trades, {status.ingest.rejected:,} rejected")
+
+
+@app.command()
+def worker() -> None:
+    """Run the Faust worker (candle agent) alone; several workers share the ticks partitions.
+
+    Example: KAFKA_BOOTSTRAP=kafka:9092 tickflow worker
+    """
+    from streams.pipeline import kafka, run_pipeline
+
+    settings = get_settings()
+    _setup(settings)
+    with kafka(settings) as s:
+        asyncio.run(run_pipeline(s, source=None, source_name="-", until_drained=False, sinks_enabled=False))
+
+
+@app.command()
+def sink(name: Annotated[str, typer.Argument(help="clickhouse | postgres | redis")]) -> None:
+    """Run one sink alone (its own consumer group).
+
+    Example: KAFKA_BOOTSTRAP=kafka:9092 tickflow sink clickhouse
+    """
+    import threading
+
+    from sinks.runner import SinkRunner, open_sinks
+    from streams.producer import TickProducer
+
+    settings = get_settings()
+    _setup(settings)
+    if not settings.kafka_bootstrap:
+        raise typer.BadParameter("KAFKA_BOOTSTRAP is not set")
+    chosen = [s for s in open_sinks(settings) if s.name == name]
+    if not chosen:
+        raise typer.BadParameter(f"sink {name!r} is not configured (clickhouse, postgres with DATABASE_URL, redis with REDIS_URL)")
+    stop = threading.Event()
+    runner = SinkRunner(chosen[0], settings, dead_letter=TickProducer(settings).dead_letter)
+    try:
+        runner.run(stop)
+    except KeyboardInterrupt:
+        stop.set()
+    finally:
+        runner.close()
+
+
+@app.command()
+def migrate() -> None:
+    """Apply the versioned SQL migrations to ClickHouse and PostgreSQL/TimescaleDB.
+
+    Example: DATABASE_URL=postgresql://localhost/tickflow tickflow migrate
+    """
+    from sinks.clickhouse import connect
+    from sinks.migrations import migrate_clickhouse, migrate_postgres
+
+    settings = get_settings()
+    client = connect(settings.clickhouse_dsn)
+    console.print(f"clickhouse: applied {migrate_clickhouse(client) or 'nothing new'}")
+    client.close()
+    if settings.database_url:
+        console.print(f"postgres: applied {migrate_postgres(settings.database_url) or 'nothing new'}")
+
+
+@app.command()
+def topics() -> None:
+    """List topics with partitions and (low, high) offsets.
+
+    Example: KAFKA_BOOTSTRAP=127.0.0.1:9092 tickflow topics
+    """
+    from streams.topics import end_offsets
+
+    settings = get_settings()
+    if not settings.kafka_bootstrap:
+        raise typer.BadParameter("KAFKA_BOOTSTRAP is not set: start `tickflow broker` first")
+    t = Table("topic", "partition", "low", "high", "records")
+    for name, rows in end_offsets(settings).items():
+        for p, lo, hi in rows:
+            t.add_row(name, str(p), str(lo), str(hi), str(hi - lo))
+    Console().print(t)
+
+
+@app.command()
+def sql(
+    query: Annotated[str, typer.Argument(help="A ClickHouse SQL query")],
+    fmt: Annotated[str, typer.Option("--format", help="table | csv | json")] = "table",
+) -> None:
+    """Query the ClickHouse store (embedded chdb by default, CLICKHOUSE_URL for a server).
+
+    Example: tickflow sql "SELECT interval, count() FROM candles FINAL GROUP BY interval"
+    """
+    import csv
+
+    from sinks.clickhouse import connect
+
+    settings = get_settings()
+    client = connect(settings.clickhouse_dsn)
+    try:
+        result = client.query(query)
+    finally:
+        client.close()
+    cols, rows = result.column_names, result.result_rows
+    if fmt == "json":
+        for row in rows:
+            print(json.dumps(dict(zip(cols, row, strict=True)), default=str))
+    elif fmt == "csv":
+        w = csv.writer(sys.stdout)
+        w.writerow(cols)
+        w.writerows(rows)
+    else:
+        t = Table(*cols)
+        for row in rows:
+            t.add_row(*(str(v) for v in row))
+        Console().print(t)
+
+
+@app.command()
+def subscribe(pattern: Annotated[str, typer.Argument(help="Redis channel pattern, e.g. 'candles:*'")] = "candles:*") -> None:
+    """Print live messages from Redis pub/sub.
+
+    Example: tickflow subscribe 'candles:binance-futures:BTCUSDT:1m'
+    """
+    import redis
+
+    settings = get_settings()
+    if not settings.redis_url:
+        raise typer.BadParameter("REDIS_URL is empty")
+    pubsub = redis.Redis.from_url(settings.redis_url).pubsub()
+    pubsub.psubscribe(pattern)
+    try:
+        for msg in pubsub.listen():
+            if msg["type"] == "pmessage":
+                print(f"{msg['channel'].decode()} {msg['data'].decode()}", flush=True)
+    except KeyboardInterrupt:
+        pass
+
+
+def main() -> None:
+    app()

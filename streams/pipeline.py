@@ -1,0 +1,204 @@
+"""Running tickflow's parts in one process: broker, topics, sinks, the Faust worker and a source.
+
+``tickflow run`` uses all of them; ``worker``, ``sink`` and ``ingest`` use one part each. Sinks run
+in threads (confluent-kafka and the store clients are blocking); the Faust worker and the source
+share the asyncio loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import psycopg
+import redis
+import structlog
+
+from agents.candle_agent import CandleWorker, register_candle_agent
+from schemas.models import Candle
+from sinks.base import Sink
+from sinks.runner import SinkRunner, open_sinks
+from streams.app import create_app
+from streams.broker import EmbeddedBroker, port_open
+from streams.ingest import IngestStats, run_ingest
+from streams.producer import TickProducer
+from streams.settings import Settings
+from streams.sources.base import Source
+from streams.topics import ensure_topics, end_offsets
+
+log = structlog.get_logger(__name__)
+
+
+@contextlib.contextmanager
+def kafka(settings: Settings) -> Iterator[Settings]:
+    """Yield settings pointing at a broker: the configured one, or an embedded Tansu for the duration."""
+    if settings.kafka_bootstrap:
+        ensure_topics(settings)
+        yield settings
+        return
+    broker = EmbeddedBroker(settings.broker_port, log_file=_data_dir(settings) / "tansu.log")
+    with broker:
+        embedded = settings.model_copy(update={"kafka_bootstrap": broker.bootstrap})
+        ensure_topics(embedded)
+        yield embedded
+
+
+def _data_dir(settings: Settings):
+    settings.tickflow_data_dir.mkdir(parents=True, exist_ok=True)
+    return settings.tickflow_data_dir
+
+
+def reachable_services(settings: Settings, say: Callable[[str], None]) -> Settings:
+    """Turn off the PostgreSQL and Redis sinks, saying so once, when their store cannot be reached."""
+    update: dict[str, object] = {}
+    if settings.database_url:
+        try:
+            psycopg.connect(settings.database_url, connect_timeout=3).close()
+        except psycopg.Error as exc:
+            say(f"PostgreSQL at {settings.database_url} not reachable ({exc.__class__.__name__}): postgres sink off")
+            update["database_url"] = None
+    else:
+        say("DATABASE_URL empty: postgres sink off")
+    if settings.redis_url:
+        try:
+            redis.Redis.from_url(settings.redis_url, socket_connect_timeout=3).ping()
+        except redis.RedisError as exc:
+            say(f"Redis at {settings.redis_url} not reachable ({exc.__class__.__name__}): redis sink off")
+            update["redis_url"] = None
+    else:
+        say("REDIS_URL empty: redis sink off")
+    return settings.model_copy(update=update) if update else settings
+
+
+@dataclass
+class SinkThreads:
+    """Each sink's runner in its own thread, stopped together."""
+
+    runners: list[SinkRunner] = field(default_factory=list)
+    threads: list[threading.Thread] = field(default_factory=list)
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    @classmethod
+    def start(cls, settings: Settings, sinks: list[Sink], producer: TickProducer) -> SinkThreads:
+        self = cls()
+        for sink in sinks:
+            runner = SinkRunner(sink, settings, dead_letter=producer.dead_letter)
+            thread = threading.Thread(target=runner.run, args=(self.stop,), name=f"sink-{sink.name}", daemon=True)
+            self.runners.append(runner)
+            self.threads.append(thread)
+            thread.start()
+        return self
+
+    def lags(self) -> dict[str, int | None]:
+        out: dict[str, int | None] = {}
+        for r in self.runners:
+            try:
+                out[r.sink.name] = r.lag()
+            except Exception:  # noqa: BLE001 - lag is informative only
+                out[r.sink.name] = None
+        return out
+
+    def close(self) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join(timeout=30)
+        for r in self.runners:
+            r.close()
+
+
+@dataclass
+class RunStatus:
+    """What the live summary shows."""
+
+    ingest: IngestStats | None = None
+    source_done: bool = False
+    worker: CandleWorker | None = None
+    sinks: SinkThreads | None = None
+    latest: dict[str, Candle] = field(default_factory=dict)
+    started: float = field(default_factory=time.monotonic)
+
+
+def ticks_caught_up(settings: Settings, worker: CandleWorker) -> bool:
+    """True when the candle agent has processed every record in ``ticks``."""
+    ends = end_offsets(settings).get(settings.topic_ticks, [])
+    return all(hi == 0 or worker.processed_offsets.get(p, -1) >= hi - 1 for p, _, hi in ends)
+
+
+async def run_pipeline(
+    settings: Settings,
+    *,
+    source: Source | None,
+    source_name: str,
+    until_drained: bool,
+    sinks_enabled: bool = True,
+    say: Callable[[str], None] = print,
+    status: RunStatus | None = None,
+) -> RunStatus:
+    """Run worker, sinks and optionally a source until stopped, or until drained."""
+    status = status or RunStatus()
+    producer = TickProducer(settings)
+    sink_threads = None
+    if sinks_enabled:
+        settings = reachable_services(settings, say)
+        sinks = await asyncio.get_running_loop().run_in_executor(None, open_sinks, settings)
+        sink_threads = SinkThreads.start(settings, sinks, producer)
+        status.sinks = sink_threads
+    app = create_app(settings)
+    worker = register_candle_agent(app, settings, producer)
+    status.worker = worker
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    await app.start()
+    try:
+        ingest_task = None
+        if source is not None:
+            def progress(stats: IngestStats) -> None:
+                status.ingest = stats
+
+            ingest_task = asyncio.create_task(run_ingest(source, producer, settings, source_name=source_name, on_progress=progress))
+        if until_drained:
+            if ingest_task is not None:
+                status.ingest = await ingest_task
+            status.source_done = True
+            await _drain(settings, worker, sink_threads, stop)
+        else:
+            waiters = [asyncio.create_task(stop.wait())] + ([ingest_task] if ingest_task else [])
+            done, _ = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+            if ingest_task in done:
+                status.ingest = ingest_task.result()
+                status.source_done = True
+                await stop.wait()
+            elif ingest_task is not None:
+                ingest_task.cancel()
+    finally:
+        await app.stop()
+        await loop.run_in_executor(None, producer.flush)
+        if sink_threads is not None:
+            await loop.run_in_executor(None, sink_threads.close)
+    return status
+
+
+async def _drain(settings: Settings, worker: CandleWorker, sinks: SinkThreads | None, stop: asyncio.Event) -> None:
+    """Wait until the candle agent has every trade, close its windows, then until sinks have every candle."""
+    loop = asyncio.get_running_loop()
+    while not stop.is_set() and not await loop.run_in_executor(None, ticks_caught_up, settings, worker):
+        await asyncio.sleep(0.2)
+    for p in list(worker.parts):
+        worker.close_windows(p)
+    await worker.write_checkpoints_async()  # type: ignore[attr-defined]
+    log.info("candle agent drained; waiting for sinks")
+    if sinks is None:
+        return
+    while not stop.is_set():
+        lags = await loop.run_in_executor(None, sinks.lags)
+        if all(v == 0 for v in lags.values()):
+            return
+        await asyncio.sleep(0.3)
