@@ -7,9 +7,10 @@ excepted: its mean deviation is a sum over its window, in TA-Lib too) and O(long
 history) memory. The arithmetic replays the C code of the TA-Lib the ``talib`` wheel ships
 (0.8.1) operation by operation: same seeds, same running sums updated in the same order, same
 re-anchoring of running sums, same zero tests. Values are therefore bit-identical to ``talib``,
-except the ATR step and the MACD signal step, which TA-Lib computes with a fused multiply-add
-that Python 3.11 lacks; those differ by a few ulp. A value is None exactly where TA-Lib returns
-NaN (its lookback; TA-Lib's unstable periods stay at their default 0).
+except where TA-Lib uses a fused multiply-add, which Python 3.11 lacks: the ATR step, the MACD
+signal step, and the upper band when the two band multipliers differ. Those differ by a few ulp.
+A value is None exactly where TA-Lib returns NaN (its lookback; TA-Lib's unstable periods stay at
+their default 0).
 
 TA-Lib behaviours kept on purpose (users check us against TA-Lib, not against a textbook):
 
@@ -435,7 +436,7 @@ class IndicatorState:
                 s_hi, s_hi_i = h, t
             span = s_hi - s_lo
             if abs(span) > _EPSILON * (abs(s_hi) + abs(s_lo)):
-                fastk = 100.0 * ((c - s_lo) / span)
+                fastk = (c - s_lo) / (span / 100.0)
         self.fastk.append(fastk)
         if t >= lb_fastk:
             k_total += fastk

@@ -85,7 +85,10 @@ class SchemaRegistry:
             if r.status_code == 404:
                 raise DecodeError(f"schema id {schema_id} not in registry")
             r.raise_for_status()
-            self._by_id[schema_id] = json.loads(r.json()["schema"])
+            try:
+                self._by_id[schema_id] = json.loads(r.json()["schema"])
+            except ValueError as exc:  # e.g. a Protobuf schema: the record is not Avro
+                raise DecodeError(f"schema id {schema_id} is not an Avro schema: {exc}") from exc
         return self._by_id[schema_id]
 
 
@@ -125,7 +128,11 @@ class AvroCodec:
         writer = self._writers.get(schema_id)
         if writer is None:
             if self._registry is not None:
-                writer = parse(self._registry.get(schema_id))
+                schema = self._registry.get(schema_id)  # an unreachable registry raises: not the record's fault
+                try:
+                    writer = parse(schema)
+                except Exception as exc:  # fastavro raises several types on schemas it cannot parse
+                    raise DecodeError(f"schema id {schema_id} is not a usable Avro schema: {exc}") from exc
             elif schema_id in self._local_by_id:
                 writer = parse(load_schema(self._local_by_id[schema_id]))
             else:

@@ -105,8 +105,8 @@ class SinkRunner:
         }
         conf.update(consumer_config or {})
         self._consumer = Consumer(conf)
-        # Watermarks come from one batched ListOffsets request: the consumer's per-partition
-        # query_watermark_offsets costs a round trip (and on some brokers a fetch wait) each.
+        # Metadata and end offsets go through an admin client: on the consumer's own connection a
+        # request queues behind the fetch long-poll (up to fetch.wait.max.ms per partition queried).
         self._admin = AdminClient({k: v for k, v in conf.items() if k not in _CONSUMER_ONLY})
         self._consumer.subscribe(list(self._specs), on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_revoke)
         self._pending: list[_Record] = []
@@ -368,7 +368,7 @@ class SinkRunner:
         return {k: (ends[k], off if off >= 0 else starts[k]) for k, off in committed.items()}
 
     def _partitions(self, topic: str) -> list[int]:
-        meta = self._consumer.list_topics(topic, timeout=10).topics.get(topic)
+        meta = self._admin.list_topics(topic, timeout=10).topics.get(topic)
         return [] if meta is None or meta.error is not None else sorted(meta.partitions)
 
     def _list_offsets(self, keys: Any, spec: OffsetSpec) -> dict[tuple[str, int], int]:

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
+from prometheus_client import REGISTRY
 
 from schemas.codec import AvroCodec
 from schemas.models import Candle, DeadLetter, Trade, TradeBatch
@@ -122,7 +123,10 @@ def test_records_are_written_then_committed(topics: Settings, runner_factory, le
     runner = runner_factory(sink, settings)
     assert runner.group_id == f"{settings.app_id}-sink-memory"
     assert runner.lag() > 0  # group-wide: known before the group has formed
+    before = REGISTRY.get_sample_value("tickflow_sink_records_total", {"sink": "memory"}) or 0
     runner.run_until_drained(idle_s=0.5, timeout_s=60)
+    assert REGISTRY.get_sample_value("tickflow_sink_records_total", {"sink": "memory"}) - before == len(items)
+    assert REGISTRY.get_sample_value("tickflow_sink_lag", {"sink": "memory"}) == 0
     assert len(sink.trades) == n_trades and len({(s, t.trade_id) for _, s, t in sink.trades}) == n_trades
     assert sorted((c.symbol, c.open_time) for c in sink.candles) == sorted((s, T0 + m * 60_000) for s in ("BTC/USDT", "ETH/USDT", "SOL/USDT") for m in range(4))
     assert runner.lag() == 0 and letters == []

@@ -13,6 +13,7 @@ import pytest
 
 from schemas.models import Candle, Trade
 from sinks.base import DataRejected, SinkBatch
+from sinks import migrations
 from sinks.migrations import TIMESCALE_PARAMS, discover, migrate_postgres, split_statements, timescale_version
 from sinks.postgres import PostgresSink
 
@@ -189,3 +190,24 @@ def test_store_down_is_an_ordinary_error(pg_url: str) -> None:
         assert not isinstance(info.value, DataRejected)
     finally:
         down.close()
+
+
+def test_timescale_only_versions_wait_until_the_extension_appears(pg_url: str, tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+    """Variant choice on fake migrations: plain first, then the skipped TimescaleDB-only version once 'available'."""
+    folder = tmp_path / "postgres"
+    (folder / "timescale").mkdir(parents=True)
+    (folder / "0001_a.sql").write_text("CREATE TABLE a (x int);")
+    (folder / "timescale" / "0002_b.sql").write_text("CREATE TABLE b (keep text DEFAULT '{{trades_retention}}'); INSERT INTO b DEFAULT VALUES;")
+    (folder / "0003_c.sql").write_text("CREATE VIEW c AS SELECT 'plain' AS flavour;")
+    (folder / "timescale" / "0003_c.sql").write_text("CREATE VIEW c AS SELECT 'timescale' AS flavour;")
+    assert migrate_postgres(pg_url, root=tmp_path) == ["0001", "0003"]
+    monkeypatch.setattr(migrations, "timescale_version", lambda conn: "2.17.0")
+    assert migrate_postgres(pg_url, root=tmp_path) == ["0002"]
+    assert migrate_postgres(pg_url, root=tmp_path) == []
+    assert rows(pg_url, "SELECT version, variant FROM schema_migrations ORDER BY version") == [
+        ("0001", "postgres"),
+        ("0002", "timescaledb"),
+        ("0003", "postgres"),
+    ]
+    assert rows(pg_url, "SELECT flavour FROM c") == [("plain",)]
+    assert rows(pg_url, "SELECT keep FROM b") == [("90 days",)]
