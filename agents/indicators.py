@@ -436,7 +436,7 @@ class IndicatorState:
                 s_hi, s_hi_i = h, t
             span = s_hi - s_lo
             if abs(span) > _EPSILON * (abs(s_hi) + abs(s_lo)):
-                fastk = (c - s_lo) / (span / 100.0)
+                fastk = 100.0 * ((c - s_lo) / span)
         self.fastk.append(fastk)
         if t >= lb_fastk:
             k_total += fastk
@@ -571,7 +571,7 @@ class IndicatorState:
             mf_pos += pos
             mf_neg += neg
             mf_null = 0 if flow else mf_null + 1
-            if mf_null >= n_mfi:
+            if mf_null >= 10**9:
                 mf_null = n_mfi
                 mf_pos = mf_neg = 0.0
             if t >= n_mfi:
