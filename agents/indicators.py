@@ -2,15 +2,18 @@
 
 Pure and I/O-free: the Faust agent around it only feeds candles and publishes what comes back.
 
-Each series (exchange, symbol, interval) keeps an ``IndicatorState``: O(1) work per candle (CCI
-excepted: its mean deviation is a sum over its window, in TA-Lib too) and O(longest period +
-history) memory. The arithmetic replays the C code of the TA-Lib the ``talib`` wheel ships
-(0.8.1) operation by operation: same seeds, same running sums updated in the same order, same
-re-anchoring of running sums, same zero tests. Values are therefore bit-identical to ``talib``,
-except where TA-Lib uses a fused multiply-add, which Python 3.11 lacks: the ATR step, the MACD
-signal step, and the upper band when the two band multipliers differ. Those differ by a few ulp.
-A value is None exactly where TA-Lib returns NaN (its lookback; TA-Lib's unstable periods stay at
-their default 0).
+Each series (exchange, symbol, interval) keeps an ``IndicatorState``: amortised O(1) work per
+candle (window extremes are rescanned and running sums re-anchored only now and then; CCI's mean
+deviation is a sum over its window, in TA-Lib too) and O(longest period + history) memory.
+
+The arithmetic replays the C code of the TA-Lib that the ``talib`` wheel ships (0.8.1) operation
+by operation: same seeds, same running sums updated in the same order, same re-anchoring of
+running sums, same zero tests. Values are therefore bit-identical to ``talib``, except where
+TA-Lib uses a fused multiply-add, which Python 3.11 lacks: the EMA step (so the EMAs and MACD),
+the ATR step, and the upper band when the two band multipliers differ. Those can differ in the
+last bit or two (rarely for the EMAs, on most bars for ATR), far inside the 1e-9 contract. A value
+is None exactly where TA-Lib returns NaN (its lookback; TA-Lib's unstable periods stay at their
+default 0).
 
 TA-Lib behaviours kept on purpose (users check us against TA-Lib, not against a textbook):
 
@@ -40,10 +43,9 @@ from __future__ import annotations
 
 import math
 import sys
-from array import array
 from collections import deque
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from functools import partial, reduce
 from operator import add
 from typing import Any
@@ -56,10 +58,10 @@ _naive_sum = sum if sys.version_info < (3, 12) else partial(reduce, add)
 _EPSILON = 1e-14  # TA_EPSILON of TA-Lib 0.8 (ta_utility.h)
 _SNAPSHOT_VERSION = 1
 
-VALUE_FIELDS = (
-    "rsi", "ma50", "ma200", "ema12", "ema26", "ema50", "ema200", "macd", "macd_signal", "macd_histogram",
-    "bb_upper", "bb_middle", "bb_lower", "atr", "stoch_k", "stoch_d", "obv", "wma", "adx", "plus_di",
-    "minus_di", "cci", "willr", "mfi", "roc",
+# The indicator fields of the record, in record order (the others say which candle it is).
+VALUE_FIELDS = tuple(
+    f.name for f in fields(Indicators)
+    if f.name not in ("exchange", "symbol", "interval", "open_time", "close", "candle_revision")
 )  # fmt: skip
 
 
@@ -85,7 +87,7 @@ class IndicatorConfig:
 
     ``sma_periods`` feed ma50 and ma200, ``ema_periods`` feed ema12, ema26, ema50 and ema200 in
     that order, ``adx_period`` also +DI and -DI. ``history`` is how many recent candles can be
-    revised or arrive late; each kept candle costs about 3 kB.
+    revised or arrive late; each kept candle costs about 2 kB.
     """
 
     sma_periods: tuple[int, int] = (50, 200)
@@ -139,11 +141,10 @@ class IndicatorConfig:
 
     @property
     def window(self) -> int:
-        """Bars the state reads behind the current one: the longest period, plus one."""
+        """Past bars the state reads back (EMA, RSI, MACD, ATR and ADX keep only running values)."""
         return 1 + max(
-            *self.sma_periods, *self.ema_periods, self.rsi_period, self.macd_slow, self.bb_period,
-            self.atr_period, self.stoch_fastk, self.stoch_slowk, self.stoch_slowd, self.wma_period,
-            self.cci_period, self.willr_period, self.mfi_period, self.roc_period,
+            *self.sma_periods, self.bb_period, self.stoch_fastk, self.stoch_slowk, self.stoch_slowd,
+            self.wma_period, self.cci_period, self.willr_period, self.mfi_period, self.roc_period,
         )  # fmt: skip
 
     def to_dict(self) -> dict[str, Any]:
@@ -162,7 +163,8 @@ _SCALARS = (
     "obv", "wma_sub", "wma_sum", "wma_trail", "wma_reseed", "pdm", "mdm", "tr_sum", "adx", "prev_tp",
     "mf_pos", "mf_neg", "mf_null",
 )  # fmt: skip
-# Per-bar values read back later (trailing values of running sums, window rescans).
+# Per-bar values read back later (trailing values of running sums, window rescans). Lists, not
+# arrays: reading a list element does not box a new float, which is most of a bar's reads.
 _BUFFERS = ("closes", "highs", "lows", "fastk", "slowk", "tps", "pos_flow", "neg_flow")
 
 
@@ -175,6 +177,11 @@ def _initial_scalars(cfg: IndicatorConfig) -> list[Any]:
     scalars[_SCALARS.index("wma_reseed")] = 8 * cfg.wma_period
     scalars[_SCALARS.index("mf_null")] = 0
     return scalars
+
+
+def _kept_bars(cfg: IndicatorConfig) -> int:
+    """Buffer length kept after a trim: any kept candle can be replayed, with its window behind it."""
+    return cfg.window + cfg.history + 1
 
 
 def _constants(cfg: IndicatorConfig) -> tuple[Any, ...]:
@@ -197,7 +204,9 @@ def _constants(cfg: IndicatorConfig) -> tuple[Any, ...]:
         fastk, slowk, slowd, fastk - 1, fastk + slowk - 2, fastk + slowk + slowd - 3,
         cfg.willr_period, cfg.willr_period - 1,
         cfg.wma_period, cfg.wma_period - 1, cfg.wma_period * (cfg.wma_period + 1) / 2.0,
-        cfg.adx_period, cfg.adx_period - 1, 2 * cfg.adx_period - 1, cfg.cci_period, cfg.cci_period - 1, cfg.mfi_period, cfg.roc_period,
+        cfg.adx_period, cfg.adx_period - 1, 2 * cfg.adx_period - 1,
+        cfg.cci_period, cfg.cci_period - 1, cfg.mfi_period, cfg.roc_period,
+        _kept_bars(cfg) + 64,
     )  # fmt: skip
 
 
@@ -239,13 +248,12 @@ class IndicatorState:
     (candle, scalars before it, its record) for the last ``history`` candles.
     """
 
-    __slots__ = ("cfg", "key", "t", "base", "scalars", "entries", *_BUFFERS, "_const", "_keep")
+    __slots__ = ("cfg", "key", "t", "base", "scalars", "entries", *_BUFFERS, "_const")
 
     def __init__(self, cfg: IndicatorConfig, key: str) -> None:
         self.cfg = cfg
         self.key = key
         self._const = _constants(cfg)
-        self._keep = cfg.window + cfg.history + 1
         self.reset()
 
     def reset(self) -> None:
@@ -254,15 +262,16 @@ class IndicatorState:
         self.base = 0  # series index of element 0 of every buffer
         self.scalars: list[Any] = _initial_scalars(self.cfg)
         for name in _BUFFERS:
-            setattr(self, name, array("d"))
+            setattr(self, name, [])
         self.entries: deque[tuple[Candle, list[Any], Indicators]] = deque(maxlen=self.cfg.history)
 
     # -- the per-bar step ---------------------------------------------------------------------------
 
-    def step(self, h: float, l: float, c: float, v: float) -> tuple[float | None, ...]:  # noqa: E741, C901, PLR0912, PLR0915
-        """Advance by one bar (high, low, close, volume); return its values in ``VALUE_FIELDS`` order."""
+    def step(self, candle: Candle) -> Indicators:  # noqa: C901, PLR0912, PLR0915
+        """Advance by one bar and return its record; the caller keeps what it needs to undo it."""
+        h, l, c, v = candle.high, candle.low, candle.close, candle.volume  # noqa: E741
         t = self.t
-        base = self.base
+        i = t - self.base  # buffer index of this bar
         closes, highs, lows = self.closes, self.highs, self.lows
         closes.append(c)
         highs.append(h)
@@ -273,7 +282,7 @@ class IndicatorState:
             fast, slow, sig, k_fast, k_slow, k_sig, fast_from, lb_line, lb_macd,
             n_bb, lb_bb, inv_bb, dev_up, dev_dn, n_atr, alpha_atr, beta_atr,
             n_fastk, n_slowk, n_slowd, lb_fastk, lb_slowk, lb_stoch, n_willr, lb_willr,
-            n_wma, lb_wma, wma_divider, n_adx, adx_m1, lb_adx, n_cci, lb_cci, n_mfi, n_roc,
+            n_wma, lb_wma, wma_divider, n_adx, adx_m1, lb_adx, n_cci, lb_cci, n_mfi, n_roc, trim_at,
         ) = self._const  # fmt: skip
         (
             prev_c, prev_h, prev_l, sma0, sma1, ema0, ema1, ema2, ema3, gain, loss,
@@ -287,17 +296,18 @@ class IndicatorState:
         sma0 += c
         if t >= lb_sma0:
             ma50 = sma0 / n_sma0
-            sma0 -= closes[t - lb_sma0 - base]
+            sma0 -= closes[i - lb_sma0]
         else:
             ma50 = None
         sma1 += c
         if t >= lb_sma1:
             ma200 = sma1 / n_sma1
-            sma1 -= closes[t - lb_sma1 - base]
+            sma1 -= closes[i - lb_sma1]
         else:
             ma200 = None
 
-        # EMA: the scalar holds the seed sum until bar n-1, then the average.
+        # EMA: the scalar holds the seed sum until bar n-1, then the average. TA-Lib fuses the
+        # (x - ema) * k + ema step into one fma; without fma it rounds twice (last bit, rarely).
         if t > lb_ema0:
             ema12 = ema0 = (c - ema0) * k_ema0 + ema0
         elif t == lb_ema0:
@@ -345,6 +355,7 @@ class IndicatorState:
                 rsi = 100.0 * (gain / total) if total > 0.0 else 0.0
 
         # MACD: fast and slow seeds end on bar slow-1; the signal is seeded from the MACD values.
+        # The EMA steps are fused in TA-Lib, as above.
         macd = macd_signal = macd_histogram = None
         if t > lb_line:
             m_fast = (c - m_fast) * k_fast + m_fast
@@ -380,7 +391,7 @@ class IndicatorState:
             mean1 = bb_v1 * inv_bb
             variance = bb_v2 * inv_bb - mean1 * mean1
             bb_middle = bb_total / n_bb
-            oldest = closes[t - lb_bb - base]
+            oldest = closes[i - lb_bb]
             bb_total -= oldest
             dev = oldest - bb_shift
             bb_v1 -= dev
@@ -388,13 +399,13 @@ class IndicatorState:
             bb_v2 -= dev
             bb_reseed -= 1
             if variance < 0.000001 * (bb_v2 * inv_bb) or dev > 1000000.0 * bb_v2 or bb_reseed <= 0:
-                bb_shift, bb_v1, bb_v2, variance = _reanchored_variance(closes[t - lb_bb - base : t + 1 - base], inv_bb)
+                bb_shift, bb_v1, bb_v2, variance = _reanchored_variance(closes[i - lb_bb : i + 1], inv_bb)
                 bb_reseed = 32 * n_bb
             std = math.sqrt(variance) if variance > 0.0 else 0.0
             if dev_up == dev_dn:
                 width = std * dev_up
                 bb_upper, bb_lower = bb_middle + width, bb_middle - width
-            else:
+            else:  # TA-Lib fuses the upper band's multiply-add here, not the lower's
                 bb_upper, bb_lower = bb_middle + std * dev_up, bb_middle - std * dev_dn
 
         # True range (bar 0 has none: no previous close).
@@ -407,7 +418,7 @@ class IndicatorState:
             if gap > true_range:
                 true_range = gap
 
-        # ATR: SMA of the first n true ranges, then alpha*tr + beta*atr.
+        # ATR: SMA of the first n true ranges, then alpha*tr + beta*atr (one fma in TA-Lib).
         atr_out = None
         if t > n_atr:
             atr_out = atr = alpha_atr * true_range + beta_atr * atr
@@ -423,13 +434,13 @@ class IndicatorState:
         if t >= lb_fastk:
             first = t - lb_fastk
             if s_lo_i < first:
-                window = lows[first - base : t + 1 - base]
+                window = lows[i - lb_fastk : i + 1]
                 s_lo = min(window)
                 s_lo_i = first + window.index(s_lo)
             elif l <= s_lo:
                 s_lo, s_lo_i = l, t
             if s_hi_i < first:
-                window = highs[first - base : t + 1 - base]
+                window = highs[i - lb_fastk : i + 1]
                 s_hi = max(window)
                 s_hi_i = first + window.index(s_hi)
             elif h >= s_hi:
@@ -442,13 +453,13 @@ class IndicatorState:
             k_total += fastk
             if t >= lb_slowk:
                 slowk = k_total / n_slowk
-                k_total -= self.fastk[t - n_slowk + 1 - base]
+                k_total -= self.fastk[i + 1 - n_slowk]
         self.slowk.append(slowk)
         if t >= lb_slowk:
             d_total += slowk
             if t >= lb_stoch:
                 stoch_k, stoch_d = slowk, d_total / n_slowd
-                d_total -= self.slowk[t - n_slowd + 1 - base]
+                d_total -= self.slowk[i + 1 - n_slowd]
 
         # Williams %R: the stochastic's window when the periods agree, else its own.
         willr = None
@@ -458,13 +469,13 @@ class IndicatorState:
             else:
                 first = t - lb_willr
                 if w_lo_i < first:
-                    window = lows[first - base : t + 1 - base]
+                    window = lows[i - lb_willr : i + 1]
                     w_lo = min(window)
                     w_lo_i = first + window.index(w_lo)
                 elif l <= w_lo:
                     w_lo, w_lo_i = l, t
                 if w_hi_i < first:
-                    window = highs[first - base : t + 1 - base]
+                    window = highs[i - lb_willr : i + 1]
                     w_hi = max(window)
                     w_hi_i = first + window.index(w_hi)
                 elif h >= w_hi:
@@ -490,11 +501,11 @@ class IndicatorState:
                 wma_reseed = 8 * n_wma
                 wma_sub = wma_sum = 0.0
                 weight = 1
-                for x in closes[t - lb_wma - base : t + 1 - base]:
+                for x in closes[i - lb_wma : i + 1]:
                     wma_sub += x
                     wma_sum += x * weight
                     weight += 1
-            wma_trail = closes[t - lb_wma - base]
+            wma_trail = closes[i - lb_wma]
             wma = wma_sum / wma_divider
             wma_sum -= wma_sub
         else:
@@ -543,9 +554,9 @@ class IndicatorState:
         tps.append(tp)
         cci = None
         if t >= lb_cci:
-            start = t - lb_cci - base
+            start = i - lb_cci
             split = start + (n_cci - (t + 1) % n_cci) % n_cci
-            slots = tps[split : t + 1 - base] + tps[start:split]
+            slots = tps[split : i + 1] + tps[start:split]
             mean = _naive_sum(slots) / n_cci
             mean_dev = 0.0
             for x in slots:
@@ -560,8 +571,8 @@ class IndicatorState:
         pos = neg = 0.0
         if t:
             if t > n_mfi:
-                mf_pos -= self.pos_flow[t - n_mfi - base]
-                mf_neg -= self.neg_flow[t - n_mfi - base]
+                mf_pos -= self.pos_flow[i - n_mfi]
+                mf_neg -= self.neg_flow[i - n_mfi]
             change = tp - prev_tp
             flow = 0.0 if abs(change) <= _EPSILON * (abs(tp) + abs(prev_tp)) else tp * v
             if change < 0.0:
@@ -571,7 +582,7 @@ class IndicatorState:
             mf_pos += pos
             mf_neg += neg
             mf_null = 0 if flow else mf_null + 1
-            if mf_null >= 10**9:
+            if mf_null >= n_mfi:
                 mf_null = n_mfi
                 mf_pos = mf_neg = 0.0
             if t >= n_mfi:
@@ -585,7 +596,7 @@ class IndicatorState:
 
         # ROC in percent.
         if t >= n_roc:
-            old = closes[t - n_roc - base]
+            old = closes[i - n_roc]
             roc = (c / old - 1.0) * 100.0 if old != 0.0 else 0.0
         else:
             roc = None
@@ -598,16 +609,17 @@ class IndicatorState:
             mf_pos, mf_neg, mf_null,
         ]  # fmt: skip
         self.t = t + 1
-        if len(closes) > self._keep + 256:
+        if i >= trim_at:
             self._trim()
-        return (
+        return Indicators(
+            candle.exchange, candle.symbol, candle.interval, candle.open_time, c, candle.revision,
             rsi, ma50, ma200, ema12, ema26, ema50, ema200, macd, macd_signal, macd_histogram,
             bb_upper, bb_middle, bb_lower, atr_out, stoch_k, stoch_d, obv, wma, adx_out, plus_di,
             minus_di, cci, willr, mfi, roc,
         )  # fmt: skip
 
     def _trim(self) -> None:
-        drop = len(self.closes) - self._keep
+        drop = len(self.closes) - _kept_bars(self.cfg)
         for name in _BUFFERS:
             del getattr(self, name)[:drop]
         self.base += drop
@@ -617,10 +629,7 @@ class IndicatorState:
     def feed(self, candle: Candle) -> Indicators:
         """Append a final candle newer than every kept one, remembering how to undo it."""
         before = self.scalars
-        output = Indicators(
-            candle.exchange, candle.symbol, candle.interval, candle.open_time, candle.close, candle.revision,
-            *self.step(candle.high, candle.low, candle.close, candle.volume),
-        )
+        output = self.step(candle)
         self.entries.append((candle, before, output))
         return output
 
@@ -671,27 +680,27 @@ class IndicatorState:
                 f"({self.entries[-1][0].open_time})"
             )
         before, bars = self.scalars, self.t
-        output = Indicators(
-            candle.exchange, candle.symbol, candle.interval, candle.open_time, candle.close, candle.revision,
-            *self.step(candle.high, candle.low, candle.close, candle.volume),
-        )
+        output = self.step(candle)
         self._restore(before, bars)
         return output
 
     # -- serialisation ------------------------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready state: scalars, the buffer tail rollbacks and the next bars read, history."""
-        keep_from = max(self.base, self.t - len(self.entries) - self.cfg.window)
+        """JSON-ready state as of just before the oldest kept candle, plus the kept candles.
+
+        Replaying is bit-exact, so ``from_dict`` rebuilds the current state, the kept records and
+        the rollback points by feeding the kept candles again, and the dict stays small.
+        """
+        start = self.t - len(self.entries)
+        keep_from = max(self.base, start - self.cfg.window)
+        first, last = keep_from - self.base, start - self.base
         return {
-            "t": self.t,
+            "t": start,
             "base": keep_from,
-            "scalars": list(self.scalars),
-            "buffers": {name: getattr(self, name)[keep_from - self.base :].tolist() for name in _BUFFERS},
-            "entries": [
-                {"candle": candle.to_avro(), "before": list(before), "output": output.to_avro()}
-                for candle, before, output in self.entries
-            ],
+            "scalars": list(self.entries[0][1] if self.entries else self.scalars),
+            "buffers": {name: list(getattr(self, name)[first:last]) for name in _BUFFERS},
+            "candles": [candle.to_avro() for candle, _, _ in self.entries],
         }
 
     @classmethod
@@ -701,10 +710,9 @@ class IndicatorState:
         state.base = d["base"]
         state.scalars = list(d["scalars"])
         for name in _BUFFERS:
-            setattr(state, name, array("d", d["buffers"][name]))
-        state.entries.extend(
-            (Candle.from_avro(e["candle"]), list(e["before"]), Indicators.from_avro(e["output"])) for e in d["entries"]
-        )
+            setattr(state, name, list(d["buffers"][name]))
+        for candle in d["candles"]:
+            state.feed(Candle.from_avro(candle))
         return state
 
 
@@ -712,7 +720,8 @@ def _reanchored_variance(window: Sequence[float], inv: float) -> tuple[float, fl
     """TA-Lib's Bollinger re-anchor: shift to the window mean and rebuild the shifted sums.
 
     Returns the new shift, the sums with the window's oldest close already removed (as the
-    running sums are after each bar), and the window's variance (0 below 1e-12 of the mean square).
+    running sums are after each bar), and the window's variance, floored to 0 below 1e-12 of the
+    mean squared deviation.
     """
     total = 0.0
     for x in window:
@@ -735,7 +744,13 @@ def _reanchored_variance(window: Sequence[float], inv: float) -> tuple[float, fl
 
 @dataclass(slots=True)
 class IndicatorEngine:
-    """Indicator states of every series, keyed ``exchange:symbol:interval`` (``Candle.key``)."""
+    """Indicator states of every series, keyed ``exchange:symbol:interval`` (``Candle.key``).
+
+    The shell publishes every record ``process`` returns (a revision re-publishes later records;
+    stores upsert by key and open_time), dead-letters ``IndicatorError`` with its ``reason``,
+    may ``peek`` at forming candles, checkpoints ``snapshot()`` with orjson and comes back with
+    ``restore``, or ``seed``s a series from stored candles when it has no checkpoint.
+    """
 
     config: IndicatorConfig = field(default_factory=IndicatorConfig)
     series: dict[str, IndicatorState] = field(default_factory=dict)
@@ -776,6 +791,12 @@ class IndicatorEngine:
 
     def update(self, candle: Candle) -> Indicators:
         """The record of a final candle (``process`` also returns the later records a revision changed)."""
+        if candle.is_final and candle_problem(candle) is None:
+            state = self._by_parts.get((candle.exchange, candle.symbol, candle.interval)) or self._state_of(candle)
+            entries = state.entries
+            if entries and candle.open_time > entries[-1][0].open_time:
+                return state.feed(candle)
+            return state.apply(candle)[0]
         return self.process(candle)[0]
 
     def peek(self, candle: Candle) -> Indicators:

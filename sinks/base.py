@@ -10,7 +10,7 @@ Two kinds of failure are told apart: :class:`DataRejected` (this data can never 
 runner bisects the batch, dead-letters the culprit records and writes the rest) and anything else
 (the store is down or unhappy: the runner retries the same batch until it succeeds).
 
-Adding a record type (e.g. ``Indicators`` into a ``technical_metrics`` table keyed like candles) is:
+Adding a record type (as ``Indicators`` into a ``technical_metrics`` table keyed like candles) is:
 a field on :class:`SinkBatch`, an entry in :data:`TOPICS`, a migration per store and a column mapping
 in each sink that wants it, plus the logical topic in that sink's ``topics``.
 """
@@ -23,7 +23,7 @@ from dataclasses import dataclass, field, fields
 from operator import attrgetter
 from typing import Any, ClassVar
 
-from schemas.models import Candle, Trade, TradeBatch
+from schemas.models import Candle, Indicators, Trade, TradeBatch
 
 # ClickHouse DateTime64 covers 1900-01-01 .. 2299-12-31 and silently wraps values outside it (a
 # wrapped value then breaks every reader of the table), so both analytic stores reject such rows.
@@ -43,13 +43,15 @@ class SinkBatch:
 
     trades: list[tuple[str, str, Trade]] = field(default_factory=list)  # (exchange, symbol, trade)
     candles: list[Candle] = field(default_factory=list)  # final and in-progress
+    indicators: list[Indicators] = field(default_factory=list)  # of final candles, revisions included
 
     def __len__(self) -> int:
-        return len(self.trades) + len(self.candles)
+        return len(self.trades) + len(self.candles) + len(self.indicators)
 
     def extend(self, other: SinkBatch) -> None:
         self.trades.extend(other.trades)
         self.candles.extend(other.candles)
+        self.indicators.extend(other.indicators)
 
     @classmethod
     def merge(cls, parts: Iterable[SinkBatch]) -> SinkBatch:
@@ -95,15 +97,22 @@ def _candle_part(record: dict[str, Any]) -> SinkBatch:
     return SinkBatch(candles=[Candle.from_avro(record)])
 
 
+def _indicators_part(record: dict[str, Any]) -> SinkBatch:
+    return SinkBatch(indicators=[Indicators.from_avro(record)])
+
+
 TOPICS: dict[str, TopicSpec] = {
     "ticks": TopicSpec("topic_ticks", "tickflow.TradeBatch", _trade_batch_part),
     "candles": TopicSpec("topic_candles", "tickflow.Candle", _candle_part),
+    "indicators": TopicSpec("topic_indicators", "tickflow.Indicators", _indicators_part),
 }
 
 
 TRADE_COLUMNS = ("exchange", "symbol", "trade_id", "ts", "price", "amount", "side")
 CANDLE_COLUMNS = tuple(f.name for f in fields(Candle))
 _candle_values = attrgetter(*CANDLE_COLUMNS)
+INDICATOR_COLUMNS = tuple(f.name for f in fields(Indicators))
+_indicator_values = attrgetter(*INDICATOR_COLUMNS)
 
 
 def _check_times(what: str, values: list[int], per_ms: int) -> None:
@@ -145,4 +154,17 @@ def candle_columns(candles: list[Candle]) -> dict[str, list[Any]]:
         raise DataRejected("candle trade_count outside 0..2**63-1")
     for name in ("exchange", "symbol", "interval", "first_trade_id", "last_trade_id"):
         _check_text(f"candle {name}", cols[name])
+    return cols
+
+
+def indicator_columns(records: list[Indicators]) -> dict[str, list[Any]]:
+    """The indicator records as columns named like ``technical_metrics`` (open_time in ms), or DataRejected."""
+    if not records:
+        return {name: [] for name in INDICATOR_COLUMNS}
+    cols = dict(zip(INDICATOR_COLUMNS, map(list, zip(*map(_indicator_values, records))), strict=True))
+    _check_times("indicators open_time (ms)", cols["open_time"], 1)
+    if min(cols["candle_revision"]) < 0 or max(cols["candle_revision"]) > MAX_REVISION:
+        raise DataRejected(f"indicators candle_revision outside 0..{MAX_REVISION}")
+    for name in ("exchange", "symbol", "interval"):
+        _check_text(f"indicators {name}", cols[name])
     return cols

@@ -1,9 +1,11 @@
-"""ClickHouse sink: the raw trade archive and final candles, inserted as column batches.
+"""ClickHouse sink: the raw trade archive, final candles and their indicators, inserted as column batches.
 
 Both tables are ReplacingMergeTree (infra/sql/clickhouse/0001_init.sql), so idempotency comes from
 the engine: a replayed batch adds duplicate rows that merges collapse, and queries that must be exact
 before merges use FINAL or argMax (examples in infra/sql/clickhouse/examples.sql). ``candles`` uses
-``revision`` as the version column, so a later revision of a window wins.
+``revision`` as the version column, so a later revision of a window wins; ``technical_metrics``
+(infra/sql/clickhouse/0002_technical_metrics.sql) uses ``candle_revision``, and among equal versions
+the last inserted row wins, which is the record a revision of an earlier window recomputed.
 
 Only final candles are stored: in-progress candles are realtime state that is superseded within
 a second, which Redis serves; writing them here would add rows that exist only to be merged away.
@@ -21,7 +23,7 @@ import clickhouse_connect
 from clickhouse_connect.driver import exceptions as ch_errors
 from clickhouse_connect.driver.client import Client
 
-from sinks.base import DataRejected, Sink, SinkBatch, candle_columns, trade_columns
+from sinks.base import DataRejected, Sink, SinkBatch, candle_columns, indicator_columns, trade_columns
 
 # Server error codes that mean "this data can never be inserted", as opposed to an unavailable
 # server: TYPE_MISMATCH, CANNOT_PARSE_*, TOO_LARGE_STRING_SIZE, INCORRECT_DATA,
@@ -36,7 +38,7 @@ def connect(dsn: str) -> Client:
 
 class ClickHouseSink(Sink):
     name = "clickhouse"
-    topics = ("ticks", "candles")
+    topics = ("ticks", "candles", "indicators")
 
     def __init__(self, client: Client, *, owns_client: bool = False) -> None:
         self._client = client
@@ -53,6 +55,8 @@ class ClickHouseSink(Sink):
         finals = batch.final_candles()
         if finals:
             self._insert("candles", candle_columns(finals))
+        if batch.indicators:
+            self._insert("technical_metrics", indicator_columns(batch.indicators))
 
     def _insert(self, table: str, columns: dict[str, list[Any]]) -> None:
         # Insert contexts cache the table's column types, saving a DESCRIBE per insert.

@@ -1,4 +1,4 @@
-"""PostgreSQL / TimescaleDB sink: trades and final candles, upserted in one transaction per batch.
+"""PostgreSQL / TimescaleDB sink: trades, final candles and indicators, upserted in one transaction per batch.
 
 Rows are COPYed (binary) into session temp tables, then moved with one ``INSERT ... SELECT`` per
 table, so a batch costs a handful of round trips whatever its size. Times travel as integers and
@@ -9,6 +9,12 @@ until their window closes, so they go to Redis; storing them here would multiply
 rows that are overwritten anyway. A later revision of a final candle (a late trade within the grace
 period) replaces the stored row; an older or equal revision is ignored, so replays are harmless.
 Trades are keyed by (exchange, symbol, trade_id, ts) and inserted with ``ON CONFLICT DO NOTHING``.
+
+Indicators (``technical_metrics``) are keyed like candles but replaced by a newer *or equal*
+``candle_revision``: a revision of one window makes the engine recompute the records of the later
+windows, which keep their own (unchanged) candle revision, and those recomputed values must win.
+Records of one window arrive in Kafka order, so the last one stored is the newest; a replay writes
+the same sequence again and ends in the same state. An older candle revision is ignored.
 """
 
 from __future__ import annotations
@@ -18,7 +24,17 @@ from typing import Any
 import psycopg
 from psycopg_pool import ConnectionPool
 
-from sinks.base import CANDLE_COLUMNS, TRADE_COLUMNS, DataRejected, Sink, SinkBatch, candle_columns, trade_columns
+from sinks.base import (
+    CANDLE_COLUMNS,
+    INDICATOR_COLUMNS,
+    TRADE_COLUMNS,
+    DataRejected,
+    Sink,
+    SinkBatch,
+    candle_columns,
+    indicator_columns,
+    trade_columns,
+)
 
 _STAGE_TRADES = """
 CREATE TEMP TABLE IF NOT EXISTS stage_trades (
@@ -58,9 +74,32 @@ ON CONFLICT ({_KEY}) DO UPDATE SET {_UPDATE}
 WHERE candles.revision < EXCLUDED.revision"""
 
 
+_STAGE_INDICATORS = f"""
+CREATE TEMP TABLE IF NOT EXISTS stage_indicators (
+    seq int8, exchange text, symbol text, "interval" text, open_time int8, close float8, candle_revision int4,
+    {", ".join(f"{c} float8" for c in INDICATOR_COLUMNS[6:])}
+) ON COMMIT DELETE ROWS"""
+_INDICATOR_TYPES = ["int8", "text", "text", "text", "int8", "float8", "int4"] + ["float8"] * (len(INDICATOR_COLUMNS) - 6)
+_ICOLS = ", ".join('"interval"' if c == "interval" else c for c in INDICATOR_COLUMNS)
+_ISELECT = ", ".join(
+    "TIMESTAMPTZ 'epoch' + open_time * INTERVAL '1 millisecond' AS open_time" if c == "open_time" else ('"interval"' if c == "interval" else c)
+    for c in INDICATOR_COLUMNS
+)
+_IUPDATE = ", ".join(f"{c} = EXCLUDED.{c}" for c in INDICATOR_COLUMNS if c not in {"exchange", "symbol", "interval", "open_time"})
+# Within a batch the highest candle revision of a window wins, then the last in Kafka order (seq);
+# against the table a newer or equal candle revision replaces the row (see the module docstring).
+_INSERT_INDICATORS = f"""
+INSERT INTO technical_metrics ({_ICOLS})
+SELECT DISTINCT ON ({_KEY}) {_ISELECT}
+FROM stage_indicators
+ORDER BY {_KEY}, candle_revision DESC, seq DESC
+ON CONFLICT ({_KEY}) DO UPDATE SET {_IUPDATE}
+WHERE technical_metrics.candle_revision <= EXCLUDED.candle_revision"""
+
+
 class PostgresSink(Sink):
     name = "postgres"
-    topics = ("ticks", "candles")
+    topics = ("ticks", "candles", "indicators")
 
     def __init__(self, conninfo: str, *, connect_timeout: float = 10.0) -> None:
         # One connection is enough for one writer; the pool re-establishes it after a server restart.
@@ -77,7 +116,8 @@ class PostgresSink(Sink):
     def write(self, batch: SinkBatch) -> None:
         trades = trade_columns(batch.trades)
         candles = candle_columns(batch.final_candles())
-        if not trades["ts"] and not candles["open_time"]:
+        indicators = indicator_columns(batch.indicators)
+        if not trades["ts"] and not candles["open_time"] and not indicators["open_time"]:
             return
         try:
             with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
@@ -88,6 +128,10 @@ class PostgresSink(Sink):
                     rows = zip(range(len(candles["open_time"])), *candles.values(), strict=True)
                     _copy(cur, _STAGE_CANDLES, "stage_candles", ("seq", *CANDLE_COLUMNS), _CANDLE_TYPES, rows)
                     cur.execute(_INSERT_CANDLES)
+                if indicators["open_time"]:
+                    rows = zip(range(len(indicators["open_time"])), *indicators.values(), strict=True)
+                    _copy(cur, _STAGE_INDICATORS, "stage_indicators", ("seq", *INDICATOR_COLUMNS), _INDICATOR_TYPES, rows)
+                    cur.execute(_INSERT_INDICATORS)
         except (psycopg.DataError, psycopg.IntegrityError) as exc:
             raise DataRejected(f"{type(exc).__name__}: {str(exc).strip()}") from exc
 

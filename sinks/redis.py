@@ -1,4 +1,4 @@
-"""Redis sink: realtime fan-out of every candle, final and in-progress.
+"""Redis sink: realtime fan-out of every candle, final and in-progress, and of every indicators record.
 
 Each candle is PUBLISHed as JSON on ``candles:{exchange}:{symbol}:{interval}`` and the newest one per
 key is kept under ``latest:candles:{exchange}:{symbol}:{interval}`` for clients that connect between
@@ -9,6 +9,9 @@ One non-transactional pipeline per batch keeps it to one round trip.
 not replace the snapshot of the window after it. Within a batch the last candle of the newest window
 per key wins (Kafka keeps a key's order); across batches a small Lua script refuses to replace a
 snapshot of a later window. Pub/sub is at-least-once: a replay re-publishes candles.
+
+Indicators records go the same way on ``indicators:{exchange}:{symbol}:{interval}`` with the
+snapshot ``latest:indicators:{exchange}:{symbol}:{interval}``, as JSON with ``open_time_iso``.
 """
 
 from __future__ import annotations
@@ -19,8 +22,8 @@ from datetime import UTC, datetime, timedelta
 import orjson
 import redis
 
-from schemas.models import Candle
-from sinks.base import CANDLE_COLUMNS, DataRejected, Sink, SinkBatch
+from schemas.models import Candle, Indicators
+from sinks.base import CANDLE_COLUMNS, INDICATOR_COLUMNS, DataRejected, Sink, SinkBatch
 
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400, "M": 31 * 86400}
 _INTERVAL_RE = re.compile(r"^(\d+)([smhdwM])$")
@@ -65,38 +68,47 @@ def candle_json(c: Candle) -> bytes:
     return orjson.dumps(doc)
 
 
-def latest_per_key(candles: list[Candle]) -> dict[str, int]:
-    """Index of each key's snapshot candle: the newest window, and the last of that window in order."""
+def indicators_json(ind: Indicators) -> bytes:
+    """The record's fields plus an ISO-8601 UTC copy of its candle's open time (``open_time_iso``)."""
+    doc = {name: getattr(ind, name) for name in INDICATOR_COLUMNS}
+    doc["open_time_iso"] = _iso(ind.open_time)
+    return orjson.dumps(doc)
+
+
+def latest_per_key(records: list[Candle] | list[Indicators]) -> dict[str, int]:
+    """Index of each key's snapshot record: the newest window, and the last of that window in order."""
     best: dict[str, int] = {}
-    for i, c in enumerate(candles):
+    for i, c in enumerate(records):
         j = best.get(c.key)
-        if j is None or c.open_time >= candles[j].open_time:
+        if j is None or c.open_time >= records[j].open_time:
             best[c.key] = i
     return best
 
 
 class RedisSink(Sink):
     name = "redis"
-    topics = ("candles",)
+    topics = ("candles", "indicators")
 
     def __init__(self, url: str) -> None:
         self._redis = redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5, health_check_interval=30)
         self._set_latest = self._redis.register_script(_SET_LATEST)
 
     def write(self, batch: SinkBatch) -> None:
-        if not batch.candles:
+        if not batch.candles and not batch.indicators:
             return
         try:
             payloads = [candle_json(c) for c in batch.candles]
-            ttls = {c.interval: snapshot_ttl(c.interval) for c in batch.candles}
+            ind_payloads = [indicators_json(i) for i in batch.indicators]
+            ttls = {r.interval: snapshot_ttl(r.interval) for r in (*batch.candles, *batch.indicators)}
         except (ValueError, OverflowError) as exc:
             raise DataRejected(str(exc)) from exc
         pipe = self._redis.pipeline(transaction=False)
-        for c, payload in zip(batch.candles, payloads, strict=True):
-            pipe.publish(f"candles:{c.key}", payload)
-        for key, i in latest_per_key(batch.candles).items():
-            c = batch.candles[i]
-            self._set_latest(keys=[f"latest:candles:{key}"], args=[payloads[i], c.open_time, ttls[c.interval]], client=pipe)
+        for kind, records, encoded in (("candles", batch.candles, payloads), ("indicators", batch.indicators, ind_payloads)):
+            for r, payload in zip(records, encoded, strict=True):
+                pipe.publish(f"{kind}:{r.key}", payload)
+            for key, i in latest_per_key(records).items():
+                r = records[i]
+                self._set_latest(keys=[f"latest:{kind}:{key}"], args=[encoded[i], r.open_time, ttls[r.interval]], client=pipe)
         pipe.execute()
 
     def close(self) -> None:

@@ -43,7 +43,7 @@ from streams.settings import Settings
 
 log = structlog.get_logger(__name__)
 
-RECORDS = Counter("tickflow_sink_records_total", "Kafka records a sink wrote (or dead-lettered) and committed", ["sink"])
+RECORDS = Counter("tickflow_sink_records_total", "Kafka records a sink handled: written, or dead-lettered", ["sink"])
 WRITE_SECONDS = Histogram(
     "tickflow_sink_write_seconds",
     "Duration of successful sink writes",
@@ -51,7 +51,7 @@ WRITE_SECONDS = Histogram(
     buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
 ERRORS = Counter("tickflow_sink_errors_total", "Sink failures: write (retried), rejected, undecodable, commit", ["sink", "kind"])
-LAG = Gauge("tickflow_sink_lag", "Records on assigned partitions not yet committed by the sink", ["sink"])
+LAG = Gauge("tickflow_sink_lag", "Records in the sink's topics not yet committed by its consumer group", ["sink"])
 
 
 LAG_EVERY_S = 10.0  # how often run() refreshes the lag gauge
@@ -107,7 +107,7 @@ class SinkRunner:
         self._consumer = Consumer(conf)
         # Metadata and end offsets go through an admin client: on the consumer's own connection a
         # request queues behind the fetch long-poll (up to fetch.wait.max.ms per partition queried).
-        self._admin = AdminClient({k: v for k, v in conf.items() if k not in _CONSUMER_ONLY})
+        self._admin: AdminClient | None = AdminClient({k: v for k, v in conf.items() if k not in _CONSUMER_ONLY})
         self._consumer.subscribe(list(self._specs), on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_revoke)
         self._pending: list[_Record] = []
         self._to_commit: dict[tuple[str, int], int] = {}
@@ -169,6 +169,7 @@ class SinkRunner:
         if not self._closed:
             self._closed = True
             self._consumer.close()
+            self._admin = None  # destroys the librdkafka handle now rather than at garbage collection
 
     def __enter__(self) -> SinkRunner:
         return self
@@ -368,11 +369,16 @@ class SinkRunner:
         return {k: (ends[k], off if off >= 0 else starts[k]) for k, off in committed.items()}
 
     def _partitions(self, topic: str) -> list[int]:
-        meta = self._admin.list_topics(topic, timeout=10).topics.get(topic)
+        meta = self._admin_client().list_topics(topic, timeout=10).topics.get(topic)
         return [] if meta is None or meta.error is not None else sorted(meta.partitions)
 
+    def _admin_client(self) -> AdminClient:
+        if self._admin is None:
+            raise RuntimeError(f"sink runner {self.sink.name} is closed")
+        return self._admin
+
     def _list_offsets(self, keys: Any, spec: OffsetSpec) -> dict[tuple[str, int], int]:
-        futures = self._admin.list_offsets(
+        futures = self._admin_client().list_offsets(
             {TopicPartition(t, p): spec for t, p in keys}, isolation_level=IsolationLevel.READ_COMMITTED, request_timeout=10
         )
         return {(tp.topic, tp.partition): fut.result().offset for tp, fut in futures.items()}

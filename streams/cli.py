@@ -223,7 +223,7 @@ def sink(name: Annotated[str, typer.Argument(help="clickhouse | postgres | redis
     if not chosen:
         raise typer.BadParameter(f"sink {name!r} is not configured (clickhouse, postgres with DATABASE_URL, redis with REDIS_URL)")
     stop = threading.Event()
-    runner = SinkRunner(chosen[0], settings, dead_letter=TickProducer(settings).dead_letter)
+    runner = SinkRunner(chosen[0], settings, dead_letter=TickProducer(settings).dead_letter_durably)
     try:
         runner.run(stop)
     except KeyboardInterrupt:

@@ -74,6 +74,11 @@ class TickProducer:
         log.warning("dead-lettered", component=letter.component, reason=letter.reason, topic=letter.source_topic, partition=letter.source_partition, offset=letter.source_offset)
         self.produce(self.settings.topic_dlq, letter.key, self._dlq_codec.encode(letter.to_avro()))
 
+    def dead_letter_durably(self, letter: DeadLetter) -> None:
+        """Dead-letter and wait for the broker, for callers that commit the input right after."""
+        self.dead_letter(letter)
+        self.flush()
+
     def poll(self, timeout: float = 0) -> None:
         self._producer.poll(timeout)
 

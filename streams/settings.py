@@ -34,6 +34,7 @@ class Settings(BaseSettings):
     topic_dlq: str = "dlq"
     topic_late_trades: str = "late-trades"
     topic_candle_state: str = "candles-state"
+    topic_indicator_state: str = "indicators-state"
     ticks_partitions: int = Field(8, description="Partitions of ticks; derived topics use the same count")
     replication_factor: int = 1
 

@@ -35,6 +35,7 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
         TopicSpec(settings.topic_late_trades, n, {}),
         TopicSpec(settings.topic_dlq, 1, {}),
         TopicSpec(settings.topic_candle_state, n, {"cleanup.policy": "compact"}),
+        TopicSpec(settings.topic_indicator_state, n, {"cleanup.policy": "compact"}),
     ]
 
 
