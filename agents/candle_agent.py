@@ -10,17 +10,19 @@ up as after an uninterrupted run. Outputs go through the idempotent confluent-ka
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass, field
 
 import faust
 import structlog
+from faust.types import TP
 from prometheus_client import Counter, Gauge
 
 from agents.candles import BookOutput, CandleBook, CandleConfig
 from schemas.codec import AvroCodec, DecodeError
 from schemas.models import DeadLetter, TradeBatch
-from streams.checkpoint import admit, encode_checkpoint, load_checkpoint, register_checkpointed_agent
+from streams.checkpoint import encode_checkpoint, load_checkpoint
 from streams.producer import TickProducer
 from streams.settings import Settings
 from streams.sources.base import now_us
@@ -84,9 +86,17 @@ class CandleWorker:
     def handle(self, partition: int, offset: int, key: bytes | None, value: bytes | None) -> int | None:
         """Process one ticks record; return an offset to seek to when input skipped ahead."""
         ps = self.parts[partition]
-        take, seek_to = admit(ps, partition, offset)
-        if not take:
-            return seek_to
+        if ps.next_offset is not None:
+            if offset < ps.next_offset:
+                return None  # already in the checkpointed state: a redelivery
+            if offset > ps.next_offset:
+                if ps.seeking:
+                    return None
+                ps.seeking = True
+                log.warning("input resumed past the checkpoint, seeking back", partition=partition, offset=offset, expected=ps.next_offset)
+                return ps.next_offset
+        ps.seeking = False
+        ps.next_offset = offset + 1
         ps.changed = True
         ps.last_input = time.monotonic()
         self.processed_offsets[partition] = offset
@@ -176,11 +186,40 @@ class CandleWorker:
 
 def register_candle_agent(app: faust.App, settings: Settings, producer: TickProducer) -> CandleWorker:
     worker = CandleWorker(settings, producer)
-    write_checkpoints = register_checkpointed_agent(app, worker, topic=settings.topic_ticks, name="candles", every_s=settings.candle_snapshot_s)
+    topic = app.topic(settings.topic_ticks, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
+    checkpoint_lock = asyncio.Lock()
+
+    async def write_checkpoints(partitions: list[int] | None = None) -> None:
+        async with checkpoint_lock:
+            await asyncio.get_running_loop().run_in_executor(None, worker.write_checkpoints, partitions)
+
+    @app.agent(topic, name="candles")
+    async def candles(stream: faust.StreamT) -> None:
+        loop = asyncio.get_running_loop()
+        async for event in stream.events():
+            msg = event.message
+            if msg.partition not in worker.parts:
+                await loop.run_in_executor(None, worker.load, msg.partition)
+            with structlog.contextvars.bound_contextvars(partition=msg.partition, offset=msg.offset):
+                target = worker.handle(msg.partition, msg.offset, event.key, event.value)
+            if target is not None:
+                await app.consumer.seek(TP(msg.topic, msg.partition), target)
 
     @app.timer(interval=max(0.02, settings.candle_update_ms / 1000 / 2))
     async def candle_tick() -> None:
         worker.tick()
+
+    @app.timer(interval=settings.candle_snapshot_s)
+    async def candle_checkpoint() -> None:
+        await write_checkpoints()
+
+    @app.on_partitions_revoked.connect
+    async def on_revoked(app: faust.App, revoked: set[TP], **kwargs: object) -> None:
+        mine = [tp.partition for tp in revoked if tp.topic == settings.topic_ticks and tp.partition in worker.parts]
+        if mine:
+            await write_checkpoints(mine)
+            for p in mine:
+                worker.parts.pop(p, None)
 
     worker.write_checkpoints_async = write_checkpoints  # type: ignore[attr-defined]
     return worker

@@ -20,7 +20,6 @@ import redis
 import structlog
 
 from agents.candle_agent import CandleWorker, register_candle_agent
-from agents.indicator_agent import IndicatorWorker, register_indicator_agent
 from schemas.models import Candle
 from sinks.base import Sink
 from sinks.runner import SinkRunner, open_sinks
@@ -33,8 +32,6 @@ from streams.sources.base import Source
 from streams.topics import ensure_topics, end_offsets
 
 log = structlog.get_logger(__name__)
-
-DRAIN_SETTLE_S = 2.0
 
 
 @contextlib.contextmanager
@@ -90,7 +87,7 @@ class SinkThreads:
     def start(cls, settings: Settings, sinks: list[Sink], producer: TickProducer) -> SinkThreads:
         self = cls()
         for sink in sinks:
-            runner = SinkRunner(sink, settings, dead_letter=producer.dead_letter_durably)
+            runner = SinkRunner(sink, settings, dead_letter=producer.dead_letter)
             thread = threading.Thread(target=runner.run, args=(self.stop,), name=f"sink-{sink.name}", daemon=True)
             self.runners.append(runner)
             self.threads.append(thread)
@@ -126,15 +123,10 @@ class RunStatus:
     started: float = field(default_factory=time.monotonic)
 
 
-def caught_up(settings: Settings, topic: str, processed_offsets: dict[int, int]) -> bool:
-    """True when an agent that recorded ``processed_offsets`` has processed every record in ``topic``."""
-    ends = end_offsets(settings).get(topic, [])
-    return all(hi == 0 or processed_offsets.get(p, -1) >= hi - 1 for p, _, hi in ends)
-
-
 def ticks_caught_up(settings: Settings, worker: CandleWorker) -> bool:
     """True when the candle agent has processed every record in ``ticks``."""
-    return caught_up(settings, settings.topic_ticks, worker.processed_offsets)
+    ends = end_offsets(settings).get(settings.topic_ticks, [])
+    return all(hi == 0 or worker.processed_offsets.get(p, -1) >= hi - 1 for p, _, hi in ends)
 
 
 async def run_pipeline(
@@ -158,7 +150,6 @@ async def run_pipeline(
         status.sinks = sink_threads
     app = create_app(settings)
     worker = register_candle_agent(app, settings, producer)
-    indicator_worker = register_indicator_agent(app, settings, producer)
     status.worker = worker
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -177,7 +168,7 @@ async def run_pipeline(
             if ingest_task is not None:
                 status.ingest = await ingest_task
             status.source_done = True
-            await _drain(settings, worker, indicator_worker, sink_threads, stop)
+            await _drain(settings, worker, sink_threads, stop)
         else:
             waiters = [asyncio.create_task(stop.wait())] + ([ingest_task] if ingest_task else [])
             done, _ = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
@@ -195,33 +186,19 @@ async def run_pipeline(
     return status
 
 
-async def _drain(
-    settings: Settings, worker: CandleWorker, indicators: IndicatorWorker, sinks: SinkThreads | None, stop: asyncio.Event
-) -> None:
-    """Wait until the candle agent has every trade and has closed its windows, then until the
-    indicator agent has every candle, then until sinks have every record."""
+async def _drain(settings: Settings, worker: CandleWorker, sinks: SinkThreads | None, stop: asyncio.Event) -> None:
+    """Wait until the candle agent has every trade, close its windows, then until sinks have every candle."""
     loop = asyncio.get_running_loop()
     while not stop.is_set() and not await loop.run_in_executor(None, ticks_caught_up, settings, worker):
         await asyncio.sleep(0.2)
     for p in list(worker.parts):
         worker.close_windows(p)
     await worker.write_checkpoints_async()  # type: ignore[attr-defined]
-    log.info("candle agent drained; waiting for the indicator agent")
-    while not stop.is_set() and not await loop.run_in_executor(None, caught_up, settings, settings.topic_candles, indicators.processed_offsets):
-        await asyncio.sleep(0.2)
-    await indicators.write_checkpoints_async()  # type: ignore[attr-defined]
-    log.info("indicator agent drained; waiting for sinks")
+    log.info("candle agent drained; waiting for sinks")
     if sinks is None:
         return
-    # Lag must stay 0 for a while: a broker's end offsets can trail the last produced batch
-    # (Tansu reports the last batch's base offset), and fetches only then show the true end.
-    settled_since = None
     while not stop.is_set():
         lags = await loop.run_in_executor(None, sinks.lags)
         if all(v == 0 for v in lags.values()):
-            settled_since = settled_since or time.monotonic()
-            if time.monotonic() - settled_since >= DRAIN_SETTLE_S:
-                return
-        else:
-            settled_since = None
+            return
         await asyncio.sleep(0.3)
