@@ -145,7 +145,7 @@ class CandleWorker:
     def tick(self, now: float | None = None) -> None:
         """Periodic work: throttled in-progress updates and closing windows of quiet partitions."""
         now = time.monotonic() if now is None else now
-        for p, ps in self.parts.items():
+        for p, ps in list(self.parts.items()):
             if ps.dirty:
                 self._flush_progress(ps, now, force=False)
             if not ps.idle_closed and now - ps.last_input >= self.settings.candle_idle_timeout_s:

@@ -27,7 +27,7 @@ from streams.sources.synthetic import generate_trades
 
 SYMBOLS = 100
 BATCH = 500
-TRADES = 300_000
+TRADES = 200_000
 START_US = 1_700_000_000_000_000  # 2023-11-14: inside the sane range trade_problem accepts
 
 

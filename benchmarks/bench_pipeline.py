@@ -10,7 +10,8 @@ b. End to end: ``run_pipeline(until_drained=True)`` with an unpaced ``SyntheticS
    source to the moment every sink's group is committed to the end (last candle durable).
    Baseline: the same source through ``run_ingest`` alone (no worker, no sinks).
 c. Latency from trade receipt to the in-progress 1m candle on Redis at 20,000 trades/s (see
-   :func:`latencies` for the method), for the default ``candle_update_ms`` and for 10 ms.
+   :func:`latencies` for the method), for the default ``candle_update_ms`` and for 10 ms
+   (``--full`` adds 1,000 trades/s).
 d. Memory per open (symbol, interval) window of a ``CandleBook`` (tracemalloc) and checkpoint size.
 
 Run: ``.venv/bin/python -m benchmarks.bench_pipeline``.
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import math
 import tempfile
@@ -39,12 +41,14 @@ from benchmarks.common import (
     console,
     fmt_rate,
     fmt_ratio,
+    fmt_s,
     fresh_pg_database,
     fresh_settings,
-    in_fresh_process,
     median,
     produce_all,
     quiet_logs,
+    repeat,
+    section,
     spread,
     table,
     tag,
@@ -119,8 +123,14 @@ async def _agent(settings: Settings, ends: dict[int, int], timeout_s: float) -> 
 
     worker.handle = timed_handle  # type: ignore[method-assign]
     await app.start()
+    deadline = time.monotonic() + timeout_s
     try:
-        await asyncio.wait_for(done.wait(), timeout_s)
+        while not done.is_set():
+            if app.crashed:
+                raise RuntimeError(f"Faust app crashed: {app.crash_reason!r}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"candle agent did not reach the end within {timeout_s:.0f} s")
+            await asyncio.sleep(0.05)
     finally:
         await app.stop()
         await asyncio.get_running_loop().run_in_executor(None, producer.flush)
@@ -163,26 +173,31 @@ def decode_run(bootstrap: str, ticks: str, ends: dict[int, int], timeout_s: floa
         consumer.close()
 
 
-def bench_agent(bootstrap: str, trades: int, runs: int) -> None:
+def bench_agent(bootstrap: str, trades: int, runs: int, baseline_runs: int) -> None:
     with tempfile.TemporaryDirectory(prefix="tickflow-bench-ticks-") as tmp:
         settings, ends, records, prepare_s = prepare_ticks(bootstrap, Path(tmp), trades)
         timeout = max(120.0, trades / 5_000)
-        framework = [in_fresh_process(agent_run, bootstrap, settings.topic_ticks, ends, timeout) for _ in range(runs)]
-        baseline = [decode_run(bootstrap, settings.topic_ticks, ends, timeout) for _ in range(runs)]
-    f_rates = [trades / s for s in framework]
-    b_rates = [trades / s for s in baseline]
+        framework = repeat(runs, agent_run, bootstrap, settings.topic_ticks, ends, timeout, timeout_s=timeout + 60)
+        baseline = repeat(baseline_runs, decode_run, bootstrap, settings.topic_ticks, ends, timeout, fresh=False)
+    f_rates = [trades / s for s in framework.ok]
+    b_rates = [trades / s for s in baseline.ok]
     t = table(
         f"a. Candle agent, one worker: {trades:,} trades, {SYMBOLS} symbols, {records:,} records ({trades / records:.1f} trades/record), "
-        f"{len(ends)} partitions (input generated + batched in {prepare_s:.1f} s = {fmt_rate(trades / prepare_s)} trades/s)",
+        f"{len(ends)} partitions (input built by generate_trades + MicroBatcher + encode in {prepare_s:.1f} s, not timed)",
         "measure",
         "trades/s (median)",
         "runs",
         "min-max",
         "agent / it",
     )
-    t.add_row("Faust candle agent (decode, CandleBook, outputs, checkpoints)", fmt_rate(median(f_rates)), str(runs), spread(f_rates), "1.00x")
-    t.add_row("baseline: confluent-kafka consumer, decode only", fmt_rate(median(b_rates)), str(runs), spread(b_rates), fmt_ratio(median(f_rates), median(b_rates)))
+    t.add_row("Faust candle agent (decode, CandleBook, outputs, checkpoints)", fmt_rate(median(f_rates)), str(len(f_rates)), spread(f_rates), "1.00x")
+    t.add_row("baseline: confluent-kafka consumer, decode only", fmt_rate(median(b_rates)), str(len(b_rates)), spread(b_rates), fmt_ratio(median(f_rates), median(b_rates)))
     console.print(t)
+    for note in (framework.note("candle agent"), baseline.note("decode baseline")):
+        if note:
+            console.print(note)
+    if runs < 3 and framework.ok:
+        console.print(f"   {runs} agent run{'s' if runs > 1 else ''}: {trades:,} trades take {median(framework.ok):.0f} s per run here, so fewer runs rather than fewer trades (--full: 3 runs)")
 
 
 # ------------------------------------------------------------------ b. end to end
@@ -219,34 +234,57 @@ class TimedSource(Source):
 
 @dataclass
 class PipelineRun:
-    seconds: float  # first trade pulled -> drained (or source finished, for ingest only)
-    startup_s: float  # run_pipeline called -> first trade pulled
+    """Seconds from the first trade pulled from the source to each milestone, and what the stores hold."""
+
+    source_done: float
+    agent_caught_up: float  # the candle agent has processed every ticks record
+    drained: float  # every sink's group committed to the end: the last candle is durable
+    startup: float  # run_pipeline called -> first trade pulled (sinks, migrations, Faust join)
     trades: int
     rows: dict[str, int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
 
 def _synthetic(settings: Settings, *, limit: int | None, rate: float | None, exchange: str) -> SyntheticSource:
-    return SyntheticSource(symbols=SYMBOLS, rate=rate, limit=limit, exchange=exchange, max_trades=settings.batch_max_trades, max_ms=settings.batch_max_ms)
+    return SyntheticSource(
+        symbols=SYMBOLS, rate=rate, limit=limit, exchange=exchange, start_us=START_US, max_trades=settings.batch_max_trades, max_ms=settings.batch_max_ms
+    )
 
 
-def _run_drained(settings: Settings, source: TimedSource, notes: list[str]) -> tuple[float, float, int]:
-    """run_pipeline until drained; (first pull -> drained, call -> first pull, trades ingested)."""
+def _run_drained(settings: Settings, source: TimedSource, notes: list[str]) -> PipelineRun:
+    """run_pipeline until drained, timing its milestones through the module's own drain helpers."""
     import streams.pipeline as pipeline
 
-    drained: dict[str, float] = {}
-    original = pipeline._drain  # noqa: SLF001 - the only hook on "every sink committed to the end"
+    marks: dict[str, float] = {}
+    drain, caught_up = pipeline._drain, pipeline.ticks_caught_up  # noqa: SLF001 - the only hooks on those moments
+
+    def timed_caught_up(*args: Any) -> bool:
+        done = caught_up(*args)
+        if done:
+            marks.setdefault("caught_up", time.perf_counter())
+        return done
 
     async def timed_drain(*args: Any) -> None:
-        await original(*args)
-        drained["at"] = time.perf_counter()
+        await drain(*args)
+        marks["drained"] = time.perf_counter()
 
-    pipeline._drain = timed_drain  # noqa: SLF001
+    pipeline._drain, pipeline.ticks_caught_up = timed_drain, timed_caught_up  # noqa: SLF001
     called = time.perf_counter()
-    status = asyncio.run(pipeline.run_pipeline(settings, source=source, source_name="synthetic", until_drained=True, say=notes.append))
-    if source.first is None or "at" not in drained or status.ingest is None:
+    try:
+        status = asyncio.run(pipeline.run_pipeline(settings, source=source, source_name="synthetic", until_drained=True, say=notes.append))
+    finally:
+        pipeline._drain, pipeline.ticks_caught_up = drain, caught_up  # noqa: SLF001
+    if source.first is None or source.finished is None or "drained" not in marks or status.ingest is None:
         raise RuntimeError(f"pipeline did not drain: {notes}")
-    return drained["at"] - source.first, source.first - called, status.ingest.trades
+    start = source.first
+    return PipelineRun(
+        source.finished - start,
+        marks.get("caught_up", marks["drained"]) - start,
+        marks["drained"] - start,
+        start - called,
+        status.ingest.trades,
+        notes=notes,
+    )
 
 
 def e2e_run(bootstrap: str, trades: int) -> PipelineRun:
@@ -260,19 +298,18 @@ def e2e_run(bootstrap: str, trades: int) -> PipelineRun:
         settings = fresh_settings(bootstrap, Path(tmp), database_url=db or "")
         notes: list[str] = [] if db else ["PostgreSQL unreachable: postgres sink off"]
         source = TimedSource(_synthetic(settings, limit=trades, rate=None, exchange=f"bench{tag()}"))
-        seconds, startup, ingested = _run_drained(settings, source, notes)
-        rows = {}
+        result = _run_drained(settings, source, notes)
         client = connect(settings.clickhouse_dsn)
         try:
-            rows["clickhouse trades"] = int(client.command("SELECT count() FROM trades"))
-            rows["clickhouse candles"] = int(client.command("SELECT count() FROM candles FINAL"))
+            result.rows["clickhouse trades"] = int(client.command("SELECT count() FROM trades"))
+            result.rows["clickhouse candles"] = int(client.command("SELECT count() FROM candles FINAL"))
         finally:
             client.close()
         if db:
             with psycopg.connect(db) as conn:
-                rows["postgres trades"] = conn.execute("SELECT count(*) FROM trades").fetchone()[0]
-                rows["postgres candles"] = conn.execute("SELECT count(*) FROM candles").fetchone()[0]
-        return PipelineRun(seconds, startup, ingested, rows, notes)
+                result.rows["postgres trades"] = conn.execute("SELECT count(*) FROM trades").fetchone()[0]
+                result.rows["postgres candles"] = conn.execute("SELECT count(*) FROM candles").fetchone()[0]
+        return result
 
 
 def ingest_only_run(bootstrap: str, trades: int) -> float:
@@ -290,13 +327,13 @@ def ingest_only_run(bootstrap: str, trades: int) -> float:
 
 
 def bench_e2e(bootstrap: str, trades: int, runs: int) -> None:
-    results = [in_fresh_process(e2e_run, bootstrap, trades) for _ in range(runs)]
-    baseline = [in_fresh_process(ingest_only_run, bootstrap, trades) for _ in range(runs)]
-    seconds = [r.seconds for r in results]
-    rates = [trades / s for s in seconds]
-    b_rates = [trades / s for s in baseline]
-    rows = results[-1].rows
-    lost = [f"{k} {v:,}" for k, v in rows.items() if k.endswith("trades") and v != trades]
+    attempt = repeat(runs, e2e_run, bootstrap, trades, timeout_s=max(180.0, trades / 200))
+    baseline = repeat(runs, ingest_only_run, bootstrap, trades, fresh=False)
+    results = attempt.ok
+    rates = [trades / r.drained for r in results]
+    b_rates = [trades / s for s in baseline.ok]
+    rows = results[-1].rows if results else {}
+    lost = [f"run {i + 1}: {k} {v:,} of {r.trades:,} ingested" for i, r in enumerate(results) for k, v in r.rows.items() if k.endswith("trades") and v != r.trades]
     t = table(
         f"b. End to end: {trades:,} unpaced synthetic trades, {SYMBOLS} symbols -> Tansu -> candle agent -> ClickHouse (chdb), PostgreSQL, Redis",
         "measure",
@@ -306,14 +343,21 @@ def bench_e2e(bootstrap: str, trades: int, runs: int) -> None:
         "min-max trades/s",
         "e2e / it",
     )
-    t.add_row("first trade pulled -> last candle durable in every sink", f"{median(seconds):.1f}", fmt_rate(median(rates)), str(runs), spread(rates), "1.00x")
-    t.add_row("baseline: same source through run_ingest only", f"{median(baseline):.1f}", fmt_rate(median(b_rates)), str(runs), spread(b_rates), fmt_ratio(median(rates), median(b_rates)))
+    t.add_row("first trade pulled -> last candle durable in every sink", fmt_s(median([r.drained for r in results])), fmt_rate(median(rates)), str(len(rates)), spread(rates), "1.00x")
+    t.add_row("baseline: same source through run_ingest only", fmt_s(median(baseline.ok)), fmt_rate(median(b_rates)), str(len(b_rates)), spread(b_rates), fmt_ratio(median(rates), median(b_rates)))
     console.print(t)
+    for note in (attempt.note("end-to-end"), baseline.note("ingest-only")):
+        if note:
+            console.print(note)
+    if not results:
+        return
     console.print(
-        f"   startup before the first trade (sinks, migrations, Faust join): median {median([r.startup_s for r in results]):.1f} s, not counted; "
-        f"rows in the last run: {', '.join(f'{k} {v:,}' for k, v in rows.items())}"
-        + (f"; [red]MISMATCH[/] vs {trades:,} trades: {', '.join(lost)}" if lost else "")
-        + (f"; notes: {'; '.join(sorted(set(n for r in results for n in r.notes)))}" if any(r.notes for r in results) else "")
+        f"   milestones (median s after the first trade): source done {median([r.source_done for r in results]):.1f}, "
+        f"candle agent caught up {median([r.agent_caught_up for r in results]):.1f}, sinks drained {median([r.drained for r in results]):.1f}; "
+        f"startup before the first trade (sinks, migrations, Faust join) {median([r.startup for r in results]):.1f} s, not counted. "
+        f"Last run's stores: {', '.join(f'{k} {v:,}' for k, v in rows.items())}"
+        + (f"; [red]MISMATCH[/] {', '.join(lost)}" if lost else "")
+        + (f"; notes: {'; '.join(sorted({n for r in results for n in r.notes}))}" if any(r.notes for r in results) else "")
     )
 
 
@@ -327,7 +371,6 @@ class LatencyRun:
     batches: int  # measured (after warm-up)
     covered: float  # share of post-warm-up batches a Redis update was seen for
     achieved_rate: float  # trades/s the source actually delivered
-    messages: int
 
 
 def latencies(batches: dict[str, list[tuple[int, float, int]]], messages: dict[str, list[tuple[float, int]]], since: float) -> tuple[list[tuple[float, int]], int, int]:
@@ -347,7 +390,7 @@ def latencies(batches: dict[str, list[tuple[int, float, int]]], messages: dict[s
         j = 0
         for arrived, last_id in msgs:
             while j < len(todo) and todo[j][0] <= last_id:
-                tid, received, n = todo[j]
+                _, received, n = todo[j]
                 if received >= since:
                     samples.append((arrived - received, n))
                     measured += 1
@@ -367,22 +410,29 @@ def weighted_percentile(samples: list[tuple[float, int]], q: float) -> float:
     return ordered[-1][0]
 
 
-def latency_run(bootstrap: str, rate: float, seconds: float, update_ms: int, warmup_s: float) -> LatencyRun:
-    """One pipeline run, source paced at ``rate`` for ``seconds``, Redis subscriber on its 1m channels (fresh process)."""
+def latency_run(bootstrap: str, rate: float, seconds: float, update_ms: int, warmup_s: float, settle_s: float = 120.0) -> LatencyRun:
+    """One pipeline run, source paced at ``rate`` for ``seconds``, Redis subscriber on its 1m channels (fresh process).
+
+    The run ends (is cancelled, as Ctrl-C would) once every symbol's last batch has reached Redis,
+    or ``settle_s`` after the source stopped; the other sinks' backlog is not waited for.
+    """
     import redis
 
     quiet_logs()
+    batches: dict[str, list[tuple[int, float, int]]] = defaultdict(list)
+    messages: dict[str, list[tuple[float, int]]] = defaultdict(list)
+
+    def on_batch(batch: TradeBatch, at: float) -> None:
+        batches[batch.symbol].append((int(batch.trades[-1].trade_id), at, len(batch.trades)))
+
+    def all_seen() -> bool:
+        return all(messages[s] and messages[s][-1][1] >= todo[-1][0] for s, todo in list(batches.items()))
+
     with tempfile.TemporaryDirectory(prefix="tickflow-bench-latency-") as tmp, fresh_pg_database(DEFAULT_PG) as db:
         settings = fresh_settings(bootstrap, Path(tmp), database_url=db or "", candle_update_ms=update_ms)
         if not settings.redis_url:
             raise RuntimeError("REDIS_URL is empty: the latency benchmark needs Redis")
         exchange = f"bench{tag()}"
-        batches: dict[str, list[tuple[int, float, int]]] = defaultdict(list)
-
-        def on_batch(batch: TradeBatch, at: float) -> None:
-            batches[batch.symbol].append((int(batch.trades[-1].trade_id), at, len(batch.trades)))
-
-        raw: list[tuple[float, bytes]] = []
         stop = threading.Event()
         pubsub = redis.Redis.from_url(settings.redis_url).pubsub()
         pubsub.psubscribe(f"candles:{exchange}:*:1m")
@@ -393,22 +443,20 @@ def latency_run(bootstrap: str, rate: float, seconds: float, update_ms: int, war
             while not stop.is_set():
                 msg = pubsub.get_message(timeout=0.05)
                 if msg is not None and msg["type"] == "pmessage":
-                    raw.append((time.perf_counter(), msg["data"]))
+                    arrived = time.perf_counter()
+                    doc = orjson.loads(msg["data"])
+                    if not doc["is_final"] and doc["last_trade_id"] is not None:
+                        messages[doc["symbol"]].append((arrived, int(doc["last_trade_id"])))
 
         listener = threading.Thread(target=listen, name="bench-redis", daemon=True)
         listener.start()
         source = TimedSource(_synthetic(settings, limit=None, rate=rate, exchange=exchange), on_batch, seconds)
         try:
-            _run_drained(settings, source, [])
+            asyncio.run(_run_until(settings, source, all_seen, settle_s))
         finally:
             stop.set()
             listener.join(5)
             pubsub.close()
-    messages: dict[str, list[tuple[float, int]]] = defaultdict(list)
-    for arrived, data in raw:
-        doc = orjson.loads(data)
-        if not doc["is_final"] and doc["last_trade_id"] is not None:
-            messages[doc["symbol"]].append((arrived, int(doc["last_trade_id"])))
     first_update = min((m[0][0] for m in messages.values() if m), default=math.inf)
     samples, measured, uncovered = latencies(batches, messages, first_update + warmup_s)
     if not samples:
@@ -421,8 +469,22 @@ def latency_run(bootstrap: str, rate: float, seconds: float, update_ms: int, war
         measured,
         measured / (measured + uncovered),
         trades / (source.finished - source.first),
-        len(raw),
     )
+
+
+async def _run_until(settings: Settings, source: TimedSource, done: Callable[[], bool], settle_s: float) -> None:
+    """run_pipeline until the source has finished and ``done()`` holds (or ``settle_s`` passed), then stop it."""
+    from streams.pipeline import run_pipeline
+
+    task = asyncio.create_task(run_pipeline(settings, source=source, source_name="synthetic", until_drained=False, say=lambda _: None))
+    while source.finished is None and not task.done():
+        await asyncio.sleep(0.1)
+    deadline = time.monotonic() + settle_s
+    while not task.done() and not done() and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 def bench_latency(bootstrap: str, scenarios: list[tuple[float, int, int]], seconds: float, warmup_s: float = 2.0) -> None:
@@ -440,20 +502,26 @@ def bench_latency(bootstrap: str, scenarios: list[tuple[float, int, int]], secon
         "achieved trades/s",
         "batches measured",
     )
+    failures: list[str] = []
     for rate, update_ms, runs in scenarios:
-        results = [in_fresh_process(latency_run, bootstrap, rate, seconds, update_ms, warmup_s) for _ in range(runs)]
+        attempt = repeat(runs, latency_run, bootstrap, rate, seconds, update_ms, warmup_s, timeout_s=seconds + 180)
+        results = attempt.ok
         achieved = median([r.achieved_rate for r in results])
+        failures.append(attempt.note(f"{fmt_rate(rate)} trades/s, {update_ms} ms"))
         t.add_row(
             fmt_rate(rate),
             f"{update_ms} (default)" if update_ms == DEFAULT_UPDATE_MS else str(update_ms),
-            f"{median([r.p50_ms for r in results]):,.0f}",
-            f"{median([r.p99_ms for r in results]):,.0f}",
-            str(runs),
+            fmt_rate(median([r.p50_ms for r in results])),
+            fmt_rate(median([r.p99_ms for r in results])),
+            str(len(results)),
             spread([r.p99_ms for r in results]),
             fmt_rate(achieved) + (" [red](source starved)[/]" if achieved < 0.9 * rate else ""),
-            f"{median([r.batches for r in results]):,.0f} ({min(r.covered for r in results):.1%} seen)",
+            f"{median([r.batches for r in results]):,.0f} ({min(r.covered for r in results):.1%} seen)" if results else "-",
         )
     console.print(t)
+    for note in failures:
+        if note:
+            console.print(note)
     console.print(
         "   method: a source wrapper notes each batch's receipt (perf_counter when the ingest loop gets it) and last trade id; "
         "a Redis subscriber thread in the same process notes each in-progress 1m message's arrival and last_trade_id; a batch's "
@@ -510,10 +578,10 @@ def bench_memory(runs: int) -> None:
         "checkpoint B / symbol (zlib)",
         "uncompressed",
     )
-    for symbols, per_minute in ((1000, 1), (1000, 60), (100, 600)):
+    for symbols, per_minute in ((1000, 1), (200, 60), (100, 600)):
         results = [book_memory(symbols, per_minute) for _ in range(runs)]
         t.add_row(
-            f"{symbols:,} symbols, {per_minute:,} trades/min each",
+            f"{symbols:,} symbols, {per_minute:,} trade{'s' if per_minute > 1 else ''}/min each",
             fmt_rate(median([r[0] for r in results])),
             fmt_rate(median([r[1] for r in results])),
             str(runs),
@@ -527,24 +595,47 @@ def bench_memory(runs: int) -> None:
 # ------------------------------------------------------------------ entry points
 
 
-def run(bootstrap: str, *, trades: int = 1_000_000, e2e_trades: int = 200_000, latency_s: float = 15.0, runs: int = 3, latency_runs: int = 3) -> None:
-    bench_memory(runs=3)
-    bench_agent(bootstrap, trades, runs)
-    bench_e2e(bootstrap, e2e_trades, runs)
-    bench_latency(bootstrap, EVENT_RATE, latency_s, latency_runs)
+@dataclass(frozen=True)
+class Plan:
+    """Sizes of the pipeline benchmarks. The defaults keep ``make bench`` near six minutes on two
+    cores: each pipeline run costs a fresh process, about 6 s of startup (Faust join) and a drain
+    tail, whatever its size, and one 1M-trade agent run about 20 s, so the agent gets one run (fewer
+    runs, never fewer trades). ``--full`` uses 3 agent runs, 200k trades end to end, 15 s latency
+    runs, and adds latency at 1,000 trades/s (the ``make run`` rate), one the single-process pipeline
+    keeps up with on two cores, so its latency is not backlog."""
+
+    agent_trades: int = 1_000_000
+    agent_runs: int = 1
+    baseline_runs: int = 3
+    e2e_trades: int = 20_000
+    e2e_runs: int = 3
+    latency_s: float = 8.0
+    latency: tuple[tuple[float, int, int], ...] = ((EVENT_RATE, DEFAULT_UPDATE_MS, 3), (EVENT_RATE, 10, 3))
+    memory_runs: int = 3
+
+
+FULL = Plan(
+    agent_runs=3,
+    e2e_trades=200_000,
+    latency_s=15.0,
+    latency=((EVENT_RATE, DEFAULT_UPDATE_MS, 3), (EVENT_RATE, 10, 3), (1_000.0, DEFAULT_UPDATE_MS, 3), (1_000.0, 10, 3)),
+)
+
+
+def run(bootstrap: str, plan: Plan = Plan()) -> None:
+    section(bench_agent, bootstrap, plan.agent_trades, plan.agent_runs, plan.baseline_runs)
+    section(bench_e2e, bootstrap, plan.e2e_trades, plan.e2e_runs)
+    section(bench_latency, bootstrap, list(plan.latency), plan.latency_s)
+    section(bench_memory, plan.memory_runs)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--trades", type=int, default=1_000_000, help="trades for the candle agent benchmark")
-    ap.add_argument("--e2e-trades", type=int, default=200_000)
-    ap.add_argument("--latency-seconds", type=float, default=15.0)
-    ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--latency-runs", type=int, default=3)
+    ap.add_argument("--full", action="store_true", help="larger sizes (see Plan): about 20 minutes")
     args = ap.parse_args()
     quiet_logs()
     with broker() as bootstrap:
-        run(bootstrap, trades=args.trades, e2e_trades=args.e2e_trades, latency_s=args.latency_seconds, runs=args.runs, latency_runs=args.latency_runs)
+        run(bootstrap, FULL if args.full else Plan())
 
 
 if __name__ == "__main__":

@@ -7,18 +7,23 @@ goes to a temporary directory that is removed afterwards).
 from __future__ import annotations
 
 import contextlib
+import faulthandler
+import importlib
 import logging
+import math
 import os
 import statistics
 import sys
 import tempfile
 import time
+import traceback
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
 from multiprocessing import get_context
+from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 import structlog
 from confluent_kafka import Producer
@@ -38,14 +43,19 @@ def quiet_logs() -> None:
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger().setLevel(logging.WARNING)
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+    # mode warns on every timer run longer than its interval, which is routine under benchmark load.
+    logging.getLogger("mode.timers").setLevel(logging.ERROR)
 
 
 def median(values: Sequence[float]) -> float:
-    return statistics.median(values)
+    """Median, NaN when every run failed (printed as "failed")."""
+    return statistics.median(values) if values else math.nan
 
 
 def spread(values: Sequence[float]) -> str:
     """``min-max`` of the runs, so a reader sees how noisy a median is."""
+    if not values:
+        return "-"
     lo, hi = min(values), max(values)
     return f"{fmt_rate(lo)}-{fmt_rate(hi)}" if hi >= 100 else f"{lo:.3g}-{hi:.3g}"
 
@@ -57,11 +67,15 @@ def timed(fn: Callable[[], Any]) -> float:
 
 
 def fmt_rate(value: float) -> str:
-    return f"{value:,.0f}"
+    return "failed" if math.isnan(value) else f"{value:,.0f}"
+
+
+def fmt_s(value: float) -> str:
+    return "failed" if math.isnan(value) else f"{value:.1f}"
 
 
 def fmt_ratio(framework: float, baseline: float) -> str:
-    return f"{framework / baseline:.2f}x" if baseline else "-"
+    return "-" if math.isnan(framework) or math.isnan(baseline) or not baseline else f"{framework / baseline:.2f}x"
 
 
 def table(title: str, *columns: str) -> Table:
@@ -152,8 +166,89 @@ def fresh_pg_database(admin_url: str | None) -> Iterator[str | None]:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-def in_fresh_process(fn: Callable[..., T], *args: Any) -> T:
-    """Run ``fn(*args)`` in a new interpreter: embedded chdb allows one data path per process, and
-    Faust, prometheus-client and librdkafka keep process-wide state between runs otherwise."""
-    with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
-        return pool.submit(fn, *args).result()
+def call_entry(module: str, entry: str) -> None:
+    """``module.entry()`` with an empty command line (for another benchmark's argparse main)."""
+    sys.argv = [module]
+    getattr(importlib.import_module(module), entry)()
+    sys.stdout.flush()
+
+
+def section(fn: Callable[..., None], *args: Any) -> None:
+    """Run one benchmark; a failure is reported and the next benchmark still runs."""
+    try:
+        fn(*args)
+    except Exception as exc:  # noqa: BLE001 - the report says what failed
+        console.print(f"[red]{fn.__module__}.{fn.__name__} failed: {type(exc).__name__}: {_reason(exc)}[/]")
+
+
+@dataclass
+class Runs(Generic[T]):
+    """Results of repeated runs; a failed run is kept as its reason, so the report says it failed."""
+
+    ok: list[T] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+
+    def note(self, what: str) -> str:
+        if not self.failed:
+            return ""
+        return f"   [red]{len(self.failed)} of {len(self.ok) + len(self.failed)} {what} runs failed[/]: " + "; ".join(sorted(set(self.failed)))
+
+
+def repeat(runs: int, fn: Callable[..., T], *args: Any, fresh: bool = True, timeout_s: float = 600.0) -> Runs[T]:
+    """``runs`` runs of ``fn(*args)``, each in a fresh process unless ``fresh`` is False."""
+    out: Runs[T] = Runs()
+    for _ in range(runs):
+        try:
+            out.ok.append(in_fresh_process(fn, *args, timeout_s=timeout_s) if fresh else fn(*args))
+        except Exception as exc:  # noqa: BLE001 - reported in the table's note
+            out.failed.append(_reason(exc))
+    return out
+
+
+def _reason(exc: BaseException) -> str:
+    """The innermost error line (a child's traceback ends with it)."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    return (lines[-1] if lines else type(exc).__name__)[:160]
+
+
+def in_fresh_process(fn: Callable[..., T], *args: Any, timeout_s: float = 600.0) -> T:
+    """Run ``fn(*args)`` in a new interpreter and return its result.
+
+    Embedded chdb allows one data path per process, and Faust, prometheus-client and librdkafka keep
+    process-wide state, so every pipeline run gets its own process. A run longer than ``timeout_s``
+    is killed (TimeoutError) after its stacks went to stderr.
+    """
+    ctx = get_context("spawn")
+    parent, child = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_child, args=(child, fn, args, max(timeout_s - 5, 1)), daemon=True)
+    proc.start()
+    child.close()
+    try:
+        if not parent.poll(timeout_s):
+            raise TimeoutError(f"{fn.__name__} did not finish within {timeout_s:.0f} s")
+        try:
+            status, value = parent.recv()
+        except EOFError as exc:
+            proc.join()
+            raise RuntimeError(f"{fn.__name__} died (exit code {proc.exitcode})") from exc
+        proc.join(30)
+    finally:
+        if proc.is_alive():
+            proc.kill()
+        proc.join()
+        parent.close()
+    if status == "error":
+        raise RuntimeError(f"{fn.__name__} failed in its process:\n{value}")
+    return value
+
+
+def _child(conn: Connection, fn: Callable[..., Any], args: tuple[Any, ...], dump_after_s: float) -> None:
+    # A run that hangs prints every thread's stack before the parent kills it: the report then
+    # says where, instead of `make bench` waiting forever.
+    faulthandler.dump_traceback_later(dump_after_s, exit=False)
+    try:
+        conn.send(("ok", fn(*args)))
+    except BaseException:  # noqa: BLE001 - handed to the parent, which raises it
+        conn.send(("error", traceback.format_exc()))
+    finally:
+        conn.close()
