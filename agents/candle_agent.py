@@ -10,19 +10,18 @@ up as after an uninterrupted run. Outputs go through the idempotent confluent-ka
 
 from __future__ import annotations
 
-import asyncio
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import faust
 import structlog
-from faust.types import TP
 from prometheus_client import Counter, Gauge
 
 from agents.candles import BookOutput, CandleBook, CandleConfig
 from schemas.codec import AvroCodec, DecodeError
 from schemas.models import DeadLetter, TradeBatch
-from streams.checkpoint import encode_checkpoint, load_checkpoint
+from streams.checkpoint import CheckpointedAgent, CheckpointWriter, admit, input_start, load_checkpoint, register_checkpointed_agent
 from streams.producer import TickProducer
 from streams.settings import Settings
 from streams.sources.base import now_us
@@ -57,7 +56,7 @@ class PartitionState:
     idle_closed: bool = True
 
 
-class CandleWorker:
+class CandleWorker(CheckpointWriter):
     """What the agent does with each record and on each tick; no Faust in here, so it is testable."""
 
     def __init__(self, settings: Settings, producer: TickProducer) -> None:
@@ -68,38 +67,29 @@ class CandleWorker:
         self.candles = AvroCodec("tickflow.Candle")
         self.late = AvroCodec("tickflow.LateTrade")
         self.parts: dict[int, PartitionState] = {}
-        self.last_emit: dict[tuple[str, str, str], float] = {}
-        self.processed_offsets: dict[int, int] = {}
+        self.state_topic = settings.topic_candle_state
+        self.last_emit: dict[tuple[str, str, str], float] = {}  # when each key's in-progress candle last went out
+        self._in_progress_out: dict[str, Counter] = {}  # CANDLES_OUT children by interval: labels() per candle is costly
+        self.agent: CheckpointedAgent | None = None  # set when registered with a Faust app
         self.update_s = settings.candle_update_ms / 1000
 
     def load(self, partition: int) -> PartitionState:
-        """Restore a partition's book from its newest checkpoint (blocking; run in an executor)."""
+        """A partition's book from its newest checkpoint, or empty from the start of its input
+        (blocking; run in an executor, the caller publishes it in ``parts``)."""
         found = load_checkpoint(self.settings, self.settings.topic_candle_state, partition)
         if found is None:
-            ps = PartitionState(CandleBook(self.config))
-        else:
-            offset, state = found
-            ps = PartitionState(CandleBook.restore(self.config, state), next_offset=offset)
-        self.parts[partition] = ps
-        return ps
+            return PartitionState(CandleBook(self.config), next_offset=input_start(self.settings, self.settings.topic_ticks, partition))
+        offset, state = found
+        return PartitionState(CandleBook.restore(self.config, state), next_offset=offset)
 
     def handle(self, partition: int, offset: int, key: bytes | None, value: bytes | None) -> int | None:
         """Process one ticks record; return an offset to seek to when input skipped ahead."""
         ps = self.parts[partition]
-        if ps.next_offset is not None:
-            if offset < ps.next_offset:
-                return None  # already in the checkpointed state: a redelivery
-            if offset > ps.next_offset:
-                if ps.seeking:
-                    return None
-                ps.seeking = True
-                log.warning("input resumed past the checkpoint, seeking back", partition=partition, offset=offset, expected=ps.next_offset)
-                return ps.next_offset
-        ps.seeking = False
-        ps.next_offset = offset + 1
+        take, seek_to = admit(ps, partition, offset)
+        if not take:
+            return seek_to
         ps.changed = True
         ps.last_input = time.monotonic()
-        self.processed_offsets[partition] = offset
         BATCHES_IN.inc()
         try:
             batch = TradeBatch.from_avro(self.ticks.decode(value))
@@ -124,30 +114,47 @@ class CandleWorker:
         if out.duplicates:
             DUPLICATES.inc(out.duplicates)
         if out.dirty:
-            ps.dirty |= out.dirty
-            self._flush_progress(ps, time.monotonic(), force=False)
+            self._progress(ps, out.dirty, time.monotonic())
 
-    def _flush_progress(self, ps: PartitionState, now: float, force: bool) -> None:
-        """In-progress candles, at most one per (symbol, interval) every ``candle_update_ms``."""
-        topic = self.settings.topic_candles
-        sent = []
-        for key in ps.dirty:
-            if not force and now - self.last_emit.get(key, 0.0) < self.update_s:
-                continue
-            candle = ps.book.in_progress(*key)
-            sent.append(key)
-            self.last_emit[key] = now
-            if candle is not None:
-                self.producer.produce(topic, candle.key, self.candles.encode(candle.to_avro()))
-                CANDLES_OUT.labels(candle.interval, "in_progress").inc()
-        ps.dirty.difference_update(sent)
+    def _progress(self, ps: PartitionState, keys: set[tuple[str, str, str]], now: float) -> None:
+        """Leading-edge throttle on the keys one record changed: a key quiet for ``candle_update_ms``
+        goes out at once (low latency); one sent more recently waits in ``ps.dirty`` for :meth:`tick`.
+
+        Only the record's own keys are looked at, not every pending one: this runs per record.
+        """
+        last, wait = self.last_emit, self.update_s
+        for key in keys:
+            sent = last.get(key)
+            if sent is None or now - sent >= wait:
+                ps.dirty.discard(key)
+                self._send_progress(ps, key, now)
+            else:
+                ps.dirty.add(key)
+
+    def _flush_progress(self, ps: PartitionState, now: float) -> None:
+        """Trailing edge: pending in-progress candles whose ``candle_update_ms`` has passed."""
+        last, wait = self.last_emit, self.update_s
+        due = [key for key in ps.dirty if now - last.get(key, now - wait) >= wait]
+        ps.dirty.difference_update(due)
+        for key in due:
+            self._send_progress(ps, key, now)
+
+    def _send_progress(self, ps: PartitionState, key: tuple[str, str, str], now: float) -> None:
+        self.last_emit[key] = now
+        candle = ps.book.in_progress(*key)
+        if candle is not None:
+            self.producer.produce(self.settings.topic_candles, candle.key, self.candles.encode(candle.to_avro()))
+            counter = self._in_progress_out.get(candle.interval)
+            if counter is None:
+                counter = self._in_progress_out[candle.interval] = CANDLES_OUT.labels(candle.interval, "in_progress")
+            counter.inc()
 
     def tick(self, now: float | None = None) -> None:
         """Periodic work: throttled in-progress updates and closing windows of quiet partitions."""
         now = time.monotonic() if now is None else now
         for p, ps in list(self.parts.items()):
             if ps.dirty:
-                self._flush_progress(ps, now, force=False)
+                self._flush_progress(ps, now)
             if not ps.idle_closed and now - ps.last_input >= self.settings.candle_idle_timeout_s:
                 self.close_windows(p)
             OPEN_WINDOWS.labels(str(p)).set(ps.book.open_windows())
@@ -165,61 +172,16 @@ class CandleWorker:
             log.info("closed open windows", partition=partition, candles=len(out.candles))
         self._emit(out, ps)
 
-    def checkpoints(self, partitions: list[int] | None = None) -> list[tuple[int, bytes]]:
-        """Checkpoint records of the partitions whose state changed since their last checkpoint."""
-        out = []
-        for p in partitions if partitions is not None else list(self.parts):
-            ps = self.parts.get(p)
-            if ps is not None and ps.changed and ps.next_offset is not None:
-                out.append((p, encode_checkpoint(ps.next_offset, ps.book.snapshot())))
-                ps.changed = False
-        return out
-
-    def write_checkpoints(self, partitions: list[int] | None = None) -> int:
-        """Write checkpoints and wait until they and every candle before them are durable (blocking)."""
-        records = self.checkpoints(partitions)
-        for p, data in records:
-            self.producer.produce(self.settings.topic_candle_state, str(p), data, partition=p)
-        self.producer.flush()
-        return len(records)
+    def state(self, ps: PartitionState) -> dict[str, Any]:
+        return ps.book.snapshot()
 
 
 def register_candle_agent(app: faust.App, settings: Settings, producer: TickProducer) -> CandleWorker:
     worker = CandleWorker(settings, producer)
-    topic = app.topic(settings.topic_ticks, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
-    checkpoint_lock = asyncio.Lock()
-
-    async def write_checkpoints(partitions: list[int] | None = None) -> None:
-        async with checkpoint_lock:
-            await asyncio.get_running_loop().run_in_executor(None, worker.write_checkpoints, partitions)
-
-    @app.agent(topic, name="candles")
-    async def candles(stream: faust.StreamT) -> None:
-        loop = asyncio.get_running_loop()
-        async for event in stream.events():
-            msg = event.message
-            if msg.partition not in worker.parts:
-                await loop.run_in_executor(None, worker.load, msg.partition)
-            with structlog.contextvars.bound_contextvars(partition=msg.partition, offset=msg.offset):
-                target = worker.handle(msg.partition, msg.offset, event.key, event.value)
-            if target is not None:
-                await app.consumer.seek(TP(msg.topic, msg.partition), target)
+    worker.agent = register_checkpointed_agent(app, worker, topic=settings.topic_ticks, name="candles", every_s=settings.candle_snapshot_s)
 
     @app.timer(interval=max(0.02, settings.candle_update_ms / 1000 / 2))
     async def candle_tick() -> None:
         worker.tick()
 
-    @app.timer(interval=settings.candle_snapshot_s)
-    async def candle_checkpoint() -> None:
-        await write_checkpoints()
-
-    @app.on_partitions_revoked.connect
-    async def on_revoked(app: faust.App, revoked: set[TP], **kwargs: object) -> None:
-        mine = [tp.partition for tp in revoked if tp.topic == settings.topic_ticks and tp.partition in worker.parts]
-        if mine:
-            await write_checkpoints(mine)
-            for p in mine:
-                worker.parts.pop(p, None)
-
-    worker.write_checkpoints_async = write_checkpoints  # type: ignore[attr-defined]
     return worker

@@ -70,6 +70,7 @@ class Sink(abc.ABC):
 
     name: ClassVar[str]
     topics: ClassVar[tuple[str, ...]]
+    batch_ms_setting: ClassVar[str] = "sink_batch_ms"  # Settings field: longest the runner holds a partial batch
 
     @abc.abstractmethod
     def write(self, batch: SinkBatch) -> None:

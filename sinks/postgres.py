@@ -24,6 +24,7 @@ from typing import Any
 import psycopg
 from psycopg_pool import ConnectionPool
 
+from schemas.models import Candle
 from sinks.base import (
     CANDLE_COLUMNS,
     INDICATOR_COLUMNS,
@@ -146,3 +147,31 @@ def _copy(cur: psycopg.Cursor[Any], create: str, table: str, columns: tuple[str,
         copy.set_types(types)
         for row in rows:
             copy.write_row(row)
+
+
+_RECENT_CANDLES = f"""
+SELECT {", ".join(f"(extract(epoch FROM {c}) * 1000)::int8" if c in _TIMES else ('"interval"' if c == "interval" else c) for c in CANDLE_COLUMNS)}
+FROM candles
+WHERE exchange = %s AND symbol = %s AND "interval" = %s AND open_time < TIMESTAMPTZ 'epoch' + %s * INTERVAL '1 millisecond'
+ORDER BY open_time DESC
+LIMIT %s"""
+
+
+class PostgresCandleHistory:
+    """Stored final candles of one series before a time: the indicator agent's warm start."""
+
+    def __init__(self, conninfo: str, *, connect_timeout: float = 10.0) -> None:
+        self._conninfo = conninfo
+        self._timeout = connect_timeout
+        self._conn: psycopg.Connection[Any] | None = None
+
+    def before(self, exchange: str, symbol: str, interval: str, open_time: int, limit: int) -> list[Candle]:
+        """Up to ``limit`` candles of the series opening before ``open_time`` (ms), oldest first."""
+        if self._conn is None or self._conn.closed:
+            self._conn = psycopg.connect(self._conninfo, connect_timeout=self._timeout, autocommit=True)
+        rows = self._conn.execute(_RECENT_CANDLES, (exchange, symbol, interval, open_time, limit)).fetchall()
+        return [Candle(*row) for row in reversed(rows)]
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()

@@ -88,6 +88,7 @@ def latest_per_key(records: list[Candle] | list[Indicators]) -> dict[str, int]:
 class RedisSink(Sink):
     name = "redis"
     topics = ("candles", "indicators")
+    batch_ms_setting = "redis_sink_batch_ms"  # subscribers wait for every batch: keep it short
 
     def __init__(self, url: str) -> None:
         self._redis = redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5, health_check_interval=30)

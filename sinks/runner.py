@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import structlog
-from confluent_kafka import Consumer, IsolationLevel, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, IsolationLevel, KafkaError, KafkaException, Message, TopicPartition
 from confluent_kafka.admin import AdminClient, OffsetSpec
 from prometheus_client import Counter, Gauge, Histogram
 from tenacity import RetryCallState, RetryError, Retrying, retry_if_exception, retry_if_exception_type, wait_exponential
@@ -55,7 +55,7 @@ LAG = Gauge("tickflow_sink_lag", "Records in the sink's topics not yet committed
 
 
 LAG_EVERY_S = 10.0  # how often run() refreshes the lag gauge
-_CONSUMER_ONLY = frozenset({"group.id", "enable.auto.commit", "auto.offset.reset", "session.timeout.ms"})
+_CONSUMER_ONLY = frozenset({"group.id", "enable.auto.commit", "auto.offset.reset", "session.timeout.ms", "fetch.wait.max.ms"})
 
 
 class _Stopped(Exception):
@@ -93,6 +93,7 @@ class SinkRunner:
         self._component = f"sink-{sink.name}"
         self._log = log.bind(sink=sink.name)
         registry = SchemaRegistry(settings.schema_registry_url) if settings.schema_registry_url else None
+        self._batch_s = getattr(settings, sink.batch_ms_setting) / 1000
         self._specs = {getattr(settings, TOPICS[t].settings_attr): TOPICS[t] for t in sink.topics}
         self._codecs = {topic: AvroCodec(spec.schema, topic=topic, registry=registry) for topic, spec in self._specs.items()}
         conf = {
@@ -102,6 +103,7 @@ class SinkRunner:
             "auto.offset.reset": "earliest",
             "session.timeout.ms": int(settings.session_timeout_s * 1000),
             "client.id": f"tickflow-{self._component}",
+            "fetch.wait.max.ms": settings.consumer_fetch_wait_ms,
         }
         conf.update(consumer_config or {})
         self._consumer = Consumer(conf)
@@ -186,12 +188,13 @@ class SinkRunner:
         return n
 
     def _poll_batch(self) -> int:
-        """Consume until sink_batch_size rows/records, or sink_batch_ms after the first record.
+        """Consume until sink_batch_size rows/records, or the sink's batch time (``Sink.batch_ms_setting``)
+        after the first record.
 
-        With nothing to consume, returns after one sink_batch_ms wait, so callers can check stop
+        With nothing to consume, returns after one such wait, so callers can check stop
         conditions; the batch clock starts at the first record, which bounds how long one waits.
         """
-        size, window = self.settings.sink_batch_size, self.settings.sink_batch_ms / 1000
+        size, window = self.settings.sink_batch_size, self._batch_s
         count = rows = 0
         deadline: float | None = None
         while count < size and rows < size and not self._stop.is_set():
@@ -362,11 +365,17 @@ class SinkRunner:
         tps = [TopicPartition(t, p) for t in self._specs for p in self._partitions(t)]
         if not tps:
             return {}
-        committed = {(tp.topic, tp.partition): tp.offset for tp in self._consumer.committed(tps, timeout=10)}
+        committed = self._committed(tps)
         ends = self._list_offsets(committed, OffsetSpec.latest())
         unset = [k for k, off in committed.items() if off < 0]
         starts = self._list_offsets(unset, OffsetSpec.earliest()) if unset else {}
         return {k: (ends[k], off if off >= 0 else starts[k]) for k, off in committed.items()}
+
+    def _committed(self, tps: list[TopicPartition]) -> dict[tuple[str, int], int]:
+        """The group's committed offsets, through the admin client: ``Consumer.committed`` queues
+        behind the consumer's fetch long-poll and would stall this sink's loop."""
+        futures = self._admin_client().list_consumer_group_offsets([ConsumerGroupTopicPartitions(self.group_id, tps)], request_timeout=10)
+        return {(tp.topic, tp.partition): tp.offset for tp in futures[self.group_id].result().topic_partitions}
 
     def _partitions(self, topic: str) -> list[int]:
         meta = self._admin_client().list_topics(topic, timeout=10).topics.get(topic)

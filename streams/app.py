@@ -7,16 +7,38 @@ timers); state, checkpoints and outputs are tickflow's own (see agents.candle_ag
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import faust
+from faust.transport.drivers import aiokafka as faust_aiokafka
 
 from streams.settings import Settings
+
+
+def _transport(app: faust.App, fetch_wait_ms: int) -> faust_aiokafka.Transport:
+    """Faust's aiokafka transport with our fetch wait: Faust hardcodes ``fetch_max_wait_ms=1500``,
+    which is how long a record can sit at the broker before a quiet partition's fetch returns."""
+
+    class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
+        def _create_worker_consumer(self, transport: Any) -> Any:
+            consumer = super()._create_worker_consumer(transport)
+            consumer._fetch_max_wait_ms = fetch_wait_ms  # read by aiokafka's Fetcher at start()
+            return consumer
+
+    class LowWaitConsumer(faust_aiokafka.Consumer):
+        def _new_consumer_thread(self) -> ConsumerThread:
+            return ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+    class Transport(faust_aiokafka.Transport):
+        Consumer = LowWaitConsumer
+
+    return Transport(app.conf.broker_consumer, app)
 
 
 def create_app(settings: Settings) -> faust.App:
     for noisy in ("faust", "mode", "aiokafka", "kafka"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    return faust.App(
+    app = faust.App(
         settings.app_id,
         broker=f"kafka://{settings.bootstrap}",
         autodiscover=False,
@@ -35,3 +57,5 @@ def create_app(settings: Settings) -> faust.App:
         key_serializer="raw",
         value_serializer="raw",
     )
+    app.transport = _transport(app, settings.consumer_fetch_wait_ms)
+    return app

@@ -2,6 +2,11 @@
 
 The live source and the ``tickflow backfill`` command share :func:`open_exchange` so both get the
 same rate limiting and the same test hook (``url_overrides``) for pointing ccxt at a local fake.
+
+``tickflow backfill`` writes closed candles (``is_final``, revision 0) to the candle stores and to
+the candles topic, so the indicator agent and the Redis sink take them like live ones. Stores
+upsert by (key, open_time) and keep a higher revision only, so a re-run leaves them as they are;
+the topic is a log and gets the candles again, which its consumers treat as re-deliveries.
 """
 
 from __future__ import annotations
@@ -9,6 +14,9 @@ from __future__ import annotations
 import asyncio
 import difflib
 import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import ccxt
@@ -16,7 +24,11 @@ import ccxt.async_support
 import ccxt.pro
 import structlog
 
+from schemas.codec import AvroCodec
 from schemas.models import Candle
+from sinks.base import SinkBatch
+from streams.producer import TickProducer
+from streams.settings import Settings
 
 log = structlog.get_logger(__name__)
 
@@ -65,12 +77,14 @@ async def fetch_ohlcv_history(
     retries: int = 5,
     min_backoff: float = 1.0,
     max_backoff: float = 30.0,
+    on_page: Callable[[int], None] | None = None,
 ) -> list[Candle]:
     """Candles with ``since_ms <= open_time <= until_ms`` (to the latest when ``until_ms`` is None).
 
     Pages forward from the last candle received, so pages neither overlap nor leave holes; only an
     empty page ends the walk, because exchanges may return fewer rows than ``limit`` mid-history.
-    ccxt's unified OHLCV has no quote volume or trade count, so those are 0 here.
+    ccxt's unified OHLCV has no quote volume or trade count, so those are 0 here. ``on_page`` gets
+    the open time the next page starts from, for progress.
     """
     step_ms = int(exchange.parse_timeframe(timeframe) * 1000)
     params = {} if until_ms is None else {"until": until_ms}
@@ -86,6 +100,8 @@ async def fetch_ohlcv_history(
             break
         rows.extend(fresh)
         since = fresh[-1][0] + step_ms
+        if on_page is not None:
+            on_page(since)
     now_ms = exchange.milliseconds()
     return [candle_from_ohlcv(exchange.id, symbol, timeframe, step_ms, row, now_ms) for row in rows]
 
@@ -93,7 +109,13 @@ async def fetch_ohlcv_history(
 def candle_from_ohlcv(
     exchange_id: str, symbol: str, timeframe: str, step_ms: int, row: list[Any], now_ms: int
 ) -> Candle:
-    """A ccxt ``[ts, o, h, l, c, v]`` row as a Candle; final once its window has fully passed."""
+    """A ccxt ``[ts, o, h, l, c, v]`` row as a Candle; final once its window has fully passed.
+
+    The row has nothing else, so what the schema allows to be unknown is null (vwap, taker buy
+    volume, trade ids) and the required quote volume and trade count are 0: with volume above 0
+    they mark a candle from exchange klines rather than from trades. An average of OHLC would look
+    like a vwap without being one, so none is made up.
+    """
     open_time, o, h, low, c, v = row[:6]
     close_time = open_time + step_ms - 1
     return Candle(
@@ -131,3 +153,184 @@ async def _with_retries(
                 delay_s=round(delay, 3), error=repr(e),
             )
             await asyncio.sleep(delay)
+
+
+class BackfillError(Exception):
+    """A backfill cannot run at all (bad exchange, interval, unreachable store); the message says why."""
+
+
+@dataclass(slots=True)
+class SymbolResult:
+    """What one symbol's backfill did: candles written and their open-time range, or why none."""
+
+    symbol: str
+    candles: int = 0
+    first_open: int | None = None
+    last_open: int | None = None
+    error: str | None = None
+
+
+def parse_time(text: str) -> int:
+    """Epoch ms of an ISO date or date-time (``2024-01-01``, ``2024-01-01T12:00``); no offset = UTC."""
+    try:
+        moment = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise ValueError(f"{text!r} is not a date or time like 2024-01-01 or 2024-01-01T12:00 (UTC)") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return int(moment.timestamp() * 1000)
+
+
+def timeframe_problem(exchange: Any, timeframe: str) -> str | None:
+    """Why ``timeframe`` cannot be backfilled from ``exchange``, or None.
+
+    Months (and years) are refused: their windows differ in length, and paging and ``close_time``
+    assume one fixed step.
+    """
+    known = list(getattr(exchange, "timeframes", None) or {})
+    if known and timeframe not in known:
+        return f"{exchange.id} has no {timeframe!r} candles; it has {', '.join(known)}"
+    try:
+        seconds = exchange.parse_timeframe(timeframe)
+    except Exception:  # noqa: BLE001 - ccxt raises ValueError or NotSupported for malformed timeframes
+        seconds = 0
+    if seconds <= 0:
+        return f"{timeframe!r} is not an interval like 1m, 1h or 1d"
+    if timeframe[-1] in "My":
+        return f"{timeframe!r}: calendar months and years have no fixed length; use 1w or shorter"
+    return None
+
+
+def symbol_problem(exchange: Any, symbol: str) -> str | None:
+    """Why the exchange (markets loaded) has no candles of ``symbol``, or None."""
+    if symbol in exchange.markets:
+        return None
+    close = difflib.get_close_matches(symbol, list(exchange.markets), n=3)
+    hint = f"; did you mean {', '.join(close)}?" if close else ""
+    return f"{exchange.id} has no market {symbol!r}{hint}"
+
+
+async def backfill(
+    exchange: Any,
+    symbols: list[str],
+    timeframe: str,
+    since_ms: int,
+    until_ms: int | None,
+    write: Callable[[list[Candle]], None],
+    on_progress: Callable[[str, int, int], None] = lambda symbol, done, total: None,
+) -> list[SymbolResult]:
+    """Fetch each symbol's closed candles with ``since_ms <= open_time < until_ms`` and ``write`` them.
+
+    A symbol the exchange does not know, or whose requests fail, is reported in its result and the
+    others still run; ``write`` failing (a store down) stops everything, since it would fail for
+    every symbol. The still-open current window is never written: it would be stored as final.
+    ``on_progress(symbol, windows done, windows in range)`` follows the paging.
+    """
+    step_ms = int(exchange.parse_timeframe(timeframe) * 1000)
+    results = []
+    for symbol in symbols:
+        problem = symbol_problem(exchange, symbol)
+        if problem is not None:
+            results.append(SymbolResult(symbol, error=problem))
+            continue
+        end = exchange.milliseconds() if until_ms is None else min(until_ms, exchange.milliseconds())
+        total = max(0, -(-(end - since_ms) // step_ms))
+        on_progress(symbol, 0, total)
+        try:
+            candles = await fetch_ohlcv_history(
+                exchange, symbol, timeframe, since_ms, None if until_ms is None else until_ms - 1,
+                on_page=lambda next_open, s=symbol, t=total: on_progress(s, min(t, (next_open - since_ms) // step_ms), t),
+            )
+        except ccxt.BaseError as e:
+            results.append(SymbolResult(symbol, error=f"{type(e).__name__}: {e}"))
+            continue
+        closed = [c for c in candles if c.is_final]
+        write(closed)
+        on_progress(symbol, total, total)
+        log.info("backfilled", exchange=exchange.id, symbol=symbol, interval=timeframe, candles=len(closed))
+        results.append(
+            SymbolResult(symbol, len(closed), closed[0].open_time if closed else None, closed[-1].open_time if closed else None)
+        )
+    return results
+
+
+class CandleOutput:
+    """Writes candles to ClickHouse, PostgreSQL (when ``DATABASE_URL`` is set) and the candles topic.
+
+    Stores are migrated first, as by ``tickflow migrate``. Each chunk is written to the stores, then
+    produced and flushed, so a symbol reported done is durable everywhere. Redis is not written:
+    its sink takes the candles from the topic, like live ones.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        from sinks.runner import open_sinks
+
+        try:
+            self._sinks = open_sinks(settings.model_copy(update={"redis_url": None}))
+        except Exception as exc:  # noqa: BLE001 - any store failing to open or migrate ends the backfill
+            hint = " (DATABASE_URL= turns PostgreSQL off)" if settings.database_url else ""
+            raise BackfillError(f"cannot open the candle stores{hint}: {type(exc).__name__}: {exc}") from exc
+        self._settings = settings
+        self._producer: TickProducer | None = TickProducer(settings)
+        self._codec = AvroCodec("tickflow.Candle")
+
+    def write(self, candles: list[Candle]) -> None:
+        assert self._producer is not None, "CandleOutput is closed"
+        size = self._settings.sink_batch_size
+        for i in range(0, len(candles), size):
+            chunk = candles[i : i + size]
+            for sink in self._sinks:
+                try:
+                    sink.write(SinkBatch(candles=chunk))
+                except Exception as exc:  # noqa: BLE001 - down or refusing, the store cannot take the backfill
+                    raise BackfillError(f"{sink.name} write failed: {type(exc).__name__}: {exc}") from exc
+            for c in chunk:
+                self._producer.produce(self._settings.topic_candles, c.key, self._codec.encode(c.to_avro()))
+            self._producer.flush()
+
+    def close(self) -> None:
+        for sink in self._sinks:
+            sink.close()
+        self._sinks = []
+        # Dropping the client disconnects it now: an embedded broker waits for connected clients
+        # before it stops.
+        self._producer = None
+
+    def __enter__(self) -> CandleOutput:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+async def run_backfill(
+    settings: Settings,
+    exchange_id: str,
+    symbols: list[str],
+    timeframe: str,
+    since_ms: int,
+    until_ms: int | None,
+    on_progress: Callable[[str, int, int], None] = lambda symbol, done, total: None,
+) -> list[SymbolResult]:
+    """``tickflow backfill``: the exchange is checked before a broker or store is started, so bad
+    input fails fast; then the broker (embedded when ``KAFKA_BOOTSTRAP`` is unset) and the stores."""
+    from streams.pipeline import kafka  # loads Faust: not for the live source, which imports this module
+
+    try:
+        exchange = open_exchange(exchange_id, settings.ccxt_url_overrides, settings.ccxt_options)
+    except ValueError as exc:
+        raise BackfillError(str(exc)) from None
+    try:
+        if not exchange.has.get("fetchOHLCV"):
+            raise BackfillError(f"{exchange.id} offers no candles through ccxt (fetchOHLCV)")
+        problem = timeframe_problem(exchange, timeframe)
+        if problem is not None:
+            raise BackfillError(problem)
+        try:
+            await _with_retries(exchange.load_markets, exchange.id, "*", 5, 1.0, 30.0)
+        except ccxt.BaseError as exc:
+            raise BackfillError(f"cannot load {exchange.id} markets: {type(exc).__name__}: {exc}") from exc
+        with kafka(settings) as connected, CandleOutput(connected) as output:
+            return await backfill(exchange, symbols, timeframe, since_ms, until_ms, output.write, on_progress)
+    finally:
+        await exchange.close()

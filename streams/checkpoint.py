@@ -8,12 +8,17 @@ seeks back when the consumer resumes past it.
 
 from __future__ import annotations
 
+import asyncio
 import zlib
-from typing import Any
+from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
 
+import faust
 import orjson
 import structlog
 from confluent_kafka import Consumer, TopicPartition
+from faust.types import TP
 
 from streams.settings import Settings
 from streams.topics import high_watermarks
@@ -63,3 +68,167 @@ def load_checkpoint(settings: Settings, topic: str, partition: int, timeout: flo
         return offset, state
     finally:
         consumer.close()
+
+
+class Position(Protocol):
+    """Where a partition's state stands in its input: the next offset it expects, and a pending seek."""
+
+    next_offset: int | None  # None: no checkpoint yet, take what comes
+    seeking: bool
+
+
+def admit(pos: Position, partition: int, offset: int) -> tuple[bool, int | None]:
+    """(process this record?, offset to seek back to); a taken record advances ``pos``.
+
+    Input below the checkpointed offset is already in the state (a redelivery); input past it
+    means the consumer resumed too far, so the agent seeks back once and drops records until
+    the expected one arrives.
+    """
+    if pos.next_offset is not None:
+        if offset < pos.next_offset:
+            return False, None
+        if offset > pos.next_offset:
+            if pos.seeking:
+                return False, None
+            pos.seeking = True
+            log.warning("input resumed past the checkpoint, seeking back", partition=partition, offset=offset, expected=pos.next_offset)
+            return False, pos.next_offset
+    pos.seeking = False
+    pos.next_offset = offset + 1
+    return True, None
+
+
+class CheckpointedWorker(Protocol):
+    """A per-partition worker: state loaded on first sight of a partition, checkpointed on demand."""
+
+    parts: dict[int, Any]
+
+    def load(self, partition: int) -> Any: ...
+
+    def handle(self, partition: int, offset: int, key: bytes | None, value: bytes | None) -> int | None: ...
+
+    def write_checkpoints(self, partitions: list[int] | None = None) -> int: ...
+
+
+class CheckpointWriter:
+    """Checkpoint writing shared by the agents' workers: one record per changed partition state,
+    with the next input offset, in partition p of ``state_topic``."""
+
+    parts: dict[int, Any]
+    producer: Any  # streams.producer.TickProducer
+    state_topic: str
+
+    def state(self, ps: Any) -> dict[str, Any]:
+        """The checkpointed form of one partition's state."""
+        raise NotImplementedError
+
+    def checkpoints(self, partitions: list[int] | None = None) -> list[tuple[int, bytes]]:
+        """Checkpoint records of the partitions whose state changed since their last checkpoint."""
+        out = []
+        for p in partitions if partitions is not None else list(self.parts):
+            ps = self.parts.get(p)
+            if ps is not None and ps.changed and ps.next_offset is not None:
+                out.append((p, encode_checkpoint(ps.next_offset, self.state(ps))))
+                ps.changed = False
+        return out
+
+    def write_checkpoints(self, partitions: list[int] | None = None) -> int:
+        """Write checkpoints and wait until they and every output before them are durable (blocking)."""
+        records = self.checkpoints(partitions)
+        for p, data in records:
+            self.producer.produce(self.state_topic, str(p), data, partition=p)
+        self.producer.flush()
+        return len(records)
+
+
+def input_start(settings: Settings, topic: str, partition: int, timeout: float = 10.0) -> int:
+    """The first offset still in ``topic``'s ``partition``: where state with no checkpoint starts."""
+    consumer = Consumer({"bootstrap.servers": settings.bootstrap, "group.id": f"{settings.app_id}-checkpoint-reader", "enable.auto.commit": False})
+    try:
+        lo, _ = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=timeout)
+        return max(lo, 0)
+    finally:
+        consumer.close()
+
+
+@dataclass
+class CheckpointedAgent:
+    """The Faust side of a checkpointed worker, as :func:`register_checkpointed_agent` wired it."""
+
+    worker: CheckpointedWorker
+    topic: str
+    write_checkpoints: Callable[[list[int] | None], Awaitable[None]]
+
+    def caught_up(self, ends: list[tuple[int, int, int]]) -> bool:
+        """True when the state of every non-empty input partition, ``(partition, low, high)``, has
+        reached its high watermark."""
+        for p, lo, hi in ends:
+            if hi <= lo:
+                continue
+            ps = self.worker.parts.get(p)
+            if ps is None or ps.next_offset is None or ps.next_offset < hi:
+                return False
+        return True
+
+
+def register_checkpointed_agent(
+    app: faust.App, worker: CheckpointedWorker, *, topic: str, name: str, every_s: float
+) -> CheckpointedAgent:
+    """The Faust side of a checkpointed worker on raw-bytes ``topic``.
+
+    A partition's state is loaded when its first record arrives or, at the latest, about a second
+    after it is assigned; the consumer then seeks to the state's next offset, so a partition whose
+    committed offset ran past the checkpoint is replayed even when no new input arrives. Records go
+    to ``worker.handle`` (seeking when it asks), checkpoints are written every ``every_s`` and for
+    partitions being revoked, whose state is then dropped.
+    """
+    source = app.topic(topic, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
+    checkpoint_lock = asyncio.Lock()
+    load_lock = asyncio.Lock()
+
+    async def write_checkpoints(partitions: list[int] | None = None) -> None:
+        async with checkpoint_lock:
+            await asyncio.get_running_loop().run_in_executor(None, worker.write_checkpoints, partitions)
+
+    async def loaded(partition: int) -> bool:
+        """Make sure ``partition`` has state; True when it was loaded just now."""
+        if partition in worker.parts:
+            return False
+        async with load_lock:
+            if partition in worker.parts:
+                return False
+            # Loaded in a thread, published here: other tasks iterate ``parts`` on the event loop.
+            worker.parts[partition] = await asyncio.get_running_loop().run_in_executor(None, worker.load, partition)
+            return True
+
+    async def agent(stream: faust.StreamT) -> None:
+        async for event in stream.events():
+            msg = event.message
+            await loaded(msg.partition)
+            with structlog.contextvars.bound_contextvars(partition=msg.partition, offset=msg.offset):
+                target = worker.handle(msg.partition, msg.offset, event.key, event.value)
+            if target is not None:
+                await app.consumer.seek(TP(msg.topic, msg.partition), target)
+
+    async def adopt() -> None:
+        for tp in list(app.consumer.assignment()):
+            if tp.topic == topic and await loaded(tp.partition):
+                start = worker.parts[tp.partition].next_offset
+                if start is not None:
+                    await app.consumer.seek(tp, start)
+
+    async def checkpoint() -> None:
+        await write_checkpoints()
+
+    async def on_revoked(app: faust.App, revoked: set[TP], **kwargs: object) -> None:
+        mine = [tp.partition for tp in revoked if tp.topic == topic and tp.partition in worker.parts]
+        if mine:
+            await write_checkpoints(mine)
+            for p in mine:
+                worker.parts.pop(p, None)
+
+    app.agent(source, name=name)(agent)
+    app.timer(interval=every_s, name=f"{name}_checkpoint")(checkpoint)
+    app.timer(interval=1.0, name=f"{name}_adopt")(adopt)
+    app.on_partitions_revoked.connect(on_revoked)
+    return CheckpointedAgent(worker, topic, write_checkpoints)

@@ -45,7 +45,7 @@ def open_source(spec: str, settings: Settings, *, symbols: list[str], fmt: str |
 
         if not arg or not symbols:
             raise typer.BadParameter("ccxt needs an exchange and symbols: --source ccxt:binance --symbols BTC/USDT,ETH/USDT")
-        return CcxtSource(arg, symbols)
+        return CcxtSource(arg, symbols, exchange_options=settings.ccxt_options, url_overrides=settings.ccxt_url_overrides)
     raise typer.BadParameter(f"unknown source {spec!r}: use synthetic, replay:PATH or ccxt:EXCHANGE")
 
 
@@ -166,7 +166,7 @@ def run(
 
     Example: tickflow run --source replay:../shared/data/tardis_binance_futures_btcusdt/tardis_trades_binance-futures_BTCUSDT_2020-02-22.csv --until-drained
     """
-    from streams.pipeline import RunStatus, kafka, run_pipeline
+    from streams.pipeline import DrainStalled, RunStatus, kafka, run_pipeline
 
     settings = get_settings()
     _setup(settings)
@@ -184,8 +184,12 @@ def run(
                 live.update(_summary(status))
         await task
 
-    with kafka(settings) as s:
-        asyncio.run(main(s))
+    try:
+        with kafka(settings) as s:
+            asyncio.run(main(s))
+    except DrainStalled as exc:
+        console.print(f"[red]not drained:[/] {exc}")
+        raise typer.Exit(1) from exc
     if until_drained and status.ingest is not None:
         console.print(f"drained: {status.ingest.trades:,} trades, {status.ingest.rejected:,} rejected")
 
@@ -230,6 +234,70 @@ def sink(name: Annotated[str, typer.Argument(help="clickhouse | postgres | redis
         stop.set()
     finally:
         runner.close()
+
+
+@app.command()
+def backfill(
+    exchange: Annotated[str, typer.Option("--exchange", help="ccxt exchange id, e.g. binance")],
+    symbols: Annotated[str, typer.Option("--symbols", help="Comma-separated ccxt symbols, e.g. BTC/USDT,ETH/USDT")],
+    since: Annotated[str, typer.Option("--since", help="Start, UTC: 2024-01-01 or 2024-01-01T12:00")],
+    interval: Annotated[str, typer.Option("--interval", help="Candle interval as the exchange names it: 1m, 1h, 1d, ...")] = "1d",
+    until: Annotated[Optional[str], typer.Option("--until", help="End, UTC, exclusive; default now (closed windows only)")] = None,
+) -> None:
+    """Fetch closed exchange candles (ccxt fetch_ohlcv) into ClickHouse, PostgreSQL and the candles topic.
+
+    Idempotent: a re-run leaves the stores as they are. Exits 1 if any symbol failed (the others are done).
+
+    Example: tickflow backfill --exchange binance --symbols BTC/USDT,ETH/USDT --interval 1d --since 2024-01-01
+    """
+    from datetime import UTC, datetime
+
+    from confluent_kafka import KafkaException
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+
+    from streams.backfill import BackfillError, parse_time, run_backfill
+    from streams.observability import configure_logging
+
+    settings = get_settings()
+    configure_logging(settings.log_level, settings.log_format)
+    try:
+        since_ms = parse_time(since)
+        until_ms = None if until is None else parse_time(until)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    if until_ms is not None and until_ms <= since_ms:
+        raise typer.BadParameter("--until must be after --since")
+    wanted = list(dict.fromkeys(_symbols(symbols)))
+    if not wanted:
+        raise typer.BadParameter("--symbols needs at least one symbol, e.g. BTC/USDT")
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console) as progress:
+        bars: dict[str, TaskID] = {}
+
+        def on_progress(symbol: str, done: int, total: int) -> None:
+            if symbol not in bars:
+                bars[symbol] = progress.add_task(f"{symbol} {interval}", total=total)
+            progress.update(bars[symbol], completed=done, total=total)
+
+        try:
+            results = asyncio.run(run_backfill(settings, exchange, wanted, interval, since_ms, until_ms, on_progress))
+        except (BackfillError, RuntimeError, TimeoutError, KafkaException) as exc:
+            console.print(f"[red]backfill failed:[/] {exc}", highlight=False)
+            raise typer.Exit(1) from None
+
+    def when(ms: int | None) -> str:
+        return "-" if ms is None else datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M")
+
+    t = Table("symbol", "candles", "first open", "last open", "", title=f"backfill {exchange} {interval}")
+    for r in results:
+        t.add_row(r.symbol, f"{r.candles:,}", when(r.first_open), when(r.last_open), "[red]failed[/]" if r.error else "ok")
+    console.print(t)
+    failed = [r for r in results if r.error]
+    for r in failed:
+        console.print(f"[red]{r.symbol}:[/] {r.error}", highlight=False, soft_wrap=True)
+    if failed:
+        raise typer.Exit(1)
 
 
 @app.command()

@@ -20,6 +20,7 @@ import redis
 import structlog
 
 from agents.candle_agent import CandleWorker, register_candle_agent
+from agents.indicator_agent import IndicatorWorker, register_indicator_agent
 from schemas.models import Candle
 from sinks.base import Sink
 from sinks.runner import SinkRunner, open_sinks
@@ -32,6 +33,8 @@ from streams.sources.base import Source
 from streams.topics import ensure_topics, end_offsets
 
 log = structlog.get_logger(__name__)
+
+DRAIN_SETTLE_S = 2.0
 
 
 @contextlib.contextmanager
@@ -87,7 +90,7 @@ class SinkThreads:
     def start(cls, settings: Settings, sinks: list[Sink], producer: TickProducer) -> SinkThreads:
         self = cls()
         for sink in sinks:
-            runner = SinkRunner(sink, settings, dead_letter=producer.dead_letter)
+            runner = SinkRunner(sink, settings, dead_letter=producer.dead_letter_durably)
             thread = threading.Thread(target=runner.run, args=(self.stop,), name=f"sink-{sink.name}", daemon=True)
             self.runners.append(runner)
             self.threads.append(thread)
@@ -123,10 +126,31 @@ class RunStatus:
     started: float = field(default_factory=time.monotonic)
 
 
-def ticks_caught_up(settings: Settings, worker: CandleWorker) -> bool:
-    """True when the candle agent has processed every record in ``ticks``."""
-    ends = end_offsets(settings).get(settings.topic_ticks, [])
-    return all(hi == 0 or worker.processed_offsets.get(p, -1) >= hi - 1 for p, _, hi in ends)
+class DrainStalled(RuntimeError):
+    """An ``--until-drained`` run stopped making progress before everything was processed."""
+
+
+async def _wait_caught_up(settings: Settings, worker: CandleWorker | IndicatorWorker, stop: asyncio.Event, what: str) -> None:
+    """Wait until a registered agent's state has every record of its input topic.
+
+    Raises :class:`DrainStalled`, with positions and input ends, when its position has not moved
+    for ``drain_stall_s``: a stuck run then fails with the facts rather than hanging.
+    """
+    agent = worker.agent
+    assert agent is not None, "agent not registered with an app"
+    loop = asyncio.get_running_loop()
+    last: dict[int, int | None] = {}
+    since = time.monotonic()
+    while not stop.is_set():
+        ends = (await loop.run_in_executor(None, end_offsets, settings)).get(agent.topic, [])
+        if agent.caught_up(ends):
+            return
+        position = {p: ps.next_offset for p, ps in list(worker.parts.items())}
+        if position != last:
+            last, since = position, time.monotonic()
+        elif time.monotonic() - since > settings.drain_stall_s:
+            raise DrainStalled(f"{what} made no progress for {settings.drain_stall_s:.0f} s: next offsets {position}, {agent.topic} (partition, low, high) {ends}")
+        await asyncio.sleep(0.2)
 
 
 async def run_pipeline(
@@ -150,6 +174,7 @@ async def run_pipeline(
         status.sinks = sink_threads
     app = create_app(settings)
     worker = register_candle_agent(app, settings, producer)
+    indicator_worker = register_indicator_agent(app, settings, producer)
     status.worker = worker
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -168,7 +193,7 @@ async def run_pipeline(
             if ingest_task is not None:
                 status.ingest = await ingest_task
             status.source_done = True
-            await _drain(settings, worker, sink_threads, stop)
+            await _drain(settings, worker, indicator_worker, sink_threads, stop)
         else:
             waiters = [asyncio.create_task(stop.wait())] + ([ingest_task] if ingest_task else [])
             done, _ = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
@@ -186,19 +211,37 @@ async def run_pipeline(
     return status
 
 
-async def _drain(settings: Settings, worker: CandleWorker, sinks: SinkThreads | None, stop: asyncio.Event) -> None:
-    """Wait until the candle agent has every trade, close its windows, then until sinks have every candle."""
-    loop = asyncio.get_running_loop()
-    while not stop.is_set() and not await loop.run_in_executor(None, ticks_caught_up, settings, worker):
-        await asyncio.sleep(0.2)
+async def _drain(
+    settings: Settings, worker: CandleWorker, indicators: IndicatorWorker, sinks: SinkThreads | None, stop: asyncio.Event
+) -> None:
+    """Wait until the candle agent has every trade and has closed its windows, then until the
+    indicator agent has every candle, then until sinks have every record."""
+    await _wait_caught_up(settings, worker, stop, "candle agent")
     for p in list(worker.parts):
         worker.close_windows(p)
-    await worker.write_checkpoints_async()  # type: ignore[attr-defined]
-    log.info("candle agent drained; waiting for sinks")
+    await worker.agent.write_checkpoints(None)  # type: ignore[union-attr]
+    log.info("candle agent drained; waiting for the indicator agent")
+    await _wait_caught_up(settings, indicators, stop, "indicator agent")
+    await indicators.agent.write_checkpoints(None)  # type: ignore[union-attr]
+    log.info("indicator agent drained; waiting for sinks")
     if sinks is None:
         return
+    loop = asyncio.get_running_loop()
+    # Lag must stay 0 for a while: a broker's end offsets can trail the last produced batch
+    # (Tansu reports the last batch's base offset), and fetches only then show the true end.
+    settled_since = None
+    last: dict[str, int | None] = {}
+    since = time.monotonic()
     while not stop.is_set():
         lags = await loop.run_in_executor(None, sinks.lags)
         if all(v == 0 for v in lags.values()):
-            return
+            settled_since = settled_since or time.monotonic()
+            if time.monotonic() - settled_since >= DRAIN_SETTLE_S:
+                return
+        else:
+            settled_since = None
+        if lags != last:
+            last, since = lags, time.monotonic()
+        elif time.monotonic() - since > settings.drain_stall_s:
+            raise DrainStalled(f"sinks made no progress for {settings.drain_stall_s:.0f} s: lag {lags}")
         await asyncio.sleep(0.3)

@@ -20,6 +20,11 @@ from streams.settings import Settings
 log = structlog.get_logger(__name__)
 
 
+# Delivery reports are served at most this often from produce(): poll() releases the GIL, and
+# getting it back behind the sink threads cost the event loop milliseconds per record.
+POLL_EVERY_S = 0.01
+
+
 class DeliveryError(RuntimeError):
     """The broker did not accept a record after the producer's own retries."""
 
@@ -44,6 +49,8 @@ class TickProducer:
         self._errors: list[str] = []
         self.delivered = 0
         self._dlq_codec = AvroCodec("tickflow.DeadLetter")
+        self._bytes_out: dict[str, Any] = {}  # BYTES_OUT children by topic: labels() on every record is costly
+        self._polled = 0.0
 
     def _on_delivery(self, err: KafkaError | None, msg: Message, started: float, topic: str) -> None:
         if err is not None:
@@ -65,8 +72,13 @@ class TickProducer:
                 break
             except BufferError:  # local queue full: let deliveries drain
                 self._producer.poll(0.05)
-        BYTES_OUT.labels(topic).inc(len(value))
-        self._producer.poll(0)
+        counter = self._bytes_out.get(topic)
+        if counter is None:
+            counter = self._bytes_out[topic] = BYTES_OUT.labels(topic)
+        counter.inc(len(value))
+        if started - self._polled >= POLL_EVERY_S:
+            self._polled = started
+            self._producer.poll(0)
 
     def dead_letter(self, letter: DeadLetter) -> None:
         """Send a rejected input to the dead-letter topic with its reason and original bytes."""

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
-from pydantic import Field
+from pydantic import Field, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -26,6 +27,8 @@ class Settings(BaseSettings):
     database_url: str | None = Field("postgresql://127.0.0.1:5432/test", description="PostgreSQL/TimescaleDB for the postgres sink; empty = sink off")
     redis_url: str | None = Field("redis://127.0.0.1:6379/0", description="Redis for realtime fan-out; empty = sink off")
     tickflow_data_dir: Path = Field(Path("./data"), description="Local state: embedded ClickHouse, snapshots")
+    ccxt_options: dict[str, Any] = Field(default_factory=dict, description='JSON merged into ccxt exchange options, e.g. {"defaultType": "future"}')
+    ccxt_url_overrides: dict[str, Any] = Field(default_factory=dict, description="JSON deep-merged into ccxt exchange.urls (a proxy, a testnet, a local fake)")
 
     # Topics
     topic_ticks: str = "ticks"
@@ -43,6 +46,8 @@ class Settings(BaseSettings):
     batch_max_ms: int = Field(50, description="... or this many ms of event time")
     sink_batch_size: int = Field(5000, description="Records per sink write")
     sink_batch_ms: int = Field(500, description="Longest a sink holds a partial batch")
+    redis_sink_batch_ms: int = Field(5, description="The same for the Redis sink: realtime fan-out, so its batches stay short")
+    consumer_fetch_wait_ms: int = Field(10, description="Longest the broker holds a fetch without data (Faust worker and sinks): latency floor of a quiet topic")
 
     # Candles
     candle_intervals: str = Field("1m,5m,15m,1h,4h,1d", description="Intervals built by the candle agent")
@@ -53,16 +58,42 @@ class Settings(BaseSettings):
     candle_fill_gaps: bool = Field(True, description="Emit flat zero-volume candles for minutes with no trades")
     candle_snapshot_s: float = Field(2.0, description="How often the candle agent checkpoints its state")
 
+    # Indicators
+    indicator_sma: str = Field("50,200", description="SMA periods feeding ma50 and ma200")
+    indicator_ema: str = Field("12,26,50,200", description="EMA periods feeding ema12, ema26, ema50, ema200")
+    indicator_rsi_period: int = Field(14, description="RSI period (Wilder smoothing)")
+    indicator_macd: str = Field("12,26,9", description="MACD fast, slow, signal")
+    indicator_bb_period: int = Field(20, description="Bollinger bands period")
+    indicator_bb_dev: float = Field(2.0, description="Bollinger bands width in population standard deviations")
+    indicator_atr_period: int = Field(14, description="ATR period (Wilder smoothing)")
+    indicator_stoch: str = Field("14,3,3", description="Stochastic fast %K, slow %K, slow %D")
+    indicator_history: int = Field(64, description="Recent candles per series a revision or late candle can still change")
+    indicator_warm_start_bars: int = Field(1000, description="Stored candles seeding a new series (PostgreSQL); 0 = off")
+
     # Operations
     log_level: str = "INFO"
     log_format: str = Field("json", description="json or console")
     metrics_port: int = Field(9108, description="Prometheus /metrics port; 0 = off")
     app_id: str = Field("tickflow", description="Faust app id and consumer group prefix")
     session_timeout_s: float = 8.0
+    drain_stall_s: float = Field(120.0, description="--until-drained fails when an agent makes no progress this long")
 
     @property
     def intervals(self) -> list[str]:
         return [i.strip() for i in self.candle_intervals.split(",") if i.strip()]
+
+    @field_validator("indicator_sma", "indicator_ema", "indicator_macd", "indicator_stoch")
+    @classmethod
+    def _periods(cls, value: str, info: ValidationInfo) -> str:
+        want = {"indicator_sma": 2, "indicator_ema": 4, "indicator_macd": 3, "indicator_stoch": 3}[info.field_name]
+        parts = [p.strip() for p in value.split(",")]
+        if len(parts) != want or not all(p.isdigit() and int(p) > 0 for p in parts):
+            raise ValueError(f"{info.field_name.upper()} needs {want} comma-separated positive integers, got {value!r}")
+        return value
+
+    @staticmethod
+    def periods(value: str) -> tuple[int, ...]:
+        return tuple(int(p) for p in value.split(","))
 
     @property
     def bootstrap(self) -> str:

@@ -55,6 +55,7 @@ def env_for(settings: Settings, *, data_dir: Path, database: str | None, redis_u
             "TOPIC_TICKS": settings.topic_ticks,
             "TOPIC_CANDLES": topics.get("candles", settings.topic_candles),
             "TOPIC_CANDLE_STATE": topics.get("state", settings.topic_candle_state),
+            "TOPIC_INDICATOR_STATE": topics.get("indicator_state", settings.topic_indicator_state),
             "TOPIC_DLQ": settings.topic_dlq,
             "TOPIC_LATE_TRADES": settings.topic_late_trades,
             "TOPIC_INDICATORS": topics.get("indicators", settings.topic_indicators),
@@ -66,6 +67,7 @@ def env_for(settings: Settings, *, data_dir: Path, database: str | None, redis_u
             "METRICS_PORT": "0",
             "CANDLE_SNAPSHOT_S": "0.5",
             "LOG_LEVEL": "WARNING",
+            "DRAIN_STALL_S": "60",
         }
     )
     return env
@@ -78,6 +80,17 @@ def tickflow(*args: str, env: dict[str, str], timeout: float = 240) -> subproces
 def pg_candles(database: str) -> list[tuple]:
     with psycopg.connect(f"postgresql://127.0.0.1:5432/{database}") as conn:
         return conn.execute(f"SELECT {CANDLE_COLS} FROM candles ORDER BY exchange, symbol, interval, open_time").fetchall()
+
+
+def pg_indicators(database: str) -> list[tuple]:
+    with psycopg.connect(f"postgresql://127.0.0.1:5432/{database}") as conn:
+        return conn.execute('SELECT * FROM technical_metrics ORDER BY exchange, symbol, "interval", open_time').fetchall()
+
+
+def ch_indicators(env: dict[str, str]) -> list[dict]:
+    out = tickflow("sql", "SELECT * FROM technical_metrics FINAL ORDER BY exchange, symbol, interval, open_time", "--format", "json", env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return [json.loads(line) for line in out.stdout.splitlines() if line.strip()]
 
 
 def ch_candles(env: dict[str, str]) -> list[dict]:
@@ -142,14 +155,24 @@ def _ms(value: str) -> int:
     return int(datetime.fromisoformat(value).replace(tzinfo=__import__("datetime").UTC).timestamp() * 1000)
 
 
-def test_sigkill_mid_replay_then_restart_equals_uninterrupted_run(xrp_ticks: Settings, tmp_path: Path) -> None:
+def test_sigkill_mid_replay_then_restart_equals_uninterrupted_run_candles_and_indicators(xrp_ticks: Settings, tmp_path: Path) -> None:
     db_a, db_b = fresh_database(), fresh_database()
     try:
         from streams.topics import ensure_topics
 
         tag = uuid.uuid4().hex[:6]
-        b_topics = {"candles": f"candles-b-{tag}", "state": f"state-b-{tag}", "indicators": f"ind-b-{tag}", "app_id": f"tickflow-b-{tag}"}
-        ensure_topics(xrp_ticks.model_copy(update={"topic_candles": b_topics["candles"], "topic_candle_state": b_topics["state"], "topic_indicators": b_topics["indicators"]}))
+        b_topics = {
+            "candles": f"candles-b-{tag}", "state": f"state-b-{tag}", "indicators": f"ind-b-{tag}",
+            "indicator_state": f"ind-state-b-{tag}", "app_id": f"tickflow-b-{tag}",
+        }  # fmt: skip
+        ensure_topics(
+            xrp_ticks.model_copy(
+                update={
+                    "topic_candles": b_topics["candles"], "topic_candle_state": b_topics["state"],
+                    "topic_indicators": b_topics["indicators"], "topic_indicator_state": b_topics["indicator_state"],
+                }  # fmt: skip
+            )
+        )
         env_a = env_for(xrp_ticks, data_dir=tmp_path / "a", database=db_a)
         env_b = env_for(xrp_ticks, data_dir=tmp_path / "b", database=db_b, **b_topics)
 
@@ -175,6 +198,10 @@ def test_sigkill_mid_replay_then_restart_equals_uninterrupted_run(xrp_ticks: Set
         assert pg_candles(db_b) == pg_candles(db_a)
         assert ch_candles(env_b) == ch_candles(env_a)
         assert len(pg_candles(db_a)) > 3560
+        # The indicator agent was killed mid-stream too: its rows equal the uninterrupted run's.
+        assert pg_indicators(db_b) == pg_indicators(db_a)
+        assert ch_indicators(env_b) == ch_indicators(env_a)
+        assert len(pg_indicators(db_a)) == len(pg_candles(db_a))
     finally:
         drop_database(db_a)
         drop_database(db_b)

@@ -454,3 +454,14 @@ def test_non_avro_writer_schema_is_a_decode_error(registry: FakeRegistry, text: 
     reader = AvroCodec(TB, registry=SchemaRegistry(registry.url), schema_id=LOCAL_IDS[TB])
     with pytest.raises(DecodeError, match=f"schema id {schema_id}"):
         reader.decode(struct.pack(">bI", 0, schema_id) + b"\x02a")
+
+
+def test_hand_written_to_avro_has_every_field() -> None:
+    """Candle and TradeBatch build their Avro dicts by hand (asdict/_asdict are slow): none may miss a field."""
+    import dataclasses
+
+    c = Candle("binance", "BTCUSDT", "1m", 60_000, 119_999, 1.0, 2.0, 0.5, 1.5, 3.0, 4.5, 3, 1.4, 1.0, "1", "3", True, 2)
+    assert c.to_avro() == dataclasses.asdict(c)
+    b = TradeBatch("binance", "BTCUSDT", 1, [Trade("1", 2, 3.0, 4.0, "buy")])
+    assert b.to_avro()["trades"] == [t._asdict() for t in b.trades]
+    assert TradeBatch.from_avro(b.to_avro()) == b

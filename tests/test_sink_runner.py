@@ -239,3 +239,18 @@ def test_data_rejected_outside_a_single_record_is_bisected(topics: Settings, run
     assert len(letters) == 1 and letters[0].reason == "rejected by memory: trade 15 is cursed"
     assert TB.decode(letters[0].payload)["trades"][5]["trade_id"] == "15"
     assert len(sink.trades) == n_trades - 10
+
+
+class RealtimeSink(MemorySink):
+    name = "realtime"
+    batch_ms_setting = "redis_sink_batch_ms"
+
+
+def test_each_sink_batches_for_its_own_setting(topics: Settings, runner_factory) -> None:  # noqa: ANN001
+    """The Redis sink's batches must not wait the analytic stores' sink_batch_ms (a latency floor)."""
+    settings = topics.model_copy(update={"sink_batch_ms": 500, "redis_sink_batch_ms": 5})
+    assert runner_factory(MemorySink(), settings)._batch_s == 0.5  # noqa: SLF001
+    assert runner_factory(RealtimeSink(), settings)._batch_s == 0.005  # noqa: SLF001
+    from sinks.redis import RedisSink
+
+    assert RedisSink.batch_ms_setting == "redis_sink_batch_ms"

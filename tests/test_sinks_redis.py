@@ -11,7 +11,8 @@ import orjson
 import pytest
 import redis
 
-from schemas.models import Candle
+from agents.indicators import VALUE_FIELDS
+from schemas.models import Candle, Indicators
 from sinks.base import DataRejected, SinkBatch
 from sinks.redis import RedisSink, candle_json, interval_seconds, latest_per_key, snapshot_ttl
 
@@ -115,3 +116,27 @@ def test_unusable_candle_is_rejected(sink: RedisSink, r: redis.Redis, exchange: 
 def test_json_has_every_candle_field(exchange: str) -> None:
     doc = orjson.loads(candle_json(candle(exchange)))
     assert set(doc) >= {"exchange", "symbol", "interval", "open_time", "close_time", "vwap", "is_final", "revision", "open_time_iso"}
+
+
+def test_indicators_are_published_and_snapshotted(sink: RedisSink, r: redis.Redis, exchange: str) -> None:
+    fields = {f: None for f in VALUE_FIELDS}
+    first = Indicators(exchange, "BTC/USDT", "1m", T0, 101.0, 0, **{**fields, "rsi": 55.5, "ma50": 100.25})
+    second = Indicators(exchange, "BTC/USDT", "1m", T0 + 60_000, 102.0, 0, **{**fields, "rsi": 61.0})
+    pubsub = r.pubsub()
+    pubsub.subscribe(f"indicators:{exchange}:BTC/USDT:1m")
+    pubsub.get_message(timeout=1.0)  # the subscribe confirmation
+    try:
+        sink.write(SinkBatch(indicators=[first, second]))
+        got = []
+        deadline = time.monotonic() + 5
+        while len(got) < 2 and time.monotonic() < deadline:
+            msg = pubsub.get_message(timeout=0.5)
+            if msg and msg["type"] == "message":
+                got.append(orjson.loads(msg["data"]))
+        assert [(m["open_time"], m["rsi"], m["ma50"]) for m in got] == [(T0, 55.5, 100.25), (T0 + 60_000, 61.0, None)]
+        snapshot = orjson.loads(r.get(f"latest:indicators:{exchange}:BTC/USDT:1m"))
+        assert snapshot["open_time"] == T0 + 60_000 and snapshot["rsi"] == 61.0
+        assert 0 < r.ttl(f"latest:indicators:{exchange}:BTC/USDT:1m") <= snapshot_ttl("1m")
+    finally:
+        pubsub.close()
+        r.delete(f"latest:indicators:{exchange}:BTC/USDT:1m")

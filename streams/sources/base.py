@@ -7,6 +7,8 @@ and the ingest loop sends that to the dead-letter topic and goes on.
 from __future__ import annotations
 
 import abc
+import heapq
+import itertools
 import math
 import time
 from collections.abc import AsyncIterator, Iterable, Iterator
@@ -69,6 +71,10 @@ class MicroBatcher:
         self.max_trades = max_trades
         self.max_us = max_ms * 1000
         self._open: dict[str, list[Trade]] = {}
+        # Open batches by first trade time, so a trade finds the expired ones without looking at
+        # every symbol; (first ts, seq, symbol, buffer), stale once that buffer has closed.
+        self._by_start: list[tuple[int, int, str, list[Trade]]] = []
+        self._seq = itertools.count()
 
     def add(self, symbol: str, trade: Trade) -> Iterator[TradeBatch]:
         """Add one trade; yield batches that closed (of any symbol) because event time moved on."""
@@ -78,13 +84,25 @@ class MicroBatcher:
             buf = None
         if buf is None:
             buf = self._open[symbol] = []
+            heapq.heappush(self._by_start, (trade.ts, next(self._seq), symbol, buf))
         buf.append(trade)
         if len(buf) >= self.max_trades:
             yield self._close(symbol)
-        for other in [s for s, b in self._open.items() if s != symbol and trade.ts - b[0].ts >= self.max_us]:
+        by_start, horizon, own = self._by_start, trade.ts - self.max_us, None
+        while by_start and by_start[0][0] <= horizon:
+            entry = heapq.heappop(by_start)
+            other = entry[2]
+            if self._open.get(other) is not entry[3]:
+                continue  # closed already
+            if other == symbol:
+                own = entry  # this trade's own batch closes by count or on its symbol's next trade
+                continue
             yield self._close(other)
+        if own is not None:
+            heapq.heappush(by_start, own)
 
     def flush(self) -> Iterable[TradeBatch]:
+        self._by_start.clear()
         return [self._close(s) for s in list(self._open)]
 
     def _close(self, symbol: str) -> TradeBatch:

@@ -1,0 +1,118 @@
+"""CandleWorker without Kafka: the in-progress throttle (leading edge, then at most one per interval)."""
+
+from __future__ import annotations
+
+import pytest
+
+from agents import candle_agent
+from agents.candle_agent import CandleWorker, PartitionState
+from agents.candles import CandleBook
+from schemas.codec import AvroCodec
+from schemas.models import Candle, Trade, TradeBatch
+from streams.settings import Settings
+
+D_US = 1_704_067_200_000_000  # 2024-01-01 00:00:00 UTC
+EX = "binance"
+
+
+class FakeProducer:
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, Candle]] = []
+        self._codec = AvroCodec("tickflow.Candle")
+
+    def produce(self, topic: str, key: str | bytes | None, value: bytes, partition: int | None = None) -> None:
+        self.sent.append((topic, Candle.from_avro(self._codec.decode(value))))
+
+    def poll(self, timeout: float = 0) -> None:
+        return None
+
+    def progress(self, symbol: str, interval: str = "1m") -> list[Candle]:
+        return [c for _, c in self.sent if not c.is_final and c.symbol == symbol and c.interval == interval]
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    c = Clock()
+    monkeypatch.setattr(candle_agent.time, "monotonic", c)
+    return c
+
+
+@pytest.fixture
+def worker() -> CandleWorker:
+    w = CandleWorker(Settings(candle_update_ms=100, candle_intervals="1m,5m", metrics_port=0), FakeProducer())  # type: ignore[arg-type]
+    w.parts[0] = PartitionState(CandleBook(w.config))
+    return w
+
+
+class Feed:
+    def __init__(self, worker: CandleWorker) -> None:
+        self.worker = worker
+        self.offset = 0
+        self.codec = AvroCodec("tickflow.TradeBatch")
+
+    def __call__(self, symbol: str, *trades: tuple[str, int, float]) -> None:
+        batch = TradeBatch(EX, symbol, 0, [Trade(tid, D_US + ms * 1000, px, 1.0, "buy") for tid, ms, px in trades])
+        self.worker.handle(0, self.offset, None, self.codec.encode(batch.to_avro()))
+        self.offset += 1
+
+
+def test_first_change_goes_out_at_once_then_at_most_one_per_interval(worker: CandleWorker, clock: Clock) -> None:
+    out: FakeProducer = worker.producer  # type: ignore[assignment]
+    feed = Feed(worker)
+    feed("BTC", ("1", 1_000, 100.0))
+    assert [c.close for c in out.progress("BTC")] == [100.0]  # leading edge: no wait
+    assert [c.close for c in out.progress("BTC", "5m")] == [100.0]
+    clock.now += 0.03
+    feed("BTC", ("2", 1_100, 101.0))
+    clock.now += 0.03
+    feed("BTC", ("3", 1_200, 102.0))
+    worker.tick()
+    assert len(out.progress("BTC")) == 1  # within candle_update_ms: held back
+    clock.now += 0.05  # 110 ms after the first update
+    worker.tick()
+    assert [(c.close, c.trade_count) for c in out.progress("BTC")] == [(100.0, 1), (102.0, 3)]  # trailing edge, newest state
+    worker.tick()
+    clock.now += 1.0
+    worker.tick()
+    assert len(out.progress("BTC")) == 2  # nothing changed, nothing sent
+    feed("BTC", ("4", 1_300, 103.0))
+    assert [c.close for c in out.progress("BTC")] == [100.0, 102.0, 103.0]  # quiet for long enough: at once again
+
+
+def test_a_record_only_sends_its_own_symbol_pending_ones_wait_for_the_tick(worker: CandleWorker, clock: Clock) -> None:
+    out: FakeProducer = worker.producer  # type: ignore[assignment]
+    feed = Feed(worker)
+    feed("ETH", ("e1", 1_000, 10.0))
+    clock.now += 0.01
+    feed("ETH", ("e2", 1_010, 11.0))  # pending
+    clock.now += 0.2
+    feed("BTC", ("b1", 1_020, 100.0))
+    assert [c.close for c in out.progress("BTC")] == [100.0]
+    assert [c.close for c in out.progress("ETH")] == [10.0]
+    worker.tick()
+    assert [c.close for c in out.progress("ETH")] == [10.0, 11.0]
+
+
+def test_updates_never_closer_than_candle_update_ms(worker: CandleWorker, clock: Clock) -> None:
+    out: FakeProducer = worker.producer  # type: ignore[assignment]
+    feed = Feed(worker)
+    sent_at: list[float] = []
+    for i in range(300):
+        clock.now += 0.007
+        before = len(out.progress("BTC"))
+        feed("BTC", (str(i), 1_000 + i, 100.0 + i % 5))
+        if i % 3 == 0:
+            worker.tick()
+        if len(out.progress("BTC")) > before:
+            sent_at.append(clock.now)
+    gaps = [b - a for a, b in zip(sent_at, sent_at[1:])]
+    assert len(sent_at) >= 15
+    assert min(gaps) >= 0.1 - 1e-9
