@@ -346,14 +346,22 @@ def sql(
     """
     import csv
 
+    from clickhouse_connect.driver.exceptions import ClickHouseError
+
     from sinks.clickhouse import connect
 
+    if fmt not in ("table", "csv", "json"):
+        raise typer.BadParameter(f"--format must be table, csv or json, not {fmt!r}")
     settings = get_settings()
-    client = connect(settings.clickhouse_dsn)
     try:
-        result = client.query(query)
-    finally:
-        client.close()
+        client = connect(settings.clickhouse_dsn)
+        try:
+            result = client.query(query)
+        finally:
+            client.close()
+    except ClickHouseError as exc:
+        console.print(f"[red]query failed:[/] {str(exc).strip()}", markup=True, highlight=False)
+        raise typer.Exit(1) from exc
     cols, rows = result.column_names, result.result_rows
     if fmt == "json":
         for row in rows:
