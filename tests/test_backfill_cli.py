@@ -20,14 +20,16 @@ from typing import Any
 import psycopg
 import pytest
 
+from agents.indicators import IndicatorEngine
 from schemas.codec import AvroCodec
 from schemas.models import Candle
 from streams.backfill import backfill, open_exchange, parse_time
+from sinks.base import INDICATOR_COLUMNS
 from streams.settings import Settings
 from tests.conftest import REPO
 from tests.fake_exchange import FakeBinance, xrpeth_klines_1m
 from tests.kafka_util import read_topic
-from tests.test_candles_e2e import CANDLE_COLS, drop_database, env_for, fresh_database, tickflow
+from tests.test_candles_e2e import CANDLE_COLS, drop_database, env_for, fresh_database, pg_indicators, tickflow
 
 DAY_MS = 86_400_000
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -116,6 +118,18 @@ async def test_backfill_fills_both_stores_and_the_topic_once(fake: Any, topics: 
         assert sorted((c for _, _, c in records), key=lambda c: (c.symbol, c.open_time)) == want
         assert all(key == c.key.encode() for key, _, c in records)
         assert len({(key, p) for key, p, _ in records}) == 2  # each series on one partition, in order
+
+        # The indicator agent takes backfilled candles like live ones: MA200 on 1d from the history.
+        run = await asyncio.to_thread(tickflow, "run", "--no-source", "--until-drained", "--quiet", env=env)
+        assert run.returncode == 0, run.stderr[-3000:]
+        engine = IndicatorEngine()
+        expected = {(c.symbol, c.open_time): engine.process(c)[0] for c in want}
+        metrics = pg_indicators(db)
+        assert len(metrics) == len(want)
+        for row in metrics:
+            ref = expected[(row[1], ms(row[3]))]
+            assert (row[4], row[INDICATOR_COLUMNS.index("ma200")], row[INDICATOR_COLUMNS.index("rsi")]) == (ref.close, ref.ma200, ref.rsi)
+        assert sum(1 for row in metrics if row[INDICATOR_COLUMNS.index("ma200")] is not None) == len(xrp) - 100 - 199
 
         second = await asyncio.to_thread(tickflow, *args, env=env)
         assert second.returncode == 1, second.stderr[-3000:]
