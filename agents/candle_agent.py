@@ -19,7 +19,7 @@ import structlog
 from prometheus_client import Counter, Gauge
 
 from agents.candles import BookOutput, CandleBook, CandleConfig
-from schemas.codec import AvroCodec, DecodeError
+from schemas.codec import DecodeError, codec_for
 from schemas.models import DeadLetter, TradeBatch
 from streams.checkpoint import CheckpointedAgent, CheckpointWriter, admit, input_start, load_checkpoint, register_checkpointed_agent
 from streams.producer import TickProducer
@@ -63,9 +63,10 @@ class CandleWorker(CheckpointWriter):
         self.settings = settings
         self.producer = producer
         self.config = candle_config(settings)
-        self.ticks = AvroCodec("tickflow.TradeBatch")
-        self.candles = AvroCodec("tickflow.Candle")
-        self.late = AvroCodec("tickflow.LateTrade")
+        registry = settings.schema_registry_url
+        self.ticks = codec_for("tickflow.TradeBatch", settings.topic_ticks, registry)
+        self.candles = codec_for("tickflow.Candle", settings.topic_candles, registry)
+        self.late = codec_for("tickflow.LateTrade", settings.topic_late_trades, registry)
         self.parts: dict[int, PartitionState] = {}
         self.state_topic = settings.topic_candle_state
         self.last_emit: dict[tuple[str, str, str], float] = {}  # when each key's in-progress candle last went out

@@ -24,7 +24,7 @@ import structlog
 from prometheus_client import Counter
 
 from agents.indicators import IndicatorConfig, IndicatorEngine, IndicatorError
-from schemas.codec import AvroCodec, DecodeError
+from schemas.codec import DecodeError, codec_for
 from schemas.models import Candle, DeadLetter
 from sinks.postgres import PostgresCandleHistory
 from streams.checkpoint import CheckpointedAgent, CheckpointWriter, admit, input_start, load_checkpoint, register_checkpointed_agent
@@ -82,8 +82,8 @@ class IndicatorWorker(CheckpointWriter):
         self.producer = producer
         self.config = indicator_config(settings)
         self.history = history
-        self.candles = AvroCodec("tickflow.Candle")
-        self.indicators = AvroCodec("tickflow.Indicators")
+        self.candles = codec_for("tickflow.Candle", settings.topic_candles, settings.schema_registry_url)
+        self.indicators = codec_for("tickflow.Indicators", settings.topic_indicators, settings.schema_registry_url)
         self.parts: dict[int, PartitionState] = {}
         self.state_topic = settings.topic_indicator_state
         self.agent: CheckpointedAgent | None = None  # set when registered with a Faust app

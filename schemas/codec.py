@@ -92,6 +92,18 @@ class SchemaRegistry:
         return self._by_id[schema_id]
 
 
+@lru_cache
+def _registry(url: str) -> SchemaRegistry:
+    return SchemaRegistry(url)
+
+
+def codec_for(name: str, topic: str, registry_url: str | None) -> AvroCodec:
+    """The codec every producer and agent uses for ``topic``: schemas registered under
+    ``<topic>-value`` and writer ids resolved through the registry when ``registry_url`` is set
+    (one shared client per URL), else the fixed local ids."""
+    return AvroCodec(name, topic=topic, registry=_registry(registry_url) if registry_url else None)
+
+
 class AvroCodec:
     """Encoder and decoder of one record type on one topic."""
 

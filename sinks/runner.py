@@ -32,7 +32,7 @@ from confluent_kafka.admin import AdminClient, OffsetSpec
 from prometheus_client import Counter, Gauge, Histogram
 from tenacity import RetryCallState, RetryError, Retrying, retry_if_exception, retry_if_exception_type, wait_exponential
 
-from schemas.codec import AvroCodec, SchemaRegistry
+from schemas.codec import codec_for
 from schemas.models import DeadLetter
 from sinks.base import TOPICS, DataRejected, Sink, SinkBatch
 from sinks.clickhouse import ClickHouseSink, connect
@@ -92,10 +92,9 @@ class SinkRunner:
         self._wait = wait_exponential(multiplier=backoff_initial_s, max=backoff_max_s)
         self._component = f"sink-{sink.name}"
         self._log = log.bind(sink=sink.name)
-        registry = SchemaRegistry(settings.schema_registry_url) if settings.schema_registry_url else None
         self._batch_s = getattr(settings, sink.batch_ms_setting) / 1000
         self._specs = {getattr(settings, TOPICS[t].settings_attr): TOPICS[t] for t in sink.topics}
-        self._codecs = {topic: AvroCodec(spec.schema, topic=topic, registry=registry) for topic, spec in self._specs.items()}
+        self._codecs = {topic: codec_for(spec.schema, topic, settings.schema_registry_url) for topic, spec in self._specs.items()}
         conf = {
             "bootstrap.servers": settings.bootstrap,
             "group.id": self.group_id,

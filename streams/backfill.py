@@ -24,7 +24,7 @@ import ccxt.async_support
 import ccxt.pro
 import structlog
 
-from schemas.codec import AvroCodec
+from schemas.codec import codec_for
 from schemas.models import Candle
 from sinks.base import SinkBatch
 from streams.producer import TickProducer
@@ -272,7 +272,7 @@ class CandleOutput:
             raise BackfillError(f"cannot open the candle stores{hint}: {type(exc).__name__}: {exc}") from exc
         self._settings = settings
         self._producer: TickProducer | None = TickProducer(settings)
-        self._codec = AvroCodec("tickflow.Candle")
+        self._codec = codec_for("tickflow.Candle", settings.topic_candles, settings.schema_registry_url)
 
     def write(self, candles: list[Candle]) -> None:
         assert self._producer is not None, "CandleOutput is closed"

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import orjson
 import structlog
 
-from schemas.codec import AvroCodec
+from schemas.codec import AvroCodec, codec_for
 from schemas.models import DeadLetter, TradeBatch
 from streams.observability import BATCHES_OUT, TRADES_IN
 from streams.producer import TickProducer
@@ -59,7 +59,7 @@ async def run_ingest(
     source_name: str = "source",
     on_progress: Callable[[IngestStats], None] | None = None,
 ) -> IngestStats:
-    codec = codec or AvroCodec("tickflow.TradeBatch")
+    codec = codec or codec_for("tickflow.TradeBatch", settings.topic_ticks, settings.schema_registry_url)
     stats = IngestStats()
     topic = settings.topic_ticks
     last_report = time.monotonic()

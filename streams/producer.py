@@ -12,7 +12,7 @@ from typing import Any
 import structlog
 from confluent_kafka import KafkaError, Message, Producer
 
-from schemas.codec import AvroCodec
+from schemas.codec import codec_for
 from schemas.models import DeadLetter
 from streams.observability import BYTES_OUT, DLQ_RECORDS, PRODUCE_LATENCY
 from streams.settings import Settings
@@ -48,7 +48,7 @@ class TickProducer:
         self._producer = Producer(conf)
         self._errors: list[str] = []
         self.delivered = 0
-        self._dlq_codec = AvroCodec("tickflow.DeadLetter")
+        self._dlq_codec = codec_for("tickflow.DeadLetter", settings.topic_dlq, settings.schema_registry_url)
         self._bytes_out: dict[str, Any] = {}  # BYTES_OUT children by topic: labels() on every record is costly
         self._polled = 0.0
 

@@ -465,3 +465,49 @@ def test_hand_written_to_avro_has_every_field() -> None:
     b = TradeBatch("binance", "BTCUSDT", 1, [Trade("1", 2, 3.0, 4.0, "buy")])
     assert b.to_avro()["trades"] == [t._asdict() for t in b.trades]
     assert TradeBatch.from_avro(b.to_avro()) == b
+
+
+def test_with_a_registry_every_writer_uses_registered_ids(registry: FakeRegistry) -> None:
+    """Ingest, the candle agent, the indicator agent and dead letters all write registry ids, and
+    read each other's records, when SCHEMA_REGISTRY_URL is set."""
+    from agents.candle_agent import CandleWorker
+    from agents.candle_agent import PartitionState as CandleState
+    from agents.candles import CandleBook
+    from agents.indicator_agent import IndicatorWorker
+    from agents.indicator_agent import PartitionState as IndicatorState
+    from agents.indicators import IndicatorEngine
+    from schemas.codec import codec_for
+
+    class Keep:
+        def __init__(self) -> None:
+            self.records: list[tuple[str, bytes]] = []
+
+        def produce(self, topic: str, key: str, value: bytes, partition: int | None = None) -> None:
+            self.records.append((topic, value))
+
+        def dead_letter(self, letter: DeadLetter) -> None:
+            raise AssertionError(letter.reason)
+
+        def poll(self, timeout: float) -> None: ...
+
+    settings = Settings(schema_registry_url=registry.url, topic_ticks="ticks-r", topic_candles="candles-r", topic_indicators="ind-r", candle_update_ms=0)
+    ticks = codec_for(TB, settings.topic_ticks, settings.schema_registry_url)
+    out = Keep()
+    candles = CandleWorker(settings, out)  # type: ignore[arg-type]
+    candles.parts[0] = CandleState(CandleBook(candles.config), next_offset=0)
+    t0 = 1_700_000_000_000_000  # µs
+    for offset in range(30):  # a trade every 20 s over 10 minutes
+        trade = Trade(str(offset), t0 + offset * 20_000_000, 100.0 + offset, 1.0, "buy")
+        candles.handle(0, offset, None, ticks.encode(TradeBatch("binance", "BTC/USDT", trade.ts, [trade]).to_avro()))
+    candles.close_windows(0)
+    produced = [value for topic, value in out.records if topic == "candles-r"]
+    assert produced
+    ids = {struct.unpack_from(">bI", v)[1] for v in produced}
+    assert ids == set(registry.subjects["candles-r-value"]) and not ids & set(LOCAL_IDS.values())
+
+    indicators = IndicatorWorker(settings, Keep())  # type: ignore[arg-type]
+    indicators.parts[0] = IndicatorState(IndicatorEngine(indicators.config), next_offset=0)
+    for offset, value in enumerate(produced):
+        indicators.handle(0, offset, None, value)
+    written = indicators.producer.records  # type: ignore[attr-defined]
+    assert written and {struct.unpack_from(">bI", v)[1] for _, v in written} == set(registry.subjects["ind-r-value"])
