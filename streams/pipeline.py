@@ -205,9 +205,9 @@ async def run_pipeline(
                 ingest_task.cancel()
     finally:
         await app.stop()
-        await loop.run_in_executor(None, producer.flush)
         if sink_threads is not None:
             await loop.run_in_executor(None, sink_threads.close)
+        await loop.run_in_executor(None, producer.close)
     return status
 
 

@@ -104,3 +104,11 @@ class TickProducer:
         self.check()
         if remaining:
             raise DeliveryError(f"{remaining} records not delivered within {timeout}s")
+
+    def close(self, timeout: float = 60.0) -> None:
+        """Deliver what is queued, then disconnect now rather than at garbage collection (after an
+        embedded broker stopped, librdkafka would log its disconnection)."""
+        try:
+            self.flush(timeout)
+        finally:
+            self._producer.close()
