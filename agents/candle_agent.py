@@ -144,7 +144,7 @@ class CandleWorker(CheckpointWriter):
         self.last_emit[key] = now
         candle = ps.book.in_progress(*key)
         if candle is not None:
-            self.producer.produce(self.settings.topic_candles, candle.key, self.candles.encode(candle.to_avro()))
+            self.producer.produce(self.settings.topic_candle_updates, candle.key, self.candles.encode(candle.to_avro()))
             counter = self._in_progress_out.get(candle.interval)
             if counter is None:
                 counter = self._in_progress_out[candle.interval] = CANDLES_OUT.labels(candle.interval, "in_progress")

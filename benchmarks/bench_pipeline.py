@@ -277,7 +277,7 @@ def _run_drained(settings: Settings, source: TimedSource, notes: list[str]) -> P
     from agents.candle_agent import CandleWorker
 
     marks: dict[str, float] = {}
-    caught_up, lags = pipeline._wait_caught_up, pipeline.SinkThreads.lags  # noqa: SLF001 - the only hooks on those moments
+    caught_up, lags = pipeline._wait_caught_up, pipeline.SinkProcesses.lags  # noqa: SLF001 - the only hooks on those moments
 
     async def timed_caught_up(settings: Settings, worker: Any, *args: Any) -> None:
         await caught_up(settings, worker, *args)
@@ -292,12 +292,12 @@ def _run_drained(settings: Settings, source: TimedSource, notes: list[str]) -> P
             marks.pop("drained", None)
         return out
 
-    pipeline._wait_caught_up, pipeline.SinkThreads.lags = timed_caught_up, timed_lags  # type: ignore[method-assign]  # noqa: SLF001
+    pipeline._wait_caught_up, pipeline.SinkProcesses.lags = timed_caught_up, timed_lags  # type: ignore[method-assign]  # noqa: SLF001
     called = time.perf_counter()
     try:
         status = asyncio.run(pipeline.run_pipeline(settings, source=source, source_name="synthetic", until_drained=True, say=notes.append))
     finally:
-        pipeline._wait_caught_up, pipeline.SinkThreads.lags = caught_up, lags  # type: ignore[method-assign]  # noqa: SLF001
+        pipeline._wait_caught_up, pipeline.SinkProcesses.lags = caught_up, lags  # type: ignore[method-assign]  # noqa: SLF001
     if source.first is None or source.finished is None or "drained" not in marks or status.ingest is None:
         raise RuntimeError(f"pipeline did not drain: {notes}")
     start = source.first

@@ -112,6 +112,7 @@ def fresh_settings(bootstrap: str, data_dir: Path, *, ticks: str | None = None, 
         topic_late_trades=f"bench-late-{t}",
         topic_candle_state=f"bench-candles-state-{t}",
         topic_indicator_state=f"bench-indicators-state-{t}",
+        topic_candle_updates=f"bench-candles-live-{t}",
         app_id=f"tickflow-bench-{t}",
         tickflow_data_dir=data_dir,
         metrics_port=0,
@@ -221,7 +222,7 @@ def in_fresh_process(fn: Callable[..., T], *args: Any, timeout_s: float = 600.0)
     """
     ctx = get_context("spawn")
     parent, child = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_child, args=(child, fn, args, max(timeout_s - 5, 1)), daemon=True)
+    proc = ctx.Process(target=_child, args=(child, fn, args, max(timeout_s - 5, 1)), daemon=False)
     proc.start()
     child.close()
     try:

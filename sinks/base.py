@@ -105,6 +105,7 @@ def _indicators_part(record: dict[str, Any]) -> SinkBatch:
 TOPICS: dict[str, TopicSpec] = {
     "ticks": TopicSpec("topic_ticks", "tickflow.TradeBatch", _trade_batch_part),
     "candles": TopicSpec("topic_candles", "tickflow.Candle", _candle_part),
+    "candle_updates": TopicSpec("topic_candle_updates", "tickflow.Candle", _candle_part),
     "indicators": TopicSpec("topic_indicators", "tickflow.Indicators", _indicators_part),
 }
 

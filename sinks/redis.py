@@ -8,7 +8,9 @@ One non-transactional pipeline per batch keeps it to one round trip.
 "Newest" is by window: a revision of an already closed window (a late trade) is published but must
 not replace the snapshot of the window after it. Within a batch the last candle of the newest window
 per key wins (Kafka keeps a key's order); across batches a small Lua script refuses to replace a
-snapshot of a later window. Pub/sub is at-least-once: a replay re-publishes candles.
+snapshot of a later window. Final candles (``candles``) and in-progress updates (``candles-live``)
+come from two topics, so their relative order is not kept: an update never replaces the snapshot of
+its window's final candle. Pub/sub is at-least-once: a replay re-publishes candles.
 
 Indicators records go the same way on ``indicators:{exchange}:{symbol}:{interval}`` with the
 snapshot ``latest:indicators:{exchange}:{symbol}:{interval}``, as JSON with ``open_time_iso``.
@@ -30,13 +32,18 @@ _INTERVAL_RE = re.compile(r"^(\d+)([smhdwM])$")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 MIN_TTL_S = 60
 
-# KEYS[1] snapshot key; ARGV: payload, open_time ms, ttl s. Keeps a snapshot of a later window.
+# KEYS[1] snapshot key; ARGV: payload, open_time ms, ttl s, "1" when final (or not a candle).
+# Keeps a snapshot of a later window, and a final candle against an update of its own window.
 _SET_LATEST = """
 local cur = redis.call('GET', KEYS[1])
 if cur then
   local ok, old = pcall(cjson.decode, cur)
-  if ok and type(old) == 'table' and tonumber(old['open_time']) and tonumber(old['open_time']) > tonumber(ARGV[2]) then
-    return 0
+  if ok and type(old) == 'table' and tonumber(old['open_time']) then
+    local old_time, new_time = tonumber(old['open_time']), tonumber(ARGV[2])
+    -- final candles and in-progress updates come from two topics: a late update never hides its final
+    if old_time > new_time or (old_time == new_time and old['is_final'] == true and ARGV[4] == '0') then
+      return 0
+    end
   end
 end
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[3])
@@ -76,18 +83,21 @@ def indicators_json(ind: Indicators) -> bytes:
 
 
 def latest_per_key(records: list[Candle] | list[Indicators]) -> dict[str, int]:
-    """Index of each key's snapshot record: the newest window, and the last of that window in order."""
+    """Index of each key's snapshot record: the newest window, and the last of that window in order,
+    except that an in-progress update never replaces its window's final candle."""
     best: dict[str, int] = {}
     for i, c in enumerate(records):
         j = best.get(c.key)
-        if j is None or c.open_time >= records[j].open_time:
+        if j is None or c.open_time > records[j].open_time:
+            best[c.key] = i
+        elif c.open_time == records[j].open_time and (getattr(c, "is_final", True) or not getattr(records[j], "is_final", True)):
             best[c.key] = i
     return best
 
 
 class RedisSink(Sink):
     name = "redis"
-    topics = ("candles", "indicators")
+    topics = ("candles", "candle_updates", "indicators")
     batch_ms_setting = "redis_sink_batch_ms"  # subscribers wait for every batch: keep it short
 
     def __init__(self, url: str) -> None:
@@ -109,7 +119,8 @@ class RedisSink(Sink):
                 pipe.publish(f"{kind}:{r.key}", payload)
             for key, i in latest_per_key(records).items():
                 r = records[i]
-                self._set_latest(keys=[f"latest:{kind}:{key}"], args=[encoded[i], r.open_time, ttls[r.interval]], client=pipe)
+                final = "0" if kind == "candles" and not r.is_final else "1"
+                self._set_latest(keys=[f"latest:{kind}:{key}"], args=[encoded[i], r.open_time, ttls[r.interval], final], client=pipe)
         pipe.execute()
 
     def close(self) -> None:

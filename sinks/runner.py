@@ -73,6 +73,52 @@ def _tp(msg: Message) -> tuple[str, int]:
     return msg.topic(), msg.partition()
 
 
+class GroupLag:
+    """Records of ``topics`` that consumer group ``group_id`` has not committed yet, per partition.
+
+    Read through an admin client: on a consumer's own connection a request queues behind its fetch
+    long-poll. Needs no group membership, so it works from any process (``tickflow run`` watches its
+    sink processes with it) and is meaningful before the group has formed and with several members.
+    """
+
+    def __init__(self, conf: dict[str, Any], group_id: str, topics: list[str]) -> None:
+        self.group_id = group_id
+        self.topics = topics
+        self._admin = AdminClient(conf)
+
+    def total(self) -> int:
+        return sum(max(high - done, 0) for high, done in self.partition_state().values())
+
+    def partition_state(self) -> dict[tuple[str, int], tuple[int, int]]:
+        """(end offset, group's committed offset or start of log) for every partition of the topics.
+
+        The end is the last stable offset (read_committed, like the consumer): records of open
+        transactions cannot be consumed yet and do not count.
+        """
+        tps = [TopicPartition(t, p) for t in self.topics for p in self._partitions(t)]
+        if not tps:
+            return {}
+        committed = self._committed(tps)
+        ends = self._list_offsets(committed, OffsetSpec.latest())
+        unset = [k for k, off in committed.items() if off < 0]
+        starts = self._list_offsets(unset, OffsetSpec.earliest()) if unset else {}
+        return {k: (ends[k], off if off >= 0 else starts[k]) for k, off in committed.items()}
+
+    def _committed(self, tps: list[TopicPartition]) -> dict[tuple[str, int], int]:
+        futures = self._admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(self.group_id, tps)], request_timeout=10)
+        return {(tp.topic, tp.partition): tp.offset for tp in futures[self.group_id].result().topic_partitions}
+
+    def _partitions(self, topic: str) -> list[int]:
+        meta = self._admin.list_topics(topic, timeout=10).topics.get(topic)
+        return [] if meta is None or meta.error is not None else sorted(meta.partitions)
+
+    def _list_offsets(self, keys: Any, spec: OffsetSpec) -> dict[tuple[str, int], int]:
+        futures = self._admin.list_offsets(
+            {TopicPartition(t, p): spec for t, p in keys}, isolation_level=IsolationLevel.READ_COMMITTED, request_timeout=10
+        )
+        return {(tp.topic, tp.partition): fut.result().offset for tp, fut in futures.items()}
+
+
 class SinkRunner:
     def __init__(
         self,
@@ -87,13 +133,13 @@ class SinkRunner:
     ) -> None:
         self.sink = sink
         self.settings = settings
-        self.group_id = group_id or f"{settings.app_id}-sink-{sink.name}"
+        self.group_id = group_id or sink_group_id(settings, sink.name)
         self._dead_letter = dead_letter
         self._wait = wait_exponential(multiplier=backoff_initial_s, max=backoff_max_s)
         self._component = f"sink-{sink.name}"
         self._log = log.bind(sink=sink.name)
         self._batch_s = getattr(settings, sink.batch_ms_setting) / 1000
-        self._specs = {getattr(settings, TOPICS[t].settings_attr): TOPICS[t] for t in sink.topics}
+        self._specs = {topic_name(settings, t): TOPICS[t] for t in sink.topics}
         self._codecs = {topic: codec_for(spec.schema, topic, settings.schema_registry_url) for topic, spec in self._specs.items()}
         conf = {
             "bootstrap.servers": settings.bootstrap,
@@ -108,7 +154,7 @@ class SinkRunner:
         self._consumer = Consumer(conf)
         # Metadata and end offsets go through an admin client: on the consumer's own connection a
         # request queues behind the fetch long-poll (up to fetch.wait.max.ms per partition queried).
-        self._admin: AdminClient | None = AdminClient({k: v for k, v in conf.items() if k not in _CONSUMER_ONLY})
+        self._lag: GroupLag | None = GroupLag({k: v for k, v in conf.items() if k not in _CONSUMER_ONLY}, self.group_id, list(self._specs))
         self._consumer.subscribe(list(self._specs), on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_revoke)
         self._pending: list[_Record] = []
         self._to_commit: dict[tuple[str, int], int] = {}
@@ -170,7 +216,7 @@ class SinkRunner:
         if not self._closed:
             self._closed = True
             self._consumer.close()
-            self._admin = None  # destroys the librdkafka handle now rather than at garbage collection
+            self._lag = None  # destroys the admin client's librdkafka handle now rather than at garbage collection
 
     def __enter__(self) -> SinkRunner:
         return self
@@ -355,41 +401,9 @@ class SinkRunner:
         self._log.info("partitions revoked", partitions=sorted(f"{t}[{p}]" for t, p in gone))
 
     def _partition_state(self) -> dict[tuple[str, int], tuple[int, int]]:
-        """(end offset, group's committed offset or start of log) for every partition of the topics.
-
-        Group-wide rather than this member's assignment, so lag is meaningful before the group has
-        formed and with several members. The end is the last stable offset (read_committed, like the
-        consumer): records of open transactions cannot be consumed yet and do not count.
-        """
-        tps = [TopicPartition(t, p) for t in self._specs for p in self._partitions(t)]
-        if not tps:
-            return {}
-        committed = self._committed(tps)
-        ends = self._list_offsets(committed, OffsetSpec.latest())
-        unset = [k for k, off in committed.items() if off < 0]
-        starts = self._list_offsets(unset, OffsetSpec.earliest()) if unset else {}
-        return {k: (ends[k], off if off >= 0 else starts[k]) for k, off in committed.items()}
-
-    def _committed(self, tps: list[TopicPartition]) -> dict[tuple[str, int], int]:
-        """The group's committed offsets, through the admin client: ``Consumer.committed`` queues
-        behind the consumer's fetch long-poll and would stall this sink's loop."""
-        futures = self._admin_client().list_consumer_group_offsets([ConsumerGroupTopicPartitions(self.group_id, tps)], request_timeout=10)
-        return {(tp.topic, tp.partition): tp.offset for tp in futures[self.group_id].result().topic_partitions}
-
-    def _partitions(self, topic: str) -> list[int]:
-        meta = self._admin_client().list_topics(topic, timeout=10).topics.get(topic)
-        return [] if meta is None or meta.error is not None else sorted(meta.partitions)
-
-    def _admin_client(self) -> AdminClient:
-        if self._admin is None:
+        if self._lag is None:
             raise RuntimeError(f"sink runner {self.sink.name} is closed")
-        return self._admin
-
-    def _list_offsets(self, keys: Any, spec: OffsetSpec) -> dict[tuple[str, int], int]:
-        futures = self._admin_client().list_offsets(
-            {TopicPartition(t, p): spec for t, p in keys}, isolation_level=IsolationLevel.READ_COMMITTED, request_timeout=10
-        )
-        return {(tp.topic, tp.partition): fut.result().offset for tp, fut in futures.items()}
+        return self._lag.partition_state()
 
     def _drained(self) -> bool:
         """True when this member has partitions, nothing pending, and the group is committed to the end.
@@ -421,16 +435,42 @@ class SinkRunner:
         return True
 
 
-def open_sinks(settings: Settings, *, migrate: bool = True) -> list[Sink]:
-    """The configured sinks, migrated first: ClickHouse always, PostgreSQL and Redis when their URL is set."""
-    client = connect(settings.clickhouse_dsn)
-    if migrate:
-        migrate_clickhouse(client)
-    sinks: list[Sink] = [ClickHouseSink(client, owns_client=True)]
-    if settings.database_url:
+SINKS: dict[str, type[Sink]] = {"clickhouse": ClickHouseSink, "postgres": PostgresSink, "redis": RedisSink}
+
+
+def sink_group_id(settings: Settings, name: str) -> str:
+    """Each sink's own consumer group, so a slow or broken store never holds back another one."""
+    return f"{settings.app_id}-sink-{name}"
+
+
+def topic_name(settings: Settings, kind: str) -> str:
+    return getattr(settings, TOPICS[kind].settings_attr)
+
+
+def sink_lag(settings: Settings, name: str) -> GroupLag:
+    """The lag of sink ``name``'s group, readable from any process."""
+    topics = [topic_name(settings, t) for t in SINKS[name].topics]
+    return GroupLag({"bootstrap.servers": settings.bootstrap}, sink_group_id(settings, name), topics)
+
+
+def configured_sinks(settings: Settings) -> list[str]:
+    """ClickHouse always, PostgreSQL and Redis when their URL is set."""
+    return ["clickhouse"] + (["postgres"] if settings.database_url else []) + (["redis"] if settings.redis_url else [])
+
+
+def open_sinks(settings: Settings, *, migrate: bool = True, only: str | None = None) -> list[Sink]:
+    """The configured sinks (or just ``only``), their stores migrated first."""
+    names = [n for n in configured_sinks(settings) if only is None or n == only]
+    sinks: list[Sink] = []
+    if "clickhouse" in names:
+        client = connect(settings.clickhouse_dsn)
         if migrate:
-            migrate_postgres(settings.database_url)
-        sinks.append(PostgresSink(settings.database_url))
-    if settings.redis_url:
-        sinks.append(RedisSink(settings.redis_url))
+            migrate_clickhouse(client)
+        sinks.append(ClickHouseSink(client, owns_client=True))
+    if "postgres" in names:
+        if migrate:
+            migrate_postgres(settings.database_url)  # type: ignore[arg-type]
+        sinks.append(PostgresSink(settings.database_url))  # type: ignore[arg-type]
+    if "redis" in names:
+        sinks.append(RedisSink(settings.redis_url))  # type: ignore[arg-type]
     return sinks

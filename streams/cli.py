@@ -223,7 +223,7 @@ def sink(name: Annotated[str, typer.Argument(help="clickhouse | postgres | redis
     _setup(settings)
     if not settings.kafka_bootstrap:
         raise typer.BadParameter("KAFKA_BOOTSTRAP is not set")
-    chosen = [s for s in open_sinks(settings) if s.name == name]
+    chosen = open_sinks(settings, only=name)
     if not chosen:
         raise typer.BadParameter(f"sink {name!r} is not configured (clickhouse, postgres with DATABASE_URL, redis with REDIS_URL)")
     stop = threading.Event()

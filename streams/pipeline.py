@@ -1,32 +1,37 @@
 """Running tickflow's parts in one process: broker, topics, sinks, the Faust worker and a source.
 
-``tickflow run`` uses all of them; ``worker``, ``sink`` and ``ingest`` use one part each. Sinks run
-in threads (confluent-kafka and the store clients are blocking); the Faust worker and the source
-share the asyncio loop.
+``tickflow run`` uses all of them; ``worker``, ``sink`` and ``ingest`` use one part each. Each sink
+runs in its own process, as ``tickflow sink`` would in production; the Faust worker and the source
+share the asyncio loop of the main process.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import multiprocessing
+import os
 import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
+from multiprocessing.process import BaseProcess
+from multiprocessing.synchronize import Event as EventT
 from dataclasses import dataclass, field
 
 import psycopg
 import redis
 import structlog
+from confluent_kafka import KafkaException
 
 from agents.candle_agent import CandleWorker, register_candle_agent
 from agents.indicator_agent import IndicatorWorker, register_indicator_agent
 from schemas.models import Candle
-from sinks.base import Sink
-from sinks.runner import SinkRunner, open_sinks
+from sinks.runner import SinkRunner, configured_sinks, open_sinks, sink_lag
 from streams.app import create_app
 from streams.broker import EmbeddedBroker, port_open
 from streams.ingest import IngestStats, run_ingest
+from streams.observability import configure_logging, serve_metrics
 from streams.producer import TickProducer
 from streams.settings import Settings
 from streams.sources.base import Source
@@ -78,40 +83,90 @@ def reachable_services(settings: Settings, say: Callable[[str], None]) -> Settin
     return settings.model_copy(update=update) if update else settings
 
 
-@dataclass
-class SinkThreads:
-    """Each sink's runner in its own thread, stopped together."""
+class SinkFailed(RuntimeError):
+    """A sink process ended on its own: its store could not be opened or migrated, or it crashed."""
 
-    runners: list[SinkRunner] = field(default_factory=list)
-    threads: list[threading.Thread] = field(default_factory=list)
-    stop: threading.Event = field(default_factory=threading.Event)
 
-    @classmethod
-    def start(cls, settings: Settings, sinks: list[Sink], producer: TickProducer) -> SinkThreads:
-        self = cls()
-        for sink in sinks:
-            runner = SinkRunner(sink, settings, dead_letter=producer.dead_letter_durably)
-            thread = threading.Thread(target=runner.run, args=(self.stop,), name=f"sink-{sink.name}", daemon=True)
-            self.runners.append(runner)
-            self.threads.append(thread)
-            thread.start()
-        return self
+def _sink_process(settings: Settings, name: str, stop: EventT, ready: EventT, parent: int, metrics_port: int) -> None:
+    """Entry of one sink's process: open and migrate its store, then consume until ``stop``."""
+    configure_logging(settings.log_level, settings.log_format)
+    serve_metrics(metrics_port)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's Ctrl-C reaches the parent, which sets ``stop``
+    threading.Thread(target=_exit_with_parent, args=(parent,), name="parent-watch", daemon=True).start()
+    (sink,) = open_sinks(settings, only=name)
+    producer = TickProducer(settings)
+    runner = SinkRunner(sink, settings, dead_letter=producer.dead_letter_durably)
+    ready.set()
+    try:
+        runner.run(stop)
+    finally:
+        runner.close()
+        sink.close()
+        producer.close()
+
+
+def _exit_with_parent(parent: int) -> None:
+    """A sink must not outlive a killed worker: as an orphan it would keep its consumer-group
+    membership and the embedded ClickHouse path. Its uncommitted batch is simply consumed again."""
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    os._exit(1)
+
+
+class SinkProcesses:
+    """Each sink in its own process, stopped together.
+
+    Decoding every record and the stores' client libraries would otherwise share one interpreter
+    lock with the Faust worker and the source, which is what the realtime path's latency pays for.
+    The parent watches each sink's consumer-group lag through an admin client. Sink metrics are
+    served on ``METRICS_PORT`` + 1, + 2, ... in configuration order.
+    """
+
+    def __init__(self, settings: Settings, names: list[str]) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        self.stop = ctx.Event()
+        self.procs: dict[str, BaseProcess] = {}
+        self._ready: dict[str, EventT] = {}
+        for i, name in enumerate(names):
+            ready = ctx.Event()
+            port = settings.metrics_port + 1 + i if settings.metrics_port else 0
+            proc = ctx.Process(target=_sink_process, args=(settings, name, self.stop, ready, os.getpid(), port), name=f"tickflow-sink-{name}", daemon=True)
+            proc.start()
+            self.procs[name] = proc
+            self._ready[name] = ready
+        self._lag = {name: sink_lag(settings, name) for name in names}
+
+    def wait_ready(self, timeout: float = 120.0) -> None:
+        """Block until every sink has opened and migrated its store (SinkFailed if one ends first)."""
+        deadline = time.monotonic() + timeout
+        for name, ready in self._ready.items():
+            while not ready.wait(0.2):
+                self.check()
+                if time.monotonic() > deadline:
+                    raise SinkFailed(f"sink {name} not ready within {timeout:.0f} s")
+
+    def check(self) -> None:
+        for name, proc in self.procs.items():
+            if proc.exitcode is not None and not self.stop.is_set():
+                raise SinkFailed(f"sink {name} exited with code {proc.exitcode} (its log above says why)")
 
     def lags(self) -> dict[str, int | None]:
         out: dict[str, int | None] = {}
-        for r in self.runners:
+        for name, lag in self._lag.items():
             try:
-                out[r.sink.name] = r.lag()
-            except Exception:  # noqa: BLE001 - lag is informative only
-                out[r.sink.name] = None
+                out[name] = lag.total() if self.procs[name].exitcode is None else None
+            except KafkaException:  # lag is informative; the drain treats None as not drained
+                out[name] = None
         return out
 
     def close(self) -> None:
         self.stop.set()
-        for t in self.threads:
-            t.join(timeout=30)
-        for r in self.runners:
-            r.close()
+        for proc in self.procs.values():
+            proc.join(timeout=30)
+            if proc.is_alive():
+                proc.terminate()
+                proc.join(timeout=5)
+        self._lag.clear()  # their admin clients disconnect now, before an embedded broker stops
 
 
 @dataclass
@@ -121,7 +176,7 @@ class RunStatus:
     ingest: IngestStats | None = None
     source_done: bool = False
     worker: CandleWorker | None = None
-    sinks: SinkThreads | None = None
+    sinks: SinkProcesses | None = None
     latest: dict[str, Candle] = field(default_factory=dict)
     started: float = field(default_factory=time.monotonic)
 
@@ -166,12 +221,17 @@ async def run_pipeline(
     """Run worker, sinks and optionally a source until stopped, or until drained."""
     status = status or RunStatus()
     producer = TickProducer(settings)
-    sink_threads = None
+    sink_processes = None
     if sinks_enabled:
         settings = reachable_services(settings, say)
-        sinks = await asyncio.get_running_loop().run_in_executor(None, open_sinks, settings)
-        sink_threads = SinkThreads.start(settings, sinks, producer)
-        status.sinks = sink_threads
+        sink_processes = SinkProcesses(settings, configured_sinks(settings))
+        status.sinks = sink_processes
+        try:
+            # The stores are migrated before any agent runs: warm starts read the candle store.
+            await asyncio.get_running_loop().run_in_executor(None, sink_processes.wait_ready)
+        except BaseException:
+            sink_processes.close()
+            raise
     app = create_app(settings)
     worker = register_candle_agent(app, settings, producer)
     indicator_worker = register_indicator_agent(app, settings, producer)
@@ -193,7 +253,7 @@ async def run_pipeline(
             if ingest_task is not None:
                 status.ingest = await ingest_task
             status.source_done = True
-            await _drain(settings, worker, indicator_worker, sink_threads, stop)
+            await _drain(settings, worker, indicator_worker, sink_processes, stop)
         else:
             waiters = [asyncio.create_task(stop.wait())] + ([ingest_task] if ingest_task else [])
             done, _ = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
@@ -205,14 +265,14 @@ async def run_pipeline(
                 ingest_task.cancel()
     finally:
         await app.stop()
-        if sink_threads is not None:
-            await loop.run_in_executor(None, sink_threads.close)
+        if sink_processes is not None:
+            await loop.run_in_executor(None, sink_processes.close)
         await loop.run_in_executor(None, producer.close)
     return status
 
 
 async def _drain(
-    settings: Settings, worker: CandleWorker, indicators: IndicatorWorker, sinks: SinkThreads | None, stop: asyncio.Event
+    settings: Settings, worker: CandleWorker, indicators: IndicatorWorker, sinks: SinkProcesses | None, stop: asyncio.Event
 ) -> None:
     """Wait until the candle agent has every trade and has closed its windows, then until the
     indicator agent has every candle, then until sinks have every record."""
@@ -233,6 +293,7 @@ async def _drain(
     last: dict[str, int | None] = {}
     since = time.monotonic()
     while not stop.is_set():
+        sinks.check()
         lags = await loop.run_in_executor(None, sinks.lags)
         if all(v == 0 for v in lags.values()):
             settled_since = settled_since or time.monotonic()

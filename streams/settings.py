@@ -32,7 +32,8 @@ class Settings(BaseSettings):
 
     # Topics
     topic_ticks: str = "ticks"
-    topic_candles: str = "candles"
+    topic_candles: str = Field("candles", description="Final candles and their revisions")
+    topic_candle_updates: str = Field("candles-live", description="In-progress candles, for realtime subscribers")
     topic_indicators: str = "indicators"
     topic_dlq: str = "dlq"
     topic_late_trades: str = "late-trades"

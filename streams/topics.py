@@ -31,6 +31,8 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
     return [
         TopicSpec(settings.topic_ticks, n, {}),
         TopicSpec(settings.topic_candles, n, {}),
+        # In-progress candles matter until their window closes: an hour of them is plenty to replay.
+        TopicSpec(settings.topic_candle_updates, n, {"retention.ms": str(3_600_000)}),
         TopicSpec(settings.topic_indicators, n, {}),
         TopicSpec(settings.topic_late_trades, n, {}),
         TopicSpec(settings.topic_dlq, 1, {}),

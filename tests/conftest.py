@@ -52,6 +52,7 @@ def topics(kafka_bootstrap: str, tmp_path: Path) -> Settings:
         topic_late_trades=f"late-trades-{tag}",
         topic_candle_state=f"candles-state-{tag}",
         topic_indicator_state=f"indicators-state-{tag}",
+        topic_candle_updates=f"candles-live-{tag}",
         ticks_partitions=4,
         app_id=f"tickflow-{tag}",
         tickflow_data_dir=tmp_path / "data",

@@ -56,6 +56,7 @@ def env_for(settings: Settings, *, data_dir: Path, database: str | None, redis_u
             "TOPIC_CANDLES": topics.get("candles", settings.topic_candles),
             "TOPIC_CANDLE_STATE": topics.get("state", settings.topic_candle_state),
             "TOPIC_INDICATOR_STATE": topics.get("indicator_state", settings.topic_indicator_state),
+            "TOPIC_CANDLE_UPDATES": topics.get("candle_updates", settings.topic_candle_updates),
             "TOPIC_DLQ": settings.topic_dlq,
             "TOPIC_LATE_TRADES": settings.topic_late_trades,
             "TOPIC_INDICATORS": topics.get("indicators", settings.topic_indicators),

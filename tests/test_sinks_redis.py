@@ -140,3 +140,13 @@ def test_indicators_are_published_and_snapshotted(sink: RedisSink, r: redis.Redi
     finally:
         pubsub.close()
         r.delete(f"latest:indicators:{exchange}:BTC/USDT:1m")
+
+
+def test_an_update_never_hides_the_final_candle_of_its_window(sink: RedisSink, r: redis.Redis, exchange: str) -> None:
+    """Finals and in-progress updates come from two topics, so an update can arrive after its final."""
+    sink.write(SinkBatch(candles=[candle(exchange, final=True, close=105.0), candle(exchange, close=104.0)]))
+    assert (latest(r, exchange)["is_final"], latest(r, exchange)["close"]) == (True, 105.0)
+    sink.write(SinkBatch(candles=[candle(exchange, close=103.0)]))
+    assert (latest(r, exchange)["is_final"], latest(r, exchange)["close"]) == (True, 105.0)
+    sink.write(SinkBatch(candles=[candle(exchange, T0 + 60_000, close=106.0)]))  # the next window's update does replace it
+    assert (latest(r, exchange)["is_final"], latest(r, exchange)["open_time"]) == (False, T0 + 60_000)
