@@ -516,7 +516,7 @@ def bench_latency(bootstrap: str, scenarios: list[tuple[float, int, int]], secon
     default = Settings.model_fields
     t = table(
         f"c. Trade receipt -> its in-progress 1m candle on Redis: paced synthetic source, {SYMBOLS} symbols, {seconds:.0f} s of input per run, "
-        f"whole pipeline in one process (all sinks on; redis_sink_batch_ms={default['redis_sink_batch_ms'].default}, "
+        f"run_pipeline as tickflow run: source and Faust worker in one process, each sink in its own (all sinks on; redis_sink_batch_ms={default['redis_sink_batch_ms'].default}, "
         f"consumer_fetch_wait_ms={default['consumer_fetch_wait_ms'].default}; target p99 <= 50 ms at 20,000 trades/s)",
         "trades/s asked",
         "candle_update_ms",
