@@ -33,13 +33,16 @@ def open_source(spec: str, settings: Settings, *, symbols: list[str], fmt: str |
     if kind == "synthetic":
         from streams.sources.synthetic import SyntheticSource
 
-        return SyntheticSource(symbols=symbols or 10, rate=rate, limit=limit, max_trades=settings.batch_max_trades, max_ms=settings.batch_max_ms)
+        max_ms = settings.batch_max_ms if rate else settings.unpaced_batch_max_ms
+        return SyntheticSource(symbols=symbols or 10, rate=rate, limit=limit, max_trades=settings.batch_max_trades, max_ms=max_ms)
     if kind == "replay":
         from streams.sources.replay import ReplaySource, parse_source_speed
 
         if not arg:
             raise typer.BadParameter("replay needs a path: --source replay:PATH")
-        return ReplaySource(Path(arg), fmt=fmt, speed=parse_source_speed(speed), exchange=exchange, symbol=symbols[0] if symbols else None, max_trades=settings.batch_max_trades, max_ms=settings.batch_max_ms)
+        pace = parse_source_speed(speed)
+        max_ms = settings.batch_max_ms if pace else settings.unpaced_batch_max_ms
+        return ReplaySource(Path(arg), fmt=fmt, speed=pace, exchange=exchange, symbol=symbols[0] if symbols else None, max_trades=settings.batch_max_trades, max_ms=max_ms)
     if kind == "ccxt":
         from streams.sources.ccxt_live import CcxtSource
 

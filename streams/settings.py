@@ -45,6 +45,7 @@ class Settings(BaseSettings):
     # Batching
     batch_max_trades: int = Field(500, description="Replay/synthetic micro-batch closes at this many trades ...")
     batch_max_ms: int = Field(50, description="... or this many ms of event time")
+    unpaced_batch_max_ms: int = Field(1000, description="BATCH_MAX_MS of an unpaced replay or synthetic run, where nobody waits for a record")
     sink_batch_size: int = Field(5000, description="Records per sink write")
     sink_batch_ms: int = Field(500, description="Longest a sink holds a partial batch")
     redis_sink_batch_ms: int = Field(5, description="The same for the Redis sink: realtime fan-out, so its batches stay short")

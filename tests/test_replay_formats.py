@@ -403,3 +403,22 @@ def test_replay_rejects_bad_arguments(tmp_path: Path) -> None:
     with pytest.raises(ValueError):
         ReplaySource(path, speed=0)
     assert ReplaySource(path).fmt == "tardis"
+
+
+def test_unpaced_sources_batch_by_the_unpaced_span(tmp_path: Path) -> None:
+    """Nobody waits for the records of a replay at full speed: they close at UNPACED_BATCH_MAX_MS."""
+    from streams.cli import open_source
+    from streams.settings import Settings
+
+    settings = Settings(batch_max_ms=50, unpaced_batch_max_ms=1000)
+    path = tmp_path / "t.csv"
+    path.write_text("")
+
+    def source(spec: str, **kw: object) -> object:
+        args = {"symbols": [], "fmt": "tardis", "speed": "max", "rate": None, "limit": None, "exchange": None} | kw
+        return open_source(spec, settings, **args)  # type: ignore[arg-type]
+
+    assert source(f"replay:{path}").max_ms == 1000
+    assert source(f"replay:{path}", speed="10x").max_ms == 50
+    assert source("synthetic").max_ms == 1000
+    assert source("synthetic", rate=2000.0).max_ms == 50
