@@ -116,7 +116,7 @@ def fresh_settings(bootstrap: str, data_dir: Path, *, ticks: str | None = None, 
         app_id=f"tickflow-bench-{t}",
         tickflow_data_dir=data_dir,
         metrics_port=0,
-        **overrides,
+        **{"log_level": "WARNING", **overrides},  # sink processes log at this level: the report stays readable
     )
     ensure_topics(settings)
     return settings
