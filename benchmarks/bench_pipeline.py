@@ -32,6 +32,8 @@ import tracemalloc
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from multiprocessing import get_context
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -231,18 +233,18 @@ class TimedSource(Source):
         self.finished: float | None = None
 
     async def stream(self) -> AsyncIterator[SourceItem]:
-        self.first = time.perf_counter()
+        self.first = time.monotonic()
         stop_at = math.inf if self.seconds is None else self.first + self.seconds
         stopping = False
         async for item in self.inner.stream():
-            now = time.perf_counter()
+            now = time.monotonic()
             if not stopping and now >= stop_at:
                 stopping = True
                 await self.inner.aclose()
             if self.on_batch is not None and isinstance(item, TradeBatch):
                 self.on_batch(item, now)
             yield item
-        self.finished = time.perf_counter()
+        self.finished = time.monotonic()
 
     async def aclose(self) -> None:
         await self.inner.aclose()
@@ -282,18 +284,18 @@ def _run_drained(settings: Settings, source: TimedSource, notes: list[str]) -> P
     async def timed_caught_up(settings: Settings, worker: Any, *args: Any) -> None:
         await caught_up(settings, worker, *args)
         if isinstance(worker, CandleWorker):
-            marks.setdefault("caught_up", time.perf_counter())
+            marks.setdefault("caught_up", time.monotonic())
 
     def timed_lags(threads: Any) -> dict[str, int | None]:
         out = lags(threads)
         if all(v == 0 for v in out.values()):
-            marks.setdefault("drained", time.perf_counter())
+            marks.setdefault("drained", time.monotonic())
         else:
             marks.pop("drained", None)
         return out
 
     pipeline._wait_caught_up, pipeline.SinkProcesses.lags = timed_caught_up, timed_lags  # type: ignore[method-assign]  # noqa: SLF001
-    called = time.perf_counter()
+    called = time.monotonic()
     try:
         status = asyncio.run(pipeline.run_pipeline(settings, source=source, source_name="synthetic", until_drained=True, say=notes.append))
     finally:
@@ -347,7 +349,7 @@ def ingest_only_run(bootstrap: str, trades: int) -> float:
         source = TimedSource(_synthetic(settings, limit=trades, rate=None, exchange=f"bench{tag()}"))
         asyncio.run(run_ingest(source, TickProducer(settings), settings, source_name="synthetic"))
         assert source.first is not None
-        return time.perf_counter() - source.first
+        return time.monotonic() - source.first
 
 
 def bench_e2e(bootstrap: str, trades: int, runs: int) -> None:
@@ -434,53 +436,82 @@ def weighted_percentile(samples: list[tuple[float, int]], q: float) -> float:
     return ordered[-1][0]
 
 
+def _listen(url: str, pattern: str, ready: Any, stop: Any, conn: Connection) -> None:
+    """The Redis subscriber, in its own process so that it does not take interpreter time from the
+    pipeline it measures: notes (arrival, last_trade_id) of each in-progress update per symbol,
+    reports each symbol's newest last_trade_id a few times a second and everything at the end."""
+    import redis
+
+    pubsub = redis.Redis.from_url(url).pubsub()
+    pubsub.psubscribe(pattern)
+    while (pubsub.get_message(timeout=1.0) or {}).get("type") != "psubscribe":
+        pass
+    ready.set()
+    messages: dict[str, list[tuple[float, int]]] = defaultdict(list)
+    reported = 0.0
+    while not stop.is_set():
+        msg = pubsub.get_message(timeout=0.05)
+        if msg is not None and msg["type"] == "pmessage":
+            arrived = time.monotonic()  # CLOCK_MONOTONIC: the same clock in every process
+            doc = orjson.loads(msg["data"])
+            if not doc["is_final"] and doc["last_trade_id"] is not None:
+                messages[doc["symbol"]].append((arrived, int(doc["last_trade_id"])))
+        if time.monotonic() - reported > 0.2:
+            reported = time.monotonic()
+            conn.send(("progress", {symbol: m[-1][1] for symbol, m in messages.items()}))
+    pubsub.close()
+    conn.send(("done", dict(messages)))
+
+
 def latency_run(bootstrap: str, rate: float, seconds: float, update_ms: int, warmup_s: float, settle_s: float = 120.0) -> LatencyRun:
-    """One pipeline run, source paced at ``rate`` for ``seconds``, Redis subscriber on its 1m channels (fresh process).
+    """One pipeline run, source paced at ``rate`` for ``seconds``, Redis subscriber on its 1m channels
+    in a process of its own (this one is fresh too).
 
     The run ends (is cancelled, as Ctrl-C would) once every symbol's last batch has reached Redis,
     or ``settle_s`` after the source stopped; the other sinks' backlog is not waited for.
     """
-    import redis
-
     quiet_logs()
     batches: dict[str, list[tuple[int, float, int]]] = defaultdict(list)
-    messages: dict[str, list[tuple[float, int]]] = defaultdict(list)
+    newest: dict[str, int] = {}
 
     def on_batch(batch: TradeBatch, at: float) -> None:
         batches[batch.symbol].append((int(batch.trades[-1].trade_id), at, len(batch.trades)))
 
     def all_seen() -> bool:
-        return all(messages[s] and messages[s][-1][1] >= todo[-1][0] for s, todo in list(batches.items()))
+        return all(newest.get(s, -1) >= todo[-1][0] for s, todo in list(batches.items()))
 
     with tempfile.TemporaryDirectory(prefix="tickflow-bench-latency-") as tmp, fresh_pg_database(DEFAULT_PG) as db:
         settings = fresh_settings(bootstrap, Path(tmp), database_url=db or "", candle_update_ms=update_ms)
         if not settings.redis_url:
             raise RuntimeError("REDIS_URL is empty: the latency benchmark needs Redis")
         exchange = f"bench{tag()}"
-        stop = threading.Event()
-        pubsub = redis.Redis.from_url(settings.redis_url).pubsub()
-        pubsub.psubscribe(f"candles:{exchange}:*:1m")
-        while (pubsub.get_message(timeout=1.0) or {}).get("type") != "psubscribe":
-            pass
-
-        def listen() -> None:
-            while not stop.is_set():
-                msg = pubsub.get_message(timeout=0.05)
-                if msg is not None and msg["type"] == "pmessage":
-                    arrived = time.perf_counter()
-                    doc = orjson.loads(msg["data"])
-                    if not doc["is_final"] and doc["last_trade_id"] is not None:
-                        messages[doc["symbol"]].append((arrived, int(doc["last_trade_id"])))
-
-        listener = threading.Thread(target=listen, name="bench-redis", daemon=True)
+        ctx = get_context("spawn")
+        ready, stop = ctx.Event(), ctx.Event()
+        mine, theirs = ctx.Pipe(duplex=False)
+        listener = ctx.Process(target=_listen, args=(settings.redis_url, f"candles:{exchange}:*:1m", ready, stop, theirs), name="bench-redis")
         listener.start()
+        if not ready.wait(30):
+            raise RuntimeError("the Redis subscriber did not start")
+        final: dict[str, list[tuple[float, int]]] = {}
+
+        def receive() -> None:
+            while True:
+                kind, data = mine.recv()
+                if kind == "done":
+                    final.update(data)
+                    return
+                newest.update(data)
+
+        receiver = threading.Thread(target=receive, name="bench-redis-progress", daemon=True)
+        receiver.start()
         source = TimedSource(_synthetic(settings, limit=None, rate=rate, exchange=exchange), on_batch, seconds)
         try:
             asyncio.run(_run_until(settings, source, all_seen, settle_s))
         finally:
             stop.set()
-            listener.join(5)
-            pubsub.close()
+            receiver.join(30)
+            listener.join(10)
+    messages = final
     first_update = min((m[0][0] for m in messages.values() if m), default=math.inf)
     samples, measured, uncovered = latencies(batches, messages, first_update + warmup_s)
     if not samples:
@@ -548,8 +579,8 @@ def bench_latency(bootstrap: str, scenarios: list[tuple[float, int, int]], secon
         if note:
             console.print(note)
     console.print(
-        "   method: a source wrapper notes each batch's receipt (perf_counter when the ingest loop gets it) and last trade id; "
-        "a Redis subscriber thread in the same process notes each in-progress 1m message's arrival and last_trade_id; a batch's "
+        "   method: a source wrapper notes each batch's receipt (time.monotonic when the ingest loop gets it) and last trade id; "
+        "a Redis subscriber in a process of its own notes each in-progress 1m message's arrival and last_trade_id; a batch's "
         "latency is the arrival of the first message of its symbol whose last_trade_id reaches the batch's last trade, weighted by "
         f"the batch's trades; batches received before the first update + {warmup_s:.0f} s (Faust join) are left out. There is no "
         "separate baseline: candle_update_ms (throttle) and redis_sink_batch_ms (sink batching) are the floors the pipeline adds on purpose. "
