@@ -19,6 +19,7 @@ snapshot ``latest:indicators:{exchange}:{symbol}:{interval}``, as JSON with ``op
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 from datetime import UTC, datetime, timedelta
 
 import orjson
@@ -63,7 +64,9 @@ def snapshot_ttl(interval: str) -> int:
     return max(3 * interval_seconds(interval), MIN_TTL_S)
 
 
+@lru_cache(maxsize=8192)
 def _iso(ms: int) -> str:
+    """Cached: the candles of one batch share a few window bounds, and formatting is most of a candle's JSON cost."""
     return (_EPOCH + timedelta(milliseconds=ms)).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
