@@ -463,19 +463,37 @@ def _listen(url: str, pattern: str, ready: Any, stop: Any, conn: Connection) -> 
     conn.send(("done", dict(messages)))
 
 
-def latency_run(bootstrap: str, rate: float, seconds: float, update_ms: int, warmup_s: float, settle_s: float = 120.0) -> LatencyRun:
-    """One pipeline run, source paced at ``rate`` for ``seconds``, Redis subscriber on its 1m channels
-    in a process of its own (this one is fresh too).
+def _ingest(settings: Settings, rate: float, seconds: float, exchange: str, start: Any, conn: Connection) -> None:
+    """The paced source in a process of its own, as ``tickflow ingest`` runs in production: returns
+    each batch's (symbol, last trade id, receipt time, trades) and the source's first and last moments."""
+    from streams.ingest import run_ingest
+    from streams.producer import TickProducer
 
-    The run ends (is cancelled, as Ctrl-C would) once every symbol's last batch has reached Redis,
-    or ``settle_s`` after the source stopped; the other sinks' backlog is not waited for.
+    quiet_logs()
+    batches: list[tuple[str, int, float, int]] = []
+
+    def on_batch(batch: TradeBatch, at: float) -> None:
+        batches.append((batch.symbol, int(batch.trades[-1].trade_id), at, len(batch.trades)))
+
+    start.wait()
+    source = TimedSource(_synthetic(settings, limit=None, rate=rate, exchange=exchange), on_batch, seconds)
+    producer = TickProducer(settings)
+    asyncio.run(run_ingest(source, producer, settings, source_name="synthetic"))
+    producer.close()
+    conn.send((batches, source.first, source.finished))
+
+
+def latency_run(bootstrap: str, rate: float, seconds: float, update_ms: int, warmup_s: float, settle_s: float = 120.0) -> LatencyRun:
+    """One run in the production layout: the paced source in its own process (``tickflow ingest``),
+    the Faust worker in this one and each sink in its own (``run_pipeline`` without a source), a
+    Redis subscriber on the 1m channels in another.
+
+    The run ends once every symbol's last batch has reached Redis, or ``settle_s`` after the source
+    stopped; the other sinks' backlog is not waited for.
     """
     quiet_logs()
     batches: dict[str, list[tuple[int, float, int]]] = defaultdict(list)
     newest: dict[str, int] = {}
-
-    def on_batch(batch: TradeBatch, at: float) -> None:
-        batches[batch.symbol].append((int(batch.trades[-1].trade_id), at, len(batch.trades)))
 
     def all_seen() -> bool:
         return all(newest.get(s, -1) >= todo[-1][0] for s, todo in list(batches.items()))
@@ -486,10 +504,13 @@ def latency_run(bootstrap: str, rate: float, seconds: float, update_ms: int, war
             raise RuntimeError("REDIS_URL is empty: the latency benchmark needs Redis")
         exchange = f"bench{tag()}"
         ctx = get_context("spawn")
-        ready, stop = ctx.Event(), ctx.Event()
+        ready, stop, start = ctx.Event(), ctx.Event(), ctx.Event()
         mine, theirs = ctx.Pipe(duplex=False)
         listener = ctx.Process(target=_listen, args=(settings.redis_url, f"candles:{exchange}:*:1m", ready, stop, theirs), name="bench-redis")
         listener.start()
+        from_ingest, to_main = ctx.Pipe(duplex=False)
+        ingest = ctx.Process(target=_ingest, args=(settings, rate, seconds, exchange, start, to_main), name="bench-ingest")
+        ingest.start()
         if not ready.wait(30):
             raise RuntimeError("the Redis subscriber did not start")
         final: dict[str, list[tuple[float, int]]] = {}
@@ -504,36 +525,50 @@ def latency_run(bootstrap: str, rate: float, seconds: float, update_ms: int, war
 
         receiver = threading.Thread(target=receive, name="bench-redis-progress", daemon=True)
         receiver.start()
-        source = TimedSource(_synthetic(settings, limit=None, rate=rate, exchange=exchange), on_batch, seconds)
+        ingested: list[Any] = []
         try:
-            asyncio.run(_run_until(settings, source, all_seen, settle_s))
+            asyncio.run(_run_until(settings, start, from_ingest, ingested, all_seen, batches, settle_s))
         finally:
             stop.set()
             receiver.join(30)
             listener.join(10)
+            ingest.join(10)
+    if not ingested:
+        raise RuntimeError("the ingest process ended without a report")
+    _, first, finished = ingested[0]
     messages = final
     first_update = min((m[0][0] for m in messages.values() if m), default=math.inf)
     samples, measured, uncovered = latencies(batches, messages, first_update + warmup_s)
     if not samples:
         raise RuntimeError("no in-progress candle reached Redis")
-    assert source.first is not None and source.finished is not None
     trades = sum(n for todo in batches.values() for _, _, n in todo)
     return LatencyRun(
         weighted_percentile(samples, 0.50) * 1000,
         weighted_percentile(samples, 0.99) * 1000,
         measured,
         measured / (measured + uncovered),
-        trades / (source.finished - source.first),
+        trades / (finished - first),
     )
 
 
-async def _run_until(settings: Settings, source: TimedSource, done: Callable[[], bool], settle_s: float) -> None:
-    """run_pipeline until the source has finished and ``done()`` holds (or ``settle_s`` passed), then stop it."""
-    from streams.pipeline import run_pipeline
+async def _run_until(
+    settings: Settings, start: Any, from_ingest: Connection, ingested: list[Any], done: Callable[[], bool],
+    batches: dict[str, list[tuple[int, float, int]]], settle_s: float,
+) -> None:
+    """run_pipeline without a source; the ingest process starts once the worker holds partitions.
+    Stops the pipeline when ingest has reported and ``done()`` holds (or ``settle_s`` passed)."""
+    from streams.pipeline import RunStatus, run_pipeline
 
-    task = asyncio.create_task(run_pipeline(settings, source=source, source_name="synthetic", until_drained=False, say=lambda _: None))
-    while source.finished is None and not task.done():
-        await asyncio.sleep(0.1)
+    status = RunStatus()
+    task = asyncio.create_task(run_pipeline(settings, source=None, source_name="-", until_drained=False, say=lambda _: None, status=status))
+    loop = asyncio.get_running_loop()
+    while not task.done() and (status.worker is None or not status.worker.parts):
+        await asyncio.sleep(0.1)  # partitions get their state about a second after the group join
+    start.set()
+    report = await loop.run_in_executor(None, from_ingest.recv)
+    ingested.append(report)
+    for symbol, last_id, at, n in report[0]:
+        batches[symbol].append((last_id, at, n))
     deadline = time.monotonic() + settle_s
     while not task.done() and not done() and time.monotonic() < deadline:
         await asyncio.sleep(0.1)
@@ -547,7 +582,7 @@ def bench_latency(bootstrap: str, scenarios: list[tuple[float, int, int]], secon
     default = Settings.model_fields
     t = table(
         f"c. Trade receipt -> its in-progress 1m candle on Redis: paced synthetic source, {SYMBOLS} symbols, {seconds:.0f} s of input per run, "
-        f"run_pipeline as tickflow run: source and Faust worker in one process, each sink in its own (all sinks on; redis_sink_batch_ms={default['redis_sink_batch_ms'].default}, "
+        f"production layout: the source in its own process (tickflow ingest), the Faust worker in another, each sink in its own (all sinks on; redis_sink_batch_ms={default['redis_sink_batch_ms'].default}, "
         f"consumer_fetch_wait_ms={default['consumer_fetch_wait_ms'].default}; target p99 <= 50 ms at 20,000 trades/s)",
         "trades/s asked",
         "candle_update_ms",
@@ -579,7 +614,7 @@ def bench_latency(bootstrap: str, scenarios: list[tuple[float, int, int]], secon
         if note:
             console.print(note)
     console.print(
-        "   method: a source wrapper notes each batch's receipt (time.monotonic when the ingest loop gets it) and last trade id; "
+        "   method: a source wrapper in the ingest process notes each batch's receipt (time.monotonic when the ingest loop gets it) and last trade id; "
         "a Redis subscriber in a process of its own notes each in-progress 1m message's arrival and last_trade_id; a batch's "
         "latency is the arrival of the first message of its symbol whose last_trade_id reaches the batch's last trade, weighted by "
         f"the batch's trades; batches received before the first update + {warmup_s:.0f} s (Faust join) are left out. There is no "
