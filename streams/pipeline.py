@@ -83,6 +83,10 @@ def reachable_services(settings: Settings, say: Callable[[str], None]) -> Settin
     return settings.model_copy(update=update) if update else settings
 
 
+BATCH_SINKS = frozenset({"clickhouse", "postgres"})
+BATCH_SINK_NICENESS = 10
+
+
 class SinkFailed(RuntimeError):
     """A sink process ended on its own: its store could not be opened or migrated, or it crashed."""
 
@@ -92,6 +96,10 @@ def _sink_process(settings: Settings, name: str, stop: EventT, ready: EventT, pa
     configure_logging(settings.log_level, settings.log_format)
     serve_metrics(metrics_port)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's Ctrl-C reaches the parent, which sets ``stop``
+    if name in BATCH_SINKS:
+        # The stores are written in batches of up to SINK_BATCH_MS: when the cores are contended,
+        # the realtime path (the worker and the Redis sink) gets them first.
+        os.nice(BATCH_SINK_NICENESS)
     threading.Thread(target=_exit_with_parent, args=(parent,), name="parent-watch", daemon=True).start()
     (sink,) = open_sinks(settings, only=name)
     producer = TickProducer(settings)
