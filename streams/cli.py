@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
+from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 
@@ -121,20 +121,22 @@ def ingest(
         pass
 
 
-def _summary(status) -> Table:  # noqa: ANN001
+def _summary(status) -> Group:  # noqa: ANN001
     t = Table(title="tickflow", expand=False)
-    for col in ("trades", "trades/s", "errors", "candles", "sink lag"):
+    for col in ("trades", "trades/s", "errors", "candles", "indicators", "sink lag"):
         t.add_column(col)
     s = status.ingest
     from agents.candle_agent import CANDLES_OUT
+    from agents.indicator_agent import INDICATORS_OUT
 
-    candles = sum(m.value for metric in CANDLES_OUT.collect() for m in metric.samples if m.name.endswith("_total"))
+    candles, indicators = (sum(m.value for metric in c.collect() for m in metric.samples if m.name.endswith("_total")) for c in (CANDLES_OUT, INDICATORS_OUT))
     lags = status.sinks.lags() if status.sinks else {}
     t.add_row(
         f"{s.trades:,}" if s else "0",
         f"{s.rate:,.0f}" if s else "0",
         f"{s.rejected:,}" if s else "0",
         f"{candles:,.0f}",
+        f"{indicators:,.0f}",
         ", ".join(f"{k} {v if v is not None else '?'}" for k, v in lags.items()) or "-",
     )
     if status.worker:
@@ -148,8 +150,8 @@ def _summary(status) -> Table:  # noqa: ANN001
                 if c is not None and rows < 12:
                     rows += 1
                     latest.add_row(f"{ex}:{sym}", c.interval, time.strftime("%H:%M", time.gmtime(c.open_time / 1000)), f"{c.open:g}", f"{c.high:g}", f"{c.low:g}", f"{c.close:g}", f"{c.volume:.4g}", str(c.trade_count))
-        t.add_row(latest)
-    return t
+        return Group(t, latest)
+    return Group(t)
 
 
 @app.command()
