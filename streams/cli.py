@@ -171,7 +171,7 @@ def run(
 
     Example: tickflow run --source replay:../shared/data/tardis_binance_futures_btcusdt/tardis_trades_binance-futures_BTCUSDT_2020-02-22.csv --until-drained
     """
-    from streams.pipeline import DrainStalled, RunStatus, kafka, run_pipeline
+    from streams.pipeline import DrainStalled, RunStatus, SinkFailed, kafka, run_pipeline
 
     settings = get_settings()
     _setup(settings)
@@ -192,8 +192,8 @@ def run(
     try:
         with kafka(settings) as s:
             asyncio.run(main(s))
-    except DrainStalled as exc:
-        console.print(f"[red]not drained:[/] {exc}")
+    except (DrainStalled, SinkFailed) as exc:
+        console.print(f"[red]{'not drained' if isinstance(exc, DrainStalled) else 'sink failed'}:[/] {exc}")
         raise typer.Exit(1) from exc
     if until_drained and status.ingest is not None:
         console.print(f"drained: {status.ingest.trades:,} trades, {status.ingest.rejected:,} rejected")
@@ -201,7 +201,7 @@ def run(
 
 @app.command()
 def worker() -> None:
-    """Run the Faust worker (candle agent) alone; several workers share the ticks partitions.
+    """Run the Faust worker (candle and indicator agents) alone; several workers share the partitions.
 
     Example: KAFKA_BOOTSTRAP=kafka:9092 tickflow worker
     """

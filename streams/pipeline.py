@@ -263,20 +263,34 @@ async def run_pipeline(
             status.source_done = True
             await _drain(settings, worker, indicator_worker, sink_processes, stop)
         else:
-            waiters = [asyncio.create_task(stop.wait())] + ([ingest_task] if ingest_task else [])
-            done, _ = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-            if ingest_task in done:
-                status.ingest = ingest_task.result()
-                status.source_done = True
-                await stop.wait()
-            elif ingest_task is not None:
-                ingest_task.cancel()
+            stopped = asyncio.create_task(stop.wait())
+            watch = asyncio.create_task(_watch(sink_processes))
+            try:
+                done, _ = await asyncio.wait([stopped, watch, *([ingest_task] if ingest_task else [])], return_when=asyncio.FIRST_COMPLETED)
+                if ingest_task in done:
+                    status.ingest = ingest_task.result()
+                    status.source_done = True
+                    done, _ = await asyncio.wait([stopped, watch], return_when=asyncio.FIRST_COMPLETED)
+                if watch in done:
+                    watch.result()  # raises SinkFailed
+            finally:
+                for task in (stopped, watch, ingest_task):
+                    if task is not None and not task.done():
+                        task.cancel()
     finally:
         await app.stop()
         if sink_processes is not None:
             await loop.run_in_executor(None, sink_processes.close)
         await loop.run_in_executor(None, producer.close)
     return status
+
+
+async def _watch(sinks: SinkProcesses | None) -> None:
+    """Raise SinkFailed when a sink process ends on its own; forever when there are none."""
+    while True:
+        if sinks is not None:
+            sinks.check()
+        await asyncio.sleep(1.0)
 
 
 async def _drain(

@@ -206,3 +206,11 @@ def test_sigkill_mid_replay_then_restart_equals_uninterrupted_run_candles_and_in
     finally:
         drop_database(db_a)
         drop_database(db_b)
+
+
+def test_a_sink_that_cannot_open_its_store_fails_the_run_with_its_name(topics: Settings, tmp_path: Path) -> None:
+    env = env_for(topics, data_dir=tmp_path / "a", database=None)
+    env["CLICKHOUSE_URL"] = "http://127.0.0.1:1/default"  # nothing listens there
+    run = tickflow("run", "--no-source", "--until-drained", "--quiet", env=env, timeout=120)
+    assert run.returncode == 1, run.stderr[-3000:]
+    assert "sink failed:" in run.stderr and "sink clickhouse exited" in run.stderr
