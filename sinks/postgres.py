@@ -57,22 +57,31 @@ CREATE TEMP TABLE IF NOT EXISTS stage_candles (
 ) ON COMMIT DELETE ROWS"""
 _CANDLE_TYPES = ["int8", "text", "text", "text", "int8", "int8"] + ["float8"] * 6 + ["int8", "float8", "float8", "text", "text", "bool", "int4"]
 _KEY = 'exchange, symbol, "interval", open_time'
+_KEY_COLUMNS = {"exchange", "symbol", "interval", "open_time"}
 _TIMES = {"open_time", "close_time"}
-_COLS = ", ".join('"interval"' if c == "interval" else c for c in CANDLE_COLUMNS)
-_SELECT = ", ".join(
-    f"TIMESTAMPTZ 'epoch' + {c} * INTERVAL '1 millisecond' AS {c}" if c in _TIMES else ('"interval"' if c == "interval" else c)
-    for c in CANDLE_COLUMNS
-)
-_UPDATE = ", ".join(f"{c} = EXCLUDED.{c}" for c in CANDLE_COLUMNS if c not in {"exchange", "symbol", "interval", "open_time"})
-# Within a batch the highest revision of a window wins, and among equal revisions the last in
-# Kafka order (seq); against the table only a strictly higher revision replaces the stored row.
-_INSERT_CANDLES = f"""
-INSERT INTO candles ({_COLS})
-SELECT DISTINCT ON ({_KEY}) {_SELECT}
-FROM stage_candles
-ORDER BY {_KEY}, revision DESC, seq DESC
-ON CONFLICT ({_KEY}) DO UPDATE SET {_UPDATE}
-WHERE candles.revision < EXCLUDED.revision"""
+
+
+def _quoted(column: str) -> str:
+    return '"interval"' if column == "interval" else column
+
+
+def _upsert(table: str, stage: str, columns: tuple[str, ...], version: str, replaces: str) -> str:
+    """``INSERT ... SELECT`` from a staging table: within a batch the highest ``version`` of a key
+    wins, then the last in Kafka order (``seq``); against the table a row is replaced when its
+    ``version`` stands in relation ``replaces`` to the new one. Integer ms times become timestamptz."""
+    select = ", ".join(f"TIMESTAMPTZ 'epoch' + {c} * INTERVAL '1 millisecond' AS {c}" if c in _TIMES else _quoted(c) for c in columns)
+    update = ", ".join(f"{c} = EXCLUDED.{c}" for c in columns if c not in _KEY_COLUMNS)
+    return f"""
+INSERT INTO {table} ({", ".join(map(_quoted, columns))})
+SELECT DISTINCT ON ({_KEY}) {select}
+FROM {stage}
+ORDER BY {_KEY}, {version} DESC, seq DESC
+ON CONFLICT ({_KEY}) DO UPDATE SET {update}
+WHERE {table}.{version} {replaces} EXCLUDED.{version}"""
+
+
+# Against the table only a strictly higher revision replaces a stored candle.
+_INSERT_CANDLES = _upsert("candles", "stage_candles", CANDLE_COLUMNS, "revision", "<")
 
 
 _STAGE_INDICATORS = f"""
@@ -81,21 +90,8 @@ CREATE TEMP TABLE IF NOT EXISTS stage_indicators (
     {", ".join(f"{c} float8" for c in INDICATOR_COLUMNS[6:])}
 ) ON COMMIT DELETE ROWS"""
 _INDICATOR_TYPES = ["int8", "text", "text", "text", "int8", "float8", "int4"] + ["float8"] * (len(INDICATOR_COLUMNS) - 6)
-_ICOLS = ", ".join('"interval"' if c == "interval" else c for c in INDICATOR_COLUMNS)
-_ISELECT = ", ".join(
-    "TIMESTAMPTZ 'epoch' + open_time * INTERVAL '1 millisecond' AS open_time" if c == "open_time" else ('"interval"' if c == "interval" else c)
-    for c in INDICATOR_COLUMNS
-)
-_IUPDATE = ", ".join(f"{c} = EXCLUDED.{c}" for c in INDICATOR_COLUMNS if c not in {"exchange", "symbol", "interval", "open_time"})
-# Within a batch the highest candle revision of a window wins, then the last in Kafka order (seq);
-# against the table a newer or equal candle revision replaces the row (see the module docstring).
-_INSERT_INDICATORS = f"""
-INSERT INTO technical_metrics ({_ICOLS})
-SELECT DISTINCT ON ({_KEY}) {_ISELECT}
-FROM stage_indicators
-ORDER BY {_KEY}, candle_revision DESC, seq DESC
-ON CONFLICT ({_KEY}) DO UPDATE SET {_IUPDATE}
-WHERE technical_metrics.candle_revision <= EXCLUDED.candle_revision"""
+# A newer or equal candle revision replaces the row (see the module docstring).
+_INSERT_INDICATORS = _upsert("technical_metrics", "stage_indicators", INDICATOR_COLUMNS, "candle_revision", "<=")
 
 
 class PostgresSink(Sink):
@@ -150,7 +146,7 @@ def _copy(cur: psycopg.Cursor[Any], create: str, table: str, columns: tuple[str,
 
 
 _RECENT_CANDLES = f"""
-SELECT {", ".join(f"(extract(epoch FROM {c}) * 1000)::int8" if c in _TIMES else ('"interval"' if c == "interval" else c) for c in CANDLE_COLUMNS)}
+SELECT {", ".join(f"(extract(epoch FROM {c}) * 1000)::int8" if c in _TIMES else _quoted(c) for c in CANDLE_COLUMNS)}
 FROM candles
 WHERE exchange = %s AND symbol = %s AND "interval" = %s AND open_time < TIMESTAMPTZ 'epoch' + %s * INTERVAL '1 millisecond'
 ORDER BY open_time DESC
