@@ -21,7 +21,7 @@ from prometheus_client import Counter, Gauge
 from agents.candles import BookOutput, CandleBook, CandleConfig
 from schemas.codec import DecodeError, codec_for
 from schemas.models import DeadLetter, TradeBatch
-from streams.checkpoint import CheckpointedAgent, CheckpointWriter, admit, input_start, load_checkpoint, register_checkpointed_agent
+from streams.checkpoint import CheckpointedAgent, CheckpointWriter, Position, admit, input_start, load_checkpoint, register_checkpointed_agent
 from streams.producer import TickProducer
 from streams.settings import Settings
 from streams.sources.base import now_us
@@ -46,13 +46,10 @@ def candle_config(settings: Settings) -> CandleConfig:
 
 
 @dataclass
-class PartitionState:
+class PartitionState(Position):
     book: CandleBook
-    next_offset: int | None = None  # next ticks offset the book expects; None = take what comes
-    seeking: bool = False
     last_input: float = field(default_factory=time.monotonic)
     dirty: set[tuple[str, str, str]] = field(default_factory=set)
-    changed: bool = False
     idle_closed: bool = True
 
 

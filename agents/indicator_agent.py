@@ -27,7 +27,7 @@ from agents.indicators import IndicatorConfig, IndicatorEngine, IndicatorError
 from schemas.codec import DecodeError, codec_for
 from schemas.models import Candle, DeadLetter
 from sinks.postgres import PostgresCandleHistory
-from streams.checkpoint import CheckpointedAgent, CheckpointWriter, admit, input_start, load_checkpoint, register_checkpointed_agent
+from streams.checkpoint import CheckpointedAgent, CheckpointWriter, Position, admit, input_start, load_checkpoint, register_checkpointed_agent
 from streams.producer import TickProducer
 from streams.settings import Settings
 from streams.sources.base import now_us
@@ -67,11 +67,8 @@ def indicator_config(settings: Settings) -> IndicatorConfig:
 
 
 @dataclass
-class PartitionState:
+class PartitionState(Position):
     engine: IndicatorEngine
-    next_offset: int | None = None  # next candles offset the engine expects; None = take what comes
-    seeking: bool = False
-    changed: bool = False
 
 
 class IndicatorWorker(CheckpointWriter):

@@ -70,11 +70,14 @@ def load_checkpoint(settings: Settings, topic: str, partition: int, timeout: flo
         consumer.close()
 
 
-class Position(Protocol):
-    """Where a partition's state stands in its input: the next offset it expects, and a pending seek."""
+@dataclass(kw_only=True)
+class Position:
+    """Where a partition's state stands in its input: the next offset it expects, a pending seek,
+    and whether the state changed since its last checkpoint. Each worker's partition state extends it."""
 
-    next_offset: int | None  # None: no checkpoint yet, take what comes
-    seeking: bool
+    next_offset: int | None = None  # None: take what comes
+    seeking: bool = False
+    changed: bool = False
 
 
 def admit(pos: Position, partition: int, offset: int) -> tuple[bool, int | None]:
