@@ -32,7 +32,7 @@ from rich.table import Table
 
 from streams.broker import EmbeddedBroker, free_port
 from streams.settings import Settings
-from streams.topics import end_offsets, ensure_topics
+from streams.topics import end_offsets, ensure_topics, isolated
 
 T = TypeVar("T")
 console = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
@@ -102,22 +102,15 @@ def tag() -> str:
 
 def fresh_settings(bootstrap: str, data_dir: Path, *, ticks: str | None = None, **overrides: Any) -> Settings:
     """Settings with unique topics (created) and app id; ``ticks`` reuses an existing ticks topic."""
-    t = tag()
-    settings = Settings(
+    base = Settings(
         kafka_bootstrap=bootstrap,
-        topic_ticks=ticks or f"bench-ticks-{t}",
-        topic_candles=f"bench-candles-{t}",
-        topic_indicators=f"bench-indicators-{t}",
-        topic_dlq=f"bench-dlq-{t}",
-        topic_late_trades=f"bench-late-{t}",
-        topic_candle_state=f"bench-candles-state-{t}",
-        topic_indicator_state=f"bench-indicators-state-{t}",
-        topic_candle_updates=f"bench-candles-live-{t}",
-        app_id=f"tickflow-bench-{t}",
         tickflow_data_dir=data_dir,
         metrics_port=0,
         **{"log_level": "WARNING", **overrides},  # sink processes log at this level: the report stays readable
     )
+    settings = isolated(base, f"bench-{tag()}")
+    if ticks:
+        settings = settings.model_copy(update={"topic_ticks": ticks})
     ensure_topics(settings)
     return settings
 

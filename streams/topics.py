@@ -6,6 +6,7 @@ partition p of every derived topic too (co-partitioning).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import structlog
@@ -39,6 +40,15 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
         TopicSpec(settings.topic_candle_state, n, {"cleanup.policy": "compact"}),
         TopicSpec(settings.topic_indicator_state, n, {"cleanup.policy": "compact"}),
     ]
+
+
+def isolated(settings: Settings, tag: str, *, keep: Iterable[str] = ()) -> Settings:
+    """``settings`` with every topic (but the ``topic_*`` fields in ``keep``) and the app id suffixed
+    with ``tag``: runs sharing a broker, as tests and benchmarks do, never see each other's records
+    or consumer groups, whatever topics later steps add."""
+    update: dict[str, str] = {f: f"{getattr(settings, f)}-{tag}" for f in Settings.model_fields if f.startswith("topic_") and f not in keep}
+    update["app_id"] = f"{settings.app_id}-{tag}"
+    return settings.model_copy(update=update)
 
 
 def admin(settings: Settings) -> AdminClient:

@@ -40,23 +40,11 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> str:
 @pytest.fixture
 def topics(kafka_bootstrap: str, tmp_path: Path) -> Settings:
     """Settings with unique topic names and app id on the session broker, topics created."""
-    from streams.topics import ensure_topics
+    from streams.topics import ensure_topics, isolated
 
-    tag = uuid.uuid4().hex[:8]
-    settings = Settings(
-        kafka_bootstrap=kafka_bootstrap,
-        topic_ticks=f"ticks-{tag}",
-        topic_candles=f"candles-{tag}",
-        topic_indicators=f"indicators-{tag}",
-        topic_dlq=f"dlq-{tag}",
-        topic_late_trades=f"late-trades-{tag}",
-        topic_candle_state=f"candles-state-{tag}",
-        topic_indicator_state=f"indicators-state-{tag}",
-        topic_candle_updates=f"candles-live-{tag}",
-        ticks_partitions=4,
-        app_id=f"tickflow-{tag}",
-        tickflow_data_dir=tmp_path / "data",
-        metrics_port=0,
+    settings = isolated(
+        Settings(kafka_bootstrap=kafka_bootstrap, ticks_partitions=4, tickflow_data_dir=tmp_path / "data", metrics_port=0),
+        uuid.uuid4().hex[:8],
     )
     ensure_topics(settings)
     return settings

@@ -47,21 +47,15 @@ def drop_database(name: str) -> None:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-def env_for(settings: Settings, *, data_dir: Path, database: str | None, redis_url: str = "", **topics: str) -> dict[str, str]:
+def env_for(settings: Settings, *, data_dir: Path, database: str | None, redis_url: str = "") -> dict[str, str]:
+    """The environment of a ``tickflow`` subprocess on ``settings``' broker, topics and app id."""
     env = dict(os.environ)
+    env.update({f.upper(): getattr(settings, f) for f in Settings.model_fields if f.startswith("topic_")})
     env.update(
         {
             "KAFKA_BOOTSTRAP": settings.bootstrap,
-            "TOPIC_TICKS": settings.topic_ticks,
-            "TOPIC_CANDLES": topics.get("candles", settings.topic_candles),
-            "TOPIC_CANDLE_STATE": topics.get("state", settings.topic_candle_state),
-            "TOPIC_INDICATOR_STATE": topics.get("indicator_state", settings.topic_indicator_state),
-            "TOPIC_CANDLE_UPDATES": topics.get("candle_updates", settings.topic_candle_updates),
-            "TOPIC_DLQ": settings.topic_dlq,
-            "TOPIC_LATE_TRADES": settings.topic_late_trades,
-            "TOPIC_INDICATORS": topics.get("indicators", settings.topic_indicators),
             "TICKS_PARTITIONS": str(settings.ticks_partitions),
-            "APP_ID": topics.get("app_id", settings.app_id),
+            "APP_ID": settings.app_id,
             "TICKFLOW_DATA_DIR": str(data_dir),
             "DATABASE_URL": f"postgresql://127.0.0.1:5432/{database}" if database else "",
             "REDIS_URL": redis_url,
@@ -159,32 +153,20 @@ def _ms(value: str) -> int:
 def test_sigkill_mid_replay_then_restart_equals_uninterrupted_run_candles_and_indicators(xrp_ticks: Settings, tmp_path: Path) -> None:
     db_a, db_b = fresh_database(), fresh_database()
     try:
-        from streams.topics import ensure_topics
+        from streams.topics import ensure_topics, isolated
 
-        tag = uuid.uuid4().hex[:6]
-        b_topics = {
-            "candles": f"candles-b-{tag}", "state": f"state-b-{tag}", "indicators": f"ind-b-{tag}",
-            "indicator_state": f"ind-state-b-{tag}", "app_id": f"tickflow-b-{tag}",
-        }  # fmt: skip
-        ensure_topics(
-            xrp_ticks.model_copy(
-                update={
-                    "topic_candles": b_topics["candles"], "topic_candle_state": b_topics["state"],
-                    "topic_indicators": b_topics["indicators"], "topic_indicator_state": b_topics["indicator_state"],
-                }  # fmt: skip
-            )
-        )
+        crashed = isolated(xrp_ticks, "b", keep=("topic_ticks",))  # the same trades, everything else its own
+        ensure_topics(crashed)
         env_a = env_for(xrp_ticks, data_dir=tmp_path / "a", database=db_a)
-        env_b = env_for(xrp_ticks, data_dir=tmp_path / "b", database=db_b, **b_topics)
+        env_b = env_for(crashed, data_dir=tmp_path / "b", database=db_b)
 
         uninterrupted = tickflow("run", "--no-source", "--until-drained", "--quiet", env=env_a)
         assert uninterrupted.returncode == 0, uninterrupted.stderr[-3000:]
 
         proc = subprocess.Popen([sys.executable, "-m", "streams", "run", "--no-source", "--quiet"], env=env_b, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        crashed_settings = xrp_ticks.model_copy(update={"topic_candles": b_topics["candles"]})
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
-            emitted = sum(hi for _, _, hi in end_offsets(crashed_settings).get(b_topics["candles"], []))
+            emitted = sum(hi for _, _, hi in end_offsets(crashed).get(crashed.topic_candles, []))
             if emitted >= 1500:
                 break
             time.sleep(0.1)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-import uuid
 from pathlib import Path
 
 import psycopg
@@ -50,7 +49,6 @@ def test_replay_until_drained_fills_technical_metrics_equal_to_the_engine(xrp_ti
     db = fresh_database()
     try:
         env = env_for(xrp_ticks, data_dir=tmp_path / "a", database=db)
-        env["TOPIC_INDICATOR_STATE"] = f"indicators-state-{uuid.uuid4().hex[:8]}"
         run = tickflow("run", "--no-source", "--until-drained", "--quiet", env=env)
         assert run.returncode == 0, run.stderr[-3000:]
 
