@@ -29,7 +29,7 @@ from agents.indicator_agent import IndicatorWorker, register_indicator_agent
 from schemas.models import Candle
 from sinks.runner import SinkRunner, configured_sinks, open_sinks, sink_lag
 from streams.app import create_app
-from streams.broker import EmbeddedBroker, port_open
+from streams.broker import EmbeddedBroker
 from streams.ingest import IngestStats, run_ingest
 from streams.observability import configure_logging, serve_metrics
 from streams.producer import TickProducer

@@ -138,7 +138,7 @@ def test_replay_until_drained_fills_both_stores_equal_to_the_engine(xrp_ticks: S
         one_minute = [c for c in want.values() if c.interval == "1m"]
         assert len(one_minute) == 3560  # every minute of the exchange's own klines, flat ones included
 
-        latest = r.get(f"latest:candles:binance:XRP/ETH:1m")
+        latest = r.get("latest:candles:binance:XRP/ETH:1m")
         assert latest is not None and json.loads(latest)["symbol"] == "XRP/ETH"
     finally:
         drop_database(db)
