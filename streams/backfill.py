@@ -11,7 +11,6 @@ the topic is a log and gets the candles again, which its consumers treat as re-d
 
 from __future__ import annotations
 
-import asyncio
 import difflib
 import random
 from collections.abc import Callable
@@ -23,6 +22,7 @@ import ccxt
 import ccxt.async_support
 import ccxt.pro
 import structlog
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
 
 from schemas.codec import codec_for
 from schemas.models import Candle
@@ -91,10 +91,9 @@ async def fetch_ohlcv_history(
     rows: list[list[Any]] = []
     since = since_ms
     while until_ms is None or since <= until_ms:
-        page = await _with_retries(
-            lambda s=since: exchange.fetch_ohlcv(symbol, timeframe, since=s, limit=limit, params=dict(params)),
-            exchange.id, symbol, retries, min_backoff, max_backoff,
-        )
+        async for attempt in _retrying(exchange.id, symbol, retries, min_backoff, max_backoff):
+            with attempt:
+                page = await exchange.fetch_ohlcv(symbol, timeframe, since=since, limit=limit, params=dict(params))
         fresh = [r for r in page if r[0] >= since and (until_ms is None or r[0] <= until_ms)]
         if not fresh:
             break
@@ -136,23 +135,22 @@ def candle_from_ohlcv(
     )
 
 
-async def _with_retries(
-    call: Any, exchange_id: str, symbol: str, retries: int, min_backoff: float, max_backoff: float
-) -> Any:
-    attempt = 0
-    while True:
-        try:
-            return await call()
-        except TRANSIENT_ERRORS as e:
-            attempt += 1
-            if attempt > retries:
-                raise
-            delay = backoff_delay(attempt, min_backoff, max_backoff)
-            log.warning(
-                "backfill_retry", exchange=exchange_id, symbol=symbol, attempt=attempt,
-                delay_s=round(delay, 3), error=repr(e),
-            )
-            await asyncio.sleep(delay)
+def _retrying(exchange_id: str, symbol: str, retries: int, min_backoff: float, max_backoff: float) -> AsyncRetrying:
+    """Transient errors retried ``retries`` times with backoff, each logged; then the last one is raised."""
+
+    def before_sleep(state: RetryCallState) -> None:
+        log.warning(
+            "backfill_retry", exchange=exchange_id, symbol=symbol, attempt=state.attempt_number,
+            delay_s=round(state.upcoming_sleep, 3), error=repr(state.outcome.exception() if state.outcome else None),
+        )
+
+    return AsyncRetrying(
+        retry=retry_if_exception_type(TRANSIENT_ERRORS),
+        stop=stop_after_attempt(retries + 1),
+        wait=lambda state: backoff_delay(state.attempt_number, min_backoff, max_backoff),
+        before_sleep=before_sleep,
+        reraise=True,
+    )
 
 
 class BackfillError(Exception):
@@ -327,7 +325,9 @@ async def run_backfill(
         if problem is not None:
             raise BackfillError(problem)
         try:
-            await _with_retries(exchange.load_markets, exchange.id, "*", 5, 1.0, 30.0)
+            async for attempt in _retrying(exchange.id, "*", 5, 1.0, 30.0):
+                with attempt:
+                    await exchange.load_markets()
         except ccxt.BaseError as exc:
             raise BackfillError(f"cannot load {exchange.id} markets: {type(exc).__name__}: {exc}") from exc
         with kafka(settings) as connected, CandleOutput(connected) as output:

@@ -7,9 +7,12 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+import ccxt
 import pytest
+from structlog.testing import CapturingLogger
 
 from schemas.models import Candle
+from streams import backfill
 from streams.backfill import fetch_ohlcv_history, open_exchange
 from tests.fake_exchange import MINUTE_MS, FakeBinance, xrpeth_klines_1m
 
@@ -54,6 +57,20 @@ async def test_pages_to_the_latest_and_retries_a_429(served: Any) -> None:
     candles = await fetch_ohlcv_history(exchange, "XRP/ETH", "1m", rows[-150][0] - 30_000, limit=100, min_backoff=0.01)
     assert candles == [as_candle(r) for r in rows[-150:]]
     assert len(kline_requests(fake)) == 1 + 3  # the 429, two full pages, and the empty one that ends it
+
+
+async def test_gives_up_with_the_last_error_after_logging_each_retry(served: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    fake, exchange, rows = served
+    logged = CapturingLogger()
+    monkeypatch.setattr(backfill, "log", logged)
+    fake.fail_next("/api/v3/klines", 429, times=3)
+    with pytest.raises(ccxt.DDoSProtection):
+        await fetch_ohlcv_history(exchange, "XRP/ETH", "1m", rows[0][0], retries=2, min_backoff=0.01, max_backoff=0.015)
+    assert len(kline_requests(fake)) == 3
+    retries = [c.kwargs for c in logged.calls if c.method_name == "warning" and c.args == ("backfill_retry",)]
+    assert [(r["exchange"], r["symbol"], r["attempt"]) for r in retries] == [("binance", "XRP/ETH", 1), ("binance", "XRP/ETH", 2)]
+    assert 0.005 <= retries[0]["delay_s"] <= 0.01 and 0.0075 <= retries[1]["delay_s"] <= 0.015  # doubled, capped
+    assert all(r["error"].startswith("DDoSProtection(") for r in retries)
 
 
 async def test_only_closed_windows_are_final() -> None:

@@ -8,9 +8,11 @@ from typing import Any
 
 import pytest
 from prometheus_client import REGISTRY
+from structlog.testing import CapturingLogger
 
 from schemas.models import Trade, TradeBatch
 from streams.sources.base import BadInput
+from streams.sources import ccxt_live
 from streams.sources.ccxt_live import CcxtSource, parse_trade
 from tests.fake_exchange import FakeBinance, btcusdt_agg_trades, retime, wait_for, xrpeth_agg_trades
 
@@ -218,6 +220,25 @@ async def test_malformed_trade_becomes_bad_input_and_stream_goes_on() -> None:
     assert "bad price None" in bad[0].reason and "XRP/ETH" in bad[0].reason
     assert json.loads(bad[0].payload) == {"e": "aggTrade", "E": broken["T"], "s": "XRPETH", **broken}
     assert c.trades == [expected_trade(t) for i, t in enumerate(recorded) if i != 10]
+
+
+async def test_loading_markets_outwaits_rate_limits(monkeypatch: pytest.MonkeyPatch) -> None:
+    logged = CapturingLogger()
+    monkeypatch.setattr(ccxt_live, "log", logged)
+    before = reconnects()
+    async with FakeBinance() as fake:
+        fake.fail_next("/api/v3/exchangeInfo", 429, times=2)
+        source = make_source(fake, ["XRP/ETH"], mode="rest")
+        try:
+            await source._start()
+        finally:
+            await source.aclose()
+    assert [p for p, _ in fake.requests].count("/api/v3/exchangeInfo") == 3
+    assert reconnects() == before + 2
+    retries = [c.kwargs for c in logged.calls if c.method_name == "warning" and c.args == ("source_retry",)]
+    assert [(r["exchange"], r["symbol"], r["attempt"]) for r in retries] == [("binance", None, 1), ("binance", None, 2)]
+    assert 0.025 <= retries[0]["delay_s"] <= 0.05 and 0.05 <= retries[1]["delay_s"] <= 0.1  # doubling from min_backoff
+    assert all(r["error"].startswith("DDoSProtection: ") for r in retries)
 
 
 async def test_unknown_symbol_fails_fast_with_suggestion() -> None:

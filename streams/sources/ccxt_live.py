@@ -22,6 +22,7 @@ from typing import Any, Literal
 import orjson
 import structlog
 from prometheus_client import Counter
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
 
 from schemas.models import Trade, TradeBatch
 from streams.backfill import TRANSIENT_ERRORS, backoff_delay, open_exchange
@@ -353,23 +354,35 @@ class CcxtSource(Source):
             await self._queue.put(TradeBatch(self.exchange_id, symbol, now_us(), trades))
 
     async def _retrying(self, symbol: str | None, call: Any) -> Any:
-        attempt = 0
-        while True:
-            try:
+        """``await call()``, retrying transient errors without end: a live source outwaits any outage."""
+
+        def before_sleep(state: RetryCallState) -> None:
+            error = state.outcome.exception() if state.outcome else None
+            self._retried(symbol, error, state.attempt_number, state.upcoming_sleep)
+
+        async for attempt in AsyncRetrying(
+            retry=retry_if_exception_type(TRANSIENT_ERRORS),
+            wait=lambda state: backoff_delay(state.attempt_number, self.min_backoff, self.max_backoff),
+            before_sleep=before_sleep,
+        ):
+            with attempt:
                 return await call()
-            except TRANSIENT_ERRORS as e:
-                attempt += 1
-                await self._pause(symbol, e, attempt)
 
     async def _pause(self, symbol: str | None, error: Exception, attempt: int, *, count: bool = True) -> None:
         delay = backoff_delay(attempt, self.min_backoff, self.max_backoff)
+        self._retried(symbol, error, attempt, delay, count=count)
+        await asyncio.sleep(delay)
+
+    def _retried(
+        self, symbol: str | None, error: BaseException | None, attempt: int, delay: float, *, count: bool = True
+    ) -> None:
+        """Log a retry; ``count=False`` when the socket hook already counted the loss."""
         if count:
             RECONNECTS.labels(self.exchange_id).inc()
         log.warning(
             "source_retry", exchange=self.exchange_id, symbol=symbol, attempt=attempt,
             delay_s=round(delay, 3), error=f"{type(error).__name__}: {error}",
         )
-        await asyncio.sleep(delay)
 
 
 def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
