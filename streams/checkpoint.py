@@ -26,8 +26,13 @@ from streams.topics import high_watermarks
 log = structlog.get_logger(__name__)
 
 
+def serialize_checkpoint(offset: int, state: dict[str, Any]) -> bytes:
+    """The uncompressed checkpoint: taking it is what must not overlap a change of the state."""
+    return orjson.dumps({"offset": offset, "state": state})
+
+
 def encode_checkpoint(offset: int, state: dict[str, Any]) -> bytes:
-    return zlib.compress(orjson.dumps({"offset": offset, "state": state}), 3)
+    return zlib.compress(serialize_checkpoint(offset, state), 3)
 
 
 def decode_checkpoint(data: bytes) -> tuple[int, dict[str, Any]]:
@@ -110,7 +115,9 @@ class CheckpointedWorker(Protocol):
 
     def handle(self, partition: int, offset: int, key: bytes | None, value: bytes | None) -> int | None: ...
 
-    def write_checkpoints(self, partitions: list[int] | None = None) -> int: ...
+    def snapshots(self, partitions: list[int] | None = None) -> list[tuple[int, bytes]]: ...
+
+    def write_snapshots(self, snapshots: list[tuple[int, bytes]]) -> int: ...
 
 
 class CheckpointWriter:
@@ -125,23 +132,29 @@ class CheckpointWriter:
         """The checkpointed form of one partition's state."""
         raise NotImplementedError
 
-    def checkpoints(self, partitions: list[int] | None = None) -> list[tuple[int, bytes]]:
-        """Checkpoint records of the partitions whose state changed since their last checkpoint."""
+    def snapshots(self, partitions: list[int] | None = None) -> list[tuple[int, bytes]]:
+        """Serialized (next offset, state) of the partitions whose state changed since their last
+        checkpoint. Called where records are handled (the event loop), never beside it: state and
+        offset must come from between two records."""
         out = []
         for p in partitions if partitions is not None else list(self.parts):
             ps = self.parts.get(p)
             if ps is not None and ps.changed and ps.next_offset is not None:
-                out.append((p, encode_checkpoint(ps.next_offset, self.state(ps))))
+                out.append((p, serialize_checkpoint(ps.next_offset, self.state(ps))))
                 ps.changed = False
         return out
 
-    def write_checkpoints(self, partitions: list[int] | None = None) -> int:
-        """Write checkpoints and wait until they and every output before them are durable (blocking)."""
-        records = self.checkpoints(partitions)
-        for p, data in records:
-            self.producer.produce(self.state_topic, str(p), data, partition=p)
+    def write_snapshots(self, snapshots: list[tuple[int, bytes]]) -> int:
+        """Compress and write snapshots, and wait until they and every output before them are
+        durable (blocking: run in an executor)."""
+        for p, raw in snapshots:
+            self.producer.produce(self.state_topic, str(p), zlib.compress(raw, 3), partition=p)
         self.producer.flush()
-        return len(records)
+        return len(snapshots)
+
+    def write_checkpoints(self, partitions: list[int] | None = None) -> int:
+        """Snapshot and write in one blocking call, for callers outside the agent's event loop."""
+        return self.write_snapshots(self.snapshots(partitions))
 
 
 def input_start(settings: Settings, topic: str, partition: int, timeout: float = 10.0) -> int:
@@ -191,7 +204,8 @@ def register_checkpointed_agent(
 
     async def write_checkpoints(partitions: list[int] | None = None) -> None:
         async with checkpoint_lock:
-            await asyncio.get_running_loop().run_in_executor(None, worker.write_checkpoints, partitions)
+            snapshots = worker.snapshots(partitions)  # here, between records; a thread would read state being changed
+            await asyncio.get_running_loop().run_in_executor(None, worker.write_snapshots, snapshots)
 
     async def loaded(partition: int) -> bool:
         """Make sure ``partition`` has state; True when it was loaded just now."""
