@@ -55,6 +55,7 @@ LAG = Gauge("tickflow_sink_lag", "Records in the sink's topics not yet committed
 
 
 LAG_EVERY_S = 10.0  # how often run() refreshes the lag gauge
+COMMIT_EVERY_S = 1.0  # longest written offsets wait for their commit while records keep coming
 _CONSUMER_ONLY = frozenset({"group.id", "enable.auto.commit", "auto.offset.reset", "session.timeout.ms", "fetch.wait.max.ms"})
 
 
@@ -158,6 +159,7 @@ class SinkRunner:
         self._consumer.subscribe(list(self._specs), on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_revoke)
         self._pending: list[_Record] = []
         self._to_commit: dict[tuple[str, int], int] = {}
+        self._next_commit = 0.0
         self._stop = threading.Event()
         self._closed = False
 
@@ -215,7 +217,7 @@ class SinkRunner:
         """Leave the consumer group; the sink itself is closed by its owner."""
         if not self._closed:
             self._closed = True
-            self._consumer.close()
+            self._consumer.close()  # commits what is written, through _on_revoke
             self._lag = None  # destroys the admin client's librdkafka handle now rather than at garbage collection
 
     def __enter__(self) -> SinkRunner:
@@ -229,7 +231,7 @@ class SinkRunner:
     def _cycle(self) -> int:
         """Collect one batch, write and commit it; return the number of records consumed."""
         n = self._poll_batch()
-        self._flush()
+        self._flush(commit=n == 0 or time.monotonic() >= self._next_commit)
         return n
 
     def _poll_batch(self) -> int:
@@ -275,7 +277,11 @@ class SinkRunner:
 
     # -- write
 
-    def _flush(self) -> None:
+    def _flush(self, *, commit: bool = True) -> None:
+        """Write the pending records; commit written offsets when ``commit`` (at most every
+        ``COMMIT_EVERY_S`` while records flow: a synchronous commit per short batch would stall the
+        realtime sink on a broker round trip and load the broker; a crash re-writes at most that
+        much, idempotently)."""
         records = self._pending
         if records:
             for rec in records:
@@ -287,7 +293,8 @@ class SinkRunner:
                 self._to_commit[_tp(rec.msg)] = rec.msg.offset() + 1
             RECORDS.labels(self.sink.name).inc(len(records))
             self._pending = []
-        self._commit()
+        if commit:
+            self._commit()
 
     def _write_isolating(self, records: list[_Record]) -> None:
         """Write the records; on DataRejected split in halves until the rejected ones are alone."""
@@ -370,6 +377,8 @@ class SinkRunner:
 
     def _commit(self, only: set[tuple[str, int]] | None = None) -> None:
         """Commit written offsets synchronously; a failure keeps them for the next attempt."""
+        if only is None:
+            self._next_commit = time.monotonic() + COMMIT_EVERY_S
         todo = {k: v for k, v in self._to_commit.items() if only is None or k in only}
         if not todo:
             return
