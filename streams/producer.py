@@ -52,23 +52,26 @@ class TickProducer:
         self._bytes_out: dict[str, Any] = {}  # BYTES_OUT children by topic: labels() on every record is costly
         self._polled = 0.0
 
-    def _on_delivery(self, err: KafkaError | None, msg: Message, started: float, topic: str) -> None:
+    def _on_delivery(self, err: KafkaError | None, msg: Message) -> None:
+        """One bound method for every record: a closure per record was a tenth of the worker's time."""
         if err is not None:
-            self._errors.append(f"{topic}: {err}")
-            log.error("delivery failed", topic=topic, error=str(err))
+            self._errors.append(f"{msg.topic()}: {err}")
+            log.error("delivery failed", topic=msg.topic(), error=str(err))
             return
         self.delivered += 1
-        PRODUCE_LATENCY.observe(time.perf_counter() - started)
+        latency = msg.latency()
+        if latency is not None:
+            PRODUCE_LATENCY.observe(latency)
 
     def produce(self, topic: str, key: str | bytes | None, value: bytes, partition: int | None = None) -> None:
-        self.check()
-        started = time.perf_counter()
-        kwargs: dict[str, Any] = {"key": key, "value": value, "on_delivery": lambda e, m: self._on_delivery(e, m, started, topic)}
-        if partition is not None:
-            kwargs["partition"] = partition
+        if self._errors:
+            self.check()
         while True:
             try:
-                self._producer.produce(topic, **kwargs)
+                if partition is None:
+                    self._producer.produce(topic, value, key, on_delivery=self._on_delivery)
+                else:
+                    self._producer.produce(topic, value, key, partition, on_delivery=self._on_delivery)
                 break
             except BufferError:  # local queue full: let deliveries drain
                 self._producer.poll(0.05)
@@ -76,8 +79,9 @@ class TickProducer:
         if counter is None:
             counter = self._bytes_out[topic] = BYTES_OUT.labels(topic)
         counter.inc(len(value))
-        if started - self._polled >= POLL_EVERY_S:
-            self._polled = started
+        now = time.monotonic()
+        if now - self._polled >= POLL_EVERY_S:
+            self._polled = now
             self._producer.poll(0)
 
     def dead_letter(self, letter: DeadLetter) -> None:
