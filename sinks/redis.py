@@ -3,11 +3,11 @@
 Each candle is PUBLISHed as JSON on ``candles:{exchange}:{symbol}:{interval}`` and the newest one per
 key is kept under ``latest:candles:{exchange}:{symbol}:{interval}`` for clients that connect between
 updates, expiring after three intervals (at least 60 s) so a stopped feed does not look live.
-One non-transactional pipeline per batch keeps it to one round trip.
+One Lua call per 500 records publishes them and sets their snapshots, all in one round trip.
 
 "Newest" is by window: a revision of an already closed window (a late trade) is published but must
 not replace the snapshot of the window after it. Within a batch the last candle of the newest window
-per key wins (Kafka keeps a key's order); across batches a small Lua script refuses to replace a
+per key wins (Kafka keeps a key's order); across batches the script refuses to replace a
 snapshot of a later window. Final candles (``candles``) and in-progress updates (``candles-live``)
 come from two topics, so their relative order is not kept: an update never replaces the snapshot of
 its window's final candle. Pub/sub is at-least-once: a replay re-publishes candles.
@@ -32,23 +32,36 @@ _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400, "M": 31 * 864
 _INTERVAL_RE = re.compile(r"^(\d+)([smhdwM])$")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 MIN_TTL_S = 60
+CHUNK = 500  # records per script call: one call blocks Redis while it runs
 
-# KEYS[1] snapshot key; ARGV: payload, open_time ms, ttl s, "1" when final (or not a candle).
-# Keeps a snapshot of a later window, and a final candle against an update of its own window.
-_SET_LATEST = """
-local cur = redis.call('GET', KEYS[1])
-if cur then
-  local ok, old = pcall(cjson.decode, cur)
-  if ok and type(old) == 'table' and tonumber(old['open_time']) then
-    local old_time, new_time = tonumber(old['open_time']), tonumber(ARGV[2])
-    -- final candles and in-progress updates come from two topics: a late update never hides its final
-    if old_time > new_time or (old_time == new_time and old['is_final'] == true and ARGV[4] == '0') then
-      return 0
+# One call per chunk of a batch: ARGV[1] = n, then n (channel, payload) pairs to PUBLISH in order,
+# then per snapshot key KEYS[k] four values: the index (0-based) of its payload among the
+# publishes, open_time ms, ttl s, "1" when final (or not a candle). A snapshot of a later window,
+# and a final candle against an update of its own window, are kept.
+_PUBLISH_AND_SNAPSHOT = """
+local n = tonumber(ARGV[1])
+for i = 0, n - 1 do
+  redis.call('PUBLISH', ARGV[2 + 2 * i], ARGV[3 + 2 * i])
+end
+local base = 2 + 2 * n
+for k = 1, #KEYS do
+  local a = base + 4 * (k - 1)
+  local new_time, final = tonumber(ARGV[a + 1]), ARGV[a + 3]
+  local keep = false
+  local cur = redis.call('GET', KEYS[k])
+  if cur then
+    local ok, old = pcall(cjson.decode, cur)
+    if ok and type(old) == 'table' and tonumber(old['open_time']) then
+      local old_time = tonumber(old['open_time'])
+      -- final candles and in-progress updates come from two topics: a late update never hides its final
+      keep = old_time > new_time or (old_time == new_time and old['is_final'] == true and final == '0')
     end
   end
+  if not keep then
+    redis.call('SET', KEYS[k], ARGV[3 + 2 * tonumber(ARGV[a])], 'EX', ARGV[a + 2])
+  end
 end
-redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[3])
-return 1
+return n
 """
 
 
@@ -105,7 +118,7 @@ class RedisSink(Sink):
 
     def __init__(self, url: str) -> None:
         self._redis = redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5, health_check_interval=30)
-        self._set_latest = self._redis.register_script(_SET_LATEST)
+        self._publish = self._redis.register_script(_PUBLISH_AND_SNAPSHOT)
 
     def write(self, batch: SinkBatch) -> None:
         if not batch.candles and not batch.indicators:
@@ -118,12 +131,17 @@ class RedisSink(Sink):
             raise DataRejected(str(exc)) from exc
         pipe = self._redis.pipeline(transaction=False)
         for kind, records, encoded in (("candles", batch.candles, payloads), ("indicators", batch.indicators, ind_payloads)):
-            for r, payload in zip(records, encoded, strict=True):
-                pipe.publish(f"{kind}:{r.key}", payload)
-            for key, i in latest_per_key(records).items():
-                r = records[i]
-                final = "0" if kind == "candles" and not r.is_final else "1"
-                self._set_latest(keys=[f"latest:{kind}:{key}"], args=[encoded[i], r.open_time, ttls[r.interval], final], client=pipe)
+            for start in range(0, len(records), CHUNK):
+                chunk = records[start : start + CHUNK]
+                publishes: list[bytes | str] = []
+                for r, payload in zip(chunk, encoded[start : start + CHUNK], strict=True):
+                    publishes += (f"{kind}:{r.key}", payload)
+                keys, snapshots = [], []
+                for key, i in latest_per_key(chunk).items():
+                    r = chunk[i]
+                    keys.append(f"latest:{kind}:{key}")
+                    snapshots += (i, r.open_time, ttls[r.interval], "0" if kind == "candles" and not r.is_final else "1")
+                self._publish(keys=keys, args=[len(chunk), *publishes, *snapshots], client=pipe)
         pipe.execute()
 
     def close(self) -> None:
