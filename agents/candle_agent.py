@@ -19,6 +19,7 @@ import structlog
 from prometheus_client import Counter, Gauge
 
 from agents.candles import BookOutput, CandleBook, CandleConfig
+from schemas.candle_wire import CandleWriter
 from schemas.codec import DecodeError, codec_for
 from schemas.models import DeadLetter, TradeBatch
 from streams.checkpoint import CheckpointedAgent, CheckpointWriter, Position, admit, input_start, load_checkpoint, register_checkpointed_agent
@@ -62,7 +63,8 @@ class CandleWorker(CheckpointWriter):
         self.config = candle_config(settings)
         registry = settings.schema_registry_url
         self.ticks = codec_for("tickflow.TradeBatch", settings.topic_ticks, registry)
-        self.candles = codec_for("tickflow.Candle", settings.topic_candles, registry)
+        self.candles = CandleWriter(codec_for("tickflow.Candle", settings.topic_candles, registry))
+        self.updates = CandleWriter(codec_for("tickflow.Candle", settings.topic_candle_updates, registry))
         self.late = codec_for("tickflow.LateTrade", settings.topic_late_trades, registry)
         self.parts: dict[int, PartitionState] = {}
         self.state_topic = settings.topic_candle_state
@@ -104,7 +106,7 @@ class CandleWorker(CheckpointWriter):
     def _emit(self, out: BookOutput, ps: PartitionState) -> None:
         topic = self.settings.topic_candles
         for c in out.candles:
-            self.producer.produce(topic, c.key, self.candles.encode(c.to_avro()))
+            self.producer.produce(topic, c.key, self.candles.encode(c))
             CANDLES_OUT.labels(c.interval, "revision" if c.revision else "final").inc()
         for late in out.late:
             self.producer.produce(self.settings.topic_late_trades, f"{late.exchange}:{late.symbol}", self.late.encode(late.to_avro()))
@@ -141,7 +143,7 @@ class CandleWorker(CheckpointWriter):
         self.last_emit[key] = now
         candle = ps.book.in_progress(*key)
         if candle is not None:
-            self.producer.produce(self.settings.topic_candle_updates, candle.key, self.candles.encode(candle.to_avro()))
+            self.producer.produce(self.settings.topic_candle_updates, candle.key, self.updates.encode(candle))
             counter = self._in_progress_out.get(candle.interval)
             if counter is None:
                 counter = self._in_progress_out[candle.interval] = CANDLES_OUT.labels(candle.interval, "in_progress")

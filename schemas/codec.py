@@ -130,6 +130,11 @@ class AvroCodec:
         self._writers: dict[int, Any] = {self.schema_id: self._parsed}
         self._local_by_id = {v: k for k, v in LOCAL_IDS.items()}
 
+    @property
+    def header(self) -> bytes:
+        """The Confluent wire header this codec writes: magic byte and schema id."""
+        return self._header
+
     def encode(self, record: dict[str, Any]) -> bytes:
         buf = io.BytesIO()
         buf.write(self._header)

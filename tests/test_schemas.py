@@ -511,3 +511,50 @@ def test_with_a_registry_every_writer_uses_registered_ids(registry: FakeRegistry
         indicators.handle(0, offset, None, value)
     written = indicators.producer.records  # type: ignore[attr-defined]
     assert written and {struct.unpack_from(">bI", v)[1] for _, v in written} == set(registry.subjects["ind-r-value"])
+
+
+def _random_candle(rng: random.Random) -> Candle:
+    def maybe(value: Any) -> Any:
+        return None if rng.random() < 0.3 else value
+
+    def number() -> float:
+        return rng.choice([0.0, -0.0, rng.uniform(-1e9, 1e9), rng.expovariate(1e-3), 1e-300, float("inf"), 12345.678901234])
+
+    text = lambda: "".join(rng.choice("abcXYZ/:-_0é€🙂") for _ in range(rng.randrange(0, 40)))  # noqa: E731
+    open_time = rng.randrange(-(2**62), 2**62) if rng.random() < 0.2 else rng.randrange(0, 2**41)
+    return Candle(
+        text(), text(), rng.choice(["1m", "5m", "1d", text()]), open_time, open_time + rng.randrange(0, 2**31),
+        number(), number(), number(), number(), number(), number(), rng.choice([0, 1, 127, 128, 4095, 4096, 2**63 - 1, rng.randrange(2**40)]),
+        maybe(number()), maybe(number()), maybe(text()), maybe(str(rng.randrange(10**18))), rng.random() < 0.5,
+        rng.choice([0, 1, 63, 64, 2**31 - 1, rng.randrange(1000)]),
+    )
+
+
+def test_hand_compiled_candle_writer_writes_fastavros_bytes() -> None:
+    from schemas.candle_wire import CandleWriter
+
+    codec = AvroCodec("tickflow.Candle")
+    writer = CandleWriter(codec)
+    rng = random.Random(7)
+    for _ in range(5000):
+        c = _random_candle(rng)
+        assert writer.encode(c) == codec.encode(c.to_avro()), c
+
+
+def test_hand_compiled_candle_writer_uses_the_codecs_schema_id() -> None:
+    from schemas.candle_wire import CandleWriter
+
+    codec = AvroCodec("tickflow.Candle", schema_id=40_000)
+    c = _random_candle(random.Random(1))
+    assert CandleWriter(codec).encode(c) == codec.encode(c.to_avro())
+    with pytest.raises(ValueError, match="tickflow.Indicators"):
+        CandleWriter(AvroCodec("tickflow.Indicators"))
+
+
+def test_hand_compiled_candle_writer_refuses_a_schema_it_does_not_match() -> None:
+    from schemas.candle_wire import CandleWriter
+
+    changed = copy.deepcopy(load_schema("tickflow.Candle"))
+    changed["fields"].insert(3, {"name": "venue", "type": "string", "default": ""})
+    with pytest.raises(RuntimeError, match="no longer matches"):
+        CandleWriter(AvroCodec("tickflow.Candle", schema=changed, schema_id=40_001))

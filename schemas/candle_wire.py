@@ -1,0 +1,83 @@
+"""A hand-compiled Avro writer for ``tickflow.Candle``: the candle agent's hottest encoder.
+
+Every record the candle agent reads sends the forming candle of each interval, so the worker encodes
+several candles per record; fastavro's generic writer took about 11 µs a candle, this one about 2.
+The bytes are exactly fastavro's (checked at construction against the codec's own schema, and by
+tests on random candles), so readers see no difference and a schema change cannot drift silently.
+"""
+
+from __future__ import annotations
+
+import struct
+from functools import lru_cache
+
+from schemas.codec import AvroCodec
+from schemas.models import Candle
+
+_SIX_DOUBLES = struct.Struct("<6d").pack
+_DOUBLE = struct.Struct("<d").pack
+_NULL, _SOME, _TRUE, _FALSE = b"\x00", b"\x02", b"\x01", b"\x00"
+
+
+def _long(n: int) -> bytes:
+    """Avro long: zig-zag, then a base-128 varint."""
+    n = (n << 1) ^ (n >> 63)
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+_SMALL = [_long(i) for i in range(4096)]  # trade counts and revisions are mostly small
+
+
+def _count(n: int) -> bytes:
+    return _SMALL[n] if 0 <= n < 4096 else _long(n)
+
+
+def _string(s: str) -> bytes:
+    b = s.encode()
+    return _long(len(b)) + b
+
+
+@lru_cache(maxsize=16384)
+def _key(exchange: str, symbol: str, interval: str) -> bytes:
+    return _string(exchange) + _string(symbol) + _string(interval)
+
+
+@lru_cache(maxsize=16384)
+def _window(open_time: int, close_time: int) -> bytes:
+    return _long(open_time) + _long(close_time)
+
+
+class CandleWriter:
+    """``encode(candle)`` gives what ``codec.encode(candle.to_avro())`` gives, about five times faster."""
+
+    def __init__(self, codec: AvroCodec) -> None:
+        if codec.name != "tickflow.Candle":
+            raise ValueError(f"CandleWriter writes tickflow.Candle, not {codec.name}")
+        self._header = codec.header
+        probe = Candle("x", "X/Y", "1m", -1, 59_999, 1.5, 2.0, 0.5, -1.0, 3.0, 4.5, 300, None, 0.25, None, "é", True, 7)
+        if self.encode(probe) != codec.encode(probe.to_avro()):
+            raise RuntimeError("schemas/tickflow.Candle.avsc no longer matches CandleWriter: update schemas/candle_wire.py")
+
+    def encode(self, c: Candle) -> bytes:
+        first, last, vwap, buy = c.first_trade_id, c.last_trade_id, c.vwap, c.taker_buy_volume
+        return b"".join(
+            (
+                self._header,
+                _key(c.exchange, c.symbol, c.interval),
+                _window(c.open_time, c.close_time),
+                _SIX_DOUBLES(c.open, c.high, c.low, c.close, c.volume, c.quote_volume),
+                _count(c.trade_count),
+                _NULL if vwap is None else _SOME + _DOUBLE(vwap),
+                _NULL if buy is None else _SOME + _DOUBLE(buy),
+                _NULL if first is None else _SOME + _string(first),
+                _NULL if last is None else _SOME + _string(last),
+                _TRUE if c.is_final else _FALSE,
+                _count(c.revision),
+            )
+        )
+
