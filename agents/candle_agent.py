@@ -16,7 +16,7 @@ from typing import Any
 
 import faust
 import structlog
-from prometheus_client import Counter, Gauge
+from prometheus_client import Counter, Gauge, Histogram
 
 from agents.candles import BookOutput, CandleBook, CandleConfig
 from schemas.candle_wire import CandleWriter
@@ -35,6 +35,11 @@ DUPLICATES = Counter("tickflow_duplicate_trades_total", "Trades skipped as alrea
 BATCHES_IN = Counter("tickflow_candle_batches_total", "TradeBatch records processed by the candle agent")
 OPEN_WINDOWS = Gauge("tickflow_candle_open_windows", "Open (symbol, interval) windows", ["partition"])
 WATERMARK = Gauge("tickflow_candle_watermark_ms", "Event-time watermark", ["partition"])
+INPUT_DELAY = Histogram(
+    "tickflow_candle_input_delay_seconds",
+    "Wall-clock time from a batch's receipt by ingest to the candle agent reading it (broker hop plus queueing)",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 60.0, 600.0),
+)
 
 
 def candle_config(settings: Settings) -> CandleConfig:
@@ -98,6 +103,7 @@ class CandleWorker(CheckpointWriter):
                 DeadLetter("candles", str(exc), value or b"", now_us() // 1000, self.settings.topic_ticks, partition, offset, key)
             )
             return None
+        INPUT_DELAY.observe(max(now_us() - batch.received_at, 0) / 1e6)
         out = ps.book.add(batch.exchange, batch.symbol, batch.trades)
         ps.idle_closed = False
         self._emit(out, ps)

@@ -116,3 +116,22 @@ def test_updates_never_closer_than_candle_update_ms(worker: CandleWorker, clock:
     gaps = [b - a for a, b in zip(sent_at, sent_at[1:])]
     assert len(sent_at) >= 15
     assert min(gaps) >= 0.1 - 1e-9
+
+
+def test_input_delay_is_measured_from_the_batchs_receipt(worker: CandleWorker) -> None:
+    from prometheus_client import REGISTRY
+
+    from streams.sources.base import now_us
+
+    def observed() -> tuple[float, float]:
+        count = REGISTRY.get_sample_value("tickflow_candle_input_delay_seconds_count") or 0.0
+        return count, REGISTRY.get_sample_value("tickflow_candle_input_delay_seconds_sum") or 0.0
+
+    count, total = observed()
+    batch = TradeBatch(EX, "BTC", now_us() - 3_000_000, [Trade("1", D_US, 100.0, 1.0, "buy")])
+    worker.handle(0, 0, None, AvroCodec("tickflow.TradeBatch").encode(batch.to_avro()))
+    after_count, after_total = observed()
+    assert after_count == count + 1
+    assert 3.0 <= after_total - total < 4.0
+    late = REGISTRY.get_sample_value("tickflow_candle_input_delay_seconds_bucket", {"le": "2.5"})
+    assert late is not None and late <= after_count - 1  # the 3 s sample is above the 2.5 s bucket
