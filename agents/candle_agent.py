@@ -10,7 +10,9 @@ up as after an uninterrupted run. Outputs go through the idempotent confluent-ka
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,6 +58,7 @@ class PartitionState(Position):
     book: CandleBook
     last_input: float = field(default_factory=time.monotonic)
     dirty: set[tuple[str, str, str]] = field(default_factory=set)
+    flush_due: float | None = None  # when the scheduled trailing-edge flush runs (monotonic), if one is
     idle_closed: bool = True
 
 
@@ -77,6 +80,9 @@ class CandleWorker(CheckpointWriter):
         self._in_progress_out: dict[str, Counter] = {}  # CANDLES_OUT children by interval: labels() per candle is costly
         self.agent: CheckpointedAgent | None = None  # set when registered with a Faust app
         self.update_s = settings.candle_update_ms / 1000
+        # Set by the Faust shell (the event loop's call_later): a held-back update then goes out
+        # when its candle_update_ms has passed, not at the next tick after that.
+        self.call_later: Callable[[float, Callable[[], None]], Any] | None = None
 
     def load(self, partition: int) -> PartitionState:
         """A partition's book from its newest checkpoint, or empty from the start of its input
@@ -129,6 +135,7 @@ class CandleWorker(CheckpointWriter):
         Only the record's own keys are looked at, not every pending one: this runs per record.
         """
         last, wait = self.last_emit, self.update_s
+        held: float | None = None
         for key in keys:
             sent = last.get(key)
             if sent is None or now - sent >= wait:
@@ -136,14 +143,33 @@ class CandleWorker(CheckpointWriter):
                 self._send_progress(ps, key, now)
             else:
                 ps.dirty.add(key)
+                held = sent if held is None else min(held, sent)
+        if held is not None:
+            self._schedule_flush(ps, held + wait, now)
+
+    def _schedule_flush(self, ps: PartitionState, due: float, now: float) -> None:
+        """At most one pending flush per partition, at the earliest due time of its held keys."""
+        if self.call_later is None or (ps.flush_due is not None and ps.flush_due <= due):
+            return
+        ps.flush_due = due
+        self.call_later(max(due - now, 0.0), lambda: self._scheduled_flush(ps, due))
+
+    def _scheduled_flush(self, ps: PartitionState, due: float) -> None:
+        if ps.flush_due != due or not any(p is ps for p in self.parts.values()):
+            return  # superseded by an earlier flush, or the partition was revoked
+        ps.flush_due = None
+        self._flush_progress(ps, time.monotonic())
 
     def _flush_progress(self, ps: PartitionState, now: float) -> None:
-        """Trailing edge: pending in-progress candles whose ``candle_update_ms`` has passed."""
+        """Trailing edge: pending in-progress candles whose ``candle_update_ms`` has passed; the
+        rest get a flush scheduled at their own due time."""
         last, wait = self.last_emit, self.update_s
         due = [key for key in ps.dirty if now - last.get(key, now - wait) >= wait]
         ps.dirty.difference_update(due)
         for key in due:
             self._send_progress(ps, key, now)
+        if ps.dirty:
+            self._schedule_flush(ps, min(last.get(key, now) for key in ps.dirty) + wait, now)
 
     def _send_progress(self, ps: PartitionState, key: tuple[str, str, str], now: float) -> None:
         self.last_emit[key] = now
@@ -185,6 +211,10 @@ class CandleWorker(CheckpointWriter):
 def register_candle_agent(app: faust.App, settings: Settings, producer: TickProducer) -> CandleWorker:
     worker = CandleWorker(settings, producer)
     worker.agent = register_checkpointed_agent(app, worker, topic=settings.topic_ticks, name="candles", every_s=settings.candle_snapshot_s)
+
+    @app.task
+    async def exact_trailing_edges() -> None:
+        worker.call_later = asyncio.get_running_loop().call_later
 
     @app.timer(interval=max(0.02, settings.candle_update_ms / 1000 / 2))
     async def candle_tick() -> None:

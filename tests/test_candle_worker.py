@@ -135,3 +135,30 @@ def test_input_delay_is_measured_from_the_batchs_receipt(worker: CandleWorker) -
     assert 3.0 <= after_total - total < 4.0
     late = REGISTRY.get_sample_value("tickflow_candle_input_delay_seconds_bucket", {"le": "2.5"})
     assert late is not None and late <= after_count - 1  # the 3 s sample is above the 2.5 s bucket
+
+
+def test_a_held_update_goes_out_when_its_interval_has_passed_not_at_the_next_tick(worker: CandleWorker, clock: Clock) -> None:
+    out: FakeProducer = worker.producer  # type: ignore[assignment]
+    scheduled: list[tuple[float, object]] = []
+    worker.call_later = lambda delay, fn: scheduled.append((clock.now + delay, fn))
+    feed = Feed(worker)
+    feed("BTC", ("1", 1_000, 100.0))
+    clock.now += 0.03
+    feed("BTC", ("2", 1_100, 101.0))  # held: 30 ms after the first update
+    clock.now += 0.03
+    feed("ETH", ("e1", 1_100, 10.0))
+    feed("BTC", ("3", 1_200, 102.0))  # held too; the flush already scheduled covers it
+    assert [round(at - 1000.0, 6) for at, _ in scheduled] == [0.1]  # one flush, at the first update + 100 ms
+    assert len(out.progress("BTC")) == 1
+    clock.now = scheduled[0][0]
+    scheduled.pop(0)[1]()  # type: ignore[operator]
+    assert [(c.close, c.trade_count) for c in out.progress("BTC")] == [(100.0, 1), (102.0, 3)]
+    assert scheduled == []  # nothing left held, nothing rescheduled
+    worker.parts.pop(0)
+    clock.now += 0.01
+    worker.parts[0] = ps = PartitionState(CandleBook(worker.config))
+    feed("BTC", ("4", 1_300, 103.0))  # held (10 ms after the last update): a flush is scheduled
+    worker.parts[0] = PartitionState(CandleBook(worker.config))  # the partition changes hands before it fires
+    clock.now = scheduled[0][0]
+    scheduled.pop(0)[1]()  # type: ignore[operator]
+    assert ps.dirty == {(EX, "BTC", "1m"), (EX, "BTC", "5m")} and len(out.progress("BTC")) == 2  # a dropped state sends nothing
