@@ -9,6 +9,7 @@ seeks back when the consumer resumes past it.
 from __future__ import annotations
 
 import asyncio
+import time
 import zlib
 from dataclasses import dataclass
 from collections.abc import Awaitable, Callable
@@ -24,6 +25,8 @@ from streams.settings import Settings
 from streams.topics import high_watermarks
 
 log = structlog.get_logger(__name__)
+
+RESEEK_S = 2.0  # a seek back with no record at its offset after this long is asked for again
 
 
 def serialize_checkpoint(offset: int, state: dict[str, Any]) -> bytes:
@@ -82,6 +85,7 @@ class Position:
 
     next_offset: int | None = None  # None: take what comes
     seeking: bool = False
+    seek_at: float = 0.0  # monotonic time of the last seek asked for
     changed: bool = False
 
 
@@ -225,14 +229,25 @@ def register_checkpointed_agent(
             with structlog.contextvars.bound_contextvars(partition=msg.partition, offset=msg.offset):
                 target = worker.handle(msg.partition, msg.offset, event.key, event.value)
             if target is not None:
+                worker.parts[msg.partition].seek_at = time.monotonic()
                 await app.consumer.seek(TP(msg.topic, msg.partition), target)
 
     async def adopt() -> None:
         for tp in list(app.consumer.assignment()):
-            if tp.topic == topic and await loaded(tp.partition):
+            if tp.topic != topic:
+                continue
+            if await loaded(tp.partition):
                 start = worker.parts[tp.partition].next_offset
                 if start is not None:
                     await app.consumer.seek(tp, start)
+                continue
+            ps = worker.parts.get(tp.partition)
+            if ps is not None and ps.seeking and ps.next_offset is not None and time.monotonic() - ps.seek_at >= RESEEK_S:
+                # Faust drops records below the highest offset it has delivered: records it had
+                # fetched before the seek can raise that mark again, and then the re-read is dropped.
+                log.warning("seek back did not take, seeking again", partition=tp.partition, expected=ps.next_offset)
+                ps.seek_at = time.monotonic()
+                await app.consumer.seek(tp, ps.next_offset)
 
     async def checkpoint() -> None:
         await write_checkpoints()
