@@ -99,7 +99,6 @@ class CandleWorker(CheckpointWriter):
         take, seek_to = admit(ps, partition, offset)
         if not take:
             return seek_to
-        ps.changed = True
         ps.last_input = time.monotonic()
         BATCHES_IN.inc()
         try:

@@ -107,7 +107,6 @@ class IndicatorWorker(CheckpointWriter):
         take, seek_to = admit(ps, partition, offset)
         if not take:
             return seek_to
-        ps.changed = True
         try:
             candle = Candle.from_avro(self.candles.decode(value))
         except (DecodeError, KeyError, TypeError) as exc:

@@ -34,8 +34,12 @@ def serialize_checkpoint(offset: int, state: dict[str, Any]) -> bytes:
     return orjson.dumps({"offset": offset, "state": state})
 
 
+def compress_checkpoint(raw: bytes) -> bytes:
+    return zlib.compress(raw, 3)
+
+
 def encode_checkpoint(offset: int, state: dict[str, Any]) -> bytes:
-    return zlib.compress(serialize_checkpoint(offset, state), 3)
+    return compress_checkpoint(serialize_checkpoint(offset, state))
 
 
 def decode_checkpoint(data: bytes) -> tuple[int, dict[str, Any]]:
@@ -90,7 +94,8 @@ class Position:
 
 
 def admit(pos: Position, partition: int, offset: int) -> tuple[bool, int | None]:
-    """(process this record?, offset to seek back to); a taken record advances ``pos``.
+    """(process this record?, offset to seek back to); a taken record advances ``pos`` and marks
+    it changed (its checkpoint now differs, whatever the record does to the state).
 
     Input below the checkpointed offset is already in the state (a redelivery); input past it
     means the consumer resumed too far, so the agent seeks back once and drops records until
@@ -103,10 +108,12 @@ def admit(pos: Position, partition: int, offset: int) -> tuple[bool, int | None]
             if pos.seeking:
                 return False, None
             pos.seeking = True
+            pos.seek_at = time.monotonic()
             log.warning("input resumed past the checkpoint, seeking back", partition=partition, offset=offset, expected=pos.next_offset)
             return False, pos.next_offset
     pos.seeking = False
     pos.next_offset = offset + 1
+    pos.changed = True
     return True, None
 
 
@@ -152,7 +159,7 @@ class CheckpointWriter:
         """Compress and write snapshots, and wait until they and every output before them are
         durable (blocking: run in an executor)."""
         for p, raw in snapshots:
-            self.producer.produce(self.state_topic, str(p), zlib.compress(raw, 3), partition=p)
+            self.producer.produce(self.state_topic, str(p), compress_checkpoint(raw), partition=p)
         self.producer.flush()
         return len(snapshots)
 
@@ -229,7 +236,6 @@ def register_checkpointed_agent(
             with structlog.contextvars.bound_contextvars(partition=msg.partition, offset=msg.offset):
                 target = worker.handle(msg.partition, msg.offset, event.key, event.value)
             if target is not None:
-                worker.parts[msg.partition].seek_at = time.monotonic()
                 await app.consumer.seek(TP(msg.topic, msg.partition), target)
 
     async def adopt() -> None:
