@@ -21,7 +21,7 @@ import structlog
 from prometheus_client import Counter, Gauge, Histogram
 
 from agents.candles import BookOutput, CandleBook, CandleConfig
-from schemas.candle_wire import CandleWriter
+from schemas.candle_wire import CandleWriter, LiveCandlesWriter
 from schemas.codec import DecodeError, codec_for
 from schemas.models import DeadLetter, TradeBatch
 from streams.checkpoint import CheckpointedAgent, CheckpointWriter, Position, admit, input_start, load_checkpoint, register_checkpointed_agent
@@ -57,7 +57,7 @@ def candle_config(settings: Settings) -> CandleConfig:
 class PartitionState(Position):
     book: CandleBook
     last_input: float = field(default_factory=time.monotonic)
-    dirty: set[tuple[str, str, str]] = field(default_factory=set)
+    dirty: set[tuple[str, str]] = field(default_factory=set)  # (exchange, symbol) with a held-back update
     flush_due: float | None = None  # when the scheduled trailing-edge flush runs (monotonic), if one is
     idle_closed: bool = True
 
@@ -72,11 +72,11 @@ class CandleWorker(CheckpointWriter):
         registry = settings.schema_registry_url
         self.ticks = codec_for("tickflow.TradeBatch", settings.topic_ticks, registry)
         self.candles = CandleWriter(codec_for("tickflow.Candle", settings.topic_candles, registry))
-        self.updates = CandleWriter(codec_for("tickflow.Candle", settings.topic_candle_updates, registry))
+        self.updates = LiveCandlesWriter(codec_for("tickflow.LiveCandles", settings.topic_candle_updates, registry))
         self.late = codec_for("tickflow.LateTrade", settings.topic_late_trades, registry)
         self.parts: dict[int, PartitionState] = {}
         self.state_topic = settings.topic_candle_state
-        self.last_emit: dict[tuple[str, str, str], float] = {}  # when each key's in-progress candle last went out
+        self.last_emit: dict[tuple[str, str], float] = {}  # when each symbol's forming candles last went out
         self._in_progress_out: dict[str, Counter] = {}  # CANDLES_OUT children by interval: labels() per candle is costly
         self.agent: CheckpointedAgent | None = None  # set when registered with a Faust app
         self.update_s = settings.candle_update_ms / 1000
@@ -127,27 +127,27 @@ class CandleWorker(CheckpointWriter):
         if out.dirty:
             self._progress(ps, out.dirty, time.monotonic())
 
-    def _progress(self, ps: PartitionState, keys: set[tuple[str, str, str]], now: float) -> None:
-        """Leading-edge throttle on the keys one record changed: a key quiet for ``candle_update_ms``
-        goes out at once (low latency); one sent more recently waits in ``ps.dirty`` for :meth:`tick`.
+    def _progress(self, ps: PartitionState, symbols: set[tuple[str, str]], now: float) -> None:
+        """Leading-edge throttle on the symbols one record changed: a symbol quiet for ``candle_update_ms``
+        goes out at once (low latency); one sent more recently waits in ``ps.dirty`` for its flush.
 
-        Only the record's own keys are looked at, not every pending one: this runs per record.
+        Only the record's own symbols are looked at, not every pending one: this runs per record.
         """
         last, wait = self.last_emit, self.update_s
         held: float | None = None
-        for key in keys:
-            sent = last.get(key)
+        for sym in symbols:
+            sent = last.get(sym)
             if sent is None or now - sent >= wait:
-                ps.dirty.discard(key)
-                self._send_progress(ps, key, now)
+                ps.dirty.discard(sym)
+                self._send_progress(ps, sym, now)
             else:
-                ps.dirty.add(key)
+                ps.dirty.add(sym)
                 held = sent if held is None else min(held, sent)
         if held is not None:
             self._schedule_flush(ps, held + wait, now)
 
     def _schedule_flush(self, ps: PartitionState, due: float, now: float) -> None:
-        """At most one pending flush per partition, at the earliest due time of its held keys."""
+        """At most one pending flush per partition, at the earliest due time of its held symbols."""
         if self.call_later is None or (ps.flush_due is not None and ps.flush_due <= due):
             return
         ps.flush_due = due
@@ -163,22 +163,24 @@ class CandleWorker(CheckpointWriter):
         """Trailing edge: pending in-progress candles whose ``candle_update_ms`` has passed; the
         rest get a flush scheduled at their own due time."""
         last, wait = self.last_emit, self.update_s
-        due = [key for key in ps.dirty if now - last.get(key, now - wait) >= wait]
+        due = [sym for sym in ps.dirty if now - last.get(sym, now - wait) >= wait]
         ps.dirty.difference_update(due)
-        for key in due:
-            self._send_progress(ps, key, now)
+        for sym in due:
+            self._send_progress(ps, sym, now)
         if ps.dirty:
-            self._schedule_flush(ps, min(last.get(key, now) for key in ps.dirty) + wait, now)
+            self._schedule_flush(ps, min(last.get(sym, now) for sym in ps.dirty) + wait, now)
 
-    def _send_progress(self, ps: PartitionState, key: tuple[str, str, str], now: float) -> None:
-        self.last_emit[key] = now
-        candle = ps.book.in_progress(*key)
-        if candle is not None:
-            self.producer.produce(self.settings.topic_candle_updates, candle.key, self.updates.encode(candle))
-            counter = self._in_progress_out.get(candle.interval)
-            if counter is None:
-                counter = self._in_progress_out[candle.interval] = CANDLES_OUT.labels(candle.interval, "in_progress")
-            counter.inc()
+    def _send_progress(self, ps: PartitionState, sym: tuple[str, str], now: float) -> None:
+        """One ``LiveCandles`` record with the symbol's forming candle of every interval."""
+        self.last_emit[sym] = now
+        candles = ps.book.forming(*sym)
+        if candles:
+            self.producer.produce(self.settings.topic_candle_updates, f"{sym[0]}:{sym[1]}", self.updates.encode(candles))
+            for candle in candles:
+                counter = self._in_progress_out.get(candle.interval)
+                if counter is None:
+                    counter = self._in_progress_out[candle.interval] = CANDLES_OUT.labels(candle.interval, "in_progress")
+                counter.inc()
 
     def tick(self, now: float | None = None) -> None:
         """Periodic work: throttled in-progress updates and closing windows of quiet partitions."""

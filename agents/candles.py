@@ -117,21 +117,21 @@ class BookOutput:
     candles: list[Candle] = field(default_factory=list)  # final candles and revisions (is_final=True), in emission order
     late: list[LateTrade] = field(default_factory=list)  # trades later than grace
     duplicates: int = 0  # trades skipped because their id was already counted
-    dirty: set[tuple[str, str, str]] = field(default_factory=set)  # (exchange, symbol, interval) whose in-progress candle changed
+    dirty: set[tuple[str, str]] = field(default_factory=set)  # (exchange, symbol) whose forming candles changed (all intervals change together)
 
 
 class _Symbol:
     """Window state of one (exchange, symbol)."""
 
     __slots__ = (
-        "exchange", "symbol", "keys", "ids", "open1m", "final1m", "open_h", "final_h",
+        "exchange", "symbol", "ident", "ids", "open1m", "final1m", "open_h", "final_h",
         "frontier", "last_traded_end", "last_close", "last_has", "due",
     )
 
-    def __init__(self, exchange: str, symbol: str, names: Sequence[str], n_higher: int) -> None:
+    def __init__(self, exchange: str, symbol: str, n_higher: int) -> None:
         self.exchange = exchange
         self.symbol = symbol
-        self.keys = tuple((exchange, symbol, name) for name in names)
+        self.ident = (exchange, symbol)
         self.ids: set[str] = set()  # trade ids of every retained (open or revisable) 1m window
         self.open1m: dict[int, list] = {}
         self.final1m: dict[int, list] = {}  # final minutes still within grace (flat ones too)
@@ -288,7 +288,7 @@ class CandleBook:
         self._out = out
         st = self._syms.get((exchange, symbol))
         if st is None:
-            st = self._syms[(exchange, symbol)] = _Symbol(exchange, symbol, self._names, len(self._higher))
+            st = self._syms[(exchange, symbol)] = _Symbol(exchange, symbol, len(self._higher))
         ids = st.ids
         ids_add = ids.add
         locate = self._locate
@@ -355,9 +355,13 @@ class CandleBook:
         self._flush_revisions()
         out.duplicates = dups
         if touched:
-            out.dirty.update(st.keys)
+            out.dirty.add(st.ident)
         self._out = None
         return out
+
+    def forming(self, exchange: str, symbol: str) -> list[Candle]:
+        """The symbol's in-progress candle of every interval that has one, shortest interval first."""
+        return [c for name in self._names if (c := self.in_progress(exchange, symbol, name)) is not None]
 
     def in_progress(self, exchange: str, symbol: str, interval: str) -> Candle | None:
         """The current non-final window of an interval (for higher ones: its final minutes plus the live ones)."""
@@ -446,7 +450,7 @@ class CandleBook:
             raise ValueError(f"candle snapshot has intervals {snap['intervals']}, config builds {list(book._names)}")
         book._max_ts = snap["max_ts"]
         for s in snap["symbols"]:
-            st = _Symbol(s["exchange"], s["symbol"], book._names, len(book._higher))
+            st = _Symbol(s["exchange"], s["symbol"], len(book._higher))
             st.frontier = s["frontier"]
             st.last_traded_end = s["last_traded_end"]
             st.last_close = s["last_close"]
@@ -509,7 +513,7 @@ class CandleBook:
         self._mark(st, -1, m, a)
         out = self._out
         assert out is not None
-        out.dirty.update(st.keys)
+        out.dirty.add(st.ident)
         if st.frontier is None or m >= st.frontier:
             # The symbol's first minute (or the first after a dormant stretch) came late: start here.
             st.frontier = st.last_traded_end = m + MINUTE_MS
@@ -629,7 +633,7 @@ class CandleBook:
                 _roll_minute(h, m, a)
         self._expire(st, wm)
         st.due = self._symbol_due(st)
-        out.dirty.update(st.keys)
+        out.dirty.add(st.ident)
 
     def _close_higher(self, st: _Symbol, limit: int) -> None:
         """Emit the open higher windows that end at or before ``limit``, by end time then interval."""

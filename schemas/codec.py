@@ -32,6 +32,7 @@ LOCAL_IDS: dict[str, int] = {
     "tickflow.DeadLetter": 3,
     "tickflow.LateTrade": 4,
     "tickflow.Indicators": 5,
+    "tickflow.LiveCandles": 6,
 }
 
 

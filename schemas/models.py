@@ -112,6 +112,20 @@ _CANDLE_FIELDS = fields(Candle)
 
 
 @dataclass(slots=True)
+class LiveCandles:
+    """A symbol's forming candles, one per interval, in one ``candles-live`` record (key exchange:symbol)."""
+
+    candles: list[Candle]
+
+    def to_avro(self) -> dict[str, Any]:
+        return {"candles": [c.to_avro() for c in self.candles]}
+
+    @classmethod
+    def from_avro(cls, d: dict[str, Any]) -> LiveCandles:
+        return cls([Candle.from_avro(c) for c in d["candles"]])
+
+
+@dataclass(slots=True)
 class DeadLetter:
     component: str
     reason: str

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field, fields
 from operator import attrgetter
 from typing import Any, ClassVar
 
-from schemas.models import Candle, Indicators, Trade, TradeBatch
+from schemas.models import Candle, Indicators, LiveCandles, Trade, TradeBatch
 
 # ClickHouse DateTime64 covers 1900-01-01 .. 2299-12-31 and silently wraps values outside it (a
 # wrapped value then breaks every reader of the table), so both analytic stores reject such rows.
@@ -98,6 +98,10 @@ def _candle_part(record: dict[str, Any]) -> SinkBatch:
     return SinkBatch(candles=[Candle.from_avro(record)])
 
 
+def _live_candles_part(record: dict[str, Any]) -> SinkBatch:
+    return SinkBatch(candles=LiveCandles.from_avro(record).candles)
+
+
 def _indicators_part(record: dict[str, Any]) -> SinkBatch:
     return SinkBatch(indicators=[Indicators.from_avro(record)])
 
@@ -105,7 +109,7 @@ def _indicators_part(record: dict[str, Any]) -> SinkBatch:
 TOPICS: dict[str, TopicSpec] = {
     "ticks": TopicSpec("topic_ticks", "tickflow.TradeBatch", _trade_batch_part),
     "candles": TopicSpec("topic_candles", "tickflow.Candle", _candle_part),
-    "candle_updates": TopicSpec("topic_candle_updates", "tickflow.Candle", _candle_part),
+    "candle_updates": TopicSpec("topic_candle_updates", "tickflow.LiveCandles", _live_candles_part),
     "indicators": TopicSpec("topic_indicators", "tickflow.Indicators", _indicators_part),
 }
 

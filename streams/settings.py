@@ -55,7 +55,7 @@ class Settings(BaseSettings):
     candle_intervals: str = Field("1m,5m,15m,1h,4h,1d", description="Intervals built by the candle agent")
     candle_lateness_ms: int = Field(2000, description="Allowed out-of-orderness: watermark = max trade time - this")
     candle_grace_ms: int = Field(60_000, description="After a window is final, trades this late still revise it")
-    candle_update_ms: int = Field(100, description="At most one in-progress update per symbol and interval this often")
+    candle_update_ms: int = Field(100, description="At most one in-progress update (all intervals of a symbol in one record) per symbol this often")
     candle_idle_timeout_s: float = Field(10.0, description="Wall-clock quiet time after which a partition's open windows close")
     candle_fill_gaps: bool = Field(True, description="Emit flat zero-volume candles for minutes with no trades")
     candle_snapshot_s: float = Field(2.0, description="How often the candle agent checkpoints its state")

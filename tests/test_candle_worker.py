@@ -1,4 +1,4 @@
-"""CandleWorker without Kafka: the in-progress throttle (leading edge, then at most one per interval)."""
+"""CandleWorker without Kafka: the in-progress throttle (leading edge, then at most one per symbol and candle_update_ms)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from agents import candle_agent
 from agents.candle_agent import CandleWorker, PartitionState
 from agents.candles import CandleBook
 from schemas.codec import AvroCodec
-from schemas.models import Candle, Trade, TradeBatch
+from schemas.models import Candle, LiveCandles, Trade, TradeBatch
 from streams.settings import Settings
 
 D_US = 1_704_067_200_000_000  # 2024-01-01 00:00:00 UTC
@@ -18,10 +18,16 @@ EX = "binance"
 class FakeProducer:
     def __init__(self) -> None:
         self.sent: list[tuple[str, Candle]] = []
-        self._codec = AvroCodec("tickflow.Candle")
+        self.live_keys: list[str | bytes | None] = []
+        self._candle = AvroCodec("tickflow.Candle")
+        self._live = AvroCodec("tickflow.LiveCandles")
 
     def produce(self, topic: str, key: str | bytes | None, value: bytes, partition: int | None = None) -> None:
-        self.sent.append((topic, Candle.from_avro(self._codec.decode(value))))
+        if topic == "candles-live":  # one record per symbol, its forming candle of every interval
+            self.live_keys.append(key)
+            self.sent += [(topic, c) for c in LiveCandles.from_avro(self._live.decode(value)).candles]
+        else:
+            self.sent.append((topic, Candle.from_avro(self._candle.decode(value))))
 
     def poll(self, timeout: float = 0) -> None:
         return None
@@ -70,6 +76,7 @@ def test_first_change_goes_out_at_once_then_at_most_one_per_interval(worker: Can
     feed("BTC", ("1", 1_000, 100.0))
     assert [c.close for c in out.progress("BTC")] == [100.0]  # leading edge: no wait
     assert [c.close for c in out.progress("BTC", "5m")] == [100.0]
+    assert out.live_keys == [f"{EX}:BTC"]  # both intervals in one record
     clock.now += 0.03
     feed("BTC", ("2", 1_100, 101.0))
     clock.now += 0.03
@@ -161,4 +168,4 @@ def test_a_held_update_goes_out_when_its_interval_has_passed_not_at_the_next_tic
     worker.parts[0] = PartitionState(CandleBook(worker.config))  # the partition changes hands before it fires
     clock.now = scheduled[0][0]
     scheduled.pop(0)[1]()  # type: ignore[operator]
-    assert ps.dirty == {(EX, "BTC", "1m"), (EX, "BTC", "5m")} and len(out.progress("BTC")) == 2  # a dropped state sends nothing
+    assert ps.dirty == {(EX, "BTC")} and len(out.progress("BTC")) == 2  # a dropped state sends nothing

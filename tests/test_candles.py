@@ -353,7 +353,7 @@ def test_in_progress_values_and_dirty():
     b = book(intervals=("1m", "5m", "1h"), lateness_ms=5000)
     assert b.in_progress(EX, SYM, "1m") is None and b.watermark_ms is None
     out = feed(b, [t("1", hms(0, 0, 10), 10.0, 1.0), t("2", hms(0, 1, 2), 12.0, 1.0), t("3", hms(0, 0, 58), 9.0, 2.0)])
-    assert out.dirty == {(EX, SYM, "1m"), (EX, SYM, "5m"), (EX, SYM, "1h")}
+    assert out.dirty == {(EX, SYM)}
     assert not out.candles  # watermark 00:00:57
     m1 = b.in_progress(EX, SYM, "1m")
     assert ohlcv(m1) == (MIN, 12.0, 12.0, 12.0, 12.0, 1.0, 1)
@@ -363,7 +363,8 @@ def test_in_progress_values_and_dirty():
     assert [ohlcv(c) for c in out.candles] == [(0, 10.0, 10.0, 9.0, 9.0, 3.0, 2)]
     h = b.in_progress(EX, SYM, "1h")  # final minute 0 + live minute 1
     assert ohlcv(h) == (0, 10.0, 12.0, 9.0, 11.0, 5.0, 4) and h.vwap == (10.0 + 18.0 + 12.0 + 11.0) / 5.0
-    assert b.in_progress(EX, "NOPE", "1m") is None
+    assert b.forming(EX, SYM) == [b.in_progress(EX, SYM, "1m"), b.in_progress(EX, SYM, "5m"), h]
+    assert b.in_progress(EX, "NOPE", "1m") is None and b.forming(EX, "NOPE") == []
     with pytest.raises(ValueError):
         b.in_progress(EX, SYM, "4h")
 

@@ -30,7 +30,7 @@ from typing import Any
 import pytest
 
 from schemas.codec import LOCAL_IDS, SCHEMA_DIR, AvroCodec, DecodeError, SchemaRegistry, load_schema
-from schemas.models import Candle, DeadLetter, Indicators, LateTrade, Trade, TradeBatch
+from schemas.models import Candle, DeadLetter, Indicators, LateTrade, LiveCandles, Trade, TradeBatch
 from streams.settings import Settings
 
 TB = "tickflow.TradeBatch"
@@ -188,6 +188,7 @@ def indicators() -> list[Indicators]:
 RECORDS = {
     "tickflow.TradeBatch": (TradeBatch, trade_batches()),
     "tickflow.Candle": (Candle, candles()),
+    "tickflow.LiveCandles": (LiveCandles, [LiveCandles([]), LiveCandles(candles()[:1]), LiveCandles(candles())]),
     "tickflow.DeadLetter": (DeadLetter, dead_letters()),
     "tickflow.LateTrade": (LateTrade, late_trades()),
 }
@@ -539,6 +540,20 @@ def test_hand_compiled_candle_writer_writes_fastavros_bytes() -> None:
     for _ in range(5000):
         c = _random_candle(rng)
         assert writer.encode(c) == codec.encode(c.to_avro()), c
+
+
+def test_hand_compiled_live_candles_writer_writes_fastavros_bytes() -> None:
+    from schemas.candle_wire import LiveCandlesWriter
+
+    codec = AvroCodec("tickflow.LiveCandles")
+    writer = LiveCandlesWriter(codec)
+    rng = random.Random(8)
+    for n in [0, 1, 2, 6, 63, 64, 65, *(rng.randrange(0, 20) for _ in range(300))]:
+        candles = [_random_candle(rng) for _ in range(n)]
+        encoded = writer.encode(candles)
+        assert encoded == codec.encode(LiveCandles(candles).to_avro()), candles
+    with pytest.raises(ValueError, match="tickflow.Candle"):
+        LiveCandlesWriter(AvroCodec("tickflow.Candle"))
 
 
 def test_hand_compiled_candle_writer_uses_the_codecs_schema_id() -> None:
