@@ -21,7 +21,7 @@ import structlog
 from prometheus_client import Counter, Gauge, Histogram
 
 from agents.candles import BookOutput, CandleBook, CandleConfig
-from schemas.candle_wire import CandleWriter, LiveCandlesWriter
+from schemas.wire import CandleWriter, LiveCandlesWriter
 from schemas.codec import DecodeError, codec_for
 from schemas.models import DeadLetter, TradeBatch
 from streams.checkpoint import CheckpointedAgent, CheckpointWriter, Position, admit, input_start, load_checkpoint, register_checkpointed_agent

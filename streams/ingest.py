@@ -18,6 +18,7 @@ import structlog
 
 from schemas.codec import AvroCodec, codec_for
 from schemas.models import DeadLetter, TradeBatch
+from schemas.wire import TradeBatchWriter
 from streams.observability import BATCHES_OUT, TRADES_IN
 from streams.producer import TickProducer
 from streams.settings import Settings
@@ -59,7 +60,7 @@ async def run_ingest(
     source_name: str = "source",
     on_progress: Callable[[IngestStats], None] | None = None,
 ) -> IngestStats:
-    codec = codec or codec_for("tickflow.TradeBatch", settings.topic_ticks, settings.schema_registry_url)
+    writer = TradeBatchWriter(codec or codec_for("tickflow.TradeBatch", settings.topic_ticks, settings.schema_registry_url))
     stats = IngestStats()
     topic = settings.topic_ticks
     last_report = time.monotonic()
@@ -74,7 +75,7 @@ async def run_ingest(
                 stats.rejected += 1
                 producer.dead_letter(DeadLetter("ingest", reason, orjson.dumps(raw, option=orjson.OPT_SERIALIZE_NUMPY), now_us() // 1000, key=batch.key.encode()))
             if batch.trades:
-                producer.produce(topic, batch.key, codec.encode(batch.to_avro()))
+                producer.produce(topic, batch.key, writer.encode(batch))
                 stats.trades += len(batch.trades)
                 stats.batches += 1
                 TRADES_IN.labels(source_name).inc(len(batch.trades))

@@ -532,7 +532,7 @@ def _random_candle(rng: random.Random) -> Candle:
 
 
 def test_hand_compiled_candle_writer_writes_fastavros_bytes() -> None:
-    from schemas.candle_wire import CandleWriter
+    from schemas.wire import CandleWriter
 
     codec = AvroCodec("tickflow.Candle")
     writer = CandleWriter(codec)
@@ -543,7 +543,7 @@ def test_hand_compiled_candle_writer_writes_fastavros_bytes() -> None:
 
 
 def test_hand_compiled_live_candles_writer_writes_fastavros_bytes() -> None:
-    from schemas.candle_wire import LiveCandlesWriter
+    from schemas.wire import LiveCandlesWriter
 
     codec = AvroCodec("tickflow.LiveCandles")
     writer = LiveCandlesWriter(codec)
@@ -556,8 +556,32 @@ def test_hand_compiled_live_candles_writer_writes_fastavros_bytes() -> None:
         LiveCandlesWriter(AvroCodec("tickflow.Candle"))
 
 
+def test_hand_compiled_trade_batch_writer_writes_fastavros_bytes() -> None:
+    from schemas.wire import TradeBatchWriter
+
+    codec = AvroCodec("tickflow.TradeBatch")
+    writer = TradeBatchWriter(codec)
+    rng = random.Random(9)
+    text = lambda: "".join(rng.choice("abcXYZ/:-_0é€🙂") for _ in range(rng.randrange(1, 40)))  # noqa: E731
+
+    def number() -> float:
+        return rng.choice([1e-300, rng.uniform(1e-9, 1e9), rng.expovariate(1e-3), 12345.678901234, 7, float("inf")])
+
+    batches = [*trade_batches()]
+    for _ in range(500):
+        trades = [
+            Trade(text(), rng.choice([0, -1, 63, 64, I64_MAX, I64_MIN, rng.randrange(2**40, 2**53)]), number(), number(), rng.choice(["buy", "sell", "unknown"]))
+            for _ in range(rng.choice([0, 1, 2, 63, 64, 65, rng.randrange(0, 300)]))
+        ]
+        batches.append(TradeBatch(text(), text(), rng.randrange(0, 2**53), trades))
+    for b in batches:
+        assert writer.encode(b) == codec.encode(b.to_avro()), b
+    with pytest.raises(ValueError, match="tickflow.Candle"):
+        TradeBatchWriter(AvroCodec("tickflow.Candle"))
+
+
 def test_hand_compiled_candle_writer_uses_the_codecs_schema_id() -> None:
-    from schemas.candle_wire import CandleWriter
+    from schemas.wire import CandleWriter
 
     codec = AvroCodec("tickflow.Candle", schema_id=40_000)
     c = _random_candle(random.Random(1))
@@ -567,7 +591,7 @@ def test_hand_compiled_candle_writer_uses_the_codecs_schema_id() -> None:
 
 
 def test_hand_compiled_candle_writer_refuses_a_schema_it_does_not_match() -> None:
-    from schemas.candle_wire import CandleWriter
+    from schemas.wire import CandleWriter
 
     changed = copy.deepcopy(load_schema("tickflow.Candle"))
     changed["fields"].insert(3, {"name": "venue", "type": "string", "default": ""})
