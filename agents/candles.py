@@ -360,8 +360,31 @@ class CandleBook:
         return out
 
     def forming(self, exchange: str, symbol: str) -> list[Candle]:
-        """The symbol's in-progress candle of every interval that has one, shortest interval first."""
-        return [c for name in self._names if (c := self.in_progress(exchange, symbol, name)) is not None]
+        """The symbol's in-progress candle of every interval that has one, shortest interval first:
+        what :meth:`in_progress` gives per interval, in one pass (this runs for every update sent)."""
+        st = self._syms.get((exchange, symbol))
+        if st is None:
+            return []
+        open1m = st.open1m
+        minutes = sorted(open1m)
+        out = []
+        if minutes and self._name_1m is not None:
+            out.append(_candle(exchange, symbol, self._name_1m, minutes[-1], MINUTE_MS, open1m[minutes[-1]], False, 0))
+        for k, (name, iv) in enumerate(self._higher):
+            opened = st.open_h[k]
+            if minutes:
+                start = minutes[-1] - minutes[-1] % iv
+            elif opened:
+                start = max(opened)
+            else:
+                continue
+            base = opened.get(start)
+            h = list(base) if base is not None else _new_agg(None, False, 0, None)
+            for m in minutes:
+                if start <= m < start + iv:
+                    _roll_minute(h, m, open1m[m])
+            out.append(_candle(exchange, symbol, name, start, iv, h, False, 0))
+        return out
 
     def in_progress(self, exchange: str, symbol: str, interval: str) -> Candle | None:
         """The current non-final window of an interval (for higher ones: its final minutes plus the live ones)."""

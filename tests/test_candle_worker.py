@@ -169,3 +169,20 @@ def test_a_held_update_goes_out_when_its_interval_has_passed_not_at_the_next_tic
     clock.now = scheduled[0][0]
     scheduled.pop(0)[1]()  # type: ignore[operator]
     assert ps.dirty == {(EX, "BTC")} and len(out.progress("BTC")) == 2  # a dropped state sends nothing
+
+
+def test_in_progress_candles_are_counted_by_interval_at_the_tick(worker: CandleWorker, clock: Clock) -> None:
+    from prometheus_client import REGISTRY
+
+    def counted(interval: str) -> float:
+        return REGISTRY.get_sample_value("tickflow_candles_emitted_total", {"interval": interval, "kind": "in_progress"}) or 0.0
+
+    out: FakeProducer = worker.producer  # type: ignore[assignment]
+    before = counted("1m"), counted("5m")
+    feed = Feed(worker)
+    for i in range(5):
+        feed(f"S{i}", (str(i), 1_000, 10.0))  # each symbol's first update goes out at once
+    assert sum(len(out.progress(f"S{i}")) for i in range(5)) == 5
+    assert (counted("1m"), counted("5m")) == before  # not yet: counters are added at the tick
+    worker.tick()
+    assert (counted("1m") - before[0], counted("5m") - before[1]) == (5, 5)

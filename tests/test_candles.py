@@ -568,3 +568,20 @@ def test_against_brute_force_model(seed):
         for c in ms:
             if not c.trade_count:
                 assert c.open == c.high == c.low == c.close and c.volume == 0.0 and c.vwap is None
+
+
+@pytest.mark.parametrize("intervals", [("1m", "5m", "15m", "1h", "4h", "1d"), ("5m", "1h"), ("1m",)])
+def test_forming_is_in_progress_of_every_interval(intervals: tuple[str, ...]) -> None:
+    """The one-pass ``forming`` the worker sends equals ``in_progress`` per interval, through
+    disorder, late minutes, gaps and idle closes."""
+    b = CandleBook(CandleConfig(intervals=intervals, lateness_ms=2000, grace_ms=60_000))
+    checked = 0
+    for i, (sym, trades) in enumerate(disordered_stream(3, 200)):
+        b.add(EX, sym, trades)
+        if i % 50 == 49:
+            b.close_open_windows()
+        for s in ("A", "B", "C", "NOPE"):
+            expected = [c for name in intervals if (c := b.in_progress(EX, s, name)) is not None]
+            assert b.forming(EX, s) == expected
+            checked += len(expected)
+    assert checked >= 50 * len(intervals)  # the stream leaves candles forming most of the time
