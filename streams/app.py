@@ -11,6 +11,7 @@ from typing import Any
 
 import faust
 from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.types import TP
 
 from streams.settings import Settings
 
@@ -28,6 +29,14 @@ def _transport(app: faust.App, fetch_wait_ms: int) -> faust_aiokafka.Transport:
     class LowWaitConsumer(faust_aiokafka.Consumer):
         def _new_consumer_thread(self) -> ConsumerThread:
             return ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+        async def _seek(self, partition: TP, offset: int) -> None:
+            """On the consumer's own thread. Faust calls aiokafka's ``seek`` from the agents' thread
+            while the consumer thread reads aiokafka's fetched records; the seek then removed a
+            partition's buffer in the middle of that read and aiokafka raised ``KeyError`` there,
+            which crashed the app (seen in a benchmark run, right after the startup seek to the
+            checkpoint)."""
+            await self._thread.call_thread(self._thread.seek, partition, offset)
 
     class Transport(faust_aiokafka.Transport):
         Consumer = LowWaitConsumer
