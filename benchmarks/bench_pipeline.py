@@ -15,7 +15,9 @@ c. Latency from trade receipt to the in-progress 1m candle on Redis at 20,000 tr
    100 trades/s with 10 ms, where nothing queues (``--full`` adds 1,000 trades/s).
 d. Memory per open (symbol, interval) window of a ``CandleBook`` (tracemalloc) and checkpoint size.
 
-Run: ``.venv/bin/python -m benchmarks.bench_pipeline [--quick|--full] [--only abcd]``.
+Run: ``.venv/bin/python -m benchmarks.bench_pipeline [--quick|--full] [--only abcd] [--broker tansu|mock]``;
+``--broker mock`` runs on librdkafka's mock cluster instead of Tansu, to separate tickflow's share of
+the latency from the broker's.
 """
 
 from __future__ import annotations
@@ -40,7 +42,9 @@ from typing import Any
 import orjson
 
 from benchmarks.common import (
+    BROKERS,
     broker,
+    broker_name,
     console,
     fmt_rate,
     fmt_ratio,
@@ -583,6 +587,7 @@ def bench_latency(bootstrap: str, scenarios: list[tuple[float, int, int]], secon
     default = Settings.model_fields
     t = table(
         f"c. Trade receipt -> its in-progress 1m candle on Redis: paced synthetic source, {SYMBOLS} symbols, {seconds:.0f} s of input per run, "
+        f"broker: {broker_name(bootstrap)}, "
         f"production layout: the source in its own process (tickflow ingest), the Faust worker in another, each sink in its own (all sinks on; redis_sink_batch_ms={default['redis_sink_batch_ms'].default}, "
         f"consumer_fetch_wait_ms={default['consumer_fetch_wait_ms'].default}; target p99 <= 50 ms at 20,000 trades/s)",
         "trades/s asked",
@@ -740,9 +745,13 @@ def main() -> None:
     size.add_argument("--full", action="store_true", help="larger sizes (see Plan): about 20 minutes")
     size.add_argument("--quick", action="store_true", help="one run of each measurement, to iterate on a change")
     ap.add_argument("--only", default="abcd", help="which parts: a agent, b end to end, c latency, d memory (e.g. --only ac)")
+    ap.add_argument(
+        "--broker", choices=BROKERS, default="tansu",
+        help="embedded Tansu (as tickflow run) or librdkafka's mock cluster, a broker that costs next to nothing (KAFKA_BOOTSTRAP overrides both)",
+    )
     args = ap.parse_args()
     quiet_logs()
-    with broker() as bootstrap:
+    with broker(args.broker) as bootstrap:
         run(bootstrap, FULL if args.full else QUICK if args.quick else Plan(), args.only)
 
 

@@ -85,15 +85,91 @@ def table(title: str, *columns: str) -> Table:
     return t
 
 
+BROKERS = ("tansu", "mock")
+MOCK_PARTITIONS = 4  # the partitions librdkafka's mock cluster gives a topic it creates on first use
+_MOCK_ENV = "TICKFLOW_BENCH_MOCK_CLUSTER"  # its address, inherited by the benchmark's fresh processes
+
+
+def _is_mock(bootstrap: str) -> bool:
+    return bool(bootstrap) and os.environ.get(_MOCK_ENV) == bootstrap
+
+
 @contextlib.contextmanager
-def broker() -> Iterator[str]:
-    """A bootstrap address: KAFKA_BOOTSTRAP if set, else an embedded Tansu for the duration."""
+def broker(kind: str = "tansu") -> Iterator[str]:
+    """A bootstrap address: KAFKA_BOOTSTRAP if set, else for the duration an embedded Tansu or
+    (``mock``) librdkafka's mock cluster.
+
+    The mock cluster is the broker that costs next to nothing: it runs as C threads in a process of
+    its own and answers a waiting fetch as soon as data arrives, where Tansu holds every fetch for
+    its full wait and polls. Measuring on both separates tickflow's share from the broker's.
+    """
     if os.environ.get("KAFKA_BOOTSTRAP"):
         yield os.environ["KAFKA_BOOTSTRAP"]
+        return
+    if kind == "mock":
+        with _mock_cluster() as bootstrap:
+            yield bootstrap
         return
     with tempfile.TemporaryDirectory(prefix="tickflow-bench-broker-") as tmp:
         with EmbeddedBroker(free_port(), log_file=Path(tmp) / "tansu.log") as b:
             yield b.bootstrap
+
+
+@contextlib.contextmanager
+def _mock_cluster() -> Iterator[str]:
+    ctx = get_context("spawn")
+    mine, theirs = ctx.Pipe(duplex=False)
+    stop = ctx.Event()
+    proc = ctx.Process(target=_run_mock_cluster, args=(theirs, stop), name="bench-mock-cluster", daemon=True)
+    proc.start()
+    try:
+        if not mine.poll(30):
+            raise RuntimeError("librdkafka's mock cluster did not start")
+        bootstrap = mine.recv()
+        if not bootstrap:
+            raise RuntimeError("librdkafka's mock cluster did not say its address")
+        os.environ[_MOCK_ENV] = bootstrap
+        yield bootstrap
+    finally:
+        os.environ.pop(_MOCK_ENV, None)
+        stop.set()
+        proc.join(10)
+
+
+def _run_mock_cluster(conn: Connection, stop: Any) -> None:
+    """Keep a client with ``test.mock.num.brokers`` alive: its mock cluster lives as long as it does.
+    librdkafka says the cluster's address only in a log line, so a handler picks it out."""
+    import re
+
+    found: list[str] = []
+
+    class Address(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            m = re.search(r"replaced with (\S+)", record.getMessage())
+            if m:
+                found.append(m.group(1))
+
+    logger = logging.getLogger("tickflow.bench.mock-cluster")
+    logger.addHandler(Address())
+    logger.setLevel(logging.DEBUG)
+    logger.propagate = False
+    holder = Producer({"bootstrap.servers": "mock:0", "test.mock.num.brokers": 1, "logger": logger, "debug": "conf"})
+    deadline = time.monotonic() + 20
+    while not found and time.monotonic() < deadline:
+        holder.poll(0.1)
+    conn.send(found[0] if found else None)
+    while not stop.is_set():
+        holder.poll(0.5)
+
+
+def _create_on_first_use(settings: Settings) -> None:
+    """The mock cluster has no controller for CreateTopics; it creates a topic when a producer asks
+    for its metadata, with ``MOCK_PARTITIONS`` partitions."""
+    from streams.topics import topic_specs
+
+    producer = Producer({"bootstrap.servers": settings.bootstrap})
+    for spec in topic_specs(settings):
+        producer.list_topics(topic=spec.name, timeout=30)
 
 
 def tag() -> str:
@@ -111,8 +187,18 @@ def fresh_settings(bootstrap: str, data_dir: Path, *, ticks: str | None = None, 
     settings = isolated(base, f"bench-{tag()}")
     if ticks:
         settings = settings.model_copy(update={"topic_ticks": ticks})
-    ensure_topics(settings)
+    if _is_mock(bootstrap):
+        settings = settings.model_copy(update={"ticks_partitions": MOCK_PARTITIONS})
+        _create_on_first_use(settings)  # then the pipeline's ensure_topics finds them all
+    else:
+        ensure_topics(settings)
     return settings
+
+
+def broker_name(bootstrap: str) -> str:
+    if _is_mock(bootstrap):
+        return f"librdkafka's mock cluster ({MOCK_PARTITIONS} partitions a topic)"
+    return "KAFKA_BOOTSTRAP" if os.environ.get("KAFKA_BOOTSTRAP") else "embedded Tansu"
 
 
 def produce_all(settings: Settings, records: Sequence[tuple[str, bytes]]) -> None:
