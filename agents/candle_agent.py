@@ -21,9 +21,9 @@ import structlog
 from prometheus_client import Counter, Gauge, Histogram
 
 from agents.candles import BookOutput, CandleBook, CandleConfig
-from schemas.wire import CandleWriter, LiveCandlesWriter
 from schemas.codec import DecodeError, codec_for
 from schemas.models import DeadLetter, TradeBatch
+from schemas.wire import CandleWriter, LiveCandlesWriter
 from streams.checkpoint import CheckpointedAgent, CheckpointWriter, Position, admit, input_start, load_checkpoint, register_checkpointed_agent
 from streams.producer import TickProducer
 from streams.settings import Settings
@@ -42,9 +42,7 @@ INPUT_DELAY = Histogram(
     "Wall-clock time from a batch's receipt by ingest to the candle agent reading it (broker hop plus queueing)",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 60.0, 600.0),
 )
-
-
-GAUGES_EVERY_S = 1.0
+GAUGES_EVERY_S = 1.0  # how often tick() refreshes the open-window and watermark gauges
 
 
 def candle_config(settings: Settings) -> CandleConfig:
@@ -187,7 +185,7 @@ class CandleWorker(CheckpointWriter):
                 sent[candle.interval] = sent.get(candle.interval, 0) + 1
 
     def tick(self, now: float | None = None) -> None:
-        """Periodic work: throttled in-progress updates and closing windows of quiet partitions."""
+        """Periodic work: throttled in-progress updates, closing windows of quiet partitions, metrics."""
         now = time.monotonic() if now is None else now
         for p, ps in list(self.parts.items()):
             if ps.dirty:
