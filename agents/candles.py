@@ -365,25 +365,14 @@ class CandleBook:
         st = self._syms.get((exchange, symbol))
         if st is None:
             return []
-        open1m = st.open1m
-        minutes = sorted(open1m)
+        minutes = sorted(st.open1m)
         out = []
         if minutes and self._name_1m is not None:
-            out.append(_candle(exchange, symbol, self._name_1m, minutes[-1], MINUTE_MS, open1m[minutes[-1]], False, 0))
-        for k, (name, iv) in enumerate(self._higher):
-            opened = st.open_h[k]
-            if minutes:
-                start = minutes[-1] - minutes[-1] % iv
-            elif opened:
-                start = max(opened)
-            else:
-                continue
-            base = opened.get(start)
-            h = list(base) if base is not None else _new_agg(None, False, 0, None)
-            for m in minutes:
-                if start <= m < start + iv:
-                    _roll_minute(h, m, open1m[m])
-            out.append(_candle(exchange, symbol, name, start, iv, h, False, 0))
+            out.append(_candle(exchange, symbol, self._name_1m, minutes[-1], MINUTE_MS, st.open1m[minutes[-1]], False, 0))
+        for k in range(len(self._higher)):
+            candle = self._forming_higher(st, k, minutes)
+            if candle is not None:
+                out.append(candle)
         return out
 
     def in_progress(self, exchange: str, symbol: str, interval: str) -> Candle | None:
@@ -401,21 +390,25 @@ class CandleBook:
         k = next((i for i, (_, v) in enumerate(self._higher) if v == iv), None)
         if k is None:
             raise ValueError(f"interval {interval!r} is not built by this book (intervals {self._names})")
-        name = self._higher[k][0]
+        return self._forming_higher(st, k, sorted(open1m))
+
+    def _forming_higher(self, st: _Symbol, k: int, minutes: list[int]) -> Candle | None:
+        """Higher interval ``k``'s current window: its final minutes (rolled up already) plus the
+        open ones, ``minutes`` being the symbol's open 1m windows in order."""
+        name, iv = self._higher[k]
         opened = st.open_h[k]
-        if open1m:
-            m = max(open1m)
-            start = m - m % iv
+        if minutes:
+            start = minutes[-1] - minutes[-1] % iv
         elif opened:
             start = max(opened)
         else:
             return None
         base = opened.get(start)
         h = list(base) if base is not None else _new_agg(None, False, 0, None)
-        for m in sorted(open1m):
+        for m in minutes:
             if start <= m < start + iv:
-                _roll_minute(h, m, open1m[m])
-        return _candle(exchange, symbol, name, start, iv, h, False, 0)
+                _roll_minute(h, m, st.open1m[m])
+        return _candle(st.exchange, st.symbol, name, start, iv, h, False, 0)
 
     def close_open_windows(self) -> BookOutput:
         """Finalize every open 1m window now (idle timeout) by moving the watermark to the end of the latest.
