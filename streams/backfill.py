@@ -22,7 +22,7 @@ import ccxt
 import ccxt.async_support
 import ccxt.pro
 import structlog
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, stop_never
 
 from schemas.codec import codec_for
 from schemas.models import Candle
@@ -135,22 +135,27 @@ def candle_from_ohlcv(
     )
 
 
+def transient_retrying(
+    min_backoff: float, max_backoff: float, on_retry: Callable[[int, float, BaseException | None], None], *, attempts: int | None = None
+) -> AsyncRetrying:
+    """Retry ``TRANSIENT_ERRORS`` with :func:`backoff_delay`, calling ``on_retry(attempt, delay,
+    error)`` before each wait: without end when ``attempts`` is None, else raising the last error."""
+    return AsyncRetrying(
+        retry=retry_if_exception_type(TRANSIENT_ERRORS),
+        stop=stop_never if attempts is None else stop_after_attempt(attempts),
+        wait=lambda state: backoff_delay(state.attempt_number, min_backoff, max_backoff),
+        before_sleep=lambda state: on_retry(state.attempt_number, state.upcoming_sleep, state.outcome.exception() if state.outcome else None),
+        reraise=True,
+    )
+
+
 def _retrying(exchange_id: str, symbol: str, retries: int, min_backoff: float, max_backoff: float) -> AsyncRetrying:
     """Transient errors retried ``retries`` times with backoff, each logged; then the last one is raised."""
 
-    def before_sleep(state: RetryCallState) -> None:
-        log.warning(
-            "backfill_retry", exchange=exchange_id, symbol=symbol, attempt=state.attempt_number,
-            delay_s=round(state.upcoming_sleep, 3), error=repr(state.outcome.exception() if state.outcome else None),
-        )
+    def logged(attempt: int, delay: float, error: BaseException | None) -> None:
+        log.warning("backfill_retry", exchange=exchange_id, symbol=symbol, attempt=attempt, delay_s=round(delay, 3), error=repr(error))
 
-    return AsyncRetrying(
-        retry=retry_if_exception_type(TRANSIENT_ERRORS),
-        stop=stop_after_attempt(retries + 1),
-        wait=lambda state: backoff_delay(state.attempt_number, min_backoff, max_backoff),
-        before_sleep=before_sleep,
-        reraise=True,
-    )
+    return transient_retrying(min_backoff, max_backoff, logged, attempts=retries + 1)
 
 
 class BackfillError(Exception):

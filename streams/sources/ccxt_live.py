@@ -22,10 +22,9 @@ from typing import Any, Literal
 import orjson
 import structlog
 from prometheus_client import Counter
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
 
 from schemas.models import Trade, TradeBatch
-from streams.backfill import TRANSIENT_ERRORS, backoff_delay, open_exchange
+from streams.backfill import TRANSIENT_ERRORS, backoff_delay, open_exchange, transient_retrying
 from streams.sources.base import BadInput, Source, SourceItem, now_us, trade_problem
 
 log = structlog.get_logger(__name__)
@@ -356,15 +355,10 @@ class CcxtSource(Source):
     async def _retrying(self, symbol: str | None, call: Any) -> Any:
         """``await call()``, retrying transient errors without end: a live source outwaits any outage."""
 
-        def before_sleep(state: RetryCallState) -> None:
-            error = state.outcome.exception() if state.outcome else None
-            self._retried(symbol, error, state.attempt_number, state.upcoming_sleep)
+        def retried(attempt: int, delay: float, error: BaseException | None) -> None:
+            self._retried(symbol, error, attempt, delay)
 
-        async for attempt in AsyncRetrying(
-            retry=retry_if_exception_type(TRANSIENT_ERRORS),
-            wait=lambda state: backoff_delay(state.attempt_number, self.min_backoff, self.max_backoff),
-            before_sleep=before_sleep,
-        ):
+        async for attempt in transient_retrying(self.min_backoff, self.max_backoff, retried):
             with attempt:
                 return await call()
 
