@@ -32,7 +32,7 @@ from rich.table import Table
 
 from streams.broker import EmbeddedBroker, free_port
 from streams.settings import Settings
-from streams.topics import end_offsets, ensure_topics, isolated
+from streams.topics import end_offsets, ensure_topics, isolated, topic_specs
 
 T = TypeVar("T")
 console = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
@@ -99,9 +99,9 @@ def broker(kind: str = "tansu") -> Iterator[str]:
     """A bootstrap address: KAFKA_BOOTSTRAP if set, else for the duration an embedded Tansu or
     (``mock``) librdkafka's mock cluster.
 
-    The mock cluster is the broker that costs next to nothing: it runs as C threads in a process of
-    its own and answers a waiting fetch as soon as data arrives, where Tansu holds every fetch for
-    its full wait and polls. Measuring on both separates tickflow's share from the broker's.
+    The mock cluster is a broker that costs next to nothing (C threads in a process of its own,
+    about 0.07 cores during a 10,000 trades/s latency run), where Tansu holds every fetch for its
+    full wait and polls. Measuring on both separates tickflow's share from the broker's.
     """
     if os.environ.get("KAFKA_BOOTSTRAP"):
         yield os.environ["KAFKA_BOOTSTRAP"]
@@ -165,8 +165,6 @@ def _run_mock_cluster(conn: Connection, stop: Any) -> None:
 def _create_on_first_use(settings: Settings) -> None:
     """The mock cluster has no controller for CreateTopics; it creates a topic when a producer asks
     for its metadata, with ``MOCK_PARTITIONS`` partitions."""
-    from streams.topics import topic_specs
-
     producer = Producer({"bootstrap.servers": settings.bootstrap})
     for spec in topic_specs(settings):
         producer.list_topics(topic=spec.name, timeout=30)
