@@ -1,10 +1,14 @@
-"""The Faust app's consumer: tickflow's fetch wait instead of Faust's hardcoded 1500 ms, and seeks
-run on the consumer's thread."""
+"""The Faust app's consumer: tickflow's fetch wait instead of Faust's hardcoded 1500 ms, seeks run
+on the consumer's thread, and a message's delivery runs inline unless it has to wait."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
+import warnings
 from typing import Any
+
+import pytest
 
 from faust.types import TP
 
@@ -44,3 +48,65 @@ async def test_seek_runs_on_the_consumer_thread_not_the_agents() -> None:
     assert [(m.__name__, a) for m, a in calls] == [("seek", (tp, 42))]
     assert ran_on == ["consumer-thread"]
     assert app.consumer._read_offset[tp] == 42  # noqa: SLF001 - Faust's own bookkeeping still follows
+
+
+async def test_a_delivery_that_need_not_wait_runs_inline() -> None:
+    consumer = create_app(Settings(metrics_port=0)).consumer
+    order: list[str] = []
+
+    async def deliver() -> str:
+        order.append("delivered")
+        return "put"
+
+    asyncio.get_running_loop().call_soon(order.append, "next loop turn")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the unused suspend_flow.wait() must be closed, not left unawaited
+        first = deliver()
+        result = await consumer.wait_first(first, consumer.suspend_flow.wait())
+    assert order == ["delivered"]  # Faust's tasks would only have started after the next loop turn
+    assert (result.done, result.results, result.stopped) == ([first], ["put"], False)
+
+
+async def test_a_delivery_that_waits_still_finishes() -> None:
+    consumer = create_app(Settings(metrics_port=0)).consumer
+    room: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+
+    async def deliver() -> str:
+        await asyncio.sleep(0)  # a bare yield first, then a real wait
+        return await room
+
+    asyncio.get_running_loop().call_later(0.01, room.set_result, "put")
+    result = await consumer.wait_first(deliver(), consumer.suspend_flow.wait())
+    assert result.results == ["put"]
+    assert not result.stopped
+
+
+async def test_a_waiting_delivery_is_abandoned_when_the_flow_is_suspended() -> None:
+    """As in Faust: a rebalance suspends the flow, and a delivery blocked on a full buffer gives up
+    (its clean-up runs), so the drain loop can go on."""
+    consumer = create_app(Settings(metrics_port=0)).consumer
+    cleaned_up = asyncio.Event()
+
+    async def deliver() -> None:
+        try:
+            await asyncio.get_running_loop().create_future()  # a buffer that never drains
+        except asyncio.CancelledError:
+            cleaned_up.set()
+            raise
+
+    asyncio.get_running_loop().call_later(0.01, consumer.suspend_flow.set)
+    suspended = consumer.suspend_flow.wait()
+    result = await consumer.wait_first(deliver(), suspended)
+    assert result.done == [suspended]
+    await asyncio.sleep(0)
+    assert cleaned_up.is_set()
+
+
+async def test_a_failing_delivery_raises_in_the_drain_loop() -> None:
+    consumer = create_app(Settings(metrics_port=0)).consumer
+
+    async def deliver() -> None:
+        raise ValueError("bad message")
+
+    with pytest.raises(ValueError, match="bad message"):
+        await consumer.wait_first(deliver(), consumer.suspend_flow.wait())
