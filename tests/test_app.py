@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from faust.types import TP
+from faust.types import TP, Message
 
 from streams.app import create_app
 from streams.settings import Settings
@@ -110,3 +110,15 @@ async def test_a_failing_delivery_raises_in_the_drain_loop() -> None:
 
     with pytest.raises(ValueError, match="bad message"):
         await consumer.wait_first(deliver(), consumer.suspend_flow.wait())
+
+
+def test_the_monitor_skips_per_message_bookkeeping_but_keeps_what_the_consumer_reads() -> None:
+    app = create_app(Settings(metrics_port=0))
+    monitor = app.monitor
+    tp = TP("ticks", 0)
+    message = Message("ticks", 0, 0, 0.0, 0, [], b"k", b"v", None)
+    monitor.on_message_in(tp, 0, message)
+    assert monitor.messages_received_total == 0
+    assert message.time_in is None
+    monitor.track_tp_end_offset(tp, 10)
+    assert monitor.tp_end_offsets[tp] == 10
