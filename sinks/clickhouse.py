@@ -50,8 +50,9 @@ class ClickHouseSink(Sink):
         return cls(connect(dsn), owns_client=True)
 
     def write(self, batch: SinkBatch) -> None:
-        if batch.trades:
-            self._insert("trades", trade_columns(batch.trades))
+        trades = trade_columns(batch.trade_batches)
+        if trades["ts"]:
+            self._insert("trades", trades)
         finals = batch.final_candles()
         if finals:
             self._insert("candles", candle_columns(finals))

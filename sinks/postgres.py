@@ -111,7 +111,7 @@ class PostgresSink(Sink):
         )
 
     def write(self, batch: SinkBatch) -> None:
-        trades = trade_columns(batch.trades)
+        trades = trade_columns(batch.trade_batches)
         candles = candle_columns(batch.final_candles())
         indicators = indicator_columns(batch.indicators)
         if not trades["ts"] and not candles["open_time"] and not indicators["open_time"]:

@@ -48,7 +48,7 @@ class MemorySink(Sink):
                 self.on_fail()
             raise ConnectionError("store down")
         candle_columns(batch.candles)  # DataRejected for unstorable candles
-        self.trades.extend(batch.trades)
+        self.trades.extend((b.exchange, b.symbol, t) for b in batch.trade_batches for t in b.trades)
         self.candles.extend(batch.candles)
 
     def close(self) -> None:
@@ -229,7 +229,7 @@ def test_data_rejected_outside_a_single_record_is_bisected(topics: Settings, run
 
     class Picky(MemorySink):
         def write(self, batch: SinkBatch) -> None:
-            if any(s == "ETH/USDT" and t.trade_id == "15" for _, s, t in batch.trades):
+            if any(b.symbol == "ETH/USDT" and t.trade_id == "15" for b in batch.trade_batches for t in b.trades):
                 raise DataRejected("trade 15 is cursed")
             super().write(batch)
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from schemas.models import Candle, Trade
+from schemas.models import Candle, Trade, TradeBatch
 from sinks.base import DataRejected, SinkBatch, candle_columns
 from sinks.clickhouse import ClickHouseSink, connect
 from sinks.migrations import discover, migrate_clickhouse, migrate_postgres, split_statements
@@ -59,8 +59,9 @@ def candle(exchange: str, open_time: int = T0, *, revision: int = 0, final: bool
     )
 
 
-def trade(exchange: str, i: int, symbol: str = "BTC/USDT") -> tuple[str, str, Trade]:
-    return (exchange, symbol, Trade(str(1000 + i), T0 * 1000 + i * 1_000_123, 100.0 + i / 8, 0.25 * (i + 1), "buy" if i % 2 else "sell"))
+def trade(exchange: str, i: int, symbol: str = "BTC/USDT") -> TradeBatch:
+    """A batch of one trade: the sinks receive trades as the batches they came in."""
+    return TradeBatch(exchange, symbol, 0, [Trade(str(1000 + i), T0 * 1000 + i * 1_000_123, 100.0 + i / 8, 0.25 * (i + 1), "buy" if i % 2 else "sell")])
 
 
 def ch_trades(client, exchange: str) -> list[tuple]:  # noqa: ANN001
@@ -123,7 +124,7 @@ def test_in_progress_candles_are_not_stored(sink: ClickHouseSink, client, exchan
 def test_exact_times_and_nullable_columns(sink: ClickHouseSink, client, exchange: str) -> None:  # noqa: ANN001
     c = candle(exchange, revision=1)
     sink.write(SinkBatch([trade(exchange, 7)], [c]))
-    t = trade(exchange, 7)[2]
+    (t,) = trade(exchange, 7).trades
     assert ch_trades(client, exchange) == [(exchange, "BTC/USDT", t.trade_id, t.ts, t.price, t.amount, t.side)]
     assert ch_candles(client, exchange) == [
         (exchange, "BTC/USDT", "1m", T0, T0 + 59_999, 100.0, 102.0, 99.5, 101.0, 3.0, 300.0, 7, None, 1.0, "10", None, True, 1)
@@ -132,7 +133,7 @@ def test_exact_times_and_nullable_columns(sink: ClickHouseSink, client, exchange
 
 def test_unstorable_values_are_rejected(sink: ClickHouseSink, client, exchange: str) -> None:  # noqa: ANN001
     with pytest.raises(DataRejected, match="outside the storable range"):
-        sink.write(SinkBatch([(exchange, "X", Trade("1", 10**19, 1.0, 1.0, "buy"))]))
+        sink.write(SinkBatch([TradeBatch(exchange, "X", 0, [Trade("1", 10**19, 1.0, 1.0, "buy")])]))
     with pytest.raises(DataRejected, match="revision"):
         sink.write(SinkBatch(candles=[candle(exchange, revision=-1)]))
     assert ch_candles(client, exchange) == []

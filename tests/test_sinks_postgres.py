@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 import psycopg
 import pytest
 
-from schemas.models import Candle, Trade
+from schemas.models import Candle, Trade, TradeBatch
 from sinks.base import DataRejected, SinkBatch
 from sinks import migrations
 from sinks.migrations import TIMESCALE_PARAMS, discover, migrate_postgres, split_statements, timescale_version
@@ -56,8 +56,9 @@ def candle(open_time: int = T0, *, revision: int = 0, final: bool = True, close:
     )
 
 
-def trade(i: int, symbol: str = "BTC/USDT") -> tuple[str, str, Trade]:
-    return ("binance", symbol, Trade(str(1000 + i), T0 * 1000 + i * 1_000_123, 100.0 + i / 8, 0.25 * (i + 1), "buy" if i % 2 else "sell"))
+def trade(i: int, symbol: str = "BTC/USDT") -> TradeBatch:
+    """A batch of one trade: the sinks receive trades as the batches they came in."""
+    return TradeBatch("binance", symbol, 0, [Trade(str(1000 + i), T0 * 1000 + i * 1_000_123, 100.0 + i / 8, 0.25 * (i + 1), "buy" if i % 2 else "sell")])
 
 
 def rows(url: str, sql: str) -> list[tuple]:
@@ -134,7 +135,7 @@ def test_trades_are_deduplicated_within_and_across_batches(sink: PostgresSink, p
 def test_times_and_values_are_exact(sink: PostgresSink, pg_url: str) -> None:
     sink.write(SinkBatch([trade(3)], [candle()]))
     (ts, price, amount, side), = rows(pg_url, "SELECT ts, price, amount, side FROM trades")
-    t = trade(3)[2]
+    (t,) = trade(3).trades
     assert ts == datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=t.ts)
     assert (price, amount, side) == (t.price, t.amount, t.side)
     (open_ms, close_ms), = rows(pg_url, "SELECT (extract(epoch FROM open_time) * 1000)::bigint, (extract(epoch FROM close_time) * 1000)::bigint FROM candles")
@@ -167,7 +168,7 @@ def test_unstorable_values_are_rejected_not_retried(sink: PostgresSink, pg_url: 
     with pytest.raises(DataRejected, match="outside the storable range"):
         sink.write(SinkBatch(candles=[candle(10**16)]))
     with pytest.raises(DataRejected, match="NUL"):
-        sink.write(SinkBatch([("binance", "BTC/USDT", Trade("1\x00", T0 * 1000, 1.0, 1.0, "buy"))]))
+        sink.write(SinkBatch([TradeBatch("binance", "BTC/USDT", 0, [Trade("1\x00", T0 * 1000, 1.0, 1.0, "buy")])]))
     assert rows(pg_url, "SELECT count(*) FROM trades") == [(0,)]
 
 
