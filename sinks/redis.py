@@ -3,7 +3,7 @@
 Each candle is PUBLISHed as JSON on ``candles:{exchange}:{symbol}:{interval}`` and the newest one per
 key is kept under ``latest:candles:{exchange}:{symbol}:{interval}`` for clients that connect between
 updates, expiring after three intervals (at least 60 s) so a stopped feed does not look live.
-One Lua call per 500 records publishes them and sets their snapshots, all in one round trip.
+One Lua call per 500 records publishes them and sets their snapshots, in one round trip.
 
 "Newest" is by window: a revision of an already closed window (a late trade) is published but must
 not replace the snapshot of the window after it. Within a batch the last candle of the newest window
@@ -129,7 +129,8 @@ class RedisSink(Sink):
             ttls = {r.interval: snapshot_ttl(r.interval) for r in (*batch.candles, *batch.indicators)}
         except (ValueError, OverflowError) as exc:
             raise DataRejected(str(exc)) from exc
-        pipe = self._redis.pipeline(transaction=False)
+        # One EVALSHA per chunk, not a pipeline: redis-py's pipeline asks SCRIPT EXISTS before every
+        # execute, a second round trip on the realtime path (the script reloads itself on NOSCRIPT).
         for kind, records, encoded in (("candles", batch.candles, payloads), ("indicators", batch.indicators, ind_payloads)):
             for start in range(0, len(records), CHUNK):
                 chunk = records[start : start + CHUNK]
@@ -141,8 +142,7 @@ class RedisSink(Sink):
                     r = chunk[i]
                     keys.append(f"latest:{kind}:{key}")
                     snapshots += (i, r.open_time, ttls[r.interval], "0" if kind == "candles" and not r.is_final else "1")
-                self._publish(keys=keys, args=[len(chunk), *publishes, *snapshots], client=pipe)
-        pipe.execute()
+                self._publish(keys=keys, args=[len(chunk), *publishes, *snapshots])
 
     def close(self) -> None:
         self._redis.close()

@@ -150,3 +150,11 @@ def test_an_update_never_hides_the_final_candle_of_its_window(sink: RedisSink, r
     assert (latest(r, exchange)["is_final"], latest(r, exchange)["close"]) == (True, 105.0)
     sink.write(SinkBatch(candles=[candle(exchange, T0 + 60_000, close=106.0)]))  # the next window's update does replace it
     assert (latest(r, exchange)["is_final"], latest(r, exchange)["open_time"]) == (False, T0 + 60_000)
+
+
+def test_a_redis_that_lost_the_script_gets_it_again(sink: RedisSink, r: redis.Redis, exchange: str) -> None:
+    """A restarted (or flushed) Redis has no scripts: the next write loads it and still lands."""
+    sink.write(SinkBatch(candles=[candle(exchange, close=1.0)]))
+    r.script_flush()
+    sink.write(SinkBatch(candles=[candle(exchange, T0 + 60_000, close=2.0)]))
+    assert latest(r, exchange)["close"] == 2.0
