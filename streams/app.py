@@ -46,7 +46,7 @@ def _transport(app: faust.App, fetch_wait_ms: int) -> faust_aiokafka.Transport:
         async def wait_first(self, *coros: WaitArgT, timeout: Seconds | None = None) -> WaitResults:
             """Faust's drain loop hands every message to the agents with
             ``wait_first(deliver(message), suspend_flow.wait())``: four tasks and an
-            ``asyncio.wait`` per message, about a fifth of the worker's cost per record. Delivery
+            ``asyncio.wait`` per message, a third of the paced candle agent's cost per record. Delivery
             only waits when an agent's buffer is full, so the delivery is first run inline; only
             when it has to wait does it race the flow's suspension (a rebalance) as before."""
             first = coros[0] if len(coros) == 2 and timeout is None else None
