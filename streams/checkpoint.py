@@ -35,7 +35,9 @@ def serialize_checkpoint(offset: int, state: dict[str, Any]) -> bytes:
 
 
 def compress_checkpoint(raw: bytes) -> bytes:
-    return zlib.compress(raw, 3)
+    """Level 1: at 20,000 trades/s a candle checkpoint holds about a million trade ids (20 MB of
+    JSON every few seconds); level 3 took twice the CPU for the same size."""
+    return zlib.compress(raw, 1)
 
 
 def encode_checkpoint(offset: int, state: dict[str, Any]) -> bytes:
@@ -215,7 +217,14 @@ def register_checkpointed_agent(
 
     async def write_checkpoints(partitions: list[int] | None = None) -> None:
         async with checkpoint_lock:
-            snapshots = worker.snapshots(partitions)  # here, between records; a thread would read state being changed
+            # Taken here, between records (a thread would read state being changed), one partition
+            # at a time with records let through in between: serializing every partition's book in
+            # one go held the event loop for tens of milliseconds every few seconds at 20,000
+            # trades/s, which went straight into the in-progress updates' p99.
+            snapshots: list[tuple[int, bytes]] = []
+            for p in partitions if partitions is not None else list(worker.parts):
+                snapshots += worker.snapshots([p])
+                await asyncio.sleep(0)
             await asyncio.get_running_loop().run_in_executor(None, worker.write_snapshots, snapshots)
 
     async def loaded(partition: int) -> bool:
