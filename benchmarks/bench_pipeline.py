@@ -12,7 +12,8 @@ b. End to end: ``run_pipeline(until_drained=True)`` with an unpaced ``SyntheticS
    Baseline: the same source through ``run_ingest`` alone (no worker, no sinks).
 c. Latency from trade receipt to the in-progress 1m candle on Redis at 20,000 trades/s (see
    :func:`latencies` for the method), for the default ``candle_update_ms`` and for 10 ms, and at
-   100 trades/s with 10 ms, where nothing queues (``--full`` adds 1,000 trades/s).
+   100 trades/s with 10 ms, where nothing queues (``--full`` adds 1,000 trades/s). Also printed: the
+   cores each part used while the source ran (broker, worker, ingest, each sink, PostgreSQL, Redis).
 d. Memory per open (symbol, interval) window of a ``CandleBook`` (tracemalloc) and checkpoint size.
 
 Run: ``.venv/bin/python -m benchmarks.bench_pipeline [--quick|--full] [--only abcd] [--broker tansu|mock]``;
@@ -27,6 +28,7 @@ import asyncio
 import contextlib
 import gc
 import math
+import os
 import tempfile
 import threading
 import time
@@ -46,12 +48,14 @@ from benchmarks.common import (
     broker,
     broker_name,
     console,
+    cores_used,
     fmt_rate,
     fmt_ratio,
     fmt_s,
     fresh_pg_database,
     fresh_settings,
     median,
+    process_cpu,
     produce_all,
     quiet_logs,
     repeat,
@@ -69,6 +73,7 @@ from streams.sources.synthetic import SyntheticSource, generate_trades
 
 SYMBOLS = 100
 EVENT_RATE = 20_000.0
+CPU_SETTLE_S = 2.0  # the latency runs' CPU is read from this long after the source starts until it ends
 FLOOR_RATE = 100.0  # trades/s low enough that nothing queues anywhere: the latency the layout itself adds
 START_US = 1_700_000_000_000_000
 DEFAULT_UPDATE_MS: int = Settings.model_fields["candle_update_ms"].default
@@ -402,6 +407,7 @@ class LatencyRun:
     batches: int  # measured (after warm-up)
     covered: float  # share of post-warm-up batches a Redis update was seen for
     achieved_rate: float  # trades/s the source actually delivered
+    cores: dict[str, float]  # cores each part used while the source ran (after CPU_SETTLE_S)
 
 
 def latencies(batches: dict[str, list[tuple[int, float, int]]], messages: dict[str, list[tuple[float, int]]], since: float) -> tuple[list[tuple[float, int]], int, int]:
@@ -531,8 +537,10 @@ def latency_run(bootstrap: str, rate: float, seconds: float, update_ms: int, war
         receiver = threading.Thread(target=receive, name="bench-redis-progress", daemon=True)
         receiver.start()
         ingested: list[Any] = []
+        cores: dict[str, float] = {}
+        labels = {os.getpid(): "worker", ingest.pid: "ingest", listener.pid: "subscriber (benchmark)"}
         try:
-            asyncio.run(_run_until(settings, start, from_ingest, ingested, all_seen, batches, settle_s))
+            asyncio.run(_run_until(settings, start, from_ingest, ingested, all_seen, batches, settle_s, labels, cores))
         finally:
             stop.set()
             receiver.join(30)
@@ -553,15 +561,17 @@ def latency_run(bootstrap: str, rate: float, seconds: float, update_ms: int, war
         measured,
         measured / (measured + uncovered),
         trades / (finished - first),
+        cores,
     )
 
 
 async def _run_until(
     settings: Settings, start: Any, from_ingest: Connection, ingested: list[Any], done: Callable[[], bool],
-    batches: dict[str, list[tuple[int, float, int]]], settle_s: float,
+    batches: dict[str, list[tuple[int, float, int]]], settle_s: float, labels: dict[int, str], cores: dict[str, float],
 ) -> None:
     """run_pipeline without a source; the ingest process starts once the worker holds partitions.
-    Stops the pipeline when ingest has reported and ``done()`` holds (or ``settle_s`` passed)."""
+    Stops the pipeline when ingest has reported and ``done()`` holds (or ``settle_s`` passed).
+    ``cores`` gets what each process used from ``CPU_SETTLE_S`` after the start to the source's end."""
     from streams.pipeline import RunStatus, run_pipeline
 
     status = RunStatus()
@@ -570,7 +580,20 @@ async def _run_until(
     while not task.done() and (status.worker is None or not status.worker.parts):
         await asyncio.sleep(0.1)  # partitions get their state about a second after the group join
     start.set()
+    if status.sinks is not None:
+        labels.update({proc.pid: f"{name} sink" for name, proc in status.sinks.procs.items() if proc.pid is not None})
+
+    async def reading() -> tuple[float, dict[int, tuple[str, float]]]:
+        await asyncio.sleep(CPU_SETTLE_S)
+        return time.monotonic(), await loop.run_in_executor(None, process_cpu)
+
+    first_reading = asyncio.create_task(reading())
     report = await loop.run_in_executor(None, from_ingest.recv)
+    if first_reading.done():
+        since, before = first_reading.result()
+        cores.update(cores_used(before, await loop.run_in_executor(None, process_cpu), time.monotonic() - since, labels))
+    else:
+        first_reading.cancel()
     ingested.append(report)
     for symbol, last_id, at, n in report[0]:
         batches[symbol].append((last_id, at, n))
@@ -600,9 +623,11 @@ def bench_latency(bootstrap: str, scenarios: list[tuple[float, int, int]], secon
         "batches measured",
     )
     failures: list[str] = []
+    cpu: list[list[dict[str, float]]] = []
     for rate, update_ms, runs in scenarios:
         attempt = repeat(runs, latency_run, bootstrap, rate, seconds, update_ms, warmup_s, timeout_s=seconds + 180)
         results = attempt.ok
+        cpu.append([r.cores for r in results if r.cores])
         achieved = median([r.achieved_rate for r in results])
         failures.append(attempt.note(f"{fmt_rate(rate)} trades/s, {update_ms} ms"))
         t.add_row(
@@ -619,6 +644,11 @@ def bench_latency(bootstrap: str, scenarios: list[tuple[float, int, int]], secon
     for note in failures:
         if note:
             console.print(note)
+    for (rate, update_ms, _), runs_cores in zip(scenarios, cpu, strict=True):
+        if runs_cores:
+            labels = sorted({label for c in runs_cores for label in c}, key=lambda k: -median([c.get(k, 0.0) for c in runs_cores]))
+            used = " · ".join(f"{label} {median([c.get(label, 0.0) for c in runs_cores]):.2f}" for label in labels)
+            console.print(f"   cores used at {fmt_rate(rate)} trades/s, {update_ms} ms (median of runs, while the source ran): {used}")
     console.print(
         "   method: a source wrapper in the ingest process notes each batch's receipt (time.monotonic when the ingest loop gets it) and last trade id; "
         "a Redis subscriber in a process of its own notes each in-progress 1m message's arrival and last_trade_id; a batch's "

@@ -47,6 +47,37 @@ def quiet_logs() -> None:
     logging.getLogger("mode.timers").setLevel(logging.ERROR)
 
 
+_BY_COMMAND = {"tansu": "Tansu", "postgres": "PostgreSQL", "redis-server": "Redis"}
+
+
+def process_cpu() -> dict[int, tuple[str, float]]:
+    """CPU seconds (user + system) and command name of every process in /proc (Linux; else empty)."""
+    proc = Path("/proc")
+    tick = os.sysconf("SC_CLK_TCK") if proc.is_dir() else 1
+    out: dict[int, tuple[str, float]] = {}
+    for entry in proc.iterdir() if proc.is_dir() else ():
+        if entry.name.isdigit():
+            try:
+                head, rest = (entry / "stat").read_text().rsplit(")", 1)
+                fields = rest.split()  # after the command: state, ppid, ... utime and stime are the 12th and 13th
+                out[int(entry.name)] = (head.split("(", 1)[1], (int(fields[11]) + int(fields[12])) / tick)
+            except (OSError, IndexError, ValueError):
+                continue  # gone meanwhile, or not ours to read
+    return out
+
+
+def cores_used(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]], seconds: float, labels: dict[int, str]) -> dict[str, float]:
+    """Cores each part used between two :func:`process_cpu` readings: ``labels`` names processes by
+    pid; the broker, PostgreSQL and Redis are found by command name; the rest is "other"."""
+    used: dict[str, float] = {}
+    for pid, (command, cpu) in after.items():
+        spent = cpu - before.get(pid, (command, 0.0))[1]
+        if spent > 0:
+            label = labels.get(pid) or _BY_COMMAND.get(command, "other")
+            used[label] = used.get(label, 0.0) + spent / seconds
+    return used
+
+
 def median(values: Sequence[float]) -> float:
     """Median, NaN when every run failed (printed as "failed")."""
     return statistics.median(values) if values else math.nan
