@@ -37,7 +37,7 @@ class TickProducer:
             "enable.idempotence": True,
             "acks": "all",
             "compression.type": "lz4",
-            "linger.ms": 5,
+            "linger.ms": settings.producer_linger_ms,
             "batch.size": 1_000_000,
             "message.max.bytes": 8_000_000,
             "queue.buffering.max.kbytes": 512_000,
