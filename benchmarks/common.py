@@ -53,9 +53,11 @@ _BY_COMMAND = {"tansu": "Tansu", "postgres": "PostgreSQL", "redis-server": "Redi
 def process_cpu() -> dict[int, tuple[str, float]]:
     """CPU seconds (user + system) and command name of every process in /proc (Linux; else empty)."""
     proc = Path("/proc")
-    tick = os.sysconf("SC_CLK_TCK") if proc.is_dir() else 1
+    if not proc.is_dir():
+        return {}
+    tick = os.sysconf("SC_CLK_TCK")
     out: dict[int, tuple[str, float]] = {}
-    for entry in proc.iterdir() if proc.is_dir() else ():
+    for entry in proc.iterdir():
         if entry.name.isdigit():
             try:
                 head, rest = (entry / "stat").read_text().rsplit(")", 1)
