@@ -14,7 +14,8 @@ c. Latency from trade receipt to the in-progress 1m candle on Redis at 20,000 tr
    :func:`latencies` for the method), for the default ``candle_update_ms`` and for 10 ms, and at
    100 trades/s with 10 ms, where nothing queues (``--full`` adds 1,000 trades/s). Also printed: the
    cores each part used while the source ran (broker, worker, ingest, each sink, PostgreSQL, Redis).
-d. Memory per open (symbol, interval) window of a ``CandleBook`` (tracemalloc) and checkpoint size.
+d. Memory per open (symbol, interval) window of a ``CandleBook`` (tracemalloc) and checkpoint size,
+   with trade ids numbered consecutively per symbol as exchanges do, and with ids that are not numbers.
 
 Run: ``.venv/bin/python -m benchmarks.bench_pipeline [--quick|--full] [--only abcd] [--broker tansu|mock]``;
 ``--broker mock`` runs on librdkafka's mock cluster instead of Tansu, to separate tickflow's share of
@@ -665,29 +666,40 @@ def bench_latency(bootstrap: str, scenarios: list[tuple[float, int, int]], secon
 # ------------------------------------------------------------------ d. memory per open window
 
 
-def book_memory(symbols: int, per_minute: int) -> tuple[float, float, int, float, float]:
-    """(bytes per open window, bytes per symbol, open windows, checkpoint bytes per symbol zlib, raw).
+def _two_minutes(symbols: int, per_minute: int, numbered: bool) -> Any:
+    from agents.candles import CandleBook, CandleConfig
+
+    day = START_US - START_US % 86_400_000_000
+    step = 50_000_000 // per_minute  # trades within seconds 5..55 of their minute
+    book = CandleBook(CandleConfig())
+    for minute in (0, 1):
+        for s in range(symbols):
+            base = day + minute * 60_000_000 + 5_000_000  # minute 1 moves the watermark past minute 0's end
+            first = 10**9 * (s + 1) + minute * per_minute
+            trades = [
+                Trade(str(first + i) if numbered else f"{s}-{minute}-{i}", base + i * step, 100.0 + i % 7, 0.5, "buy" if i % 2 else "sell")
+                for i in range(per_minute)
+            ]
+            book.add("bench", f"SYM{s}", trades)
+            del trades
+    return book
+
+
+def book_memory(symbols: int, per_minute: int) -> tuple[float, float, int, float, float, float]:
+    """(bytes per open window, bytes per symbol, open windows, checkpoint bytes per symbol zlib and
+    raw with trade ids numbered as exchanges do, zlib with ids that are not numbers).
 
     Every symbol gets ``per_minute`` trades in each of two minutes; the first minute is then final,
     so each symbol has its live 1m window and five open higher windows (5m..1d), plus what the book
     keeps for late trades (the final minute and its trade ids, for the grace period). Memory is
     what stays allocated after the input is dropped: the book, its aggregates and the trade ids.
     """
-    from agents.candles import CandleBook, CandleConfig
     from streams.checkpoint import encode_checkpoint
 
-    day = START_US - START_US % 86_400_000_000
-    step = 50_000_000 // per_minute  # trades within seconds 5..55 of their minute
     gc.collect()
     tracemalloc.start()
     before = tracemalloc.get_traced_memory()[0]
-    book = CandleBook(CandleConfig())
-    for minute in (0, 1):
-        for s in range(symbols):
-            base = day + minute * 60_000_000 + 5_000_000  # minute 1 moves the watermark past minute 0's end
-            trades = [Trade(f"{s}-{minute}-{i}", base + i * step, 100.0 + i % 7, 0.5, "buy" if i % 2 else "sell") for i in range(per_minute)]
-            book.add("bench", f"SYM{s}", trades)
-            del trades
+    book = _two_minutes(symbols, per_minute, numbered=True)
     gc.collect()
     used = tracemalloc.get_traced_memory()[0] - before
     tracemalloc.stop()
@@ -695,7 +707,8 @@ def book_memory(symbols: int, per_minute: int) -> tuple[float, float, int, float
     snap = book.snapshot()
     packed = len(encode_checkpoint(0, snap))
     raw = len(orjson.dumps({"offset": 0, "state": snap}))
-    return used / windows, used / symbols, windows, packed / symbols, raw / symbols
+    labelled = len(encode_checkpoint(0, _two_minutes(symbols, per_minute, numbered=False).snapshot()))
+    return used / windows, used / symbols, windows, packed / symbols, raw / symbols, labelled / symbols
 
 
 def bench_memory(runs: int) -> None:
@@ -708,6 +721,7 @@ def bench_memory(runs: int) -> None:
         "open windows",
         "checkpoint B / symbol (zlib)",
         "uncompressed",
+        "zlib, ids not numbers",
     )
     for symbols, per_minute in ((1000, 1), (200, 60), (100, 600)):
         results = [book_memory(symbols, per_minute) for _ in range(runs)]
@@ -719,6 +733,7 @@ def bench_memory(runs: int) -> None:
             f"{results[0][2]:,}",
             fmt_rate(median([r[3] for r in results])),
             fmt_rate(median([r[4] for r in results])),
+            fmt_rate(median([r[5] for r in results])),
         )
     console.print(t)
 

@@ -8,7 +8,7 @@ from collections import defaultdict
 import orjson
 import pytest
 
-from agents.candles import INTERVAL_MS, BookOutput, CandleBook, CandleConfig, parse_interval
+from agents.candles import IDS, INTERVAL_MS, BookOutput, CandleBook, CandleConfig, TradeIds, parse_interval
 from schemas.models import Candle, Trade
 
 D = 1_704_067_200_000  # 2024-01-01 00:00:00 UTC, ms
@@ -386,9 +386,12 @@ def test_valid_but_odd_trades_never_raise():
 # ------------------------------------------------------------------ determinism, restart, model check
 
 
-def disordered_stream(seed: int, n: int, symbols: tuple[str, ...] = ("A", "B", "C")) -> list[tuple[str, list[Trade]]]:
-    """Batches of one symbol each, time moving forward with jitter, revisions, late trades and duplicates."""
+def disordered_stream(seed: int, n: int, symbols: tuple[str, ...] = ("A", "B", "C"), numeric: bool = False) -> list[tuple[str, list[Trade]]]:
+    """Batches of one symbol each, time moving forward with jitter, revisions, late trades and duplicates.
+    Trade ids are labels like ``A12``, or with ``numeric`` exchange-like integers counting up per
+    symbol with an occasional gap."""
     rng = random.Random(seed)
+    counters = {sym: 1000 * (k + 1) for k, sym in enumerate(symbols)}
     now = D + hms(23, 50)  # crosses midnight
     batches: list[tuple[str, list[Trade]]] = []
     seen: dict[str, list[Trade]] = defaultdict(list)
@@ -406,7 +409,9 @@ def disordered_stream(seed: int, n: int, symbols: tuple[str, ...] = ("A", "B", "
                 side = rng.choice(("buy", "sell", "unknown")) if sym != "C" else "unknown"
                 price = rng.choice((1.0, 1.5, 2.0, 2.5, 3.0))
                 amount = rng.choice((0.1, 0.2, 1.0, 3.0))
-                tr = Trade(f"{sym}{i}", (now - back) * 1000 + rng.randrange(1000), price, amount, side)
+                counters[sym] += 1 if rng.random() < 0.9 else 3
+                tid = str(counters[sym]) if numeric else f"{sym}{i}"
+                tr = Trade(tid, (now - back) * 1000 + rng.randrange(1000), price, amount, side)
                 i += 1
             seen[sym].append(tr)
             batch.append(tr)
@@ -425,8 +430,9 @@ def as_data(outs: list[BookOutput]) -> list:
 CFG = CandleConfig(intervals=("1m", "5m", "15m", "1h", "1d"), lateness_ms=2000, grace_ms=60_000)
 
 
-def test_snapshot_restore_at_every_split_point():
-    batches = disordered_stream(1, 220)
+@pytest.mark.parametrize("numeric", [False, True], ids=["label-ids", "numeric-ids"])
+def test_snapshot_restore_at_every_split_point(numeric: bool):
+    batches = disordered_stream(1, 220, numeric=numeric)
     whole = CandleBook(CFG)
     expected = as_data([*run(whole, batches), whole.close_open_windows()])
     assert sum(len(c) for c, *_ in expected) > 100 and any(late for _, late, *_ in expected)
@@ -439,6 +445,48 @@ def test_snapshot_restore_at_every_split_point():
         outs += [*run(second, batches[split:]), second.close_open_windows()]
         assert as_data(outs) == expected, f"split at batch {split}"
         assert second.snapshot() == whole.snapshot()
+
+
+def test_trade_ids_checkpoint_as_runs_incrementally():
+    ids = ["5", "6", "7", "9", "10", "007", "x-1", "0", "12345678901234567890", "11", "-3"]
+    at_once, in_steps = TradeIds(), TradeIds()
+    at_once.extend(ids)
+    for k in (0, 2, 3, 6, 9, len(ids)):
+        in_steps.extend(ids[len(in_steps) : k])
+        in_steps.checkpoint()
+    form = [[5, 3, 9, 2, 0, 1, 11, 1], ["007", "x-1", "12345678901234567890", "-3"]]
+    assert at_once.checkpoint() == in_steps.checkpoint() == form
+    back = TradeIds.restore(orjson.loads(orjson.dumps(form)))
+    assert sorted(back) == sorted(ids) and back.checkpoint() == form
+    back.append("12")
+    at_once.append("12")
+    assert back.checkpoint() == at_once.checkpoint() == [[5, 3, 9, 2, 0, 1, 11, 2], form[1]]
+
+
+def test_checkpoint_of_a_busy_minute_stays_small():
+    """100,000 consecutively numbered trades in one open minute: a run, not 100,000 strings."""
+    b = CandleBook(CFG)
+    feed(b, [t(str(10**9 + i), i // 2, 100.0 + i % 7) for i in range(100_000)])
+    assert b.open_windows() > 0
+    assert len(orjson.dumps(b.snapshot())) < 3000
+    again = CandleBook.restore(CFG, orjson.loads(orjson.dumps(b.snapshot())))
+    assert again.add(EX, SYM, [t(str(10**9 + 5), 70_000, 1.0), t(str(10**9 + 100_000), 70_001, 1.0)]).duplicates == 1
+
+
+def test_restore_of_a_version_1_snapshot():
+    """Checkpoints written before trade ids were kept as runs (plain id lists) still restore."""
+    batches = disordered_stream(2, 200, numeric=True)
+    whole = CandleBook(CFG)
+    expected = as_data(run(whole, batches))
+    first = CandleBook(CFG)
+    outs = run(first, batches[:120])
+    snap = orjson.loads(orjson.dumps(first.snapshot()))
+    snap["version"] = 1
+    for s in snap["symbols"]:
+        for _, a in (*s["open1m"], *s["final1m"]):
+            a[IDS] = list(TradeIds.restore(a[IDS]))
+    outs += run(CandleBook.restore(CFG, snap), batches[120:])
+    assert as_data(outs) == expected
 
 
 def test_restore_rejects_other_intervals():
