@@ -37,6 +37,7 @@ log = structlog.get_logger(__name__)
 INDICATORS_OUT = Counter("tickflow_indicator_updates_total", "Indicators records emitted", ["interval"])
 CANDLES_IN = Counter("tickflow_indicator_candles_total", "Candles read by the indicator agent", ["kind"])
 REJECTED = Counter("tickflow_indicator_rejected_total", "Candles dead-lettered by the indicator agent")
+STALE = Counter("tickflow_indicator_stale_redeliveries_total", "Candles applied before and re-delivered after leaving the kept history (a backfill run again): ignored")
 WARM_STARTS = Counter("tickflow_indicator_warm_starts_total", "Series seeded from the candle store", ["outcome"])
 
 
@@ -122,6 +123,9 @@ class IndicatorWorker(CheckpointWriter):
             records = ps.engine.process(candle)
         except IndicatorError as exc:
             self._reject(exc.reason, partition, offset, key, value)
+            return None
+        if not records:
+            STALE.inc()
             return None
         topic = self.settings.topic_indicators
         for ind in records:

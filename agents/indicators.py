@@ -36,7 +36,8 @@ TA-Lib behaviours kept on purpose (users check us against TA-Lib, not against a 
 
 A series is a sequence of bars: a missing interval is not filled in, exactly as TA-Lib sees an
 array. Revisions and late candles within the last ``history`` candles roll the state back to just
-before that candle and replay; older ones raise ``RevisionTooOld``.
+before that candle and replay; older ones raise ``RevisionTooOld``, except the re-delivery of a
+candle that left the history at revision 0 (a backfill run again), which changes nothing.
 """
 
 from __future__ import annotations
@@ -248,7 +249,7 @@ class IndicatorState:
     (candle, scalars before it, its record) for the last ``history`` candles.
     """
 
-    __slots__ = ("cfg", "key", "t", "base", "scalars", "entries", *_BUFFERS, "_const")
+    __slots__ = ("cfg", "key", "t", "base", "scalars", "entries", "gone", *_BUFFERS, "_const")
 
     def __init__(self, cfg: IndicatorConfig, key: str) -> None:
         self.cfg = cfg
@@ -264,6 +265,9 @@ class IndicatorState:
         for name in _BUFFERS:
             setattr(self, name, [])
         self.entries: deque[tuple[Candle, list[Any], Indicators]] = deque(maxlen=self.cfg.history)
+        # Open times of the candles that left ``entries``, as runs [first, step, count]: a series
+        # of consecutive bars is one run, so a re-delivered old candle is told from a late one.
+        self.gone: list[int] = []
 
     # -- the per-bar step ---------------------------------------------------------------------------
 
@@ -630,8 +634,29 @@ class IndicatorState:
         """Append a final candle newer than every kept one, remembering how to undo it."""
         before = self.scalars
         output = self.step(candle)
-        self.entries.append((candle, before, output))
+        entries = self.entries
+        if len(entries) == entries.maxlen:
+            self._leave(entries[0][0])
+        entries.append((candle, before, output))
         return output
+
+    def _leave(self, candle: Candle) -> None:
+        """Note the open time of a candle leaving the kept history (it can no longer be revised)."""
+        gone, at = self.gone, candle.open_time
+        step = candle.close_time + 1 - at
+        if gone and gone[-2] == step and gone[-3] + step * gone[-1] == at:
+            gone[-1] += 1
+        else:
+            gone += (at, step, 1)
+
+    def _left(self, open_time: int) -> bool:
+        """True when a candle at ``open_time`` was applied and has left the kept history."""
+        gone = self.gone
+        for i in range(0, len(gone), 3):
+            first, step, count = gone[i : i + 3]
+            if first <= open_time < first + step * count and (open_time - first) % step == 0:
+                return True
+        return False
 
     def _restore(self, scalars: list[Any], bars: int) -> None:
         """Go back to the state after ``bars`` bars, whose scalars were ``scalars``."""
@@ -653,6 +678,8 @@ class IndicatorState:
         if not entries or candle.open_time > entries[-1][0].open_time:
             return [self.feed(candle)]
         if candle.open_time < entries[0][0].open_time and len(entries) < self.t:
+            if candle.revision <= 0 and self._left(candle.open_time):
+                return []  # re-delivered (a backfill run again): the applied candle had this revision or a later one
             raise RevisionTooOld(
                 f"candle {self.key} {candle.open_time} rev {candle.revision} is older than the kept history "
                 f"(oldest kept {entries[0][0].open_time}, history {self.cfg.history})"
@@ -701,6 +728,7 @@ class IndicatorState:
             "scalars": list(self.entries[0][1] if self.entries else self.scalars),
             "buffers": {name: list(getattr(self, name)[first:last]) for name in _BUFFERS},
             "candles": [candle.to_avro() for candle, _, _ in self.entries],
+            "gone": list(self.gone),
         }
 
     @classmethod
@@ -713,6 +741,7 @@ class IndicatorState:
             setattr(state, name, list(d["buffers"][name]))
         for candle in d["candles"]:
             state.feed(Candle.from_avro(candle))
+        state.gone = list(d.get("gone", ()))  # absent in checkpoints from before it was kept
         return state
 
 
@@ -782,7 +811,8 @@ class IndicatorEngine:
         A new candle gives one record. A revision (same open_time, higher revision) or a late
         candle (an older open_time not seen yet) recomputes from there on and also returns the
         records of every later kept candle. A re-delivery (same open_time, same or lower revision)
-        returns the kept record and changes nothing. Raises ``BadCandle`` or ``RevisionTooOld``.
+        returns the kept record and changes nothing; one older than the kept history returns
+        nothing, when its revision is 0 (as backfills send). Raises ``BadCandle`` or ``RevisionTooOld``.
         """
         if not candle.is_final:
             raise BadCandle(f"candle {candle.key} {candle.open_time} is not final (peek takes a forming candle)")
@@ -790,14 +820,19 @@ class IndicatorEngine:
         return self._state_of(candle).apply(candle)
 
     def update(self, candle: Candle) -> Indicators:
-        """The record of a final candle (``process`` also returns the later records a revision changed)."""
+        """The record of a final candle (``process`` also returns the later records a revision changed).
+        Raises ``RevisionTooOld`` also for a re-delivery whose record has left the kept history."""
         if candle.is_final and candle_problem(candle) is None:
             state = self._by_parts.get((candle.exchange, candle.symbol, candle.interval)) or self._state_of(candle)
             entries = state.entries
             if entries and candle.open_time > entries[-1][0].open_time:
                 return state.feed(candle)
-            return state.apply(candle)[0]
-        return self.process(candle)[0]
+            records = state.apply(candle)
+        else:
+            records = self.process(candle)
+        if not records:
+            raise RevisionTooOld(f"candle {candle.key} {candle.open_time} was applied already and its record has left the kept history")
+        return records[0]
 
     def peek(self, candle: Candle) -> Indicators:
         """Values of a forming candle as if it closed now; the state does not change."""

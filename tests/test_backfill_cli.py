@@ -22,7 +22,7 @@ import pytest
 
 from agents.indicators import IndicatorEngine
 from schemas.codec import AvroCodec
-from schemas.models import Candle
+from schemas.models import Candle, DeadLetter
 from streams.backfill import backfill, open_exchange, parse_time
 from sinks.base import INDICATOR_COLUMNS
 from streams.settings import Settings
@@ -139,6 +139,14 @@ async def test_backfill_fills_both_stores_and_the_topic_once(fake: Any, topics: 
         # the log gets the same records again: a re-delivery that every consumer absorbs
         assert Counter(c.key + str(c.open_time) for _, _, c in again) == Counter({c.key + str(c.open_time): 2 for c in want})
         assert {(k, p, c.open_time): c for k, p, c in again} == {(k, p, c.open_time): c for k, p, c in records}
+        # ... the indicator agent too: most of those candles have left its kept history
+        # (INDICATOR_HISTORY), and are re-deliveries, not late candles to dead-letter.
+        rerun = await asyncio.to_thread(tickflow, "run", "--no-source", "--until-drained", "--quiet", env=env)
+        assert rerun.returncode == 0, rerun.stderr[-3000:]
+        assert pg_indicators(db) == metrics
+        dlq = AvroCodec("tickflow.DeadLetter")
+        letters = [DeadLetter.from_avro(dlq.decode(m.value())) for m in read_topic(topics, topics.topic_dlq)]
+        assert [letter.reason for letter in letters if letter.component == "indicators"] == []
     finally:
         drop_database(db)
 

@@ -354,12 +354,36 @@ def test_revision_older_than_history_is_rejected_and_changes_nothing() -> None:
         engine.process(revised(candles[90]))
     assert "older than the kept history" in err.value.reason
     with pytest.raises(RevisionTooOld):
-        engine.process(candles[0])
+        engine.process(revised(candles[0]))
     assert orjson.dumps(engine.snapshot()) == before
     engine.process(revised(candles[92]))  # the oldest kept candle can still be revised
     corrected = [*candles[:92], revised(candles[92]), *candles[93:]]
     records = run(corrected[:100], cfg) + [engine.update(k) for k in candles[100:]]
     assert_matches_talib(records, corrected, cfg)
+
+
+def test_redelivery_older_than_history_is_ignored_and_a_late_candle_there_rejected() -> None:
+    """A backfill run again re-sends revision-0 candles long applied: nothing to do, nothing to
+    dead-letter. A candle the series never had at that age is still late beyond repair."""
+    cfg = dataclasses.replace(IndicatorConfig(), history=8)
+    candles = synthetic(120)
+    missing = 30
+    engine = IndicatorEngine(cfg)
+    records = [engine.update(k) for i, k in enumerate(candles[:100]) if i != missing]
+    before = orjson.dumps(engine.snapshot())
+    for i in (0, 29, 31, 91):
+        assert engine.process(candles[i]) == []
+    with pytest.raises(RevisionTooOld):
+        engine.update(candles[5])
+    with pytest.raises(RevisionTooOld):
+        engine.process(candles[missing])
+    assert orjson.dumps(engine.snapshot()) == before
+    assert engine.process(candles[92]) == [records[91]]  # still kept: its record comes back
+    restored = IndicatorEngine.restore(orjson.loads(orjson.dumps(engine.snapshot())))
+    assert restored.process(candles[3]) == []
+    assert restored.series[candles[0].key].gone == [candles[0].open_time, 60_000, 30, candles[31].open_time, 60_000, 61]
+    records += [restored.update(k) for k in candles[100:]]
+    assert_matches_talib(records, [k for i, k in enumerate(candles) if i != missing], cfg)
 
 
 def test_redelivery_returns_the_same_record_and_changes_nothing() -> None:
