@@ -58,6 +58,9 @@ _naive_sum = sum if sys.version_info < (3, 12) else partial(reduce, add)
 
 _EPSILON = 1e-14  # TA_EPSILON of TA-Lib 0.8 (ta_utility.h)
 _SNAPSHOT_VERSION = 1
+# Runs of open times a series remembers past its kept history, each a stretch without a missing bar
+# (gaps start a new one): re-deliveries older than the oldest are dead-lettered as too old.
+_GONE_RUNS = 256
 
 # The indicator fields of the record, in record order (the others say which candle it is).
 VALUE_FIELDS = tuple(
@@ -648,6 +651,8 @@ class IndicatorState:
             gone[-1] += 1
         else:
             gone += (at, step, 1)
+            if len(gone) > 3 * _GONE_RUNS:
+                del gone[:3]
 
     def _left(self, open_time: int) -> bool:
         """True when a candle at ``open_time`` was applied and has left the kept history."""

@@ -386,6 +386,19 @@ def test_redelivery_older_than_history_is_ignored_and_a_late_candle_there_reject
     assert_matches_talib(records, [k for i, k in enumerate(candles) if i != missing], cfg)
 
 
+def test_open_times_past_the_history_are_remembered_in_bounded_runs() -> None:
+    cfg = dataclasses.replace(IndicatorConfig(), history=4)
+    every_other = synthetic(2000)[::2]  # a gap after every bar: one run each
+    engine = IndicatorEngine(cfg)
+    for k in every_other:
+        engine.update(k)
+    gone = engine.series[every_other[0].key].gone
+    assert len(gone) == 3 * 256 and gone[-3:] == [every_other[-5].open_time, 60_000, 1]
+    assert engine.process(every_other[-5]) == [] and engine.process(every_other[-260]) == []  # 256 runs back from -5
+    with pytest.raises(RevisionTooOld):
+        engine.process(every_other[-261])
+
+
 def test_redelivery_returns_the_same_record_and_changes_nothing() -> None:
     candles = synthetic(260)
     engine = IndicatorEngine()
