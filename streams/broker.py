@@ -6,6 +6,7 @@ Memory storage only, so it is for development, tests and single-machine backfill
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -13,8 +14,14 @@ import time
 from pathlib import Path
 
 import structlog
+from prometheus_client import Gauge
 
 log = structlog.get_logger(__name__)
+
+RESIDENT = Gauge(
+    "tickflow_embedded_broker_resident_bytes",
+    "Resident memory of the embedded broker, which keeps every record and frees none (0: none running)",
+)
 
 
 def tansu_binary() -> Path:
@@ -73,7 +80,18 @@ class EmbeddedBroker:
                 raise TimeoutError(f"tansu did not listen on {self.port} within {timeout}s")
             time.sleep(0.05)
         log.info("embedded broker started", bootstrap=self.bootstrap, pid=self.proc.pid)
+        RESIDENT.set_function(self.resident_bytes)
         return self
+
+    def resident_bytes(self) -> float:
+        """The broker process's resident memory (Linux /proc; 0 when unknown or stopped)."""
+        if self.proc is None:
+            return 0.0
+        try:
+            pages = int(Path(f"/proc/{self.proc.pid}/statm").read_text().split()[1])
+        except (OSError, IndexError, ValueError):
+            return 0.0
+        return float(pages * os.sysconf("SC_PAGE_SIZE"))
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
@@ -85,6 +103,7 @@ class EmbeddedBroker:
                 self.proc.wait()
             log.info("embedded broker stopped", bootstrap=self.bootstrap)
         self.proc = None
+        RESIDENT.set(0)
 
     def __enter__(self) -> EmbeddedBroker:
         return self.start()

@@ -123,13 +123,15 @@ def ingest(
 
 def _summary(status) -> Group:  # noqa: ANN001
     t = Table(title="tickflow", expand=False)
-    for col in ("trades", "trades/s", "errors", "candles", "indicators", "sink lag"):
-        t.add_column(col)
-    s = status.ingest
     from agents.candle_agent import CANDLES_OUT
     from agents.indicator_agent import INDICATORS_OUT
+    from streams.broker import RESIDENT
 
     candles, indicators = (sum(m.value for metric in c.collect() for m in metric.samples if m.name.endswith("_total")) for c in (CANDLES_OUT, INDICATORS_OUT))
+    broker_bytes = RESIDENT.collect()[0].samples[0].value
+    for col in ("trades", "trades/s", "errors", "candles", "indicators", "sink lag", *(("broker memory",) if broker_bytes else ())):
+        t.add_column(col)
+    s = status.ingest
     lags = status.sinks.lags() if status.sinks else {}
     t.add_row(
         f"{s.trades:,}" if s else "0",
@@ -138,6 +140,7 @@ def _summary(status) -> Group:  # noqa: ANN001
         f"{candles:,.0f}",
         f"{indicators:,.0f}",
         ", ".join(f"{k} {v if v is not None else '?'}" for k, v in lags.items()) or "-",
+        *((f"{broker_bytes / 1e6:,.0f} MB (embedded, in memory)",) if broker_bytes else ()),
     )
     if status.worker:
         latest = Table(show_header=True)
