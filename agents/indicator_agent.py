@@ -8,7 +8,8 @@ whose records (a revision also re-emits the later records it changed) are produc
 ``exchange:symbol:interval``. A candle the engine refuses is dead-lettered, never fatal.
 
 Warm start: the first final candle of a series the engine does not know yet seeds the series
-with the stored candles before it (``INDICATOR_WARM_START_BARS`` of them, from PostgreSQL), so
+with the stored candles before it (``INDICATOR_WARM_START_BARS`` of them, from PostgreSQL, or from
+a ClickHouse server when PostgreSQL is off), so
 MA200 on 1d is valid at once after a ``tickflow backfill``. Only candles strictly before the
 first one read are used, so a replay into the same stores gives the same records again.
 """
@@ -21,11 +22,13 @@ from typing import Any, Protocol
 import faust
 import psycopg
 import structlog
+from clickhouse_connect.driver import exceptions as ch_errors
 from prometheus_client import Counter
 
 from agents.indicators import IndicatorConfig, IndicatorEngine, IndicatorError
 from schemas.codec import DecodeError, codec_for
 from schemas.models import Candle, DeadLetter
+from sinks.clickhouse import ClickHouseCandleHistory
 from sinks.postgres import PostgresCandleHistory
 from streams.checkpoint import CheckpointedAgent, CheckpointWriter, Position, admit, input_start, load_checkpoint, register_checkpointed_agent
 from streams.producer import TickProducer
@@ -144,7 +147,7 @@ class IndicatorWorker(CheckpointWriter):
             return
         try:
             past = self.history.before(candle.exchange, candle.symbol, candle.interval, candle.open_time, bars)
-        except (psycopg.Error, OSError) as exc:
+        except (psycopg.Error, ch_errors.Error, OSError) as exc:
             WARM_STARTS.labels("failed").inc()
             log.warning("warm start failed; series starts cold", key=candle.key, error=str(exc))
             return
@@ -165,10 +168,16 @@ class IndicatorWorker(CheckpointWriter):
 
 
 def open_history(settings: Settings) -> CandleHistory | None:
-    """The candle store warm starts read: PostgreSQL/TimescaleDB when configured."""
-    if settings.indicator_warm_start_bars <= 0 or not settings.database_url:
+    """The candle store warm starts read: PostgreSQL/TimescaleDB when configured, else a ClickHouse
+    server (embedded chdb is open in the ClickHouse sink's process, so it cannot serve them)."""
+    if settings.indicator_warm_start_bars <= 0:
         return None
-    return PostgresCandleHistory(settings.database_url)
+    if settings.database_url:
+        return PostgresCandleHistory(settings.database_url)
+    if settings.clickhouse_url:
+        return ClickHouseCandleHistory(settings.clickhouse_url)
+    log.info("no candle store for warm starts (PostgreSQL off, ClickHouse embedded): new series start cold")
+    return None
 
 
 def register_indicator_agent(app: faust.App, settings: Settings, producer: TickProducer) -> IndicatorWorker:

@@ -23,7 +23,8 @@ import clickhouse_connect
 from clickhouse_connect.driver import exceptions as ch_errors
 from clickhouse_connect.driver.client import Client
 
-from sinks.base import DataRejected, Sink, SinkBatch, candle_columns, indicator_columns, trade_columns
+from schemas.models import Candle
+from sinks.base import CANDLE_COLUMNS, DataRejected, Sink, SinkBatch, candle_columns, indicator_columns, trade_columns
 
 # Server error codes that mean "this data can never be inserted", as opposed to an unavailable
 # server: TYPE_MISMATCH, CANNOT_PARSE_*, TOO_LARGE_STRING_SIZE, INCORRECT_DATA,
@@ -78,3 +79,38 @@ class ClickHouseSink(Sink):
     def close(self) -> None:
         if self._owns_client:
             self._client.close()
+
+
+_RECENT_CANDLES = f"""
+SELECT {", ".join(f"toUnixTimestamp64Milli({c})" if c in ("open_time", "close_time") else f"`{c}`" for c in CANDLE_COLUMNS)}
+FROM candles FINAL
+WHERE exchange = {{exchange:String}} AND symbol = {{symbol:String}} AND `interval` = {{interval:String}}
+  AND open_time < fromUnixTimestamp64Milli({{before:Int64}}, 'UTC')
+ORDER BY open_time DESC
+LIMIT {{limit:UInt32}}"""
+
+
+class ClickHouseCandleHistory:
+    """Stored final candles of one series before a time: the indicator agent's warm start when
+    PostgreSQL is off. Needs a ClickHouse server: an embedded chdb path belongs to the sink's process."""
+
+    def __init__(self, dsn: str | None = None, *, client: Client | None = None) -> None:
+        if dsn is None and client is None:
+            raise ValueError("ClickHouseCandleHistory needs a DSN or a client")
+        self._dsn = dsn
+        self._client = client
+        self._owns_client = client is None
+
+    def before(self, exchange: str, symbol: str, interval: str, open_time: int, limit: int) -> list[Candle]:
+        """Up to ``limit`` candles of the series opening before ``open_time`` (ms), oldest first."""
+        if self._client is None:
+            assert self._dsn is not None
+            self._client = connect(self._dsn)
+        params = {"exchange": exchange, "symbol": symbol, "interval": interval, "before": open_time, "limit": limit}
+        rows = self._client.query(_RECENT_CANDLES, parameters=params).result_rows
+        return [Candle(*row) for row in reversed(rows)]
+
+    def close(self) -> None:
+        if self._owns_client and self._client is not None:
+            self._client.close()
+            self._client = None

@@ -71,7 +71,7 @@ class Settings(BaseSettings):
     indicator_atr_period: int = Field(14, description="ATR period (Wilder smoothing)")
     indicator_stoch: str = Field("14,3,3", description="Stochastic fast %K, slow %K, slow %D")
     indicator_history: int = Field(64, description="Recent candles per series a revision or late candle can still change")
-    indicator_warm_start_bars: int = Field(1000, description="Stored candles seeding a new series (PostgreSQL); 0 = off")
+    indicator_warm_start_bars: int = Field(1000, description="Stored candles seeding a new series (PostgreSQL, else a ClickHouse server); 0 = off")
 
     # Operations
     log_level: str = "INFO"

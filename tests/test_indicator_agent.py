@@ -1,5 +1,6 @@
-"""The indicator agent's worker without Faust: warm start from the PostgreSQL candle store,
-in-progress candles ignored, bad records dead-lettered, an unreachable store leaving a series cold."""
+"""The indicator agent's worker without Faust: warm start from the PostgreSQL candle store (or a
+ClickHouse server), in-progress candles ignored, bad records dead-lettered, an unreachable store
+leaving a series cold."""
 
 from __future__ import annotations
 
@@ -8,12 +9,13 @@ from typing import Any
 
 import pytest
 
-from agents.indicator_agent import WARM_STARTS, IndicatorWorker, PartitionState, indicator_config
+from agents.indicator_agent import WARM_STARTS, IndicatorWorker, PartitionState, indicator_config, open_history
 from agents.indicators import VALUE_FIELDS, IndicatorEngine
 from schemas.codec import AvroCodec
 from schemas.models import Candle, DeadLetter, Indicators
 from sinks.base import SinkBatch
 from sinks.migrations import migrate_postgres
+from sinks.clickhouse import ClickHouseCandleHistory
 from sinks.postgres import PostgresCandleHistory, PostgresSink
 from streams.settings import Settings
 from tests.test_candles_e2e import drop_database, fresh_database
@@ -113,10 +115,26 @@ def test_in_progress_candles_are_ignored_and_bad_records_dead_lettered() -> None
     assert worker.parts[0].next_offset == 3
 
 
-def test_an_unreachable_store_leaves_the_series_cold_and_processing_goes_on() -> None:
+def test_warm_starts_read_postgres_else_a_clickhouse_server() -> None:
+    server = "http://default:@127.0.0.1:1/default"
+    assert isinstance(open_history(Settings(database_url="postgresql://127.0.0.1:1/none", clickhouse_url=server)), PostgresCandleHistory)
+    assert isinstance(open_history(Settings(database_url="", clickhouse_url=server)), ClickHouseCandleHistory)
+    assert open_history(Settings(database_url="", clickhouse_url=None)) is None  # embedded chdb: the sink's
+    assert open_history(Settings(indicator_warm_start_bars=0)) is None
+
+
+@pytest.mark.parametrize(
+    "store",
+    [
+        lambda: PostgresCandleHistory("postgresql://127.0.0.1:1/none", connect_timeout=1),
+        lambda: ClickHouseCandleHistory("http://default:@127.0.0.1:1/default"),
+    ],
+    ids=["postgres", "clickhouse"],
+)
+def test_an_unreachable_store_leaves_the_series_cold_and_processing_goes_on(store: Any) -> None:
     producer = CapturingProducer()
     failed_before = WARM_STARTS.labels("failed")._value.get()
-    worker = worker_with(PostgresCandleHistory("postgresql://127.0.0.1:1/none", connect_timeout=1), producer)
+    worker = worker_with(store(), producer)
     codec = AvroCodec("tickflow.Candle")
     first = daily(synthetic(1))[0]
     assert worker.handle(0, 0, b"k", codec.encode(first.to_avro())) is None

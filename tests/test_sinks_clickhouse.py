@@ -16,9 +16,9 @@ import pytest
 
 from schemas.models import Candle, Trade, TradeBatch
 from sinks.base import DataRejected, SinkBatch, candle_columns
-from sinks.clickhouse import ClickHouseSink, connect
+from sinks.clickhouse import ClickHouseCandleHistory, ClickHouseSink, connect
 from sinks.migrations import discover, migrate_clickhouse, migrate_postgres, split_statements
-from sinks.postgres import PostgresSink
+from sinks.postgres import PostgresCandleHistory, PostgresSink
 from sinks.redis import RedisSink
 from sinks.runner import open_sinks
 from streams.settings import Settings
@@ -214,3 +214,23 @@ def test_open_sinks_migrates_and_opens_every_configured_store(client, data_dir: 
     (only,) = open_sinks(Settings(tickflow_data_dir=data_dir, database_url="", redis_url=""), migrate=False)
     only.close()
     assert isinstance(only, ClickHouseSink)
+
+
+def test_warm_start_history_reads_the_same_candles_as_postgres(client, exchange: str, pg_url: str) -> None:  # noqa: ANN001
+    """What the indicator agent seeds a series with when PostgreSQL is off: the candles strictly
+    before the first one it reads, newest revision, oldest first, equal to PostgreSQL's."""
+    day = 86_400_000
+    series = [
+        candle(exchange, T0 - T0 % day + i * day, interval="1d", close=100.0 + i, revision=i % 3) for i in range(60)
+    ]
+    stale = [candle(exchange, c.open_time, interval="1d", close=1.0, revision=0) for c in series if c.revision]
+    ClickHouseSink(client).write(SinkBatch(candles=stale))
+    ClickHouseSink(client).write(SinkBatch(candles=series))
+    PostgresSink(pg_url).write(SinkBatch(candles=stale + series))
+    ch, pg = ClickHouseCandleHistory(client=client), PostgresCandleHistory(pg_url)
+    want = series[15:40]
+    assert ch.before(exchange, "BTC/USDT", "1d", series[40].open_time, 25) == want
+    assert pg.before(exchange, "BTC/USDT", "1d", series[40].open_time, 25) == want
+    assert ch.before(exchange, "BTC/USDT", "1d", series[0].open_time, 25) == []
+    ch.close()
+    pg.close()
