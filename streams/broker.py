@@ -102,8 +102,7 @@ class EmbeddedBroker:
                 self.proc.kill()
                 self.proc.wait()
             log.info("embedded broker stopped", bootstrap=self.bootstrap)
-        self.proc = None
-        RESIDENT.set(0)
+        self.proc = None  # resident_bytes, RESIDENT's function, reads 0 from now on
 
     def __enter__(self) -> EmbeddedBroker:
         return self.start()
