@@ -146,12 +146,13 @@ class _Symbol:
 
 def _canonical(tid: str) -> bool:
     """An id that is exactly ``str(int(tid))`` and fits JSON's int64."""
-    return tid.isascii() and tid.isdigit() and len(tid) < 19 and (tid[0] != "0" or tid == "0")
+    return type(tid) is str and tid.isascii() and tid.isdigit() and len(tid) < 19 and (tid[0] != "0" or tid == "0")
 
 
 class TradeIds(list):
-    """The trade ids of one 1m window, in arrival order (a plain list to the hot loop), plus its
-    checkpoint form kept up to date incrementally.
+    """The trade ids of one 1m window (a plain list to the hot loop; in arrival order, except that a
+    restore puts the numbered ones first: only membership counts), plus its checkpoint form kept up
+    to date incrementally.
 
     At 20,000 trades/s a partition's windows within grace hold over a million ids: written out in
     full, a checkpoint was about 20 MB of JSON every 2 s. Exchanges number trades consecutively per

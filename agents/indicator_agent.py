@@ -174,7 +174,7 @@ def open_history(settings: Settings) -> CandleHistory | None:
         return None
     if settings.database_url:
         return PostgresCandleHistory(settings.database_url)
-    if settings.clickhouse_url:
+    if settings.clickhouse_url and not settings.clickhouse_url.startswith("chdb:"):
         return ClickHouseCandleHistory(settings.clickhouse_url)
     log.info("no candle store for warm starts (PostgreSQL off, ClickHouse embedded): new series start cold")
     return None

@@ -32,9 +32,9 @@ from sinks.base import CANDLE_COLUMNS, DataRejected, Sink, SinkBatch, candle_col
 DATA_ERROR_CODES = frozenset({6, 27, 38, 41, 53, 69, 72, 117, 131, 321, 349})
 
 
-def connect(dsn: str) -> Client:
+def connect(dsn: str, **options: Any) -> Client:
     """A client for ``http(s)://user:pw@host:port/db`` or embedded ``chdb:///abs/path``."""
-    return clickhouse_connect.get_client(dsn=dsn)
+    return clickhouse_connect.get_client(dsn=dsn, **options)
 
 
 class ClickHouseSink(Sink):
@@ -105,7 +105,8 @@ class ClickHouseCandleHistory:
         """Up to ``limit`` candles of the series opening before ``open_time`` (ms), oldest first."""
         if self._client is None:
             assert self._dsn is not None
-            self._client = connect(self._dsn)
+            # Warm starts run on the agent's event loop: a hung server must not hold it for minutes.
+            self._client = connect(self._dsn, connect_timeout=10, send_receive_timeout=30)
         params = {"exchange": exchange, "symbol": symbol, "interval": interval, "before": open_time, "limit": limit}
         rows = self._client.query(_RECENT_CANDLES, parameters=params).result_rows
         return [Candle(*row) for row in reversed(rows)]

@@ -85,10 +85,11 @@ class EmbeddedBroker:
 
     def resident_bytes(self) -> float:
         """The broker process's resident memory (Linux /proc; 0 when unknown or stopped)."""
-        if self.proc is None:
+        proc = self.proc  # read once: the metrics thread calls this while stop() may clear it
+        if proc is None:
             return 0.0
         try:
-            pages = int(Path(f"/proc/{self.proc.pid}/statm").read_text().split()[1])
+            pages = int(Path(f"/proc/{proc.pid}/statm").read_text().split()[1])
         except (OSError, IndexError, ValueError):
             return 0.0
         return float(pages * os.sysconf("SC_PAGE_SIZE"))

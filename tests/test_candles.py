@@ -455,6 +455,9 @@ def test_trade_ids_checkpoint_as_runs_incrementally():
         in_steps.extend(ids[len(in_steps) : k])
         in_steps.checkpoint()
     form = [[5, 3, 9, 2, 0, 1, 11, 1], ["007", "x-1", "12345678901234567890", "-3"]]
+    odd = TradeIds()
+    odd.extend([7, "8"])  # typed str everywhere, but an int from a direct caller must not break a checkpoint
+    assert odd.checkpoint() == [[8, 1], [7]]
     assert at_once.checkpoint() == in_steps.checkpoint() == form
     back = TradeIds.restore(orjson.loads(orjson.dumps(form)))
     assert sorted(back) == sorted(ids) and back.checkpoint() == form

@@ -120,6 +120,7 @@ def test_warm_starts_read_postgres_else_a_clickhouse_server() -> None:
     assert isinstance(open_history(Settings(database_url="postgresql://127.0.0.1:1/none", clickhouse_url=server)), PostgresCandleHistory)
     assert isinstance(open_history(Settings(database_url="", clickhouse_url=server)), ClickHouseCandleHistory)
     assert open_history(Settings(database_url="", clickhouse_url=None)) is None  # embedded chdb: the sink's
+    assert open_history(Settings(database_url="", clickhouse_url="chdb:///tmp/tickflow-chdb")) is None
     assert open_history(Settings(indicator_warm_start_bars=0)) is None
 
 
