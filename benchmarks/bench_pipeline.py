@@ -11,9 +11,10 @@ b. End to end: ``run_pipeline(until_drained=True)`` with an unpaced ``SyntheticS
    source to the moment every sink's group is committed to the end (last candle durable).
    Baseline: the same source through ``run_ingest`` alone (no worker, no sinks).
 c. Latency from trade receipt to the in-progress 1m candle on Redis at 20,000 trades/s (see
-   :func:`latencies` for the method), for the default ``candle_update_ms`` and for 10 ms, and at
-   100 trades/s with 10 ms, where nothing queues (``--full`` adds 1,000 trades/s). Also printed: the
-   cores each part used while the source ran (broker, worker, ingest, each sink, PostgreSQL, Redis).
+   :func:`latencies` for the method), for the default ``candle_update_ms`` (also with the Redis
+   sink alone, the store sinks off) and for 10 ms, and at 100 trades/s with 10 ms, where nothing
+   queues (``--full`` adds 10 ms with the Redis sink alone, and 1,000 trades/s). Also printed: the cores each part used while the source
+   ran (broker, worker, ingest, each sink, PostgreSQL, Redis).
 d. Memory per open (symbol, interval) window of a ``CandleBook`` (tracemalloc) and checkpoint size,
    with trade ids numbered consecutively per symbol as exchanges do, and with ids that are not numbers.
 
@@ -495,22 +496,29 @@ def _ingest(settings: Settings, rate: float, seconds: float, exchange: str, star
     conn.send((batches, source.first, source.finished))
 
 
-def latency_run(bootstrap: str, rate: float, seconds: float, update_ms: int, warmup_s: float, settle_s: float = 120.0) -> LatencyRun:
+def latency_run(
+    bootstrap: str, rate: float, seconds: float, update_ms: int, warmup_s: float, stores: bool = True, settle_s: float = 120.0
+) -> LatencyRun:
     """One run in the production layout: the paced source in its own process (``tickflow ingest``),
     the Faust worker in this one and each sink in its own (``run_pipeline`` without a source), a
-    Redis subscriber on the 1m channels in another.
+    Redis subscriber on the 1m channels in another. Without ``stores`` only the Redis sink runs: the
+    realtime path alone, as when ClickHouse and PostgreSQL are written from other hosts.
 
     The run ends once every symbol's last batch has reached Redis, or ``settle_s`` after the source
     stopped; the other sinks' backlog is not waited for.
     """
     quiet_logs()
+    if not stores:
+        import streams.pipeline as pipeline
+
+        pipeline.configured_sinks = lambda settings: ["redis"]  # this process only: the run's own
     batches: dict[str, list[tuple[int, float, int]]] = defaultdict(list)
     newest: dict[str, int] = {}
 
     def all_seen() -> bool:
         return all(newest.get(s, -1) >= todo[-1][0] for s, todo in list(batches.items()))
 
-    with tempfile.TemporaryDirectory(prefix="tickflow-bench-latency-") as tmp, fresh_pg_database(DEFAULT_PG) as db:
+    with tempfile.TemporaryDirectory(prefix="tickflow-bench-latency-") as tmp, fresh_pg_database(DEFAULT_PG if stores else "") as db:
         settings = fresh_settings(bootstrap, Path(tmp), database_url=db or "", candle_update_ms=update_ms)
         if not settings.redis_url:
             raise RuntimeError("REDIS_URL is empty: the latency benchmark needs Redis")
@@ -606,16 +614,17 @@ async def _run_until(
         await task
 
 
-def bench_latency(bootstrap: str, scenarios: list[tuple[float, int, int]], seconds: float, warmup_s: float = 2.0) -> None:
-    """``scenarios``: (trades/s, candle_update_ms, runs)."""
+def bench_latency(bootstrap: str, scenarios: list[tuple[float, int, int, bool]], seconds: float, warmup_s: float = 2.0) -> None:
+    """``scenarios``: (trades/s, candle_update_ms, runs, store sinks on)."""
     default = Settings.model_fields
     t = table(
         f"c. Trade receipt -> its in-progress 1m candle on Redis: paced synthetic source, {SYMBOLS} symbols, {seconds:.0f} s of input per run, "
         f"broker: {broker_name(bootstrap)}, "
-        f"production layout: the source in its own process (tickflow ingest), the Faust worker in another, each sink in its own (all sinks on; redis_sink_batch_ms={default['redis_sink_batch_ms'].default}, "
+        f"production layout: the source in its own process (tickflow ingest), the Faust worker in another, each sink in its own (redis_sink_batch_ms={default['redis_sink_batch_ms'].default}, "
         f"consumer_fetch_wait_ms={default['consumer_fetch_wait_ms'].default}; target p99 <= 50 ms at 20,000 trades/s)",
         "trades/s asked",
         "candle_update_ms",
+        "sinks",
         "p50 ms (median)",
         "p99 ms (median)",
         "runs",
@@ -625,8 +634,8 @@ def bench_latency(bootstrap: str, scenarios: list[tuple[float, int, int]], secon
     )
     failures: list[str] = []
     cpu: list[list[dict[str, float]]] = []
-    for rate, update_ms, runs in scenarios:
-        attempt = repeat(runs, latency_run, bootstrap, rate, seconds, update_ms, warmup_s, timeout_s=seconds + 180)
+    for rate, update_ms, runs, stores in scenarios:
+        attempt = repeat(runs, latency_run, bootstrap, rate, seconds, update_ms, warmup_s, stores, timeout_s=seconds + 180)
         results = attempt.ok
         cpu.append([r.cores for r in results if r.cores])
         achieved = median([r.achieved_rate for r in results])
@@ -634,6 +643,7 @@ def bench_latency(bootstrap: str, scenarios: list[tuple[float, int, int]], secon
         t.add_row(
             fmt_rate(rate),
             f"{update_ms} (default)" if update_ms == DEFAULT_UPDATE_MS else str(update_ms),
+            "all" if stores else "Redis only",
             fmt_rate(median([r.p50_ms for r in results])),
             fmt_rate(median([r.p99_ms for r in results])),
             str(len(results)),
@@ -645,11 +655,12 @@ def bench_latency(bootstrap: str, scenarios: list[tuple[float, int, int]], secon
     for note in failures:
         if note:
             console.print(note)
-    for (rate, update_ms, _), runs_cores in zip(scenarios, cpu, strict=True):
+    for (rate, update_ms, _, stores), runs_cores in zip(scenarios, cpu, strict=True):
         if runs_cores:
             labels = sorted({label for c in runs_cores for label in c}, key=lambda k: -median([c.get(k, 0.0) for c in runs_cores]))
             used = " · ".join(f"{label} {median([c.get(label, 0.0) for c in runs_cores]):.2f}" for label in labels)
-            console.print(f"   cores used at {fmt_rate(rate)} trades/s, {update_ms} ms (median of runs, while the source ran): {used}")
+            which = "" if stores else ", Redis sink only"
+            console.print(f"   cores used at {fmt_rate(rate)} trades/s, {update_ms} ms{which} (median of runs, while the source ran): {used}")
     console.print(
         "   method: a source wrapper in the ingest process notes each batch's receipt (time.monotonic when the ingest loop gets it) and last trade id; "
         "a Redis subscriber in a process of its own notes each in-progress 1m message's arrival and last_trade_id; a batch's "
@@ -659,7 +670,9 @@ def bench_latency(bootstrap: str, scenarios: list[tuple[float, int, int]], secon
         "candle_update_ms=10 is measured besides the default because a busy symbol's update waits for its throttle: with the default "
         f"{DEFAULT_UPDATE_MS} ms the p99 of a steady stream cannot be below about {DEFAULT_UPDATE_MS} ms, whatever the pipeline does. "
         f"At {FLOOR_RATE:,.0f} trades/s nothing queues: that row is what the layout itself adds (two broker hops, each about one "
-        "consumer_fetch_wait_ms on Tansu, which holds every fetch for its full wait; the Redis sink's batch window; the processes)."
+        "consumer_fetch_wait_ms on Tansu, which holds every fetch for its full wait; the Redis sink's batch window; the processes). "
+        "\"Redis only\" runs the realtime path without the ClickHouse and PostgreSQL sinks (and PostgreSQL idle), as when the "
+        "stores are written from other hosts: what the store writers' CPU adds on this machine."
     )
 
 
@@ -743,10 +756,10 @@ def bench_memory(runs: int) -> None:
 
 @dataclass(frozen=True)
 class Plan:
-    """Sizes of the pipeline benchmarks. The defaults keep ``make bench`` near six minutes on two
+    """Sizes of the pipeline benchmarks. The defaults keep ``make bench`` near seven minutes on two
     cores: each pipeline run costs a fresh process, about 6 s of startup (Faust join) and a drain
     tail, whatever its size, and one 1M-trade agent run about 10 s per batching, so the agent gets one
-    run per batching (fewer runs, never fewer trades). Latency is measured at the target's 20,000 trades/s and at
+    run per batching (fewer runs, never fewer trades). Latency is measured at the target's 20,000 trades/s (all sinks, and the Redis sink alone) and at
     ``FLOOR_RATE``, where nothing queues. ``--full`` uses 3 agent runs, 200k trades end to end, 15 s latency
     runs, and adds latency at 1,000 trades/s."""
 
@@ -757,7 +770,9 @@ class Plan:
     e2e_trades: int = 20_000
     e2e_runs: int = 3
     latency_s: float = 8.0
-    latency: tuple[tuple[float, int, int], ...] = ((EVENT_RATE, DEFAULT_UPDATE_MS, 3), (EVENT_RATE, 10, 3), (FLOOR_RATE, 10, 3))
+    latency: tuple[tuple[float, int, int, bool], ...] = (
+        (EVENT_RATE, DEFAULT_UPDATE_MS, 3, True), (EVENT_RATE, DEFAULT_UPDATE_MS, 3, False), (EVENT_RATE, 10, 3, True), (FLOOR_RATE, 10, 3, True),
+    )
     memory_runs: int = 3
 
 
@@ -765,12 +780,20 @@ FULL = Plan(
     agent_runs=3,
     e2e_trades=200_000,
     latency_s=15.0,
-    latency=((EVENT_RATE, DEFAULT_UPDATE_MS, 3), (EVENT_RATE, 10, 3), (1_000.0, DEFAULT_UPDATE_MS, 3), (1_000.0, 10, 3), (FLOOR_RATE, 10, 3)),
+    latency=(
+        (EVENT_RATE, DEFAULT_UPDATE_MS, 3, True), (EVENT_RATE, DEFAULT_UPDATE_MS, 3, False), (EVENT_RATE, 10, 3, True),
+        (EVENT_RATE, 10, 3, False), (1_000.0, DEFAULT_UPDATE_MS, 3, True), (1_000.0, 10, 3, True), (FLOOR_RATE, 10, 3, True),
+    ),
 )
 
 
 # One run of everything, same sizes: for iterating on a change, not for reporting.
-QUICK = Plan(baseline_runs=1, e2e_runs=1, latency=((EVENT_RATE, DEFAULT_UPDATE_MS, 1), (EVENT_RATE, 10, 1), (FLOOR_RATE, 10, 1)), memory_runs=1)
+QUICK = Plan(
+    baseline_runs=1,
+    e2e_runs=1,
+    latency=((EVENT_RATE, DEFAULT_UPDATE_MS, 1, True), (EVENT_RATE, DEFAULT_UPDATE_MS, 1, False), (EVENT_RATE, 10, 1, True), (FLOOR_RATE, 10, 1, True)),
+    memory_runs=1,
+)
 
 
 def run(bootstrap: str, plan: Plan = Plan(), only: str = "abcd") -> None:
