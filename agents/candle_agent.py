@@ -24,6 +24,7 @@ from agents.candles import BookOutput, CandleBook, CandleConfig
 from schemas.codec import DecodeError, codec_for
 from schemas.models import DeadLetter, TradeBatch
 from schemas.wire import CandleWriter, LiveCandlesWriter
+from sinks.redis import LiveFanout
 from streams.checkpoint import CheckpointedAgent, CheckpointWriter, Position, admit, input_start, load_checkpoint, register_checkpointed_agent
 from streams.producer import TickProducer
 from streams.settings import Settings
@@ -66,9 +67,10 @@ class PartitionState(Position):
 class CandleWorker(CheckpointWriter):
     """What the agent does with each record and on each tick; no Faust in here, so it is testable."""
 
-    def __init__(self, settings: Settings, producer: TickProducer) -> None:
+    def __init__(self, settings: Settings, producer: TickProducer, fanout: LiveFanout | None = None) -> None:
         self.settings = settings
         self.producer = producer
+        self.fanout = fanout  # in-progress candles straight to Redis (REDIS_LIVE_DIRECT), besides candles-live
         self.config = candle_config(settings)
         registry = settings.schema_registry_url
         self.ticks = codec_for("tickflow.TradeBatch", settings.topic_ticks, registry)
@@ -180,6 +182,8 @@ class CandleWorker(CheckpointWriter):
         candles = ps.book.forming(*sym)
         if candles:
             self.producer.produce(self.settings.topic_candle_updates, f"{sym[0]}:{sym[1]}", self.updates.encode(candles))
+            if self.fanout is not None:
+                self.fanout.offer(candles)
             sent = self._in_progress_sent
             for candle in candles:
                 sent[candle.interval] = sent.get(candle.interval, 0) + 1
@@ -219,7 +223,8 @@ class CandleWorker(CheckpointWriter):
 
 
 def register_candle_agent(app: faust.App, settings: Settings, producer: TickProducer) -> CandleWorker:
-    worker = CandleWorker(settings, producer)
+    fanout = LiveFanout(settings.redis_url) if settings.redis_url and settings.redis_live_direct else None
+    worker = CandleWorker(settings, producer, fanout)
     worker.agent = register_checkpointed_agent(app, worker, topic=settings.topic_ticks, name="candles", every_s=settings.candle_snapshot_s)
 
     @app.task

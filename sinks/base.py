@@ -25,6 +25,7 @@ from operator import attrgetter
 from typing import Any, ClassVar
 
 from schemas.models import Candle, Indicators, LiveCandles, TradeBatch
+from streams.settings import Settings
 
 # ClickHouse DateTime64 covers 1900-01-01 .. 2299-12-31 and silently wraps values outside it (a
 # wrapped value then breaks every reader of the table), so both analytic stores reject such rows.
@@ -72,6 +73,11 @@ class Sink(abc.ABC):
     name: ClassVar[str]
     topics: ClassVar[tuple[str, ...]]
     batch_ms_setting: ClassVar[str] = "sink_batch_ms"  # Settings field: longest the runner holds a partial batch
+
+    @classmethod
+    def topics_for(cls, settings: Settings) -> tuple[str, ...]:
+        """The logical topics this sink consumes under ``settings``."""
+        return cls.topics
 
     @abc.abstractmethod
     def write(self, batch: SinkBatch) -> None:

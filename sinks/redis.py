@@ -18,15 +18,29 @@ snapshot ``latest:indicators:{exchange}:{symbol}:{interval}``, as JSON with ``op
 
 from __future__ import annotations
 
+import asyncio
 import re
-from functools import lru_cache
+import time
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
+from typing import Any
 
+import hiredis
 import orjson
 import redis
+import redis.asyncio as aioredis
+import structlog
+from prometheus_client import Counter
 
 from schemas.models import Candle, Indicators
 from sinks.base import CANDLE_COLUMNS, INDICATOR_COLUMNS, DataRejected, Sink, SinkBatch
+from streams.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+LIVE_PUBLISHED = Counter("tickflow_live_fanout_candles_total", "In-progress candles the candle worker published to Redis itself")
+LIVE_DROPPED = Counter("tickflow_live_fanout_dropped_total", "In-progress candles not published to Redis by the worker (still on candles-live)", ["reason"])
 
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400, "M": 31 * 86400}
 _INTERVAL_RE = re.compile(r"^(\d+)([smhdwM])$")
@@ -73,6 +87,7 @@ def interval_seconds(interval: str) -> int:
     return int(m.group(1)) * _UNIT_S[m.group(2)]
 
 
+@lru_cache(maxsize=64)
 def snapshot_ttl(interval: str) -> int:
     return max(3 * interval_seconds(interval), MIN_TTL_S)
 
@@ -84,11 +99,11 @@ def _iso(ms: int) -> str:
 
 
 def candle_json(c: Candle) -> bytes:
-    """The candle's fields plus ISO-8601 UTC copies of its times (``open_time_iso``, ``close_time_iso``)."""
-    doc = {name: getattr(c, name) for name in CANDLE_COLUMNS}
-    doc["open_time_iso"] = _iso(c.open_time)
-    doc["close_time_iso"] = _iso(c.close_time)
-    return orjson.dumps(doc)
+    """The candle's fields plus ISO-8601 UTC copies of its times (``open_time_iso``, ``close_time_iso``).
+
+    orjson writes the dataclass itself (its fields in order, as ``CANDLE_COLUMNS``); the two copies
+    are appended to that object: half the cost of building a dict first, on every update sent."""
+    return b'%s,"open_time_iso":"%s","close_time_iso":"%s"}' % (orjson.dumps(c)[:-1], _iso(c.open_time).encode(), _iso(c.close_time).encode())
 
 
 def indicators_json(ind: Indicators) -> bytes:
@@ -111,6 +126,23 @@ def latest_per_key(records: list[Candle] | list[Indicators]) -> dict[str, int]:
     return best
 
 
+def script_calls(kind: str, records: list[Candle] | list[Indicators], encoded: list[bytes]) -> Iterator[tuple[list[str], list[bytes | str | int]]]:
+    """(keys, args) of one script call per chunk of ``records``, with ``encoded`` their payloads."""
+    ttls = {r.interval: snapshot_ttl(r.interval) for r in records}
+    for start in range(0, len(records), CHUNK):
+        chunk = records[start : start + CHUNK]
+        publishes: list[bytes | str | int] = []
+        for r, payload in zip(chunk, encoded[start : start + CHUNK], strict=True):
+            publishes += (f"{kind}:{r.key}", payload)
+        keys: list[str] = []
+        snapshots: list[bytes | str | int] = []
+        for key, i in latest_per_key(chunk).items():
+            r = chunk[i]
+            keys.append(f"latest:{kind}:{key}")
+            snapshots += (i, r.open_time, ttls[r.interval], "0" if kind == "candles" and not r.is_final else "1")
+        yield keys, [len(chunk), *publishes, *snapshots]
+
+
 class RedisSink(Sink):
     name = "redis"
     topics = ("candles", "candle_updates", "indicators")
@@ -120,29 +152,108 @@ class RedisSink(Sink):
         self._redis = redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5, health_check_interval=30)
         self._publish = self._redis.register_script(_PUBLISH_AND_SNAPSHOT)
 
+    @classmethod
+    def topics_for(cls, settings: Settings) -> tuple[str, ...]:
+        """Without ``candle_updates`` when the candle worker publishes in-progress candles itself."""
+        return tuple(t for t in cls.topics if t != "candle_updates" or not settings.redis_live_direct)
+
     def write(self, batch: SinkBatch) -> None:
         if not batch.candles and not batch.indicators:
             return
         try:
             payloads = [candle_json(c) for c in batch.candles]
             ind_payloads = [indicators_json(i) for i in batch.indicators]
-            ttls = {r.interval: snapshot_ttl(r.interval) for r in (*batch.candles, *batch.indicators)}
+            for interval in {r.interval for r in (*batch.candles, *batch.indicators)}:
+                snapshot_ttl(interval)  # raises on an interval no TTL can be given
         except (ValueError, OverflowError) as exc:
             raise DataRejected(str(exc)) from exc
         # One EVALSHA per chunk, not a pipeline: redis-py's pipeline asks SCRIPT EXISTS before every
         # execute, a second round trip on the realtime path (the script reloads itself on NOSCRIPT).
         for kind, records, encoded in (("candles", batch.candles, payloads), ("indicators", batch.indicators, ind_payloads)):
-            for start in range(0, len(records), CHUNK):
-                chunk = records[start : start + CHUNK]
-                publishes: list[bytes | str] = []
-                for r, payload in zip(chunk, encoded[start : start + CHUNK], strict=True):
-                    publishes += (f"{kind}:{r.key}", payload)
-                keys, snapshots = [], []
-                for key, i in latest_per_key(chunk).items():
-                    r = chunk[i]
-                    keys.append(f"latest:{kind}:{key}")
-                    snapshots += (i, r.open_time, ttls[r.interval], "0" if kind == "candles" and not r.is_final else "1")
-                self._publish(keys=keys, args=[len(chunk), *publishes, *snapshots])
+            for keys, args in script_calls(kind, records, encoded):
+                self._publish(keys=keys, args=args)
 
     def close(self) -> None:
         self._redis.close()
+
+
+class _HiredisPackedConnection(aioredis.Connection):
+    """redis-py's asyncio connections pack commands in Python, about 3 µs an argument (its sync ones
+    use hiredis, 0.2 µs): at a script call per flush with seven arguments a candle, that was the
+    fan-out's largest cost."""
+
+    def pack_command(self, *args: Any) -> list[bytes]:
+        return [hiredis.pack_command(args)]
+
+
+class LiveFanout:
+    """In-progress candles from the candle worker straight to Redis, the realtime path's short cut.
+
+    Through ``candles-live`` and the Redis sink an update crosses the broker twice; published here it
+    crosses once (about 15-25 ms less on the embedded broker) and the sink skips that topic
+    (``REDIS_LIVE_DIRECT``). The update still goes to ``candles-live`` for other consumers, so
+    nothing is lost when Redis is away: updates offered then are dropped and counted, the next
+    flush after ``backoff`` tries again, and the following updates supersede the dropped ones.
+
+    ``offer`` never blocks the event loop: it queues, and one flush task at a time sends whatever
+    queued meanwhile in one script call per chunk, in the order offered.
+    """
+
+    def __init__(self, url: str, *, timeout_s: float = 2.0, backoff_min_s: float = 0.1, backoff_max_s: float = 5.0) -> None:
+        # redis:// URLs get hiredis packing; unix:// and rediss:// keep their own connection classes
+        self._redis = aioredis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, connection_class=_HiredisPackedConnection)
+        self._script = self._redis.register_script(_PUBLISH_AND_SNAPSHOT)
+        self._pending: list[Candle] = []
+        self._flushing: asyncio.Task[None] | None = None
+        self._retry_at = 0.0
+        self._backoff_s = 0.0
+        self._backoff_min_s, self._backoff_max_s = backoff_min_s, backoff_max_s
+
+    def offer(self, candles: list[Candle]) -> None:
+        if self._backoff_s and time.monotonic() < self._retry_at:
+            LIVE_DROPPED.labels("redis down").inc(len(candles))
+            return
+        self._pending += candles
+        if self._flushing is None:
+            self._flushing = asyncio.get_running_loop().create_task(self._flush())
+
+    async def _flush(self) -> None:
+        try:
+            while self._pending:
+                offered, self._pending = self._pending, []
+                batch: list[Candle] = []
+                payloads: list[bytes] = []
+                for c in offered:
+                    try:
+                        payloads.append(candle_json(c))
+                    except (ValueError, OverflowError) as exc:  # a time past year 9999: only possible from a bug upstream
+                        LIVE_DROPPED.labels("unencodable").inc()
+                        log.error("in-progress candle not encodable", error=str(exc), key=c.key, open_time=c.open_time)
+                        continue
+                    batch.append(c)
+                try:
+                    for keys, args in script_calls("candles", batch, payloads):
+                        await self._script(keys=keys, args=args)
+                except (aioredis.RedisError, OSError) as exc:
+                    # what queued meanwhile is as stale by the retry: dropped too
+                    LIVE_DROPPED.labels("redis down").inc(len(batch) + len(self._pending))
+                    self._pending = []
+                    self._backoff_s = min(max(self._backoff_s * 2, self._backoff_min_s), self._backoff_max_s)
+                    self._retry_at = time.monotonic() + self._backoff_s
+                    log.warning("redis unreachable: in-progress candles dropped", error=str(exc), retry_in_s=self._backoff_s)
+                    return
+                LIVE_PUBLISHED.inc(len(batch))
+                if self._backoff_s:
+                    log.info("redis reachable again: in-progress candles flow")
+                    self._backoff_s = 0.0
+        finally:
+            self._flushing = None
+
+    async def flushed(self, timeout_s: float = 5.0) -> None:
+        """Return once everything offered so far has been sent or dropped (or ``timeout_s`` passed)."""
+        if self._flushing is not None:
+            await asyncio.wait([self._flushing], timeout=timeout_s)
+
+    async def aclose(self) -> None:
+        await self.flushed()
+        await self._redis.aclose()

@@ -150,7 +150,7 @@ class SinkRunner:
         self._component = f"sink-{sink.name}"
         self._log = log.bind(sink=sink.name)
         self._batch_s = getattr(settings, sink.batch_ms_setting) / 1000
-        self._specs = {topic_name(settings, t): TOPICS[t] for t in sink.topics}
+        self._specs = {topic_name(settings, t): TOPICS[t] for t in sink.topics_for(settings)}
         self._codecs = {topic: codec_for(spec.schema, topic, settings.schema_registry_url) for topic, spec in self._specs.items()}
         conf = {
             "bootstrap.servers": settings.bootstrap,
@@ -468,7 +468,7 @@ def topic_name(settings: Settings, kind: str) -> str:
 
 def sink_lag(settings: Settings, name: str) -> GroupLag:
     """The lag of sink ``name``'s group, readable from any process."""
-    topics = [topic_name(settings, t) for t in SINKS[name].topics]
+    topics = [topic_name(settings, t) for t in SINKS[name].topics_for(settings)]
     return GroupLag({"bootstrap.servers": settings.bootstrap}, sink_group_id(settings, name), topics)
 
 

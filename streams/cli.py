@@ -34,7 +34,7 @@ def open_source(spec: str, settings: Settings, *, symbols: list[str], fmt: str |
         from streams.sources.synthetic import SyntheticSource
 
         max_ms = settings.batch_max_ms if rate else settings.unpaced_batch_max_ms
-        return SyntheticSource(symbols=symbols or 10, rate=rate, limit=limit, max_trades=settings.batch_max_trades, max_ms=max_ms)
+        return SyntheticSource(symbols=symbols or 10, rate=rate, limit=limit, exchange=exchange or "synthetic", max_trades=settings.batch_max_trades, max_ms=max_ms)
     if kind == "replay":
         from streams.sources.replay import ReplaySource, parse_source_speed
 
@@ -62,7 +62,7 @@ FormatOpt = Annotated[Optional[str], typer.Option("--format", help="Replay forma
 SpeedOpt = Annotated[str, typer.Option("--speed", help="Replay speed: 1x, 10x, ... or max")]
 RateOpt = Annotated[Optional[float], typer.Option("--rate", help="Synthetic trades per second (omit for as fast as possible)")]
 LimitOpt = Annotated[Optional[int], typer.Option("--limit", help="Synthetic: stop after this many trades")]
-ExchangeOpt = Annotated[Optional[str], typer.Option("--exchange", help="Replay: exchange name when the file has none")]
+ExchangeOpt = Annotated[Optional[str], typer.Option("--exchange", help="Replay: exchange name when the file has none; synthetic: the exchange its trades name (default synthetic)")]
 
 
 @app.command()

@@ -279,6 +279,8 @@ async def run_pipeline(
                         task.cancel()
     finally:
         await app.stop()
+        if worker.fanout is not None:
+            await worker.fanout.aclose()
         if sink_processes is not None:
             await loop.run_in_executor(None, sink_processes.close)
         await loop.run_in_executor(None, producer.close)

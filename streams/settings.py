@@ -26,6 +26,7 @@ class Settings(BaseSettings):
     clickhouse_url: str | None = Field(None, description="ClickHouse server (http://user:pass@host:8123/db); unset = embedded chdb in TICKFLOW_DATA_DIR/clickhouse")
     database_url: str | None = Field("postgresql://127.0.0.1:5432/test", description="PostgreSQL/TimescaleDB for the postgres sink; empty = sink off")
     redis_url: str | None = Field("redis://127.0.0.1:6379/0", description="Redis for realtime fan-out; empty = sink off")
+    redis_live_direct: bool = Field(True, description="The candle worker PUBLISHes in-progress candles to Redis itself, one broker hop sooner; false = the Redis sink does, from candles-live")
     tickflow_data_dir: Path = Field(Path("./data"), description="Local state: embedded ClickHouse, snapshots")
     ccxt_options: dict[str, Any] = Field(default_factory=dict, description='JSON merged into ccxt exchange options, e.g. {"defaultType": "future"}')
     ccxt_url_overrides: dict[str, Any] = Field(default_factory=dict, description="JSON deep-merged into ccxt exchange.urls (a proxy, a testnet, a local fake)")

@@ -186,3 +186,24 @@ def test_in_progress_candles_are_counted_by_interval_at_the_tick(worker: CandleW
     assert (counted("1m"), counted("5m")) == before  # not yet: counters are added at the tick
     worker.tick()
     assert (counted("1m") - before[0], counted("5m") - before[1]) == (5, 5)
+
+
+def test_updates_also_go_to_the_direct_fanout_and_finals_do_not(worker: CandleWorker, clock: Clock) -> None:
+    """With REDIS_LIVE_DIRECT the same in-progress candles go to Redis straight from the worker;
+    final candles reach Redis through the candles topic and the Redis sink only."""
+    offered: list[list[Candle]] = []
+
+    class FakeFanout:
+        def offer(self, candles: list[Candle]) -> None:
+            offered.append(list(candles))
+
+    worker.fanout = FakeFanout()  # type: ignore[assignment]
+    out: FakeProducer = worker.producer  # type: ignore[assignment]
+    feed = Feed(worker)
+    feed("BTC", ("1", 1_000, 100.0))
+    clock.now += 0.2
+    feed("BTC", ("2", 61_000 + 2_000, 101.0))  # past the 1m window and the lateness: 1m is final
+    assert [c for _, c in out.sent if c.is_final]
+    live = [c for _, c in out.sent if not c.is_final]
+    assert [c for batch in offered for c in batch] == live
+    assert [[c.interval for c in batch] for batch in offered] == [["1m", "5m"], ["1m", "5m"]]

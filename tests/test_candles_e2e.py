@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -20,6 +21,9 @@ import pytest
 import redis
 
 from agents.candles import CandleBook, CandleConfig
+from schemas.codec import AvroCodec
+from schemas.models import LiveCandles
+from sinks.redis import candle_json
 from streams.ingest import run_ingest
 from streams.producer import TickProducer
 from streams.settings import Settings
@@ -27,10 +31,12 @@ from streams.sources.formats import iter_trades
 from streams.sources.replay import ReplaySource
 from streams.topics import end_offsets
 from tests.conftest import REPO, data_path
+from tests.kafka_util import read_topic
 
 pytestmark = pytest.mark.integration
 
 PG_ADMIN = "postgresql://127.0.0.1:5432/test"
+REDIS = "redis://127.0.0.1:6379/0"
 XRP = ("freqtrade_binance_xrpeth", "XRP_ETH-trades-ccxt-list.json")
 CANDLE_COLS = "exchange, symbol, interval, open_time, close_time, open, high, low, close, volume, quote_volume, trade_count, vwap, taker_buy_volume, first_trade_id, last_trade_id, is_final"
 
@@ -142,6 +148,60 @@ def test_replay_until_drained_fills_both_stores_equal_to_the_engine(xrp_ticks: S
         assert latest is not None and json.loads(latest)["symbol"] == "XRP/ETH"
     finally:
         drop_database(db)
+
+
+@pytest.mark.parametrize("direct", [True, False], ids=["worker-publishes-updates", "sink-publishes-updates"])
+def test_subscribers_get_every_update_once_then_the_final_candles(topics: Settings, tmp_path: Path, direct: bool) -> None:
+    """``tickflow run`` on a paced source with a Redis subscriber: every in-progress candle on
+    ``candles-live`` is published once, in order per channel, for every interval, then the final
+    candles, which the snapshots keep. Updates go from the worker straight to Redis
+    (``REDIS_LIVE_DIRECT``, the default) or through ``candles-live`` and the Redis sink; either way
+    exactly once, never from both."""
+    exchange = f"live{uuid.uuid4().hex[:8]}"
+    env = env_for(topics, data_dir=tmp_path, database=None, redis_url=REDIS)
+    env.update({"REDIS_LIVE_DIRECT": str(direct).lower(), "CANDLE_UPDATE_MS": "50"})
+    r = redis.Redis.from_url(REDIS)
+    pubsub = r.pubsub()
+    pubsub.psubscribe(f"candles:{exchange}:*")
+    while (pubsub.get_message(timeout=1.0) or {}).get("type") != "psubscribe":
+        pass
+    got: list[tuple[str, bytes]] = []
+    stop = threading.Event()
+
+    def listen() -> None:
+        while not stop.is_set():
+            msg = pubsub.get_message(timeout=0.1)
+            if msg is not None and msg["type"] == "pmessage":
+                got.append((msg["channel"].decode(), msg["data"]))
+
+    listener = threading.Thread(target=listen, daemon=True)
+    listener.start()
+    try:
+        run = tickflow("run", "--source", "synthetic", "--symbols", "AAA,BBB", "--rate", "400", "--limit", "2400", "--exchange", exchange, "--until-drained", "--quiet", env=env)
+        assert run.returncode == 0, run.stderr[-3000:]
+        time.sleep(0.5)
+    finally:
+        stop.set()
+        listener.join(5)
+        pubsub.close()
+    live = AvroCodec("tickflow.LiveCandles")
+    sent = [c for m in read_topic(topics, topics.topic_candle_updates) for c in LiveCandles.from_avro(live.decode(m.value())).candles]
+    docs = [(channel, json.loads(data)) for channel, data in got]
+    updates = [(channel, data) for channel, data in got if not json.loads(data)["is_final"]]
+    assert sorted(data for _, data in updates) == sorted(candle_json(c) for c in sent)
+    assert {channel.rsplit(":", 1)[1] for channel, _ in updates} == set(Settings().intervals)
+    for channel in {c for c, _ in updates}:
+        counts = [(doc["open_time"], doc["trade_count"]) for c, doc in docs if c == channel and not doc["is_final"]]
+        assert counts == sorted(counts), f"updates out of order on {channel}"
+    finals = [doc for _, doc in docs if doc["is_final"]]
+    assert len({json.dumps(d, sort_keys=True) for d in finals}) == len(finals), "a final candle was published twice"
+    assert sum(doc["trade_count"] for doc in finals if doc["interval"] == "1m") == 2400  # every trade in one final minute
+    for symbol in ("AAA", "BBB"):
+        snapshot = json.loads(r.get(f"latest:candles:{exchange}:{symbol}:1m"))
+        assert snapshot["is_final"] is True
+        assert snapshot == max((d for d in finals if d["symbol"] == symbol and d["interval"] == "1m"), key=lambda d: d["open_time"])
+    for key in r.scan_iter(f"latest:candles:{exchange}:*"):
+        r.delete(key)
 
 
 def _ms(value: str) -> int:

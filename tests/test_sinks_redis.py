@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 import uuid
@@ -10,11 +11,13 @@ from collections.abc import Iterator
 import orjson
 import pytest
 import redis
+from prometheus_client import REGISTRY
 
 from agents.indicators import VALUE_FIELDS
 from schemas.models import Candle, Indicators
 from sinks.base import DataRejected, SinkBatch
-from sinks.redis import RedisSink, candle_json, interval_seconds, latest_per_key, snapshot_ttl
+from sinks.redis import LiveFanout, RedisSink, candle_json, interval_seconds, latest_per_key, snapshot_ttl
+from streams.settings import Settings
 
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 T0 = 1_700_000_040_000
@@ -158,3 +161,58 @@ def test_a_redis_that_lost_the_script_gets_it_again(sink: RedisSink, r: redis.Re
     r.script_flush()
     sink.write(SinkBatch(candles=[candle(exchange, T0 + 60_000, close=2.0)]))
     assert latest(r, exchange)["close"] == 2.0
+
+
+# ------------------------------------------------------------------ the worker's direct fan-out
+
+
+def test_sink_skips_candles_live_when_the_worker_publishes_updates_itself() -> None:
+    assert RedisSink.topics_for(Settings(redis_live_direct=True)) == ("candles", "indicators")
+    assert RedisSink.topics_for(Settings(redis_live_direct=False)) == ("candles", "candle_updates", "indicators")
+
+
+async def _offer_and_settle(fanout: LiveFanout, *batches: list[Candle]) -> None:
+    for candles in batches:
+        fanout.offer(candles)
+    await fanout.flushed()
+
+
+def test_live_fanout_publishes_in_order_and_keeps_the_final_snapshot(sink: RedisSink, r: redis.Redis, exchange: str) -> None:
+    pubsub = r.pubsub()
+    pubsub.subscribe(f"candles:{exchange}:BTC/USDT:1m", f"candles:{exchange}:BTC/USDT:5m")
+    while (pubsub.get_message(timeout=1.0) or {}).get("type") != "subscribe":
+        pass
+    sink.write(SinkBatch(candles=[candle(exchange, close=90.0, final=True)]))
+    assert pubsub.get_message(timeout=2.0)["type"] == "subscribe"  # the second channel's confirmation
+    assert orjson.loads(pubsub.get_message(timeout=2.0)["data"])["close"] == 90.0
+
+    async def scenario() -> None:
+        fanout = LiveFanout(REDIS_URL)
+        # two records offered in one loop turn go out in one flush, in order
+        await _offer_and_settle(fanout, [candle(exchange, close=101.0), candle(exchange, close=101.0, interval="5m")], [candle(exchange, close=102.0)])
+        await fanout.aclose()
+
+    asyncio.run(scenario())
+    got = []
+    while (msg := pubsub.get_message(timeout=1.0)) is not None:
+        got.append((msg["channel"].decode().rsplit(":", 1)[1], orjson.loads(msg["data"])["close"]))
+    assert got == [("1m", 101.0), ("5m", 101.0), ("1m", 102.0)]
+    assert latest(r, exchange)["close"] == 90.0  # an update never hides its window's final candle
+    assert latest(r, exchange, "5m")["close"] == 101.0
+    pubsub.close()
+
+
+def test_live_fanout_drops_and_counts_while_redis_is_away_and_never_raises() -> None:
+    def dropped() -> float:
+        return REGISTRY.get_sample_value("tickflow_live_fanout_dropped_total", {"reason": "redis down"}) or 0.0
+
+    async def scenario() -> None:
+        fanout = LiveFanout("redis://127.0.0.1:1/0", timeout_s=0.5, backoff_min_s=30)  # nothing listens on port 1
+        before = dropped()
+        await _offer_and_settle(fanout, [candle("away"), candle("away", interval="5m")])
+        assert dropped() - before == 2
+        await _offer_and_settle(fanout, [candle("away")])  # within the backoff: dropped without trying
+        assert dropped() - before == 3
+        await fanout.aclose()
+
+    asyncio.run(scenario())
