@@ -70,7 +70,8 @@ class CandleWorker(CheckpointWriter):
     def __init__(self, settings: Settings, producer: TickProducer, fanout: LiveFanout | None = None) -> None:
         self.settings = settings
         self.producer = producer
-        self.fanout = fanout  # in-progress candles straight to Redis (REDIS_LIVE_DIRECT), besides candles-live
+        self.fanout = fanout  # in-progress candles straight to Redis (CANDLE_UPDATES redis or both)
+        self.updates_topic = settings.topic_candle_updates if settings.candle_updates != "redis" else None
         self.config = candle_config(settings)
         registry = settings.schema_registry_url
         self.ticks = codec_for("tickflow.TradeBatch", settings.topic_ticks, registry)
@@ -181,7 +182,8 @@ class CandleWorker(CheckpointWriter):
         self.last_emit[sym] = now
         candles = ps.book.forming(*sym)
         if candles:
-            self.producer.produce(self.settings.topic_candle_updates, f"{sym[0]}:{sym[1]}", self.updates.encode(candles))
+            if self.updates_topic is not None:
+                self.producer.produce(self.updates_topic, f"{sym[0]}:{sym[1]}", self.updates.encode(candles))
             if self.fanout is not None:
                 self.fanout.offer(candles)
             sent = self._in_progress_sent
@@ -223,7 +225,7 @@ class CandleWorker(CheckpointWriter):
 
 
 def register_candle_agent(app: faust.App, settings: Settings, producer: TickProducer) -> CandleWorker:
-    fanout = LiveFanout(settings.redis_url) if settings.redis_url and settings.redis_live_direct else None
+    fanout = LiveFanout(settings.redis_url) if settings.redis_url and settings.candle_updates != "kafka" else None
     worker = CandleWorker(settings, producer, fanout)
     worker.agent = register_checkpointed_agent(app, worker, topic=settings.topic_ticks, name="candles", every_s=settings.candle_snapshot_s)
 

@@ -497,7 +497,7 @@ def _ingest(settings: Settings, rate: float, seconds: float, exchange: str, star
 
 
 def latency_run(
-    bootstrap: str, rate: float, seconds: float, update_ms: int, warmup_s: float, stores: bool = True, direct: bool = True, settle_s: float = 120.0
+    bootstrap: str, rate: float, seconds: float, update_ms: int, warmup_s: float, stores: bool = True, updates: str = "redis", settle_s: float = 120.0
 ) -> LatencyRun:
     """One run in the production layout: the paced source in its own process (``tickflow ingest``),
     the Faust worker in this one and each sink in its own (``run_pipeline`` without a source), a
@@ -519,7 +519,7 @@ def latency_run(
         return all(newest.get(s, -1) >= todo[-1][0] for s, todo in list(batches.items()))
 
     with tempfile.TemporaryDirectory(prefix="tickflow-bench-latency-") as tmp, fresh_pg_database(DEFAULT_PG if stores else "") as db:
-        settings = fresh_settings(bootstrap, Path(tmp), database_url=db or "", candle_update_ms=update_ms, redis_live_direct=direct)
+        settings = fresh_settings(bootstrap, Path(tmp), database_url=db or "", candle_update_ms=update_ms, candle_updates=updates)
         if not settings.redis_url:
             raise RuntimeError("REDIS_URL is empty: the latency benchmark needs Redis")
         exchange = f"bench{tag()}"
@@ -614,18 +614,18 @@ async def _run_until(
         await task
 
 
-def bench_latency(bootstrap: str, scenarios: list[tuple[float, int, int, bool, bool]], seconds: float, warmup_s: float = 2.0) -> None:
-    """``scenarios``: (trades/s, candle_update_ms, runs, store sinks on, redis_live_direct)."""
+def bench_latency(bootstrap: str, scenarios: list[tuple[float, int, int, bool, str]], seconds: float, warmup_s: float = 2.0) -> None:
+    """``scenarios``: (trades/s, candle_update_ms, runs, store sinks on, candle_updates)."""
     default = Settings.model_fields
     t = table(
         f"c. Trade receipt -> its in-progress 1m candle on Redis: paced synthetic source, {SYMBOLS} symbols, {seconds:.0f} s of input per run, "
         f"broker: {broker_name(bootstrap)}, "
-        f"production layout: the source in its own process (tickflow ingest), the Faust worker in another, each sink in its own (redis_live_direct={default['redis_live_direct'].default}, "
+        f"production layout: the source in its own process (tickflow ingest), the Faust worker in another, each sink in its own (candle_updates={default['candle_updates'].default}, "
         f"consumer_fetch_wait_ms={default['consumer_fetch_wait_ms'].default}; target p99 <= 50 ms at 20,000 trades/s)",
         "trades/s asked",
         "candle_update_ms",
         "sinks",
-        "updates via",
+        "candle_updates",
         "p50 ms (median)",
         "p99 ms (median)",
         "runs",
@@ -635,8 +635,8 @@ def bench_latency(bootstrap: str, scenarios: list[tuple[float, int, int, bool, b
     )
     failures: list[str] = []
     cpu: list[list[dict[str, float]]] = []
-    for rate, update_ms, runs, stores, direct in scenarios:
-        attempt = repeat(runs, latency_run, bootstrap, rate, seconds, update_ms, warmup_s, stores, direct, timeout_s=seconds + 180)
+    for rate, update_ms, runs, stores, updates in scenarios:
+        attempt = repeat(runs, latency_run, bootstrap, rate, seconds, update_ms, warmup_s, stores, updates, timeout_s=seconds + 180)
         results = attempt.ok
         cpu.append([r.cores for r in results if r.cores])
         achieved = median([r.achieved_rate for r in results])
@@ -645,7 +645,7 @@ def bench_latency(bootstrap: str, scenarios: list[tuple[float, int, int, bool, b
             fmt_rate(rate),
             f"{update_ms} (default)" if update_ms == DEFAULT_UPDATE_MS else str(update_ms),
             "all" if stores else "Redis only",
-            "worker (direct)" if direct else "Redis sink",
+            updates + (" (worker)" if updates != "kafka" else " (Redis sink)"),
             fmt_rate(median([r.p50_ms for r in results])),
             fmt_rate(median([r.p99_ms for r in results])),
             str(len(results)),
@@ -657,11 +657,11 @@ def bench_latency(bootstrap: str, scenarios: list[tuple[float, int, int, bool, b
     for note in failures:
         if note:
             console.print(note)
-    for (rate, update_ms, _, stores, direct), runs_cores in zip(scenarios, cpu, strict=True):
+    for (rate, update_ms, _, stores, updates), runs_cores in zip(scenarios, cpu, strict=True):
         if runs_cores:
             labels = sorted({label for c in runs_cores for label in c}, key=lambda k: -median([c.get(k, 0.0) for c in runs_cores]))
             used = " · ".join(f"{label} {median([c.get(label, 0.0) for c in runs_cores]):.2f}" for label in labels)
-            which = ("" if stores else ", Redis sink only") + ("" if direct else ", updates via the Redis sink")
+            which = ("" if stores else ", Redis sink only") + f", candle_updates={updates}"
             console.print(f"   cores used at {fmt_rate(rate)} trades/s, {update_ms} ms{which} (median of runs, while the source ran): {used}")
     console.print(
         "   method: a source wrapper in the ingest process notes each batch's receipt (time.monotonic when the ingest loop gets it) and last trade id; "
@@ -673,7 +673,7 @@ def bench_latency(bootstrap: str, scenarios: list[tuple[float, int, int, bool, b
         f"{DEFAULT_UPDATE_MS} ms the p99 of a steady stream cannot be below about {DEFAULT_UPDATE_MS} ms, whatever the pipeline does. "
         f"At {FLOOR_RATE:,.0f} trades/s nothing queues: that row is what the layout itself adds (the broker hop from ingest to the worker, "
         "about one consumer_fetch_wait_ms on Tansu, which holds every fetch for its full wait; the worker's call to Redis; the processes). "
-        "With redis_live_direct=false updates take a second hop, through candles-live and the Redis sink and its batch window. "
+        "With candle_updates=kafka updates take a second hop, through candles-live and the Redis sink and its batch window. "
         "\"Redis only\" runs the realtime path without the ClickHouse and PostgreSQL sinks (and PostgreSQL idle), as when the "
         "stores are written from other hosts: what the store writers' CPU adds on this machine."
     )
@@ -773,9 +773,9 @@ class Plan:
     e2e_trades: int = 20_000
     e2e_runs: int = 3
     latency_s: float = 8.0
-    latency: tuple[tuple[float, int, int, bool, bool], ...] = (
-        (EVENT_RATE, DEFAULT_UPDATE_MS, 3, True, True), (EVENT_RATE, DEFAULT_UPDATE_MS, 3, False, True), (EVENT_RATE, DEFAULT_UPDATE_MS, 3, False, False),
-        (EVENT_RATE, 10, 3, True, True), (FLOOR_RATE, 10, 3, True, True), (FLOOR_RATE, 10, 3, True, False),
+    latency: tuple[tuple[float, int, int, bool, str], ...] = (
+        (EVENT_RATE, DEFAULT_UPDATE_MS, 3, True, "redis"), (EVENT_RATE, DEFAULT_UPDATE_MS, 3, False, "redis"), (EVENT_RATE, DEFAULT_UPDATE_MS, 3, False, "kafka"),
+        (EVENT_RATE, 10, 3, True, "redis"), (FLOOR_RATE, 10, 3, True, "redis"), (FLOOR_RATE, 10, 3, True, "kafka"),
     )
     memory_runs: int = 3
 
@@ -785,9 +785,9 @@ FULL = Plan(
     e2e_trades=200_000,
     latency_s=15.0,
     latency=(
-        (EVENT_RATE, DEFAULT_UPDATE_MS, 3, True, True), (EVENT_RATE, DEFAULT_UPDATE_MS, 3, True, False), (EVENT_RATE, DEFAULT_UPDATE_MS, 3, False, True),
-        (EVENT_RATE, DEFAULT_UPDATE_MS, 3, False, False), (EVENT_RATE, 10, 3, True, True), (EVENT_RATE, 10, 3, False, True),
-        (1_000.0, DEFAULT_UPDATE_MS, 3, True, True), (1_000.0, 10, 3, True, True), (FLOOR_RATE, 10, 3, True, True), (FLOOR_RATE, 10, 3, True, False),
+        (EVENT_RATE, DEFAULT_UPDATE_MS, 3, True, "redis"), (EVENT_RATE, DEFAULT_UPDATE_MS, 3, True, "kafka"), (EVENT_RATE, DEFAULT_UPDATE_MS, 3, False, "redis"),
+        (EVENT_RATE, DEFAULT_UPDATE_MS, 3, False, "kafka"), (EVENT_RATE, 10, 3, True, "redis"), (EVENT_RATE, 10, 3, False, "redis"),
+        (1_000.0, DEFAULT_UPDATE_MS, 3, True, "redis"), (1_000.0, 10, 3, True, "redis"), (FLOOR_RATE, 10, 3, True, "redis"), (FLOOR_RATE, 10, 3, True, "kafka"),
     ),
 )
 
@@ -797,8 +797,8 @@ QUICK = Plan(
     baseline_runs=1,
     e2e_runs=1,
     latency=(
-        (EVENT_RATE, DEFAULT_UPDATE_MS, 1, True, True), (EVENT_RATE, DEFAULT_UPDATE_MS, 1, False, True), (EVENT_RATE, DEFAULT_UPDATE_MS, 1, False, False),
-        (EVENT_RATE, 10, 1, True, True), (FLOOR_RATE, 10, 1, True, True), (FLOOR_RATE, 10, 1, True, False),
+        (EVENT_RATE, DEFAULT_UPDATE_MS, 1, True, "redis"), (EVENT_RATE, DEFAULT_UPDATE_MS, 1, False, "redis"), (EVENT_RATE, DEFAULT_UPDATE_MS, 1, False, "kafka"),
+        (EVENT_RATE, 10, 1, True, "redis"), (FLOOR_RATE, 10, 1, True, "redis"), (FLOOR_RATE, 10, 1, True, "kafka"),
     ),
     memory_runs=1,
 )

@@ -1,4 +1,8 @@
-"""Redis sink: realtime fan-out of every candle, final and in-progress, and of every indicators record.
+"""Redis: realtime fan-out of every candle, final and in-progress, and of every indicators record.
+
+Two writers share one script: the Redis sink (final candles, revisions, indicators; in-progress
+updates too with ``CANDLE_UPDATES=kafka``) and :class:`LiveFanout`, through which the candle
+worker publishes in-progress updates itself, one broker hop sooner (``redis`` and ``both``).
 
 Each candle is PUBLISHed as JSON on ``candles:{exchange}:{symbol}:{interval}`` and the newest one per
 key is kept under ``latest:candles:{exchange}:{symbol}:{interval}`` for clients that connect between
@@ -8,9 +12,10 @@ One Lua call per 500 records publishes them and sets their snapshots, in one rou
 "Newest" is by window: a revision of an already closed window (a late trade) is published but must
 not replace the snapshot of the window after it. Within a batch the last candle of the newest window
 per key wins (Kafka keeps a key's order); across batches the script refuses to replace a
-snapshot of a later window. Final candles (``candles``) and in-progress updates (``candles-live``)
-come from two topics, so their relative order is not kept: an update never replaces the snapshot of
-its window's final candle. Pub/sub is at-least-once: a replay re-publishes candles.
+snapshot of a later window. Final candles and in-progress updates take two paths (the worker, or
+the ``candles`` and ``candles-live`` topics), so their relative order is not kept: an update never
+replaces the snapshot of its window's final candle. Pub/sub is at-least-once: a replay re-publishes
+candles.
 
 Indicators records go the same way on ``indicators:{exchange}:{symbol}:{interval}`` with the
 snapshot ``latest:indicators:{exchange}:{symbol}:{interval}``, as JSON with ``open_time_iso``.
@@ -40,7 +45,7 @@ from streams.settings import Settings
 log = structlog.get_logger(__name__)
 
 LIVE_PUBLISHED = Counter("tickflow_live_fanout_candles_total", "In-progress candles the candle worker published to Redis itself")
-LIVE_DROPPED = Counter("tickflow_live_fanout_dropped_total", "In-progress candles not published to Redis by the worker (still on candles-live)", ["reason"])
+LIVE_DROPPED = Counter("tickflow_live_fanout_dropped_total", "In-progress candles the candle worker could not publish to Redis", ["reason"])
 
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400, "M": 31 * 86400}
 _INTERVAL_RE = re.compile(r"^(\d+)([smhdwM])$")
@@ -154,8 +159,8 @@ class RedisSink(Sink):
 
     @classmethod
     def topics_for(cls, settings: Settings) -> tuple[str, ...]:
-        """Without ``candle_updates`` when the candle worker publishes in-progress candles itself."""
-        return tuple(t for t in cls.topics if t != "candle_updates" or not settings.redis_live_direct)
+        """``candle_updates`` only when in-progress candles come this way (``CANDLE_UPDATES=kafka``)."""
+        return tuple(t for t in cls.topics if t != "candle_updates" or settings.candle_updates == "kafka")
 
     def write(self, batch: SinkBatch) -> None:
         if not batch.candles and not batch.indicators:
@@ -190,10 +195,10 @@ class LiveFanout:
     """In-progress candles from the candle worker straight to Redis, the realtime path's short cut.
 
     Through ``candles-live`` and the Redis sink an update crosses the broker twice; published here it
-    crosses once (about 15-25 ms less on the embedded broker) and the sink skips that topic
-    (``REDIS_LIVE_DIRECT``). The update still goes to ``candles-live`` for other consumers, so
-    nothing is lost when Redis is away: updates offered then are dropped and counted, the next
-    flush after ``backoff`` tries again, and the following updates supersede the dropped ones.
+    crosses once (about 15-25 ms less on the embedded broker), and the sink skips that topic. An
+    update needs no durability, the next one supersedes it: while Redis is away updates are dropped
+    and counted, and the first flush after the backoff tries again (``CANDLE_UPDATES=both`` keeps
+    every update on ``candles-live`` besides).
 
     ``offer`` never blocks the event loop: it queues, and one flush task at a time sends whatever
     queued meanwhile in one script call per chunk, in the order offered.

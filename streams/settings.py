@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -26,7 +26,6 @@ class Settings(BaseSettings):
     clickhouse_url: str | None = Field(None, description="ClickHouse server (http://user:pass@host:8123/db); unset = embedded chdb in TICKFLOW_DATA_DIR/clickhouse")
     database_url: str | None = Field("postgresql://127.0.0.1:5432/test", description="PostgreSQL/TimescaleDB for the postgres sink; empty = sink off")
     redis_url: str | None = Field("redis://127.0.0.1:6379/0", description="Redis for realtime fan-out; empty = sink off")
-    redis_live_direct: bool = Field(True, description="The candle worker PUBLISHes in-progress candles to Redis itself, one broker hop sooner; false = the Redis sink does, from candles-live")
     tickflow_data_dir: Path = Field(Path("./data"), description="Local state: embedded ClickHouse, snapshots")
     ccxt_options: dict[str, Any] = Field(default_factory=dict, description='JSON merged into ccxt exchange options, e.g. {"defaultType": "future"}')
     ccxt_url_overrides: dict[str, Any] = Field(default_factory=dict, description="JSON deep-merged into ccxt exchange.urls (a proxy, a testnet, a local fake)")
@@ -58,6 +57,11 @@ class Settings(BaseSettings):
     candle_lateness_ms: int = Field(2000, description="Allowed out-of-orderness: watermark = max trade time - this")
     candle_grace_ms: int = Field(60_000, description="After a window is final, trades this late still revise it")
     candle_update_ms: int = Field(100, description="At most one in-progress update (all intervals of a symbol in one record) per symbol this often")
+    candle_updates: Literal["redis", "kafka", "both"] = Field(
+        "redis",
+        description="Where in-progress candles go: redis = the worker PUBLISHes them itself (one broker hop sooner); "
+        "kafka = the candles-live topic, which the Redis sink then reads; both = the worker publishes and writes the topic for other consumers",
+    )
     candle_idle_timeout_s: float = Field(10.0, description="Wall-clock quiet time after which a partition's open windows close")
     candle_fill_gaps: bool = Field(True, description="Emit flat zero-volume candles for minutes with no trades")
     candle_snapshot_s: float = Field(2.0, description="How often the candle agent checkpoints its state")

@@ -53,7 +53,7 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
 
 @pytest.fixture
 def worker() -> CandleWorker:
-    w = CandleWorker(Settings(candle_update_ms=100, candle_intervals="1m,5m", metrics_port=0), FakeProducer())  # type: ignore[arg-type]
+    w = CandleWorker(Settings(candle_update_ms=100, candle_intervals="1m,5m", candle_updates="kafka", metrics_port=0), FakeProducer())  # type: ignore[arg-type]
     w.parts[0] = PartitionState(CandleBook(w.config))
     return w
 
@@ -188,22 +188,24 @@ def test_in_progress_candles_are_counted_by_interval_at_the_tick(worker: CandleW
     assert (counted("1m") - before[0], counted("5m") - before[1]) == (5, 5)
 
 
-def test_updates_also_go_to_the_direct_fanout_and_finals_do_not(worker: CandleWorker, clock: Clock) -> None:
-    """With REDIS_LIVE_DIRECT the same in-progress candles go to Redis straight from the worker;
-    final candles reach Redis through the candles topic and the Redis sink only."""
+@pytest.mark.parametrize("where", ["redis", "both"])
+def test_updates_go_to_the_worker_fanout_and_to_candles_live_only_with_both(where: str, clock: Clock) -> None:
+    """``CANDLE_UPDATES=redis``: in-progress candles go from the worker straight to Redis and not to
+    ``candles-live``; ``both``: the same candles to each. Final candles go to ``candles`` either way."""
     offered: list[list[Candle]] = []
 
     class FakeFanout:
         def offer(self, candles: list[Candle]) -> None:
             offered.append(list(candles))
 
-    worker.fanout = FakeFanout()  # type: ignore[assignment]
-    out: FakeProducer = worker.producer  # type: ignore[assignment]
+    out = FakeProducer()
+    worker = CandleWorker(Settings(candle_update_ms=100, candle_intervals="1m,5m", candle_updates=where, metrics_port=0), out, FakeFanout())  # type: ignore[arg-type]
+    worker.parts[0] = PartitionState(CandleBook(worker.config))
     feed = Feed(worker)
     feed("BTC", ("1", 1_000, 100.0))
     clock.now += 0.2
     feed("BTC", ("2", 61_000 + 2_000, 101.0))  # past the 1m window and the lateness: 1m is final
-    assert [c for _, c in out.sent if c.is_final]
+    assert [c.close for _, c in out.sent if c.is_final] == [100.0]
+    assert [[(c.interval, c.close) for c in batch] for batch in offered] == [[("1m", 100.0), ("5m", 100.0)], [("1m", 101.0), ("5m", 101.0)]]
     live = [c for _, c in out.sent if not c.is_final]
-    assert [c for batch in offered for c in batch] == live
-    assert [[c.interval for c in batch] for batch in offered] == [["1m", "5m"], ["1m", "5m"]]
+    assert live == ([c for batch in offered for c in batch] if where == "both" else [])

@@ -166,9 +166,10 @@ def test_a_redis_that_lost_the_script_gets_it_again(sink: RedisSink, r: redis.Re
 # ------------------------------------------------------------------ the worker's direct fan-out
 
 
-def test_sink_skips_candles_live_when_the_worker_publishes_updates_itself() -> None:
-    assert RedisSink.topics_for(Settings(redis_live_direct=True)) == ("candles", "indicators")
-    assert RedisSink.topics_for(Settings(redis_live_direct=False)) == ("candles", "candle_updates", "indicators")
+def test_sink_reads_candles_live_only_when_updates_do_not_come_from_the_worker() -> None:
+    assert RedisSink.topics_for(Settings(candle_updates="redis")) == ("candles", "indicators")
+    assert RedisSink.topics_for(Settings(candle_updates="both")) == ("candles", "indicators")
+    assert RedisSink.topics_for(Settings(candle_updates="kafka")) == ("candles", "candle_updates", "indicators")
 
 
 async def _offer_and_settle(fanout: LiveFanout, *batches: list[Candle]) -> None:
