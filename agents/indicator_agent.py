@@ -11,11 +11,14 @@ Warm start: the first final candle of a series the engine does not know yet seed
 with the stored candles before it (``INDICATOR_WARM_START_BARS`` of them, from PostgreSQL, or from
 a ClickHouse server when PostgreSQL is off), so
 MA200 on 1d is valid at once after a ``tickflow backfill``. Only candles strictly before the
-first one read are used, so a replay into the same stores gives the same records again.
+first one read are used, so a replay into the same stores gives the same records again. The read
+runs in a thread before the record is handled (``prepare``), off the event loop the candle agent
+shares.
 """
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -88,6 +91,7 @@ class IndicatorWorker(CheckpointWriter):
         self.parts: dict[int, PartitionState] = {}
         self.state_topic = settings.topic_indicator_state
         self.agent: CheckpointedAgent | None = None  # set when registered with a Faust app
+        self._prefetched: dict[str, tuple[int, list[Candle] | None]] = {}  # series key -> (open_time, stored candles before it)
 
     def load(self, partition: int) -> PartitionState:
         """A partition's engine from its newest checkpoint, or empty from the start of its input
@@ -136,21 +140,45 @@ class IndicatorWorker(CheckpointWriter):
         INDICATORS_OUT.labels(candle.interval).inc(len(records))
         return None
 
-    def _warm_start(self, engine: IndicatorEngine, candle: Candle) -> None:
-        """Seed a series the engine has not seen with the stored candles before ``candle``.
+    async def prepare(self, partition: int, offset: int, value: bytes | None) -> None:
+        """Before ``handle``: read the stored candles of a series about to start, in a thread.
 
-        Blocks the event loop for one indexed query, once per new series. A store that cannot be
-        read leaves the series cold (logged and counted) rather than stopping the stream.
+        Every series of a partition starts at the same window boundary (after a start or a
+        rebalance: a hundred symbols' 1m series at once), and a query of up to
+        ``INDICATOR_WARM_START_BARS`` rows each, on the event loop, held the candle agent's
+        in-progress updates for the lot. Only this agent's stream waits for the read now.
         """
-        bars = self.settings.indicator_warm_start_bars
-        if self.history is None or bars <= 0:
+        if self.history is None or self.settings.indicator_warm_start_bars <= 0:
             return
+        ps = self.parts[partition]
+        if ps.next_offset is not None and offset != ps.next_offset:
+            return  # ``handle`` skips it or seeks
         try:
-            past = self.history.before(candle.exchange, candle.symbol, candle.interval, candle.open_time, bars)
+            candle = Candle.from_avro(self.candles.decode(value))
+        except (DecodeError, KeyError, TypeError):
+            return  # ``handle`` dead-letters it
+        if candle.is_final and candle.key not in ps.engine.series:
+            past = await asyncio.get_running_loop().run_in_executor(None, self._stored_before, candle)
+            self._prefetched[candle.key] = (candle.open_time, past)
+
+    def _stored_before(self, candle: Candle) -> list[Candle] | None:
+        """The stored candles of ``candle``'s series before it; None (logged and counted) when the
+        store cannot be read: the series then starts cold rather than stopping the stream."""
+        assert self.history is not None
+        try:
+            return self.history.before(candle.exchange, candle.symbol, candle.interval, candle.open_time, self.settings.indicator_warm_start_bars)
         except (psycopg.Error, ch_errors.Error, OSError) as exc:
             WARM_STARTS.labels("failed").inc()
             log.warning("warm start failed; series starts cold", key=candle.key, error=str(exc))
+            return None
+
+    def _warm_start(self, engine: IndicatorEngine, candle: Candle) -> None:
+        """Seed a series the engine has not seen with the stored candles before ``candle``: read by
+        ``prepare`` (the Faust shell calls it first), or here when nothing did."""
+        if self.history is None or self.settings.indicator_warm_start_bars <= 0:
             return
+        found = self._prefetched.pop(candle.key, None)
+        past = found[1] if found is not None and found[0] == candle.open_time else self._stored_before(candle)
         if past:
             engine.seed(candle.key, past)
             WARM_STARTS.labels("seeded").inc()

@@ -123,6 +123,9 @@ class CheckpointedWorker(Protocol):
     """A per-partition worker: state loaded on first sight of a partition, checkpointed on demand."""
 
     parts: dict[int, Any]
+    # Optional: awaited before ``handle`` with (partition, offset, value), so that blocking reads a
+    # record needs go to a thread and only this agent's stream waits for them.
+    prepare: Callable[[int, int, bytes | None], Awaitable[None]] | None
 
     def load(self, partition: int) -> Any: ...
 
@@ -140,6 +143,7 @@ class CheckpointWriter:
     parts: dict[int, Any]
     producer: Any  # streams.producer.TickProducer
     state_topic: str
+    prepare: Callable[[int, int, bytes | None], Awaitable[None]] | None = None
 
     def state(self, ps: Any) -> dict[str, Any]:
         """The checkpointed form of one partition's state."""
@@ -239,6 +243,8 @@ def register_checkpointed_agent(
             worker.parts[partition] = await asyncio.get_running_loop().run_in_executor(None, worker.load, partition)
             return True
 
+    prepare = getattr(worker, "prepare", None)  # optional: a worker without reads to make has none
+
     async def agent(stream: faust.StreamT) -> None:
         async for event in stream.events():
             msg = event.message
@@ -246,6 +252,8 @@ def register_checkpointed_agent(
             # The record in hand, for every log line of this task until the next one (bound, not
             # scoped: a scope cost 4 µs a record, binding 0.5).
             structlog.contextvars.bind_contextvars(partition=msg.partition, offset=msg.offset)
+            if prepare is not None:
+                await prepare(msg.partition, msg.offset, event.value)
             target = worker.handle(msg.partition, msg.offset, event.key, event.value)
             if target is not None:
                 await app.consumer.seek(TP(msg.topic, msg.partition), target)

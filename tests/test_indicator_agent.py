@@ -4,7 +4,9 @@ leaving a series cold."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import threading
 from typing import Any
 
 import pytest
@@ -87,6 +89,40 @@ def test_a_new_series_is_seeded_from_the_store_so_ma200_is_valid_at_once(databas
     reference = IndicatorEngine(worker.config)
     reference.seed(series[0].key, series[:300])
     (want,) = reference.process(series[300])
+    assert all(getattr(record, f) == getattr(want, f) for f in VALUE_FIELDS)
+
+
+def test_the_faust_shell_reads_a_new_series_history_in_a_thread_before_handle() -> None:
+    """``prepare`` (awaited by the agent before ``handle``) reads the store off the event loop;
+    ``handle`` then seeds from what it read, without a query of its own. A record ``handle`` will
+    skip (below the checkpointed offset) is not read for."""
+    series = daily(synthetic(60))
+    calls: list[tuple[str, int]] = []
+
+    class History:
+        def before(self, exchange: str, symbol: str, interval: str, open_time: int, limit: int) -> list[Candle]:
+            calls.append((threading.current_thread().name, open_time))
+            return [c for c in series if c.open_time < open_time][-limit:]
+
+    producer = CapturingProducer()
+    worker = worker_with(History(), producer)
+    codec = AvroCodec("tickflow.Candle")
+    value = codec.encode(series[50].to_avro())
+    worker.parts[0].next_offset = 5
+
+    async def agent_steps() -> None:
+        await worker.prepare(0, 4, value)  # a redelivery: handle skips it
+        assert calls == []
+        await worker.prepare(0, 5, value)
+        assert len(calls) == 1 and calls[0][0] != threading.current_thread().name
+        assert worker.handle(0, 5, b"k", value) is None
+
+    asyncio.run(agent_steps())
+    assert calls == [(calls[0][0], series[50].open_time)]  # handle did not query again
+    (record,) = emitted(producer)
+    reference = IndicatorEngine(worker.config)
+    reference.seed(series[0].key, series[:50])
+    (want,) = reference.process(series[50])
     assert all(getattr(record, f) == getattr(want, f) for f in VALUE_FIELDS)
 
 
