@@ -759,11 +759,12 @@ def bench_memory(runs: int) -> None:
 
 @dataclass(frozen=True)
 class Plan:
-    """Sizes of the pipeline benchmarks. The defaults keep ``make bench`` near seven minutes on two
+    """Sizes of the pipeline benchmarks. The defaults keep ``make bench`` near nine minutes on two
     cores: each pipeline run costs a fresh process, about 6 s of startup (Faust join) and a drain
     tail, whatever its size, and one 1M-trade agent run about 10 s per batching, so the agent gets one
     run per batching (fewer runs, never fewer trades). Latency is measured at the target's 20,000 trades/s (all sinks, and the Redis sink alone) and at
-    ``FLOOR_RATE``, where nothing queues. ``--full`` uses 3 agent runs, 200k trades end to end, 15 s latency
+    ``FLOOR_RATE``, where nothing queues; the realtime path alone and the floor also with updates through the Redis sink
+    (``CANDLE_UPDATES=kafka``), the layout before the worker published them itself. ``--full`` uses 3 agent runs, 200k trades end to end, 15 s latency
     runs, and adds latency at 1,000 trades/s."""
 
     agent_trades: int = 1_000_000
