@@ -56,7 +56,7 @@ class Settings(BaseSettings):
     candle_intervals: str = Field("1m,5m,15m,1h,4h,1d", description="Intervals built by the candle agent")
     candle_lateness_ms: int = Field(2000, description="Allowed out-of-orderness: watermark = max trade time - this")
     candle_grace_ms: int = Field(60_000, description="After a window is final, trades this late still revise it")
-    candle_update_ms: int = Field(100, description="At most one in-progress update (all intervals of a symbol in one record) per symbol this often")
+    candle_update_ms: int = Field(25, description="At most one in-progress update (all intervals of a symbol in one record) per symbol this often")
     candle_updates: Literal["redis", "kafka", "both"] = Field(
         "redis",
         description="Where in-progress candles go: redis = the worker PUBLISHes them itself (one broker hop sooner); "
