@@ -33,7 +33,7 @@ class Settings(BaseSettings):
     # Topics
     topic_ticks: str = "ticks"
     topic_candles: str = Field("candles", description="Final candles and their revisions")
-    topic_candle_updates: str = Field("candles-live", description="In-progress candles, for realtime subscribers")
+    topic_candle_updates: str = Field("candles-live", description="In-progress candles, written with CANDLE_UPDATES=kafka or both")
     topic_indicators: str = "indicators"
     topic_dlq: str = "dlq"
     topic_late_trades: str = "late-trades"
