@@ -140,7 +140,7 @@ class IndicatorWorker(CheckpointWriter):
         INDICATORS_OUT.labels(candle.interval).inc(len(records))
         return None
 
-    async def prepare(self, partition: int, offset: int, value: bytes | None) -> None:
+    async def prepare(self, partition: int, offset: int, key: bytes | None, value: bytes | None) -> None:
         """Before ``handle``: read the stored candles of a series about to start, in a thread.
 
         Every series of a partition starts at the same window boundary (after a start or a
@@ -153,6 +153,8 @@ class IndicatorWorker(CheckpointWriter):
         ps = self.parts[partition]
         if ps.next_offset is not None and offset != ps.next_offset:
             return  # ``handle`` skips it or seeks
+        if key is not None and key.decode(errors="replace") in ps.engine.series:
+            return  # a known series (the candle agent keys records by series): no decode here
         try:
             candle = Candle.from_avro(self.candles.decode(value))
         except (DecodeError, KeyError, TypeError):

@@ -105,7 +105,7 @@ class ClickHouseCandleHistory:
         """Up to ``limit`` candles of the series opening before ``open_time`` (ms), oldest first."""
         if self._client is None:
             assert self._dsn is not None
-            # Warm starts run on the agent's event loop: a hung server must not hold it for minutes.
+            # The indicator agent's stream waits for a warm start: a hung server must not hold it for minutes.
             self._client = connect(self._dsn, connect_timeout=10, send_receive_timeout=30)
         params = {"exchange": exchange, "symbol": symbol, "interval": interval, "before": open_time, "limit": limit}
         rows = self._client.query(_RECENT_CANDLES, parameters=params).result_rows

@@ -123,9 +123,9 @@ class CheckpointedWorker(Protocol):
     """A per-partition worker: state loaded on first sight of a partition, checkpointed on demand."""
 
     parts: dict[int, Any]
-    # Optional: awaited before ``handle`` with (partition, offset, value), so that blocking reads a
-    # record needs go to a thread and only this agent's stream waits for them.
-    prepare: Callable[[int, int, bytes | None], Awaitable[None]] | None
+    # Optional: awaited before ``handle`` with its arguments, so that blocking reads a record needs
+    # go to a thread and only this agent's stream waits for them.
+    prepare: Callable[[int, int, bytes | None, bytes | None], Awaitable[None]] | None
 
     def load(self, partition: int) -> Any: ...
 
@@ -143,7 +143,7 @@ class CheckpointWriter:
     parts: dict[int, Any]
     producer: Any  # streams.producer.TickProducer
     state_topic: str
-    prepare: Callable[[int, int, bytes | None], Awaitable[None]] | None = None
+    prepare: Callable[[int, int, bytes | None, bytes | None], Awaitable[None]] | None = None
 
     def state(self, ps: Any) -> dict[str, Any]:
         """The checkpointed form of one partition's state."""
@@ -253,7 +253,7 @@ def register_checkpointed_agent(
             # scoped: a scope cost 4 µs a record, binding 0.5).
             structlog.contextvars.bind_contextvars(partition=msg.partition, offset=msg.offset)
             if prepare is not None:
-                await prepare(msg.partition, msg.offset, event.value)
+                await prepare(msg.partition, msg.offset, event.key, event.value)
             target = worker.handle(msg.partition, msg.offset, event.key, event.value)
             if target is not None:
                 await app.consumer.seek(TP(msg.topic, msg.partition), target)

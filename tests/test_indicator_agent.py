@@ -95,7 +95,7 @@ def test_a_new_series_is_seeded_from_the_store_so_ma200_is_valid_at_once(databas
 def test_the_faust_shell_reads_a_new_series_history_in_a_thread_before_handle() -> None:
     """``prepare`` (awaited by the agent before ``handle``) reads the store off the event loop;
     ``handle`` then seeds from what it read, without a query of its own. A record ``handle`` will
-    skip (below the checkpointed offset) is not read for."""
+    skip (below the checkpointed offset) is not read for, nor one keyed by a series already known."""
     series = daily(synthetic(60))
     calls: list[tuple[str, int]] = []
 
@@ -111,11 +111,13 @@ def test_the_faust_shell_reads_a_new_series_history_in_a_thread_before_handle() 
     worker.parts[0].next_offset = 5
 
     async def agent_steps() -> None:
-        await worker.prepare(0, 4, value)  # a redelivery: handle skips it
+        await worker.prepare(0, 4, b"k", value)  # a redelivery: handle skips it
         assert calls == []
-        await worker.prepare(0, 5, value)
+        await worker.prepare(0, 5, b"k", value)
         assert len(calls) == 1 and calls[0][0] != threading.current_thread().name
         assert worker.handle(0, 5, b"k", value) is None
+        await worker.prepare(0, 6, series[51].key.encode(), b"not even decoded: a known series")
+        assert len(calls) == 1
 
     asyncio.run(agent_steps())
     assert calls == [(calls[0][0], series[50].open_time)]  # handle did not query again
