@@ -489,9 +489,9 @@ def _ingest(settings: Settings, rate: float, seconds: float, exchange: str, star
     def on_batch(batch: TradeBatch, at: float) -> None:
         batches.append((batch.symbol, int(batch.trades[-1].trade_id), at, len(batch.trades)))
 
+    producer = TickProducer(settings)
     start.wait()
     source = TimedSource(_synthetic(settings, limit=None, rate=rate, exchange=exchange), on_batch, seconds)
-    producer = TickProducer(settings)
     asyncio.run(run_ingest(source, producer, settings, source_name="synthetic"))
     producer.close()
     conn.send((batches, source.first, source.finished))
@@ -587,8 +587,12 @@ async def _run_until(
     status = RunStatus()
     task = asyncio.create_task(run_pipeline(settings, source=None, source_name="-", until_drained=False, say=lambda _: None, status=status))
     loop = asyncio.get_running_loop()
-    while not task.done() and (status.worker is None or not status.worker.parts):
-        await asyncio.sleep(0.1)  # partitions get their state about a second after the group join
+    # Every ticks partition gets its state (loaded one at a time) within a few seconds of the group
+    # join; a source started before then queued its first records behind those loads, and at this
+    # rate the worker took many seconds to work off that backlog, which counted as latency.
+    joined = time.monotonic() + 60
+    while not task.done() and (status.worker is None or len(status.worker.parts) < settings.ticks_partitions) and time.monotonic() < joined:
+        await asyncio.sleep(0.1)
     start.set()
     if status.sinks is not None:
         labels.update({proc.pid: f"{name} sink" for name, proc in status.sinks.procs.items() if proc.pid is not None})

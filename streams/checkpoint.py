@@ -9,6 +9,7 @@ seeks back when the consumer resumes past it.
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 import zlib
 from dataclasses import dataclass
@@ -241,6 +242,10 @@ def register_checkpointed_agent(
                 return False
             # Loaded in a thread, published here: other tasks iterate ``parts`` on the event loop.
             worker.parts[partition] = await asyncio.get_running_loop().run_in_executor(None, worker.load, partition)
+            # What exists now (Faust, the libraries, the loaded state) lives as long as the worker:
+            # out of the collector's way, a full collection took 15 ms instead of 100 ms, a stall
+            # of every partition's records every few seconds at 20,000 trades/s.
+            gc.freeze()
             return True
 
     prepare = getattr(worker, "prepare", None)  # optional: a worker without reads to make has none

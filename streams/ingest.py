@@ -65,6 +65,7 @@ async def run_ingest(
     topic = settings.topic_ticks
     last_report = time.monotonic()
     try:
+        await asyncio.get_running_loop().run_in_executor(None, producer.connect, topic)
         async for item in source.stream():
             if isinstance(item, BadInput):
                 stats.rejected += 1

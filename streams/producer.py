@@ -10,7 +10,7 @@ import time
 from typing import Any
 
 import structlog
-from confluent_kafka import KafkaError, Message, Producer
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from schemas.codec import codec_for
 from schemas.models import DeadLetter
@@ -94,6 +94,18 @@ class TickProducer:
         """Dead-letter and wait for the broker, for callers that commit the input right after."""
         self.dead_letter(letter)
         self.flush()
+
+    def connect(self, topic: str, timeout: float = 10.0) -> bool:
+        """Connect and learn ``topic``'s partition leaders now (blocking); False, logged, when the
+        broker did not answer in time (records then queue until it does). librdkafka does this on
+        the first record otherwise, and with a source that starts at once the records of the first
+        0.8 s queued behind it (seen in the latency benchmark)."""
+        try:
+            self._producer.list_topics(topic, timeout=timeout)
+        except KafkaException as exc:
+            log.warning("broker not reachable yet, records queue until it is", topic=topic, error=str(exc))
+            return False
+        return True
 
     def poll(self, timeout: float = 0) -> None:
         self._producer.poll(timeout)
