@@ -9,13 +9,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
-from collections.abc import Coroutine
+from collections.abc import AsyncIterator, Coroutine
 from typing import Any
 
 import faust
 from faust.sensors import Monitor
 from faust.transport.drivers import aiokafka as faust_aiokafka
-from faust.types import TP, EventT, Message, StreamT
+from faust.types import TP, ChannelT, EventT, Message, StreamT
 from mode.services import WaitArgT, WaitResults
 from mode.utils.times import Seconds
 
@@ -85,6 +85,44 @@ class EventlessMonitor(Monitor):
 
     def on_message_out(self, tp: TP, offset: int, message: Message) -> None:
         pass
+
+
+QUEUED_EVENTS_PER_TURN = 16  # events an agent takes from its queue in one event-loop turn
+
+
+async def queued_events(stream: StreamT, limit: int = QUEUED_EVENTS_PER_TURN) -> AsyncIterator[EventT]:
+    """The events already waiting in ``stream``'s channel, each acked after the caller is done with it.
+
+    Faust's stream iterator yields to the event loop before every event (``asyncio.sleep(0)``), so
+    an agent takes one event per loop turn, and a turn costs an epoll call that gives up the GIL to
+    Faust's consumer thread. On two busy cores a turn took about 2 ms: the candle agent handled
+    350 records/s of the 2,000 arriving, with the event loop half idle. This takes what is queued
+    in the same turn, with the iterator's own bookkeeping: an event of an old consumer generation
+    (a rebalance since it was fetched) is acked and skipped, a new one is tracked as unacked.
+    """
+    channel = stream.channel
+    if not isinstance(channel, ChannelT):
+        return
+    queue = channel.queue
+    app = stream.app
+    consumer = app.consumer
+    acking = app.topics.acking_topics
+    for _ in range(limit):
+        if queue.empty():
+            return
+        event = queue.get_nowait()  # raises what the channel was thrown, as the iterator does
+        message = event.message
+        if not app.flow_control.is_active() or message.generation_id != app.consumer_generation_id:
+            await stream.ack(event)
+            continue
+        if message.topic in acking and not message.tracked:
+            message.tracked = True
+            consumer.unacked.add(message)
+            app.sensors.on_message_in(message.tp, message.offset, message)
+        try:
+            yield event
+        finally:
+            await stream.ack(event)
 
 
 def _close(awaitable: Any) -> None:

@@ -122,3 +122,57 @@ def test_the_monitor_skips_per_message_bookkeeping_but_keeps_what_the_consumer_r
     assert message.time_in is None
     monitor.track_tp_end_offset(tp, 10)
     assert monitor.tp_end_offsets[tp] == 10
+
+
+async def test_an_agent_takes_the_queued_events_in_one_turn_with_the_iterators_bookkeeping() -> None:
+    """Faust's iterator yields to the event loop before every event; ``queued_events`` takes what
+    is already queued without a loop turn each, acks each after its use, skips (and acks) an event
+    fetched before a rebalance and tracks new messages as unacked, as the iterator does."""
+    from faust.events import Event
+
+    from streams.app import queued_events
+
+    app = create_app(Settings(metrics_port=0))
+    app.flow_control.resume()
+    app.consumer_generation_id = 3
+    app.topics.acking_topics.add("ticks")
+    channel = app.channel()
+    acked: list[int] = []
+
+    async def ack(event: Any) -> bool:
+        acked.append(event.message.offset)
+        return True
+
+    stream = type("Stream", (), {"channel": channel, "app": app, "ack": staticmethod(ack)})()
+
+    def event(offset: int, generation: int) -> Event:
+        message = Message("ticks", 0, offset, 0.0, 0, {}, b"k", b"v", None, generation_id=generation)
+        message.tracked = offset != 13  # the conductor tracks messages as it delivers them; 13 it did not
+        return Event(app, b"k", b"v", {}, message)
+
+    events = [event(offset, generation) for offset, generation in [(10, 3), (11, 2), (12, 3), (13, 3), (14, 3)]]
+    for e in events:  # the consumer's unacked set holds its messages weakly: ``events`` keeps them
+        channel.queue.put_nowait(e)
+    turns = 0
+
+    async def count_turns() -> None:
+        nonlocal turns
+        while True:
+            turns += 1
+            await asyncio.sleep(0)
+
+    counter = asyncio.create_task(count_turns())
+    await asyncio.sleep(0)
+    turns_before = turns
+    seen: list[tuple[int, list[int]]] = []
+    async for taken in queued_events(stream, limit=4):
+        seen.append((taken.message.offset, list(acked)))
+    assert turns == turns_before  # no other task ran in between: one loop turn for all four
+    counter.cancel()
+    # 11 is of an older generation: acked, never handed out; each event is acked after its use
+    assert seen == [(10, []), (12, [10, 11]), (13, [10, 11, 12])]
+    assert acked == [10, 11, 12, 13]
+    assert {m.offset for m in app.consumer.unacked} == {13}
+    assert channel.queue.qsize() == 1  # the limit: the rest waits for the next turn
+    assert [e.message.offset async for e in queued_events(stream)] == [14]
+    assert [e async for e in queued_events(stream)] == []
