@@ -10,9 +10,10 @@ from typing import Any
 
 import pytest
 
+from faust.events import Event
 from faust.types import TP, Message
 
-from streams.app import create_app
+from streams.app import create_app, queued_events
 from streams.settings import Settings
 
 
@@ -128,10 +129,6 @@ async def test_an_agent_takes_the_queued_events_in_one_turn_with_the_iterators_b
     """Faust's iterator yields to the event loop before every event; ``queued_events`` takes what
     is already queued without a loop turn each, acks each after its use, skips (and acks) an event
     fetched before a rebalance and tracks new messages as unacked, as the iterator does."""
-    from faust.events import Event
-
-    from streams.app import queued_events
-
     app = create_app(Settings(metrics_port=0))
     app.flow_control.resume()
     app.consumer_generation_id = 3
