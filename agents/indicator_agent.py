@@ -85,7 +85,7 @@ class IndicatorWorker(CheckpointWriter):
         self.settings = settings
         self.producer = producer
         self.config = indicator_config(settings)
-        self.history = history
+        self.history = history if settings.indicator_warm_start_bars > 0 else None  # None: no warm starts
         self.candles = codec_for("tickflow.Candle", settings.topic_candles, settings.schema_registry_url)
         self.indicators = codec_for("tickflow.Indicators", settings.topic_indicators, settings.schema_registry_url)
         self.parts: dict[int, PartitionState] = {}
@@ -148,7 +148,7 @@ class IndicatorWorker(CheckpointWriter):
         ``INDICATOR_WARM_START_BARS`` rows each, on the event loop, held the candle agent's
         in-progress updates for the lot. Only this agent's stream waits for the read now.
         """
-        if self.history is None or self.settings.indicator_warm_start_bars <= 0:
+        if self.history is None:
             return
         ps = self.parts[partition]
         if ps.next_offset is not None and offset != ps.next_offset:
@@ -177,7 +177,7 @@ class IndicatorWorker(CheckpointWriter):
     def _warm_start(self, engine: IndicatorEngine, candle: Candle) -> None:
         """Seed a series the engine has not seen with the stored candles before ``candle``: read by
         ``prepare`` (the Faust shell calls it first), or here when nothing did."""
-        if self.history is None or self.settings.indicator_warm_start_bars <= 0:
+        if self.history is None:
             return
         found = self._prefetched.pop(candle.key, None)
         past = found[1] if found is not None and found[0] == candle.open_time else self._stored_before(candle)
