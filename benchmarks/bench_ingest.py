@@ -18,7 +18,7 @@ import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from benchmarks.common import broker, console, fmt_rate, fmt_ratio, fresh_settings, median, quiet_logs, spread, table, timed
+from benchmarks.common import broker, console, fmt_rate, fmt_ratio, fresh_settings, median, quiet_logs, run_broker, spread, table, timed
 from schemas.codec import AvroCodec
 from schemas.models import Trade, TradeBatch
 from schemas.wire import TradeBatchWriter
@@ -81,20 +81,28 @@ def run(bootstrap: str, runs: int = 3, cheap_runs: int = 5) -> None:
         data_dir = Path(tmp)
 
         def produce() -> float:
-            settings = fresh_settings(bootstrap, data_dir)
-            producer = TickProducer(settings)
+            with run_broker(bootstrap) as own:
+                settings = fresh_settings(own, data_dir)
+                producer = TickProducer(settings)
 
-            def go() -> None:
-                for key, value in encoded:
-                    producer.produce(settings.topic_ticks, key, value)
-                producer.flush()
+                def go() -> None:
+                    for key, value in encoded:
+                        producer.produce(settings.topic_ticks, key, value)
+                    producer.flush()
 
-            return timed(go)
+                try:
+                    return timed(go)
+                finally:
+                    producer.close()
 
         def ingest() -> float:
-            settings = fresh_settings(bootstrap, data_dir)
-            producer = TickProducer(settings)
-            return timed(lambda: asyncio.run(run_ingest(MemorySource(batches), producer, settings, codec=codec, source_name="bench")))
+            with run_broker(bootstrap) as own:
+                settings = fresh_settings(own, data_dir)
+                producer = TickProducer(settings)
+                try:
+                    return timed(lambda: asyncio.run(run_ingest(MemorySource(batches), producer, settings, codec=codec, source_name="bench")))
+                finally:
+                    producer.close()
 
         validate_s = [timed(validate) for _ in range(cheap_runs)]
         encode_s = [timed(encode) for _ in range(cheap_runs)]

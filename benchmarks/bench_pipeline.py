@@ -60,6 +60,7 @@ from benchmarks.common import (
     median,
     process_cpu,
     produce_all,
+    run_broker,
     quiet_logs,
     repeat,
     section,
@@ -208,11 +209,11 @@ def bench_agent(bootstrap: str, trades: int, runs: int, baseline_runs: int, batc
     )
     notes: list[str] = []
     for ms in batch_ms:
-        with tempfile.TemporaryDirectory(prefix="tickflow-bench-ticks-") as tmp:
-            settings, ends, records, _ = prepare_ticks(bootstrap, Path(tmp), trades, ms)
+        with tempfile.TemporaryDirectory(prefix="tickflow-bench-ticks-") as tmp, run_broker(bootstrap) as row_broker:
+            settings, ends, records, _ = prepare_ticks(row_broker, Path(tmp), trades, ms)
             timeout = max(120.0, trades / 5_000)
-            framework = repeat(runs, agent_run, bootstrap, settings.topic_ticks, ends, timeout, timeout_s=timeout + 60)
-            baseline = repeat(baseline_runs, decode_run, bootstrap, settings.topic_ticks, ends, timeout, fresh=False)
+            framework = repeat(runs, agent_run, row_broker, settings.topic_ticks, ends, timeout, timeout_s=timeout + 60)
+            baseline = repeat(baseline_runs, decode_run, row_broker, settings.topic_ticks, ends, timeout, fresh=False)
         f_rates = [trades / s for s in framework.ok]
         b_rates = [trades / s for s in baseline.ok]
         label = f"{ms} (paced/live default)" if ms == DEFAULT_BATCH_MS else f"{ms} (unpaced replay default)" if ms == REPLAY_BATCH_MS else str(ms)
@@ -333,8 +334,8 @@ def e2e_run(bootstrap: str, trades: int) -> PipelineRun:
     from sinks.clickhouse import connect
 
     quiet_logs()
-    with tempfile.TemporaryDirectory(prefix="tickflow-bench-e2e-") as tmp, fresh_pg_database(DEFAULT_PG) as db:
-        settings = fresh_settings(bootstrap, Path(tmp), database_url=db or "")
+    with tempfile.TemporaryDirectory(prefix="tickflow-bench-e2e-") as tmp, fresh_pg_database(DEFAULT_PG) as db, run_broker(bootstrap) as own:
+        settings = fresh_settings(own, Path(tmp), database_url=db or "")
         notes: list[str] = [] if db else ["PostgreSQL unreachable: postgres sink off"]
         source = TimedSource(_synthetic(settings, limit=trades, rate=None, exchange=f"bench{tag()}"))
         result = _run_drained(settings, source, notes)
@@ -357,8 +358,8 @@ def ingest_only_run(bootstrap: str, trades: int) -> float:
     from streams.producer import TickProducer
 
     quiet_logs()
-    with tempfile.TemporaryDirectory(prefix="tickflow-bench-ingest-only-") as tmp:
-        settings = fresh_settings(bootstrap, Path(tmp))
+    with tempfile.TemporaryDirectory(prefix="tickflow-bench-ingest-only-") as tmp, run_broker(bootstrap) as own:
+        settings = fresh_settings(own, Path(tmp))
         source = TimedSource(_synthetic(settings, limit=trades, rate=None, exchange=f"bench{tag()}"))
         asyncio.run(run_ingest(source, TickProducer(settings), settings, source_name="synthetic"))
         assert source.first is not None
@@ -519,8 +520,12 @@ def latency_run(
     def all_seen() -> bool:
         return all(newest.get(s, -1) >= todo[-1][0] for s, todo in list(batches.items()))
 
-    with tempfile.TemporaryDirectory(prefix="tickflow-bench-latency-") as tmp, fresh_pg_database(DEFAULT_PG if stores else "") as db:
-        settings = fresh_settings(bootstrap, Path(tmp), database_url=db or "", candle_update_ms=update_ms, candle_updates=updates)
+    with (
+        tempfile.TemporaryDirectory(prefix="tickflow-bench-latency-") as tmp,
+        fresh_pg_database(DEFAULT_PG if stores else "") as db,
+        run_broker(bootstrap) as own,
+    ):
+        settings = fresh_settings(own, Path(tmp), database_url=db or "", candle_update_ms=update_ms, candle_updates=updates)
         if not settings.redis_url:
             raise RuntimeError("REDIS_URL is empty: the latency benchmark needs Redis")
         exchange = f"bench{tag()}"
