@@ -50,7 +50,11 @@ class Settings(BaseSettings):
     sink_batch_ms: int = Field(500, description="Longest a sink holds a partial batch")
     redis_sink_batch_ms: int = Field(5, description="The same for the Redis sink: realtime fan-out, so its batches stay short")
     consumer_fetch_wait_ms: int = Field(10, description="Longest the broker holds a fetch without data (Faust worker and sinks): latency floor of a quiet topic")
-    producer_linger_ms: int = Field(5, description="How long producers gather records into one request: fewer requests for the broker, that much more latency per hop")
+    producer_linger_ms: int = Field(
+        10,
+        description="How long producers gather a partition's records into one request (librdkafka sends a request per partition): "
+        "fewer requests for the broker, up to that much more latency per hop",
+    )
 
     # Candles
     candle_intervals: str = Field("1m,5m,15m,1h,4h,1d", description="Intervals built by the candle agent")
