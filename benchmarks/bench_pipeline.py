@@ -21,7 +21,8 @@ d. Memory per open (symbol, interval) window of a ``CandleBook`` (tracemalloc) a
 
 Run: ``.venv/bin/python -m benchmarks.bench_pipeline [--quick|--full] [--only abcd] [--broker tansu|mock]``;
 ``--broker mock`` runs on librdkafka's mock cluster instead of Tansu, to separate tickflow's share of
-the latency from the broker's.
+the latency from the broker's. On Tansu each run (each row of a.) gets a new broker
+(``common.run_broker``): Tansu's cost grows with the topics it holds.
 """
 
 from __future__ import annotations
@@ -770,7 +771,7 @@ def bench_memory(runs: int) -> None:
 
 @dataclass(frozen=True)
 class Plan:
-    """Sizes of the pipeline benchmarks. The defaults keep ``make bench`` near nine minutes on two
+    """Sizes of the pipeline benchmarks. The defaults keep ``make bench`` near eight minutes on two
     cores: each pipeline run costs a fresh process, about 6 s of startup (Faust join) and a drain
     tail, whatever its size, and one 1M-trade agent run about 10 s per batching, so the agent gets one
     run per batching (fewer runs, never fewer trades). Latency is measured at the target's 20,000 trades/s (all sinks, and the Redis sink alone) and at
