@@ -20,20 +20,12 @@ import fastavro
 import fastavro.schema
 import httpx
 
+from schemas.registry import LOCAL_IDS  # fixed ids for running without a Schema Registry
+
 SCHEMA_DIR = Path(__file__).resolve().parent
 MAGIC = 0
 _HEADER = struct.Struct(">bI")
 
-# Fixed ids for running without a registry. An id, once given, belongs to that exact schema
-# version forever: a changed schema gets a new id, and the old file moves to schemas/history/.
-LOCAL_IDS: dict[str, int] = {
-    "tickflow.TradeBatch": 1,
-    "tickflow.Candle": 2,
-    "tickflow.DeadLetter": 3,
-    "tickflow.LateTrade": 4,
-    "tickflow.Indicators": 5,
-    "tickflow.LiveCandles": 6,
-}
 
 
 class DecodeError(ValueError):

@@ -1,0 +1,84 @@
+"""Every record type tickflow writes, declared once.
+
+A :class:`RecordType` ties together the Avro schema (``schemas/<schema>.avsc``), the Python model,
+the topic and its partition key, the fixed local schema id, and where the sinks put it: its store
+table and its Redis channel. Topics, codecs, the sinks, migrations checks, the CLI and the gateway
+read this table; none of them names record types one by one.
+
+Adding a record type: its ``.avsc`` and model, one entry here, and its table migrations.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from schemas.models import Candle, DeadLetter, Indicators, LateTrade, LiveCandles, TradeBatch
+
+
+@dataclass(frozen=True)
+class RecordType:
+    name: str  # registry name, used by agent specs and sinks ("candle")
+    schema: str  # Avro full name, file schemas/<schema>.avsc
+    model: type  # has to_avro() and from_avro(dict)
+    topic: str  # default topic name; the setting TOPIC_<NAME> (e.g. TOPIC_CANDLES) overrides it
+    topic_setting: str  # Settings field holding the topic name
+    local_id: int  # schema id without a Schema Registry: never reused, a changed schema gets a new one
+    key: Callable[[Any], str] | None = None  # partition key of a record
+    partitioned: bool = True  # False: one partition (the dead-letter topic)
+    topic_config: dict[str, str] = field(default_factory=dict)
+    table: str | None = None  # table in ClickHouse and PostgreSQL/TimescaleDB (same name in both)
+    channel: str | None = None  # Redis pub/sub channel, formatted with the record's fields
+    description: str = ""
+
+
+def _key(record: Any) -> str:
+    return record.key
+
+
+RECORDS: dict[str, RecordType] = {
+    rt.name: rt
+    for rt in (
+        RecordType(
+            "trade_batch", "tickflow.TradeBatch", TradeBatch, "ticks", "topic_ticks", 1, _key,
+            table="trades", description="One delivery of one symbol's trades: the raw input log, source of truth",
+        ),
+        RecordType(
+            "candle", "tickflow.Candle", Candle, "candles", "topic_candles", 2, _key,
+            table="candles", channel="candles:{exchange}:{symbol}:{interval}",
+            description="Final OHLCV candles and their revisions",
+        ),
+        RecordType("dead_letter", "tickflow.DeadLetter", DeadLetter, "dlq", "topic_dlq", 3, partitioned=False,
+                   description="Input that could not be processed, with the reason and the original bytes"),
+        RecordType("late_trade", "tickflow.LateTrade", LateTrade, "late-trades", "topic_late_trades", 4,
+                   lambda r: f"{r.exchange}:{r.symbol}", description="Trades later than the grace period"),
+        RecordType(
+            "indicators", "tickflow.Indicators", Indicators, "indicators", "topic_indicators", 5, _key,
+            table="technical_metrics", channel="indicators:{exchange}:{symbol}:{interval}",
+            description="Technical indicators of each final candle",
+        ),
+        RecordType(
+            "live_candles", "tickflow.LiveCandles", LiveCandles, "candles-live", "topic_candle_updates", 6,
+            lambda r: f"{r.candles[0].exchange}:{r.candles[0].symbol}",
+            # In-progress candles matter until their window closes: an hour of them is plenty.
+            topic_config={"retention.ms": str(3_600_000)},
+            description="A symbol's forming candle of every interval (CANDLE_UPDATES=kafka|both)",
+        ),
+    )
+}
+
+LOCAL_IDS: dict[str, int] = {rt.schema: rt.local_id for rt in RECORDS.values()}
+
+
+def record_type(name: str) -> RecordType:
+    try:
+        return RECORDS[name]
+    except KeyError:
+        raise KeyError(f"unknown record type {name!r}; known: {', '.join(RECORDS)}") from None
+
+
+def topic_of(settings: Any, name: str) -> str:
+    """The physical topic of record type ``name`` under ``settings``."""
+    rt = record_type(name)
+    return getattr(settings, rt.topic_setting, rt.topic)
