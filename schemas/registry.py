@@ -29,6 +29,9 @@ class RecordType:
     partitioned: bool = True  # False: one partition (the dead-letter topic)
     topic_config: dict[str, str] = field(default_factory=dict)
     table: str | None = None  # table in ClickHouse and PostgreSQL/TimescaleDB (same name in both)
+    table_key: tuple[str, ...] = ()  # columns naming one row (ClickHouse ORDER BY, PostgreSQL primary key)
+    version: str | None = None  # column that decides which row of a key wins (ReplacingMergeTree(version), upsert if higher)
+    time_column: str | None = None  # event-time column (ms or µs as in the model): partitioning, hypertables, query ranges
     channel: str | None = None  # Redis pub/sub channel, formatted with the record's fields
     description: str = ""
 
@@ -42,11 +45,12 @@ RECORDS: dict[str, RecordType] = {
     for rt in (
         RecordType(
             "trade_batch", "tickflow.TradeBatch", TradeBatch, "ticks", "topic_ticks", 1, _key,
-            table="trades", description="One delivery of one symbol's trades: the raw input log, source of truth",
+            table="trades", table_key=("exchange", "symbol", "trade_id"), time_column="ts", description="One delivery of one symbol's trades: the raw input log, source of truth",
         ),
         RecordType(
             "candle", "tickflow.Candle", Candle, "candles", "topic_candles", 2, _key,
-            table="candles", channel="candles:{exchange}:{symbol}:{interval}",
+            table="candles", table_key=("exchange", "symbol", "interval", "open_time"), version="revision", time_column="open_time",
+            channel="candles:{exchange}:{symbol}:{interval}",
             description="Final OHLCV candles and their revisions",
         ),
         RecordType("dead_letter", "tickflow.DeadLetter", DeadLetter, "dlq", "topic_dlq", 3, partitioned=False,
@@ -55,7 +59,8 @@ RECORDS: dict[str, RecordType] = {
                    lambda r: f"{r.exchange}:{r.symbol}", description="Trades later than the grace period"),
         RecordType(
             "indicators", "tickflow.Indicators", Indicators, "indicators", "topic_indicators", 5, _key,
-            table="technical_metrics", channel="indicators:{exchange}:{symbol}:{interval}",
+            table="technical_metrics", table_key=("exchange", "symbol", "interval", "open_time"), version="candle_revision",
+            time_column="open_time", channel="indicators:{exchange}:{symbol}:{interval}",
             description="Technical indicators of each final candle",
         ),
         RecordType(
