@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from agents.candle_agent import CANDLES
 from agents.indicator_agent import INDICATORS
+from agents.onchain_agent import ONCHAIN
 from agents.spec import AgentSpec
 
-AGENTS: tuple[AgentSpec, ...] = (CANDLES, INDICATORS)
+AGENTS: tuple[AgentSpec, ...] = (CANDLES, INDICATORS, ONCHAIN)
 
 
 def agent_spec(name: str) -> AgentSpec:

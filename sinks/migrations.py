@@ -44,6 +44,7 @@ TIMESCALE_PARAMS: dict[str, str] = {
     "candles_compress_after": "30 days",
     "trades_retention": "90 days",
     "cagg_refresh_every": "15 minutes",
+    "onchain_chunk_interval": "365 days",
 }
 
 
