@@ -168,6 +168,10 @@ class BitcoindSource(Source):
         while not self._stop.is_set():
             tip = await self.rpc.call("getblockcount") - self.confirmations
             if self.next_height > tip:
+                last = self.next_height - 1
+                if last in self.recent and last <= tip and await self.rpc.call("getblockhash", last) != self.recent[last]:
+                    await self._rewind(last)  # a branch no longer than ours replaced our last blocks
+                    continue
                 if not self.follow:
                     break
                 try:
