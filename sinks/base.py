@@ -12,7 +12,9 @@ runner bisects the batch, dead-letters the culprit records and writes the rest) 
 
 Adding a record type (as ``Indicators`` into a ``technical_metrics`` table keyed like candles) is:
 a field on :class:`SinkBatch`, an entry in :data:`TOPICS`, a migration per store and a column mapping
-in each sink that wants it, plus the logical topic in that sink's ``topics``.
+in each sink that wants it, plus the logical topic in that sink's ``topics``. Registry record types
+listed in :data:`TABLE_RECORDS` need none of that: they travel in ``SinkBatch.rows`` and every sink
+writes them by their registry entry (columns = model fields, ``table_key``, ``version``, ``channel``).
 """
 
 from __future__ import annotations
@@ -25,7 +27,11 @@ from operator import attrgetter
 from typing import Any, ClassVar
 
 from schemas.models import Candle, Indicators, LiveCandles, TradeBatch
+from schemas.registry import RecordType, record_type
 from streams.settings import Settings
+
+# Registry record types the sinks write generically (by their registry entry), logical topic = name.
+TABLE_RECORDS: tuple[str, ...] = ("onchain_metric",)
 
 # ClickHouse DateTime64 covers 1900-01-01 .. 2299-12-31 and silently wraps values outside it (a
 # wrapped value then breaks every reader of the table), so both analytic stores reject such rows.
@@ -46,14 +52,17 @@ class SinkBatch:
     trade_batches: list[TradeBatch] = field(default_factory=list)  # as received: one symbol's trades each
     candles: list[Candle] = field(default_factory=list)  # final and in-progress
     indicators: list[Indicators] = field(default_factory=list)  # of final candles, revisions included
+    rows: dict[str, list[Any]] = field(default_factory=dict)  # TABLE_RECORDS name -> models, Kafka order
 
     def __len__(self) -> int:
-        return sum(len(b.trades) for b in self.trade_batches) + len(self.candles) + len(self.indicators)
+        return sum(len(b.trades) for b in self.trade_batches) + len(self.candles) + len(self.indicators) + sum(map(len, self.rows.values()))
 
     def extend(self, other: SinkBatch) -> None:
         self.trade_batches.extend(other.trade_batches)
         self.candles.extend(other.candles)
         self.indicators.extend(other.indicators)
+        for name, models in other.rows.items():
+            self.rows.setdefault(name, []).extend(models)
 
     @classmethod
     def merge(cls, parts: Iterable[SinkBatch]) -> SinkBatch:
@@ -112,11 +121,19 @@ def _indicators_part(record: dict[str, Any]) -> SinkBatch:
     return SinkBatch(indicators=[Indicators.from_avro(record)])
 
 
+def _rows_part(rt: RecordType) -> Callable[[dict[str, Any]], SinkBatch]:
+    def part(record: dict[str, Any]) -> SinkBatch:
+        return SinkBatch(rows={rt.name: [rt.model.from_avro(record)]})
+
+    return part
+
+
 TOPICS: dict[str, TopicSpec] = {
     "ticks": TopicSpec("topic_ticks", "tickflow.TradeBatch", _trade_batch_part),
     "candles": TopicSpec("topic_candles", "tickflow.Candle", _candle_part),
     "candle_updates": TopicSpec("topic_candle_updates", "tickflow.LiveCandles", _live_candles_part),
     "indicators": TopicSpec("topic_indicators", "tickflow.Indicators", _indicators_part),
+    **{name: TopicSpec(record_type(name).topic_setting, record_type(name).schema, _rows_part(record_type(name))) for name in TABLE_RECORDS},
 }
 
 
@@ -190,4 +207,16 @@ def indicator_columns(records: list[Indicators]) -> dict[str, list[Any]]:
         raise DataRejected(f"indicators candle_revision outside 0..{MAX_REVISION}")
     for name in ("exchange", "symbol", "interval"):
         _check_text(f"indicators {name}", cols[name])
+    return cols
+
+
+def model_columns(rt: RecordType, models: list[Any]) -> dict[str, list[Any]]:
+    """Rows of a registry record type as columns named like its model's fields (= its table's), or DataRejected."""
+    names = tuple(f.name for f in fields(rt.model))
+    cols = dict(zip(names, map(list, zip(*map(attrgetter(*names), models), strict=True)), strict=True)) if models else {n: [] for n in names}
+    if rt.version and cols[rt.version] and (min(cols[rt.version]) < 0 or max(cols[rt.version]) > MAX_REVISION):
+        raise DataRejected(f"{rt.name} {rt.version} outside 0..{MAX_REVISION}")
+    for name, values in cols.items():
+        if values and isinstance(values[0], str):
+            _check_text(f"{rt.name} {name}", values)
     return cols

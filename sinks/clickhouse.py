@@ -24,7 +24,8 @@ from clickhouse_connect.driver import exceptions as ch_errors
 from clickhouse_connect.driver.client import Client
 
 from schemas.models import Candle
-from sinks.base import CANDLE_COLUMNS, DataRejected, Sink, SinkBatch, candle_columns, indicator_columns, trade_columns
+from schemas.registry import record_type
+from sinks.base import CANDLE_COLUMNS, TABLE_RECORDS, DataRejected, Sink, SinkBatch, candle_columns, indicator_columns, model_columns, trade_columns
 
 # Server error codes that mean "this data can never be inserted", as opposed to an unavailable
 # server: TYPE_MISMATCH, CANNOT_PARSE_*, TOO_LARGE_STRING_SIZE, INCORRECT_DATA,
@@ -39,7 +40,7 @@ def connect(dsn: str, **options: Any) -> Client:
 
 class ClickHouseSink(Sink):
     name = "clickhouse"
-    topics = ("ticks", "candles", "indicators")
+    topics = ("ticks", "candles", "indicators", *TABLE_RECORDS)
 
     def __init__(self, client: Client, *, owns_client: bool = False) -> None:
         self._client = client
@@ -59,6 +60,10 @@ class ClickHouseSink(Sink):
             self._insert("candles", candle_columns(finals))
         if batch.indicators:
             self._insert("technical_metrics", indicator_columns(batch.indicators))
+        for name, models in batch.rows.items():
+            rt = record_type(name)
+            if models and rt.table:
+                self._insert(rt.table, model_columns(rt, models))
 
     def _insert(self, table: str, columns: dict[str, list[Any]]) -> None:
         # Insert contexts cache the table's column types, saving a DESCRIBE per insert.

@@ -25,15 +25,18 @@ import psycopg
 from psycopg_pool import ConnectionPool
 
 from schemas.models import Candle
+from schemas.registry import RecordType, record_type
 from sinks.base import (
     CANDLE_COLUMNS,
     INDICATOR_COLUMNS,
+    TABLE_RECORDS,
     TRADE_COLUMNS,
     DataRejected,
     Sink,
     SinkBatch,
     candle_columns,
     indicator_columns,
+    model_columns,
     trade_columns,
 )
 
@@ -94,9 +97,31 @@ _INDICATOR_TYPES = ["int8", "text", "text", "text", "int8", "float8", "int4"] + 
 _INSERT_INDICATORS = _upsert("technical_metrics", "stage_indicators", INDICATOR_COLUMNS, "candle_revision", "<=")
 
 
+def _row_upsert(rt: RecordType, columns: tuple[str, ...]) -> str:
+    """Upsert of a registry record type's rows: a stored row is replaced by a strictly higher ``version``."""
+    update = ", ".join(f"{c} = EXCLUDED.{c}" for c in columns if c not in rt.table_key)
+    return f"""
+INSERT INTO {rt.table} ({", ".join(columns)}) VALUES ({", ".join(["%s"] * len(columns))})
+ON CONFLICT ({", ".join(rt.table_key)}) DO UPDATE SET {update}
+WHERE {rt.table}.{rt.version} < EXCLUDED.{rt.version}"""
+
+
+def newest_rows(rt: RecordType, cols: dict[str, list[Any]]) -> list[tuple[Any, ...]]:
+    """One row per table key: the highest version, then the last in Kafka order."""
+    best: dict[tuple[Any, ...], tuple[Any, ...]] = {}
+    version = list(cols).index(rt.version) if rt.version else None
+    key_idx = [list(cols).index(k) for k in rt.table_key]
+    for row in zip(*cols.values(), strict=True):
+        key = tuple(row[i] for i in key_idx)
+        old = best.get(key)
+        if old is None or version is None or row[version] >= old[version]:
+            best[key] = row
+    return list(best.values())
+
+
 class PostgresSink(Sink):
     name = "postgres"
-    topics = ("ticks", "candles", "indicators")
+    topics = ("ticks", "candles", "indicators", *TABLE_RECORDS)
 
     def __init__(self, conninfo: str, *, connect_timeout: float = 10.0) -> None:
         # One connection is enough for one writer; the pool re-establishes it after a server restart.
@@ -114,7 +139,8 @@ class PostgresSink(Sink):
         trades = trade_columns(batch.trade_batches)
         candles = candle_columns(batch.final_candles())
         indicators = indicator_columns(batch.indicators)
-        if not trades["ts"] and not candles["open_time"] and not indicators["open_time"]:
+        tables = [(rt, model_columns(rt, models)) for rt, models in ((record_type(n), m) for n, m in batch.rows.items()) if models and rt.table]
+        if not trades["ts"] and not candles["open_time"] and not indicators["open_time"] and not tables:
             return
         try:
             with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
@@ -129,6 +155,8 @@ class PostgresSink(Sink):
                     rows = zip(range(len(indicators["open_time"])), *indicators.values(), strict=True)
                     _copy(cur, _STAGE_INDICATORS, "stage_indicators", ("seq", *INDICATOR_COLUMNS), _INDICATOR_TYPES, rows)
                     cur.execute(_INSERT_INDICATORS)
+                for rt, cols in tables:
+                    cur.executemany(_row_upsert(rt, tuple(cols)), newest_rows(rt, cols))
         except (psycopg.DataError, psycopg.IntegrityError) as exc:
             raise DataRejected(f"{type(exc).__name__}: {str(exc).strip()}") from exc
 

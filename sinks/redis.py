@@ -19,6 +19,11 @@ candles.
 
 Indicators records go the same way on ``indicators:{exchange}:{symbol}:{interval}`` with the
 snapshot ``latest:indicators:{exchange}:{symbol}:{interval}``, as JSON with ``open_time_iso``.
+
+Rows of the generic registry types (``sinks.base.TABLE_RECORDS``, e.g. on-chain metrics) are
+PUBLISHed as JSON on their registry ``channel`` (``onchain:{asset}``); the newest by time column per
+channel is kept in the hash ``latest:{channel}`` (field ``row``: the JSON, ``t``: its time), never
+replaced by an older one (a revision of an earlier day is published only).
 """
 
 from __future__ import annotations
@@ -35,8 +40,9 @@ import redis
 import structlog
 from prometheus_client import Counter
 
-from schemas.models import Candle, Indicators, LiveCandles
-from sinks.base import CANDLE_COLUMNS, INDICATOR_COLUMNS, DataRejected, Sink, SinkBatch
+from schemas.models import Candle, Indicators, LiveCandles, day_number
+from schemas.registry import record_type
+from sinks.base import CANDLE_COLUMNS, INDICATOR_COLUMNS, TABLE_RECORDS, DataRejected, Sink, SinkBatch
 from streams.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -145,14 +151,40 @@ def script_calls(kind: str, records: list[Candle] | list[Indicators], encoded: l
         yield keys, [len(chunk), *publishes, *snapshots]
 
 
+# Generic rows: ARGV[1] = n, n (channel, payload) pairs to PUBLISH, then per KEYS[k] (a latest:
+# hash) its payload index and time; the hash is replaced unless it holds a later time.
+_PUBLISH_ROWS = """
+local n = tonumber(ARGV[1])
+for i = 0, n - 1 do
+  redis.call('PUBLISH', ARGV[2 + 2 * i], ARGV[3 + 2 * i])
+end
+local base = 2 + 2 * n
+for k = 1, #KEYS do
+  local idx = tonumber(ARGV[base + 2 * (k - 1)])
+  local t = tonumber(ARGV[base + 2 * (k - 1) + 1])
+  local old = tonumber(redis.call('HGET', KEYS[k], 't'))
+  if not old or old <= t then
+    redis.call('HSET', KEYS[k], 't', t, 'row', ARGV[3 + 2 * idx])
+  end
+end
+return n
+"""
+
+
+def _order(value: object) -> int:
+    """A time column's value as a number for the snapshot's order (dates as day numbers)."""
+    return day_number(value) if hasattr(value, "toordinal") else int(value)  # type: ignore[arg-type]
+
+
 class RedisSink(Sink):
     name = "redis"
-    topics = ("candles", "candle_updates", "indicators")
+    topics = ("candles", "candle_updates", "indicators", *TABLE_RECORDS)
     batch_ms_setting = "redis_sink_batch_ms"  # subscribers wait for every batch: keep it short
 
     def __init__(self, url: str) -> None:
         self._redis = redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5, health_check_interval=30)
         self._publish = self._redis.register_script(_PUBLISH_AND_SNAPSHOT)
+        self._publish_rows = self._redis.register_script(_PUBLISH_ROWS)
 
     @classmethod
     def topics_for(cls, settings: Settings) -> tuple[str, ...]:
@@ -160,6 +192,8 @@ class RedisSink(Sink):
         return tuple(t for t in cls.topics if t != "candle_updates" or settings.candle_updates == "kafka")
 
     def write(self, batch: SinkBatch) -> None:
+        for name, models in batch.rows.items():
+            self._write_rows(name, models)
         if not batch.candles and not batch.indicators:
             return
         try:
@@ -174,6 +208,32 @@ class RedisSink(Sink):
         for kind, records, encoded in (("candles", batch.candles, payloads), ("indicators", batch.indicators, ind_payloads)):
             for keys, args in script_calls(kind, records, encoded):
                 self._publish(keys=keys, args=args)
+
+    def _write_rows(self, name: str, models: list[object]) -> None:
+        rt = record_type(name)
+        if not rt.channel or not models:
+            return
+        try:
+            channels = [rt.channel.format_map({f: getattr(m, f) for f in m.__slots__}) for m in models]  # type: ignore[attr-defined]
+            payloads = [orjson.dumps(m) for m in models]
+            times = [_order(getattr(m, rt.time_column)) if rt.time_column else i for i, m in enumerate(models)]
+        except (KeyError, AttributeError, TypeError, ValueError) as exc:
+            raise DataRejected(f"{name}: {exc}") from exc
+        for start in range(0, len(models), CHUNK):
+            end = min(start + CHUNK, len(models))
+            newest: dict[str, int] = {}
+            for i in range(start, end):
+                j = newest.get(channels[i])
+                if j is None or times[i] >= times[j]:
+                    newest[channels[i]] = i
+            args: list[bytes | str | int] = [end - start]
+            for i in range(start, end):
+                args += (channels[i], payloads[i])
+            keys = []
+            for channel, i in newest.items():
+                keys.append(f"latest:{channel}")
+                args += (i - start, times[i])
+            self._publish_rows(keys=keys, args=args)
 
     def close(self) -> None:
         self._redis.close()
