@@ -384,10 +384,22 @@ class OnchainMetrics:
                 m = self._changed(provider_metric(series, d))
                 if m is not None:
                     out.append(m)
-        if old is None or old.price_usd != row.price_usd:
-            self._prices.pop(row.asset, None)
+        if (old.price_usd if old is not None else None) != row.price_usd:
+            cached = self._prices.get(row.asset)
+            if cached is not None:
+                price = self._price_at(row.asset, n)
+                if price is None:
+                    cached.pop(n, None)
+                else:
+                    cached[n] = price
             out.extend(self._revisit_blocks(row.asset))
         return out
+
+    def _price_at(self, asset: str, n: int) -> float | None:
+        for (a, _source), series in sorted(self.providers.items()):
+            if a == asset and series.price.get(n) is not None:
+                return series.price[n]
+        return None
 
     def price_of(self, asset: str) -> dict[int, float | None]:
         """Daily price of ``asset`` for SOPR: the first provider (by name) that has the day."""
@@ -448,10 +460,13 @@ class OnchainMetrics:
         for d in days:
             day = chain.days.get(d)
             if day is None or not day.blocks:
+                # Every block of the day was retracted (a reorg moved them to another day): the
+                # row is revised to no blocks rather than left with the replaced blocks' figures.
                 chain.days.pop(d, None)
-                # every block of the day was retracted: the row stays until blocks come again
-                continue
-            m = self._changed(block_day_metric(asset, d, day, price, flows_known=bool(self.labels)))
+                metric = OnchainMetric(asset=asset, day=day_of(d), source=BLOCK_SOURCE, tx_count=0, block_count=0)
+            else:
+                metric = block_day_metric(asset, d, day, price, flows_known=bool(self.labels))
+            m = self._changed(metric)
             if m is not None:
                 out.append(m)
         return out

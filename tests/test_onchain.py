@@ -215,6 +215,10 @@ def test_day_totals_reorg_and_sealed_days() -> None:
         m.add_block(blk(2, T0 + 200, [coinbase(2)], tag="c"))  # a reorg reaching into day 0
     (r,) = m.add_block(blk(4, T0 + 2 * 86400 + 9, [coinbase(4), coinbase(44)], tag="b"))
     assert r.tx_count == 2 and r.revision == 1
+    # A replacement on another day: the old day is revised to no blocks, the new one gets the block
+    gone, new = m.add_block(blk(4, T0 + 3 * 86400 + 9, [coinbase(4)], tag="c"))
+    assert (gone.day, gone.block_count, gone.tx_count, gone.revision) == (r.day, 0, 0, 2)
+    assert new.block_count == 1 and new.revision == 0
 
 
 def test_sopr_with_coverage_and_late_prices() -> None:
