@@ -83,10 +83,10 @@ def ch_candles(client, exchange: str) -> list[tuple]:  # noqa: ANN001
 
 def test_migrations_are_idempotent(client) -> None:  # noqa: ANN001
     assert migrate_clickhouse(client) == []
-    assert sorted(client.query("SELECT version, name FROM schema_migrations FINAL").result_rows) == [("0001", "init"), ("0002", "technical_metrics")]
+    assert sorted(client.query("SELECT version, name FROM schema_migrations FINAL").result_rows) == [("0001", "init"), ("0002", "technical_metrics"), ("0005", "onchain_metrics")]
     engines = dict(client.query("SELECT name, engine FROM system.tables WHERE database = currentDatabase()").result_rows)
-    assert engines["trades"] == engines["candles"] == engines["technical_metrics"] == "ReplacingMergeTree"
-    assert [m.version for m in discover("clickhouse")] == ["0001", "0002"]  # examples.sql is not a migration
+    assert engines["trades"] == engines["candles"] == engines["technical_metrics"] == engines["onchain_metrics"] == "ReplacingMergeTree"
+    assert [m.version for m in discover("clickhouse")] == ["0001", "0002", "0005"]  # examples.sql is not a migration
 
 
 def test_example_queries_run(client) -> None:  # noqa: ANN001
@@ -207,7 +207,7 @@ def test_open_sinks_migrates_and_opens_every_configured_store(client, data_dir: 
         sinks[0].write(SinkBatch(candles=[candle(exchange)]))  # same engine as the module's client
         assert len(ch_candles(client, exchange)) == 1
         with psycopg.connect(pg_url) as conn:
-            assert conn.execute("SELECT count(*) FROM schema_migrations").fetchone() == (4,)
+            assert conn.execute("SELECT count(*) FROM schema_migrations").fetchone() == (5,)
     finally:
         for s in sinks:
             s.close()
@@ -234,3 +234,15 @@ def test_warm_start_history_reads_the_same_candles_as_postgres(client, exchange:
     assert ch.before(exchange, "BTC/USDT", "1d", series[0].open_time, 25) == []
     ch.close()
     pg.close()
+
+
+def test_onchain_rows_by_their_registry_entry(sink: ClickHouseSink, client, exchange: str) -> None:  # noqa: ANN001
+    from datetime import date
+
+    from schemas.models import OnchainMetric
+
+    day = date(2020, 7, 27)
+    batch = [OnchainMetric(exchange, day, "coinmetrics", 0, mvrv=1.0, tx_count=5), OnchainMetric(exchange, day, "coinmetrics", 1, mvrv=2.0, tx_count=None)]
+    sink.write(SinkBatch(rows={"onchain_metric": batch}))
+    got = client.query("SELECT day, revision, mvrv, tx_count FROM onchain_metrics FINAL WHERE asset = {a:String}", parameters={"a": exchange}).result_rows
+    assert got == [(day, 1, 2.0, None)]

@@ -67,10 +67,10 @@ def rows(url: str, sql: str) -> list[tuple]:
 
 
 def test_migrations_are_idempotent_and_record_the_plain_choice(pg_url: str) -> None:
-    assert migrate_postgres(pg_url) == ["0001", "0003", "0004"]
+    assert migrate_postgres(pg_url) == ["0001", "0003", "0004", "0005"]
     assert migrate_postgres(pg_url) == []
     recorded = rows(pg_url, "SELECT version, name, variant FROM schema_migrations ORDER BY version")
-    assert recorded == [("0001", "init", "postgres"), ("0002", "hypertables", "skipped"), ("0003", "candles_1h_from_1m", "postgres"), ("0004", "technical_metrics", "postgres")]
+    assert recorded == [("0001", "init", "postgres"), ("0002", "hypertables", "skipped"), ("0003", "candles_1h_from_1m", "postgres"), ("0004", "technical_metrics", "postgres"), ("0005", "onchain_metrics", "postgres")]
     tables = {r[0] for r in rows(pg_url, "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'")}
     assert {"trades", "candles", "candles_1h_from_1m", "technical_metrics", "schema_migrations"} <= tables
 
@@ -87,7 +87,7 @@ def test_timescale_is_not_detected_here(pg_url: str) -> None:
 def test_timescale_migrations_parse_into_the_expected_statements() -> None:
     """TimescaleDB is not installed here: check what would run, placeholders filled, in order."""
     migs = discover("postgres", timescale=True)
-    assert [(m.version, m.timescale) for m in migs] == [("0001", False), ("0002", True), ("0003", True), ("0004", True)]
+    assert [(m.version, m.timescale) for m in migs] == [("0001", False), ("0002", True), ("0003", True), ("0004", True), ("0005", True)]
     stmts = [s for m in migs for s in m.statements(TIMESCALE_PARAMS)]
     assert not [s for s in stmts if "{{" in s]
     joined = "\n".join(stmts)
@@ -100,8 +100,10 @@ def test_timescale_migrations_parse_into_the_expected_statements() -> None:
         "add_continuous_aggregate_policy",
         "create_hypertable",
         "add_compression_policy",
+        "create_hypertable",
     ]
     assert "by_range('ts', INTERVAL '1 day')" in joined
+    assert "by_range('day', INTERVAL '365 days')" in joined
     assert "by_range('open_time', INTERVAL '7 days')" in joined
     assert "timescaledb.compress_segmentby = 'exchange, symbol, \"interval\"'" in joined
     assert "drop_after => INTERVAL '90 days'" in joined
@@ -214,3 +216,18 @@ def test_timescale_only_versions_wait_until_the_extension_appears(pg_url: str, t
     ]
     assert rows(pg_url, "SELECT flavour FROM c") == [("plain",)]
     assert rows(pg_url, "SELECT keep FROM b") == [("90 days",)]
+
+
+def test_onchain_rows_keep_the_highest_revision_per_key(sink: PostgresSink, pg_url: str) -> None:
+    from datetime import date
+
+    from schemas.models import OnchainMetric
+
+    day = date(2020, 7, 27)
+    m = lambda rev, mvrv, source="coinmetrics": OnchainMetric("btc", day, source, rev, mvrv=mvrv)  # noqa: E731
+    sink.write(SinkBatch(rows={"onchain_metric": [m(0, 1.0), m(2, 3.0), m(1, 2.0), m(0, 9.0, "bitcoind")]}))
+    sink.write(SinkBatch(rows={"onchain_metric": [m(1, 5.0)]}))  # an older revision, replayed: ignored
+    got = rows(pg_url, "SELECT asset, day, source, revision, mvrv FROM onchain_metrics ORDER BY source")
+    assert got == [("btc", day, "bitcoind", 0, 9.0), ("btc", day, "coinmetrics", 2, 3.0)]
+    sink.write(SinkBatch(rows={"onchain_metric": [m(3, 4.0)]}))
+    assert rows(pg_url, "SELECT revision, mvrv FROM onchain_metrics WHERE source = 'coinmetrics'") == [(3, 4.0)]

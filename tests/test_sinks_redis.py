@@ -167,9 +167,9 @@ def test_a_redis_that_lost_the_script_gets_it_again(sink: RedisSink, r: redis.Re
 
 
 def test_sink_reads_candles_live_only_when_updates_do_not_come_from_the_worker() -> None:
-    assert RedisSink.topics_for(Settings(candle_updates="redis")) == ("candles", "indicators")
-    assert RedisSink.topics_for(Settings(candle_updates="both")) == ("candles", "indicators")
-    assert RedisSink.topics_for(Settings(candle_updates="kafka")) == ("candles", "candle_updates", "indicators")
+    assert RedisSink.topics_for(Settings(candle_updates="redis")) == ("candles", "indicators", "onchain_metric")
+    assert RedisSink.topics_for(Settings(candle_updates="both")) == ("candles", "indicators", "onchain_metric")
+    assert RedisSink.topics_for(Settings(candle_updates="kafka")) == ("candles", "candle_updates", "indicators", "onchain_metric")
 
 
 async def _offer_and_settle(fanout: LiveFanout, *batches: list[Candle]) -> None:
@@ -217,3 +217,22 @@ def test_live_fanout_drops_and_counts_while_redis_is_away_and_never_raises() -> 
         await fanout.aclose()
 
     asyncio.run(scenario())
+
+
+def test_onchain_rows_are_published_and_the_newest_day_kept(sink: RedisSink, r: redis.Redis, exchange: str) -> None:
+    from datetime import date
+
+    from schemas.models import OnchainMetric
+
+    asset = exchange  # a unique name per test
+    rows = [OnchainMetric(asset, date(2020, 1, d), "coinmetrics", 0, mvrv=float(d)) for d in (2, 3, 1)]
+    pubsub = r.pubsub()
+    pubsub.subscribe(f"onchain:{asset}")
+    assert pubsub.get_message(timeout=2.0)["type"] == "subscribe"
+    sink.write(SinkBatch(rows={"onchain_metric": rows}))
+    got = [orjson.loads(pubsub.get_message(timeout=2.0)["data"]) for _ in rows]
+    assert [(g["day"], g["mvrv"]) for g in got] == [("2020-01-02", 2.0), ("2020-01-03", 3.0), ("2020-01-01", 1.0)]
+    assert orjson.loads(r.hget(f"latest:onchain:{asset}", "row"))["day"] == "2020-01-03"
+    sink.write(SinkBatch(rows={"onchain_metric": [OnchainMetric(asset, date(2020, 1, 1), "coinmetrics", 1, mvrv=9.0)]}))
+    assert orjson.loads(r.hget(f"latest:onchain:{asset}", "row"))["day"] == "2020-01-03"  # an older day's revision is published only
+    r.delete(f"latest:onchain:{asset}")

@@ -49,14 +49,15 @@ class BitcoindRpc:
         self._http = httpx.AsyncClient(timeout=timeout)
         self._ids = itertools.count()
         self.attempts = attempts
+        self._cookie: tuple[str, str] | None = None
 
     def _auth(self) -> tuple[str, str] | None:
         if self.user:
             return (self.user, self.password or "")
-        if self.cookie_file is not None and self.cookie_file.exists():
+        if self._cookie is None and self.cookie_file is not None and self.cookie_file.exists():
             user, _, pw = self.cookie_file.read_text().strip().partition(":")
-            return (user, pw)
-        return None
+            self._cookie = (user, pw)
+        return self._cookie
 
     async def _post(self, body: Any) -> Any:
         async for attempt in AsyncRetrying(
@@ -68,6 +69,7 @@ class BitcoindRpc:
             with attempt:
                 r = await self._http.post(self.url, content=orjson.dumps(body), auth=self._auth(), headers={"Content-Type": "application/json"})
                 if r.status_code == 401:
+                    self._cookie = None  # the node may have restarted with a new cookie
                     raise _Retry(f"bitcoind at {self.url} refused the credentials (401)")
                 if r.status_code >= 500 and not r.content:
                     raise _Retry(f"bitcoind answered {r.status_code}")
