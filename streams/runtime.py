@@ -491,6 +491,11 @@ class Runtime:
             if r.error is not None:
                 raise RuntimeError(f"agent {r.name} stopped: {type(r.error).__name__}: {r.error}") from r.error
 
+    def wait_assigned(self, timeout: float) -> bool:
+        """True once every agent has been assigned its partitions (False after ``timeout``)."""
+        deadline = time.monotonic() + timeout
+        return all(r.assigned.wait(max(deadline - time.monotonic(), 0)) for r in self.runners)
+
     def close(self, timeout: float = 60.0) -> None:
         self.stop.set()
         for r in self.runners:
