@@ -34,6 +34,7 @@ class FakeBitcoind:
         self.tip = max(self.by_height)
         self.auth = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
         self.calls: list[str] = []
+        self.warming_up = 0  # answer this many calls with error -28 (the node is starting)
         self.port = free_port()
         self._server = ThreadingHTTPServer(("127.0.0.1", self.port), self._handler())
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
@@ -68,6 +69,9 @@ class FakeBitcoind:
         self.calls.append(method)
         result: Any = None
         error = None
+        if self.warming_up > 0:
+            self.warming_up -= 1
+            return {"result": None, "error": {"code": -28, "message": "Loading block index..."}, "id": call.get("id")}
         if method == "getblockcount":
             result = self.tip
         elif method == "getblockhash":

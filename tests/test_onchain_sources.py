@@ -111,6 +111,9 @@ def test_live_source_auth_and_cookie(tmp_path: Path) -> None:
         cookie.write_text("__cookie__:abc")
         src = BitcoindSource(fake.url, state_dir=tmp_path, start_height=50002, follow=False, cookie_file=cookie)
         assert [i.value.height for i in collect(src)] == [50002]
+        fake.warming_up = 3  # a node still loading its index is asked again
+        src = BitcoindSource(fake.url, state_dir=tmp_path / "w", start_height=50001, follow=False, cookie_file=cookie)
+        assert [i.value.height for i in collect(src)] == [50001, 50002]
         bad = BitcoindSource(fake.url, state_dir=tmp_path / "b", start_height=50002, follow=False, user="x", password="y", rpc_attempts=2)
         with pytest.raises(RuntimeError, match="refused the credentials"):
             collect(bad)

@@ -36,7 +36,8 @@ from streams.sources.bitcoin_json import BlockError, RpcError, parse_block, prev
 log = structlog.get_logger(__name__)
 
 HEIGHTS_SAVED = 200  # recent (height, hash) pairs kept for resuming and finding a fork
-RPC_METHOD_NOT_FOUND, RPC_INVALID_PARAMETER, RPC_INVALID_ADDRESS_OR_KEY = -32601, -8, -5
+MAX_BLOCK_FAILURES = 10  # consecutive refusals of the next block before the source gives up
+RPC_METHOD_NOT_FOUND, RPC_INVALID_PARAMETER, RPC_IN_WARMUP = -32601, -8, -28
 
 
 class BitcoindRpc:
@@ -77,7 +78,16 @@ class BitcoindRpc:
         raise AssertionError("unreachable")
 
     async def call(self, method: str, *params: Any) -> Any:
-        return unwrap(await self._post({"jsonrpc": "1.0", "id": next(self._ids), "method": method, "params": list(params)}))
+        """One call; a node still starting (error -28, warming up) is asked again with backoff."""
+        for attempt in range(self.attempts):
+            try:
+                return unwrap(await self._post({"jsonrpc": "1.0", "id": next(self._ids), "method": method, "params": list(params)}))
+            except RpcError as exc:
+                if exc.code != RPC_IN_WARMUP or attempt == self.attempts - 1:
+                    raise
+                log.info("bitcoind is starting; asking again", error=str(exc))
+                await asyncio.sleep(min(0.2 * 2**attempt, 10.0))
+        raise AssertionError("unreachable")
 
     async def batch(self, calls: list[tuple[str, list[Any]]]) -> list[Any]:
         """Results in call order; an error result is returned as the ``RpcError``, not raised."""
@@ -167,6 +177,7 @@ class BitcoindSource(Source):
 
     async def stream(self) -> AsyncIterator[SourceItem]:
         log.info("bitcoind source started", url=self.rpc.url, asset=self.asset, from_height=self.next_height)
+        failures = 0
         while not self._stop.is_set():
             tip = await self.rpc.call("getblockcount") - self.confirmations
             if self.next_height > tip:
@@ -182,8 +193,19 @@ class BitcoindSource(Source):
                     pass
                 continue
             height = self.next_height
-            block_hash = await self.rpc.call("getblockhash", height)
-            result = await self._getblock(block_hash)
+            try:
+                block_hash = await self.rpc.call("getblockhash", height)
+                result = await self._getblock(block_hash)
+            except RpcError as exc:
+                # The tip moved between the calls (a reorg to a shorter chain, a block just replaced):
+                # ask for the tip again; a block the node keeps refusing (pruned) stops the source.
+                failures += 1
+                if failures >= MAX_BLOCK_FAILURES:
+                    raise RuntimeError(f"bitcoind refused block {height} {MAX_BLOCK_FAILURES} times: {exc}") from exc
+                log.warning("block not available, reading the tip again", height=height, error=str(exc))
+                await asyncio.sleep(min(self.poll_s, 1.0))
+                continue
+            failures = 0
             parent = result.get("previousblockhash") if isinstance(result, dict) else None
             if height - 1 in self.recent and parent is not None and parent != self.recent[height - 1]:
                 await self._rewind(height - 1)
