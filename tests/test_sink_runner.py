@@ -15,7 +15,7 @@ from prometheus_client import REGISTRY
 
 from schemas.codec import AvroCodec
 from schemas.models import Candle, DeadLetter, Trade, TradeBatch
-from sinks.base import DataRejected, Sink, SinkBatch, candle_columns
+from sinks.base import DataRejected, Sink, SinkBatch, layout_of
 from sinks.migrations import migrate_postgres
 from sinks.postgres import PostgresSink
 from sinks.runner import SinkRunner
@@ -32,7 +32,10 @@ class MemorySink(Sink):
     """Keeps what it is given; fails the first ``fail_first`` writes; validates like the real stores."""
 
     name = "memory"
-    topics = ("ticks", "candles")
+
+    @classmethod
+    def record_types(cls, settings: Settings) -> tuple[str, ...]:
+        return ("trade_batch", "candle")
 
     def __init__(self, fail_first: int = 0, on_fail=None) -> None:  # noqa: ANN001
         self.trades: list[tuple[str, str, Trade]] = []
@@ -47,9 +50,9 @@ class MemorySink(Sink):
             if self.on_fail:
                 self.on_fail()
             raise ConnectionError("store down")
-        candle_columns(batch.candles)  # DataRejected for unstorable candles
-        self.trades.extend((b.exchange, b.symbol, t) for b in batch.trade_batches for t in b.trades)
-        self.candles.extend(batch.candles)
+        layout_of("candle").to_columns(batch.of("candle"))  # DataRejected for unstorable candles
+        self.trades.extend((b.exchange, b.symbol, t) for b in batch.of("trade_batch") for t in b.trades)
+        self.candles.extend(batch.of("candle"))
 
     def close(self) -> None:
         pass
@@ -229,7 +232,7 @@ def test_data_rejected_outside_a_single_record_is_bisected(topics: Settings, run
 
     class Picky(MemorySink):
         def write(self, batch: SinkBatch) -> None:
-            if any(b.symbol == "ETH/USDT" and t.trade_id == "15" for b in batch.trade_batches for t in b.trades):
+            if any(b.symbol == "ETH/USDT" and t.trade_id == "15" for b in batch.of("trade_batch") for t in b.trades):
                 raise DataRejected("trade 15 is cursed")
             super().write(batch)
 

@@ -15,7 +15,7 @@ import psycopg
 import pytest
 
 from schemas.models import Candle, Trade, TradeBatch
-from sinks.base import DataRejected, SinkBatch, candle_columns
+from sinks.base import DataRejected, SinkBatch, layout_of
 from sinks.clickhouse import ClickHouseCandleHistory, ClickHouseSink, connect
 from sinks.migrations import discover, migrate_clickhouse, migrate_postgres, split_statements
 from sinks.postgres import PostgresCandleHistory, PostgresSink
@@ -98,7 +98,7 @@ def test_example_queries_run(client) -> None:  # noqa: ANN001
 
 
 def test_same_batch_twice_gives_the_same_rows(sink: ClickHouseSink, client, exchange: str) -> None:  # noqa: ANN001
-    batch = SinkBatch([trade(exchange, i) for i in range(20)], [candle(exchange), candle(exchange, T0 + 60_000)])
+    batch = SinkBatch(trade_batch=[trade(exchange, i) for i in range(20)], candle=[candle(exchange), candle(exchange, T0 + 60_000)])
     sink.write(batch)
     first = ch_trades(client, exchange), ch_candles(client, exchange)
     sink.write(batch)
@@ -109,21 +109,21 @@ def test_same_batch_twice_gives_the_same_rows(sink: ClickHouseSink, client, exch
 
 
 def test_revision_newer_wins_older_ignored(sink: ClickHouseSink, client, exchange: str) -> None:  # noqa: ANN001
-    sink.write(SinkBatch(candles=[candle(exchange, revision=1, close=1.0)]))
-    sink.write(SinkBatch(candles=[candle(exchange, revision=0, close=0.0)]))
+    sink.write(SinkBatch(candle=[candle(exchange, revision=1, close=1.0)]))
+    sink.write(SinkBatch(candle=[candle(exchange, revision=0, close=0.0)]))
     assert [(r[-1], r[8]) for r in ch_candles(client, exchange)] == [(1, 1.0)]
-    sink.write(SinkBatch(candles=[candle(exchange, revision=3, close=3.0), candle(exchange, revision=2, close=2.0)]))
+    sink.write(SinkBatch(candle=[candle(exchange, revision=3, close=3.0), candle(exchange, revision=2, close=2.0)]))
     assert [(r[-1], r[8]) for r in ch_candles(client, exchange)] == [(3, 3.0)]
 
 
 def test_in_progress_candles_are_not_stored(sink: ClickHouseSink, client, exchange: str) -> None:  # noqa: ANN001
-    sink.write(SinkBatch(candles=[candle(exchange, final=False), candle(exchange, T0 + 120_000)]))
+    sink.write(SinkBatch(candle=[candle(exchange, final=False), candle(exchange, T0 + 120_000)]))
     assert [(r[3], r[16]) for r in ch_candles(client, exchange)] == [(T0 + 120_000, True)]
 
 
 def test_exact_times_and_nullable_columns(sink: ClickHouseSink, client, exchange: str) -> None:  # noqa: ANN001
     c = candle(exchange, revision=1)
-    sink.write(SinkBatch([trade(exchange, 7)], [c]))
+    sink.write(SinkBatch(trade_batch=[trade(exchange, 7)], candle=[c]))
     (t,) = trade(exchange, 7).trades
     assert ch_trades(client, exchange) == [(exchange, "BTC/USDT", t.trade_id, t.ts, t.price, t.amount, t.side)]
     assert ch_candles(client, exchange) == [
@@ -133,9 +133,9 @@ def test_exact_times_and_nullable_columns(sink: ClickHouseSink, client, exchange
 
 def test_unstorable_values_are_rejected(sink: ClickHouseSink, client, exchange: str) -> None:  # noqa: ANN001
     with pytest.raises(DataRejected, match="outside the storable range"):
-        sink.write(SinkBatch([TradeBatch(exchange, "X", 0, [Trade("1", 10**19, 1.0, 1.0, "buy")])]))
+        sink.write(SinkBatch(trade_batch=[TradeBatch(exchange, "X", 0, [Trade("1", 10**19, 1.0, 1.0, "buy")])]))
     with pytest.raises(DataRejected, match="revision"):
-        sink.write(SinkBatch(candles=[candle(exchange, revision=-1)]))
+        sink.write(SinkBatch(candle=[candle(exchange, revision=-1)]))
     assert ch_candles(client, exchange) == []
 
 
@@ -160,12 +160,12 @@ def pg_url() -> Iterator[str]:
 def test_clickhouse_and_postgres_hold_the_same_rows(sink: ClickHouseSink, client, exchange: str, pg_url: str) -> None:  # noqa: ANN001
     batches = [
         SinkBatch(
-            [trade(exchange, i) for i in range(30)] + [trade(exchange, 3), trade(exchange, 2, symbol="ETH/USDT")],
-            [candle(exchange, revision=0), candle(exchange, T0 + 60_000, final=False), candle(exchange, T0, interval="5m")],
+            trade_batch=[trade(exchange, i) for i in range(30)] + [trade(exchange, 3), trade(exchange, 2, symbol="ETH/USDT")],
+            candle=[candle(exchange, revision=0), candle(exchange, T0 + 60_000, final=False), candle(exchange, T0, interval="5m")],
         ),
         SinkBatch(
-            [trade(exchange, i) for i in range(25, 40)],
-            [candle(exchange, revision=2, close=99.0), candle(exchange, revision=1, close=98.0), candle(exchange, T0 + 60_000)],
+            trade_batch=[trade(exchange, i) for i in range(25, 40)],
+            candle=[candle(exchange, revision=2, close=99.0), candle(exchange, revision=1, close=98.0), candle(exchange, T0 + 60_000)],
         ),
     ]
     pg = PostgresSink(pg_url)
@@ -191,11 +191,11 @@ def test_clickhouse_and_postgres_hold_the_same_rows(sink: ClickHouseSink, client
 
 def test_client_side_type_errors_become_data_rejected(sink: ClickHouseSink, client, exchange: str) -> None:  # noqa: ANN001
     """Past the shared checks, a value the column type cannot hold is still a rejection, not a retry."""
-    cols = candle_columns([candle(exchange)])
+    cols = layout_of("candle").to_columns([candle(exchange)])
     cols["revision"] = [2**40]  # UInt32 column
     with pytest.raises(DataRejected, match="revision"):
         sink._insert("candles", cols)
-    sink.write(SinkBatch(candles=[candle(exchange)]))  # the cached insert context still works
+    sink.write(SinkBatch(candle=[candle(exchange)]))  # the cached insert context still works
     assert len(ch_candles(client, exchange)) == 1
 
 
@@ -204,7 +204,7 @@ def test_open_sinks_migrates_and_opens_every_configured_store(client, data_dir: 
     sinks = open_sinks(settings)
     try:
         assert [type(s) for s in sinks] == [ClickHouseSink, PostgresSink, RedisSink]
-        sinks[0].write(SinkBatch(candles=[candle(exchange)]))  # same engine as the module's client
+        sinks[0].write(SinkBatch(candle=[candle(exchange)]))  # same engine as the module's client
         assert len(ch_candles(client, exchange)) == 1
         with psycopg.connect(pg_url) as conn:
             assert conn.execute("SELECT count(*) FROM schema_migrations").fetchone() == (4,)
@@ -224,9 +224,9 @@ def test_warm_start_history_reads_the_same_candles_as_postgres(client, exchange:
         candle(exchange, T0 - T0 % day + i * day, interval="1d", close=100.0 + i, revision=i % 3) for i in range(60)
     ]
     stale = [candle(exchange, c.open_time, interval="1d", close=1.0, revision=0) for c in series if c.revision]
-    ClickHouseSink(client).write(SinkBatch(candles=stale))
-    ClickHouseSink(client).write(SinkBatch(candles=series))
-    PostgresSink(pg_url).write(SinkBatch(candles=stale + series))
+    ClickHouseSink(client).write(SinkBatch(candle=stale))
+    ClickHouseSink(client).write(SinkBatch(candle=series))
+    PostgresSink(pg_url).write(SinkBatch(candle=stale + series))
     ch, pg = ClickHouseCandleHistory(client=client), PostgresCandleHistory(pg_url)
     want = series[15:40]
     assert ch.before(exchange, "BTC/USDT", "1d", series[40].open_time, 25) == want
