@@ -17,11 +17,12 @@ import pytest
 from schemas.models import Candle, Trade, TradeBatch
 from sinks.base import DataRejected, SinkBatch, layout_of
 from sinks.clickhouse import ClickHouseCandleHistory, ClickHouseSink, connect
-from sinks.migrations import discover, migrate_clickhouse, migrate_postgres, split_statements
+from sinks.migrations import SchemaMismatch, check_clickhouse, check_postgres, discover, migrate_clickhouse, migrate_postgres, split_statements
 from sinks.postgres import PostgresCandleHistory, PostgresSink
 from sinks.redis import RedisSink
 from sinks.runner import open_sinks
 from streams.settings import Settings
+from tests import throwaway_record
 
 T0 = 1_700_000_040_000  # ms, a minute boundary
 ADMIN_URL = os.environ.get("TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/test")
@@ -234,3 +235,81 @@ def test_warm_start_history_reads_the_same_candles_as_postgres(client, exchange:
     assert ch.before(exchange, "BTC/USDT", "1d", series[0].open_time, 25) == []
     ch.close()
     pg.close()
+
+
+# ------------------------------------------------------------------ any registry type, no sink code
+
+
+def test_every_registry_table_is_in_both_stores_after_migrating(client, pg_url: str) -> None:  # noqa: ANN001
+    """A record type with a table whose migration is missing (or wrong) fails here, naming it."""
+    check_clickhouse(client)
+    check_postgres(pg_url)
+
+
+def test_a_missing_or_wrong_table_fails_the_check_loudly(client, pg_url: str, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+    rt = throwaway_record.register(monkeypatch)
+    with pytest.raises(SchemaMismatch, match=f"{rt.table} \\(record type test_gauge\\): no such table"):
+        check_clickhouse(client)
+    with pytest.raises(SchemaMismatch, match=f"{rt.table} \\(record type test_gauge\\): no such table"):
+        check_postgres(pg_url)
+    # a table that lost a field, keeps the optional one NOT NULL and stores its ms time at µs precision
+    client.command(
+        throwaway_record.clickhouse_ddl(rt.table).replace("ts DateTime64(3, 'UTC')", "ts DateTime64(6, 'UTC')").replace(", flag Bool", "")
+    )
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(throwaway_record.postgres_ddl(rt.table).replace("label text", "label text NOT NULL").replace("PRIMARY KEY", "UNIQUE"))
+        conn.execute(f"ALTER TABLE {rt.table} DROP CONSTRAINT {rt.table}_exchange_symbol_interval_ts_key")
+    try:
+        with pytest.raises(SchemaMismatch) as ch:
+            check_clickhouse(client)
+        assert "no column flag" in str(ch.value) and "column ts is DateTime64(6, 'UTC'), needs DateTime64(3, ...)" in str(ch.value)
+        with pytest.raises(SchemaMismatch) as pg:
+            check_postgres(pg_url)
+        assert "column label must allow NULL" in str(pg.value) and "no primary key or unique index on (exchange, symbol, interval, ts)" in str(pg.value)
+    finally:
+        client.command(f"DROP TABLE {rt.table}")
+
+
+def test_a_new_record_type_is_stored_in_both_stores_without_sink_code(
+    sink: ClickHouseSink, client, exchange: str, pg_url: str, monkeypatch: pytest.MonkeyPatch  # noqa: ANN001
+) -> None:
+    """Only the registry entry and the tables: both stores take it, keep the highest version, agree."""
+    rt = throwaway_record.register(monkeypatch)
+    client.command(throwaway_record.clickhouse_ddl(rt.table))
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(throwaway_record.postgres_ddl(rt.table))
+    check_clickhouse(client)
+    check_postgres(pg_url)
+    G = throwaway_record.Gauge  # noqa: N806
+    batches = [
+        [G(exchange, "A", "1m", T0, 1.0, version=1), G(exchange, "A", "1m", T0, 0.5, version=0), G(exchange, "B", "1m", T0, 7.0, T0 * 1000 + 123, "x", True)],
+        [G(exchange, "A", "1m", T0, 2.0, T0 * 1000 + 1, "newer", True, version=2), G(exchange, "A", "1m", T0 + 60_000, 3.0, version=5)],
+        [G(exchange, "A", "1m", T0, 0.0, version=1)],  # older than the stored version: ignored
+    ]
+    pg = PostgresSink(pg_url)
+    try:
+        for records in batches + batches[:1]:  # a replay changes nothing
+            sink.write(SinkBatch(test_gauge=records))
+            pg.write(SinkBatch(test_gauge=records))
+        with psycopg.connect(pg_url) as conn:
+            pg_rows = conn.execute(throwaway_record.POSTGRES_ROWS.format(table=rt.table)).fetchall()
+        ch_rows = client.query(throwaway_record.CLICKHOUSE_ROWS.format(table=rt.table)).result_rows
+        assert pg_rows == [
+            (exchange, "A", "1m", T0, 2.0, T0 * 1000 + 1, "newer", True, 2),
+            (exchange, "A", "1m", T0 + 60_000, 3.0, None, None, False, 5),
+            (exchange, "B", "1m", T0, 7.0, T0 * 1000 + 123, "x", True, 0),
+        ]
+        assert ch_rows == pg_rows
+        for bad, why in (
+            (G(exchange, "A", "1m", 10**16, 1.0), "test_gauge ts \\(ms\\) 10000000000000000 is outside the storable range"),
+            (G(exchange, "A", "1m", T0, 1.0, seen_at=-(10**19)), "seen_at \\(µs\\)"),
+            (G(exchange, "A", "1m", T0, 1.0, label="a\x00b"), "test_gauge label contains a NUL"),
+            (G(exchange, "A", "1m", T0, 1.0, version=-1), "test_gauge version outside 0..2147483647"),
+        ):
+            for store in (sink, pg):
+                with pytest.raises(DataRejected, match=why):
+                    store.write(SinkBatch(test_gauge=[G(exchange, "C", "1m", T0, 1.0), bad]))
+        assert client.query(throwaway_record.CLICKHOUSE_ROWS.format(table=rt.table)).result_rows == pg_rows  # nothing half-written
+    finally:
+        pg.close()
+        client.command(f"DROP TABLE {rt.table}")

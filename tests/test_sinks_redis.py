@@ -19,6 +19,7 @@ from sinks.base import DataRejected, SinkBatch
 from schemas.registry import record_type
 from sinks.redis import Channel, LiveFanout, RedisSink, candle_json, interval_seconds, latest_per_key, snapshot_ttl
 from streams.settings import Settings
+from tests import throwaway_record
 
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 T0 = 1_700_000_040_000
@@ -220,3 +221,41 @@ def test_live_fanout_drops_and_counts_while_redis_is_away_and_never_raises() -> 
         await fanout.aclose()
 
     asyncio.run(scenario())
+
+
+# ------------------------------------------------------------------ any registry type with a channel
+
+
+def test_a_new_record_type_is_published_and_snapshotted_without_sink_code(r: redis.Redis, exchange: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    throwaway_record.register(monkeypatch)
+    assert "test_gauge" in RedisSink.record_types(Settings())
+    G = throwaway_record.Gauge  # noqa: N806
+    channel = f"gauges:{exchange}:BTC/USDT:5m"
+    pubsub = r.pubsub()
+    pubsub.subscribe(channel)
+    assert pubsub.get_message(timeout=2)["type"] == "subscribe"
+    sink = RedisSink(REDIS_URL)
+    try:
+        sink.write(SinkBatch(test_gauge=[G(exchange, "BTC/USDT", "5m", T0 + 300_000, 2.0), G(exchange, "BTC/USDT", "5m", T0, 1.0, T0 * 1000 + 7, "late", version=3)]))
+        got = []
+        deadline = time.monotonic() + 5
+        while len(got) < 2 and time.monotonic() < deadline:
+            msg = pubsub.get_message(timeout=1)
+            if msg and msg["type"] == "message":
+                got.append(orjson.loads(msg["data"]))
+        assert got[1] == {
+            "exchange": exchange, "symbol": "BTC/USDT", "interval": "5m", "ts": T0, "value": 1.0, "seen_at": T0 * 1000 + 7, "label": "late",
+            "flag": False, "version": 3, "ts_iso": "2023-11-14T22:14:00.000Z", "seen_at_iso": "2023-11-14T22:14:00.000007Z",
+        }
+        assert (got[0]["value"], got[0]["seen_at_iso"]) == (2.0, None)
+        snapshot = orjson.loads(r.get(f"latest:{channel}"))
+        assert snapshot["ts"] == T0 + 300_000  # the newest window, not the last published
+        assert 3 * 300 - 10 <= r.ttl(f"latest:{channel}") <= 3 * 300
+        sink.write(SinkBatch(test_gauge=[G(exchange, "BTC/USDT", "5m", T0, 9.0)]))  # an older window, a later batch
+        assert orjson.loads(r.get(f"latest:{channel}"))["value"] == 2.0
+        with pytest.raises(DataRejected, match="interval"):
+            sink.write(SinkBatch(test_gauge=[G(exchange, "BTC/USDT", "weird", T0, 1.0)]))
+    finally:
+        sink.close()
+        pubsub.close()
+        r.delete(f"latest:{channel}")
