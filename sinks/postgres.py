@@ -11,8 +11,9 @@ The upsert follows the registry (``schemas.registry``) on the key of :attr:`Tabl
   older versions are ignored (a later revision of a final candle replaces it). With
   ``equal_version_replaces`` an equal version replaces it too: indicators, where a revision of one
   window recomputes the records of the later windows, which keep their own candle revision and must
-  win. Records of one key arrive in Kafka order, so a replay ends in the same state. Both are what
-  ClickHouse's ReplacingMergeTree(version) keeps, so the two stores hold the same rows.
+  win. Records of one key arrive in Kafka order, so a replay ends in the same state. That is what
+  ClickHouse's ReplacingMergeTree(version) keeps; without the flag the two stores can differ only
+  on two different records of one key and version, which a deterministic producer never makes.
 - without one (trades), the first row of a key stays: ``ON CONFLICT DO NOTHING``.
 
 Only final records of types with an ``is_final`` field are stored (see ``sinks.base``).
