@@ -253,3 +253,141 @@ def _migrate_postgres(conn: psycopg.Connection[Any], timescale: bool | None, roo
         log.info("migration applied", store="postgres", version=mig.version, name=mig.name, variant=variant)
         done.append(mig.version)
     return done
+
+
+# Checks: every record type with a table has it, in both stores
+
+
+class SchemaMismatch(RuntimeError):
+    """A record type's table is missing or differs from its layout: its migration is missing or wrong."""
+
+
+# Column types that hold a field of each Avro kind (outer Nullable/LowCardinality removed in ClickHouse).
+_CH_KINDS = {
+    "string": re.compile(r"^(String|FixedString\(\d+\)|Enum(8|16)\(.*\))$"),
+    "bytes": re.compile(r"^(String|FixedString\(\d+\))$"),
+    "int": re.compile(r"^U?Int(8|16|32|64|128|256)$"),
+    "long": re.compile(r"^U?Int(64|128|256)$"),
+    "float": re.compile(r"^(Float32|Float64|Decimal.*)$"),
+    "double": re.compile(r"^(Float64|Decimal.*)$"),
+    "boolean": re.compile(r"^(Bool|UInt8)$"),
+}
+_PG_KINDS = {
+    "string": {"text", "character varying", "character"},
+    "bytes": {"bytea"},
+    "int": {"integer", "bigint", "numeric"},
+    "long": {"bigint", "numeric"},
+    "float": {"real", "double precision", "numeric"},
+    "double": {"double precision", "numeric"},
+    "boolean": {"boolean"},
+}
+_CH_WRAPPER = re.compile(r"^(Nullable|LowCardinality)\((.*)\)$")
+
+
+def _layouts() -> list[Any]:
+    from schemas.registry import RECORDS
+    from sinks.base import layout_of
+
+    return [layout for name in RECORDS if (layout := layout_of(name)) is not None]
+
+
+def _raise(store: str, problems: list[str]) -> None:
+    if problems:
+        raise SchemaMismatch(f"{store} tables do not match the record registry (is a migration missing?):\n- " + "\n- ".join(problems))
+
+
+def _ch_type(declared: str) -> tuple[str, bool]:
+    """The base type of a ClickHouse column type and whether it is Nullable."""
+    nullable = False
+    while m := _CH_WRAPPER.match(declared):
+        nullable |= m.group(1) == "Nullable"
+        declared = m.group(2)
+    return declared, nullable
+
+
+def check_clickhouse(client: Any) -> None:
+    """Raise SchemaMismatch unless every registry type with a table has it in ClickHouse: a
+    ReplacingMergeTree ordered by ``table_key`` with ``version`` as its version, and a column per
+    field of the type's layout that can hold it (times as DateTime64 of the field's precision)."""
+    columns: dict[str, dict[str, str]] = {}
+    for table, name, declared in client.query("SELECT table, name, type FROM system.columns WHERE database = currentDatabase()").result_rows:
+        columns.setdefault(table, {})[name] = declared
+    tables = {r[0]: r[1:] for r in client.query("SELECT name, engine, engine_full, sorting_key FROM system.tables WHERE database = currentDatabase()").result_rows}
+    problems = []
+    for layout in _layouts():
+        rt, where = layout.record_type, f"{layout.table} (record type {layout.record_type.name})"
+        if layout.table not in tables:
+            problems.append(f"{where}: no such table")
+            continue
+        engine, engine_full, sorting_key = tables[layout.table]
+        if "ReplacingMergeTree" not in engine:
+            problems.append(f"{where}: engine {engine}, not ReplacingMergeTree")
+        else:
+            m = re.search(r"ReplacingMergeTree(?:\((.*?)\))?", engine_full)
+            args = [a.strip(" `'\"") for a in (m.group(1) or "").split(",")] if m else [""]
+            if rt.version is not None and args[-1] != rt.version:
+                problems.append(f"{where}: ReplacingMergeTree needs version column {rt.version}, has {m.group(0) if m else engine}")
+        if [k.strip(" `") for k in sorting_key.split(",")] != list(rt.table_key):
+            problems.append(f"{where}: ORDER BY ({sorting_key}), the registry's table_key is ({', '.join(rt.table_key)})")
+        have = columns.get(layout.table, {})
+        for col in layout.columns:
+            if col.name not in have:
+                problems.append(f"{where}: no column {col.name}")
+                continue
+            base, nullable = _ch_type(have[col.name])
+            if col.per_ms:
+                m = re.match(r"^DateTime64\((\d+)", base)
+                ok = m is not None and int(m.group(1)) == (3 if col.per_ms == 1 else 6)
+                wanted = f"DateTime64({3 if col.per_ms == 1 else 6}, ...)"
+            else:
+                ok, wanted = bool(_CH_KINDS[col.kind].match(base)), f"a type for Avro {col.kind}"
+            if not ok:
+                problems.append(f"{where}: column {col.name} is {have[col.name]}, needs {wanted}")
+            if col.nullable and not nullable:
+                problems.append(f"{where}: column {col.name} must be Nullable (the field is optional)")
+    _raise("ClickHouse", problems)
+
+
+_PG_COLUMNS = """
+SELECT table_name, column_name, data_type, is_nullable = 'YES'
+FROM information_schema.columns WHERE table_schema = current_schema()"""
+_PG_UNIQUE = """
+SELECT t.relname, array_agg(a.attname::text)
+FROM pg_index i
+JOIN pg_class t ON t.oid = i.indrelid
+JOIN pg_attribute a ON a.attrelid = t.oid AND a.attnum = ANY (i.indkey)
+WHERE i.indisunique AND t.relnamespace = current_schema()::regnamespace
+GROUP BY i.indexrelid, t.relname"""
+
+
+def check_postgres(conninfo: str) -> None:
+    """Raise SchemaMismatch unless every registry type with a table has it in PostgreSQL: a unique
+    key on the layout's ``unique_key`` (the upsert's conflict target) and a column per field that can
+    hold it (times as timestamptz)."""
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        columns: dict[str, dict[str, tuple[str, bool]]] = {}
+        for table, name, data_type, nullable in conn.execute(_PG_COLUMNS).fetchall():
+            columns.setdefault(table, {})[name] = (data_type, nullable)
+        unique: dict[str, list[set[str]]] = {}
+        for table, cols in conn.execute(_PG_UNIQUE).fetchall():
+            unique.setdefault(table, []).append(set(cols))
+    problems = []
+    for layout in _layouts():
+        where = f"{layout.table} (record type {layout.record_type.name})"
+        have = columns.get(layout.table)
+        if have is None:
+            problems.append(f"{where}: no such table")
+            continue
+        if set(layout.unique_key) not in unique.get(layout.table, []):
+            problems.append(f"{where}: no primary key or unique index on ({', '.join(layout.unique_key)})")
+        for col in layout.columns:
+            if col.name not in have:
+                problems.append(f"{where}: no column {col.name}")
+                continue
+            data_type, nullable = have[col.name]
+            wanted = {"timestamp with time zone"} if col.per_ms else _PG_KINDS[col.kind]
+            if data_type not in wanted:
+                problems.append(f"{where}: column {col.name} is {data_type}, needs one of {', '.join(sorted(wanted))}")
+            if col.nullable and not nullable:
+                problems.append(f"{where}: column {col.name} must allow NULL (the field is optional)")
+    _raise("PostgreSQL", problems)

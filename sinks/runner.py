@@ -34,9 +34,10 @@ from tenacity import RetryCallState, RetryError, Retrying, retry_if_exception, r
 
 from schemas.codec import codec_for
 from schemas.models import DeadLetter
-from sinks.base import TOPICS, DataRejected, Sink, SinkBatch
+from schemas.registry import record_type, topic_of
+from sinks.base import DataRejected, Sink, SinkBatch
 from sinks.clickhouse import ClickHouseSink, connect
-from sinks.migrations import migrate_clickhouse, migrate_postgres
+from sinks.migrations import check_clickhouse, check_postgres, migrate_clickhouse, migrate_postgres
 from sinks.postgres import PostgresSink
 from sinks.redis import RedisSink
 from streams.settings import Settings
@@ -150,8 +151,8 @@ class SinkRunner:
         self._component = f"sink-{sink.name}"
         self._log = log.bind(sink=sink.name)
         self._batch_s = getattr(settings, sink.batch_ms_setting) / 1000
-        self._specs = {topic_name(settings, t): TOPICS[t] for t in sink.topics_for(settings)}
-        self._codecs = {topic: codec_for(spec.schema, topic, settings.schema_registry_url) for topic, spec in self._specs.items()}
+        self._types = {topic_of(settings, name): record_type(name) for name in sink.record_types(settings)}
+        self._codecs = {topic: codec_for(rt.schema, topic, settings.schema_registry_url) for topic, rt in self._types.items()}
         conf = {
             "bootstrap.servers": settings.bootstrap,
             "group.id": self.group_id,
@@ -165,8 +166,8 @@ class SinkRunner:
         self._consumer = Consumer(conf)
         # Metadata and end offsets go through an admin client: on the consumer's own connection a
         # request queues behind the fetch long-poll (up to fetch.wait.max.ms per partition queried).
-        self._lag: GroupLag | None = GroupLag({k: v for k, v in conf.items() if k not in _CONSUMER_ONLY}, self.group_id, list(self._specs))
-        self._consumer.subscribe(list(self._specs), on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_revoke)
+        self._lag: GroupLag | None = GroupLag({k: v for k, v in conf.items() if k not in _CONSUMER_ONLY}, self.group_id, list(self._types))
+        self._consumer.subscribe(list(self._types), on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_revoke)
         self._pending: list[_Record] = []
         self._to_commit: dict[tuple[str, int], int] = {}
         self._next_commit = 0.0
@@ -279,11 +280,11 @@ class SinkRunner:
             if err.code() != KafkaError._PARTITION_EOF:
                 self._log.warning("consumer error", error=str(err))
             return None
-        spec = self._specs[msg.topic()]
+        rt = self._types[msg.topic()]
         try:
-            return _Record(msg, spec.to_batch(self._codecs[msg.topic()].decode(msg.value())))
+            return _Record(msg, SinkBatch.decoded(rt, self._codecs[msg.topic()].decode(msg.value())))
         except Exception as exc:  # any failure to read the bytes is the record's fault
-            return _Record(msg, None, f"undecodable {spec.schema} record: {exc}")
+            return _Record(msg, None, f"undecodable {rt.schema} record: {exc}")
 
     # -- write
 
@@ -462,14 +463,9 @@ def sink_group_id(settings: Settings, name: str) -> str:
     return f"{settings.app_id}-sink-{name}"
 
 
-def topic_name(settings: Settings, kind: str) -> str:
-    return getattr(settings, TOPICS[kind].settings_attr)
-
-
 def sink_lag(settings: Settings, name: str) -> GroupLag:
     """The lag of sink ``name``'s group, readable from any process."""
-    topics = [topic_name(settings, t) for t in SINKS[name].topics_for(settings)]
-    return GroupLag({"bootstrap.servers": settings.bootstrap}, sink_group_id(settings, name), topics)
+    return GroupLag({"bootstrap.servers": settings.bootstrap}, sink_group_id(settings, name), list(SINKS[name].topics_for(settings)))
 
 
 def configured_sinks(settings: Settings) -> list[str]:
@@ -478,17 +474,20 @@ def configured_sinks(settings: Settings) -> list[str]:
 
 
 def open_sinks(settings: Settings, *, migrate: bool = True, only: str | None = None) -> list[Sink]:
-    """The configured sinks (or just ``only``), their stores migrated first."""
+    """The configured sinks (or just ``only``), their stores migrated first and then checked to hold
+    every registry type's table (SchemaMismatch names what a missing migration left out)."""
     names = [n for n in configured_sinks(settings) if only is None or n == only]
     sinks: list[Sink] = []
     if "clickhouse" in names:
         client = connect(settings.clickhouse_dsn)
         if migrate:
             migrate_clickhouse(client)
+            check_clickhouse(client)
         sinks.append(ClickHouseSink(client, owns_client=True))
     if "postgres" in names:
         if migrate:
             migrate_postgres(settings.database_url)  # type: ignore[arg-type]
+            check_postgres(settings.database_url)  # type: ignore[arg-type]
         sinks.append(PostgresSink(settings.database_url))  # type: ignore[arg-type]
     if "redis" in names:
         sinks.append(RedisSink(settings.redis_url))  # type: ignore[arg-type]
