@@ -93,6 +93,6 @@ async def test_malformed_inputs_all_dead_lettered_while_good_trades_flow(topics)
     assert orjson.loads(rejected_trade.payload)["symbol"] == "BAD/USDT"
 
     codec = AvroCodec("tickflow.TradeBatch")
-    good = [t for m in read_topic(topics, topics.topic_ticks) for t in TradeBatch.from_avro(codec.decode(m.value())).trades]
+    good = [t for m in read_topic(topics, topics.topic_ticks) for t in map(Trade._make, TradeBatch.from_avro(codec.decode(m.value())).trades)]
     assert len(good) == source.good
     assert all(t.price > 0 and t.trade_id.isdigit() for t in good)

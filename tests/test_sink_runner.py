@@ -16,6 +16,7 @@ from prometheus_client import REGISTRY
 
 from schemas.codec import AvroCodec
 from schemas.models import Candle, DeadLetter, Trade, TradeBatch
+from schemas.registry import topic_of
 from sinks.base import DataRejected, Sink, SinkBatch, layout_of
 from sinks.migrations import migrate_postgres
 from sinks.postgres import PostgresSink
@@ -54,7 +55,7 @@ class MemorySink(Sink):
                 self.on_fail()
             raise ConnectionError("store down")
         layout_of("candle").to_columns(batch.of("candle"))  # DataRejected for unstorable candles
-        self.trades.extend((b.exchange, b.symbol, t) for b in batch.of("trade_batch") for t in b.trades)
+        self.trades.extend((b.exchange, b.symbol, t) for b in batch.of("trade_batch") for t in map(Trade._make, b.trades))
         self.candles.extend(batch.of("candle"))
 
     def close(self) -> None:
@@ -235,7 +236,7 @@ def test_data_rejected_outside_a_single_record_is_bisected(topics: Settings, run
 
     class Picky(MemorySink):
         def write(self, batch: SinkBatch) -> None:
-            if any(b.symbol == "ETH/USDT" and t.trade_id == "15" for b in batch.of("trade_batch") for t in b.trades):
+            if any(b.symbol == "ETH/USDT" and t[0] == "15" for b in batch.of("trade_batch") for t in b.trades):
                 raise DataRejected("trade 15 is cursed")
             super().write(batch)
 
@@ -275,7 +276,8 @@ def test_a_new_record_type_flows_from_its_topic_and_bad_rows_are_dead_lettered(
     rt = throwaway_record.register(monkeypatch)
     settings = settings_for(topics)
     kafka_admin = streams_topics.admin(settings)
-    kafka_admin.create_topics([NewTopic(rt.topic, 2, settings.replication_factor)])[rt.topic].result(timeout=30)
+    topic = topic_of(settings, rt.name)  # the isolated name of the run, as every sink and agent reads it
+    kafka_admin.create_topics([NewTopic(topic, 2, settings.replication_factor)])[topic].result(timeout=30)
     name = f"tickflow_test_{uuid.uuid4().hex[:10]}"
     with admin:
         admin.execute(f"CREATE DATABASE {name}")
@@ -289,8 +291,8 @@ def test_a_new_record_type_flows_from_its_topic_and_bad_rows_are_dead_lettered(
         good = [G("x", s, "1m", T0 + m * 60_000, float(v), version=v) for s in ("A", "B") for m in range(3) for v in (1, 3, 2)]
         unstorable = gauge.encode(G("x", "A", "1m", T0, 1.0, label="nul\x00", version=9).to_avro())
         garbage = b"\x00\x00\x00\x27\x0fnot avro"
-        items = [(rt.topic, rt.key(g).encode(), gauge.encode(g.to_avro())) for g in good]
-        produce(settings, items[:4] + [(rt.topic, b"x:A", unstorable), (rt.topic, b"x:A", garbage)] + items[4:])
+        items = [(topic, rt.key(g).encode(), gauge.encode(g.to_avro())) for g in good]
+        produce(settings, items[:4] + [(topic, b"x:A", unstorable), (topic, b"x:A", garbage)] + items[4:])
         sink = PostgresSink(url)
         try:
             runner_factory(sink, settings).run_until_drained(idle_s=0.5, timeout_s=60)
@@ -303,7 +305,7 @@ def test_a_new_record_type_flows_from_its_topic_and_bad_rows_are_dead_lettered(
         assert set(by_payload) == {unstorable, garbage}
         assert by_payload[unstorable].reason == "rejected by postgres: test_gauge label contains a NUL character"
         assert by_payload[garbage].reason.startswith("undecodable tickflow.test.Gauge record")
-        assert all(dl.source_topic == rt.topic and dl.key == b"x:A" for dl in letters)
+        assert all(dl.source_topic == topic and dl.key == b"x:A" for dl in letters)
     finally:
         with psycopg.connect(admin_url, autocommit=True) as admin:
             admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
