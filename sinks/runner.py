@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import structlog
-from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, IsolationLevel, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, Consumer, ConsumerGroupTopicPartitions, IsolationLevel, KafkaError, KafkaException, Message, TopicPartition
 from confluent_kafka.admin import AdminClient, OffsetSpec
 from prometheus_client import Counter, Gauge, Histogram
 from tenacity import RetryCallState, RetryError, Retrying, retry_if_exception, retry_if_exception_type, wait_exponential
@@ -39,6 +39,7 @@ from sinks.clickhouse import ClickHouseSink, connect
 from sinks.migrations import migrate_clickhouse, migrate_postgres
 from sinks.postgres import PostgresSink
 from sinks.redis import RedisSink
+from sinks.telemetry import BROKER_UP, RETRIES, STORE_UP, Written, observe_written, received_header, set_partition_lag
 from streams.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -213,7 +214,13 @@ class SinkRunner:
 
     def lag(self) -> int:
         """Records in the sink's topics not yet committed by its group (KafkaException if unreachable)."""
-        total = sum(max(high - done, 0) for high, done in self._partition_state().values())
+        try:
+            state = self._partition_state()
+        except KafkaException:
+            BROKER_UP.labels(self._component).set(0)
+            raise
+        BROKER_UP.labels(self._component).set(1)
+        total = set_partition_lag(self.group_id, state)
         LAG.labels(self.sink.name).set(total)
         return total
 
@@ -324,6 +331,8 @@ class SinkRunner:
     def _write_retrying(self, batch: SinkBatch, records: list[_Record]) -> None:
         def before_sleep(state: RetryCallState) -> None:
             ERRORS.labels(self.sink.name, "write").inc()
+            RETRIES.labels(self.sink.name).inc()
+            STORE_UP.labels(self.sink.name).set(0)
             exc = state.outcome.exception() if state.outcome else None
             first, last = records[0].msg, records[-1].msg
             self._log.warning(
@@ -344,8 +353,19 @@ class SinkRunner:
                     started = time.perf_counter()
                     self.sink.write(batch)
                     WRITE_SECONDS.labels(self.sink.name).observe(time.perf_counter() - started)
+            STORE_UP.labels(self.sink.name).set(1)
+            observe_written(self.sink.name, self._written(records), time.time_ns() // 1000)
         except RetryError as exc:
             raise _Stopped from exc
+
+    @staticmethod
+    def _written(records: list[_Record]) -> list[Written]:
+        out = []
+        for r in records:
+            if r.part is not None:
+                kind, ts = r.msg.timestamp()
+                out.append(Written(r.part, ts if kind != TIMESTAMP_NOT_AVAILABLE else None, received_header(r.msg.headers())))
+        return out
 
     def _send_dead_letter(self, rec: _Record, reason: str) -> None:
         msg = rec.msg
@@ -437,6 +457,7 @@ class SinkRunner:
         except KafkaException as exc:
             self._log.warning("offsets unknown; not drained yet", error=str(exc))
             return False
+        set_partition_lag(self.group_id, state)
         behind = {k for k, (high, done) in state.items() if high > done}
         if behind:
             assigned = {(tp.topic, tp.partition) for tp in self._consumer.assignment()}

@@ -1,0 +1,94 @@
+"""Operational metrics: dead-letter reason classes, the memory limit, sink lag and latency samples."""
+
+from __future__ import annotations
+
+import pytest
+from prometheus_client import REGISTRY
+
+from schemas.models import Candle, Indicators, Trade, TradeBatch
+from sinks.base import SinkBatch
+from sinks.telemetry import RECEIVED_HEADER, Sample, Written, latency_samples, observe_written, received_header, set_partition_lag
+from streams.observability import DEAD_LETTER_CLASSES, DEAD_LETTER_OTHER, ROLE_METRICS_PORTS, dead_letter_class, parse_memory_limit, role_port_offset
+
+S = 1_000_000  # µs per second
+
+
+@pytest.mark.parametrize(
+    ("reason", "klass"),
+    [
+        ("rejected by postgres: value too long for type", "store_rejected"),
+        ("undecodable tickflow.Candle record: bad magic byte", "undecodable"),
+        ("candle binance:BTC/USDT:1m 1700000000000 rev 2 is older than the kept history (oldest kept 1, history 64)", "too_late"),
+        ("candle binance:BTC/USDT:1m 1 was applied already and its record has left the kept history", "too_late"),
+        ("tardis line 17: could not convert string to float: 'x'", "unparseable"),
+        ("ccxt-json: not valid JSON (unexpected character); payload is the first 4096 bytes", "unparseable"),
+        ("bad price nan", "invalid_value"),
+        ("timestamp 12 outside the sane range", "invalid_value"),
+        ("missing trade id", "invalid_value"),
+        ("unknown side 'long'", "invalid_value"),
+        ("something nobody planned for", DEAD_LETTER_OTHER),
+    ],
+)
+def test_dead_letter_reasons_fall_into_a_bounded_set_of_classes(reason: str, klass: str) -> None:
+    assert dead_letter_class(reason) == klass
+    assert klass in {name for name, _ in DEAD_LETTER_CLASSES} | {DEAD_LETTER_OTHER}
+
+
+def test_memory_limit_prefers_the_cgroup_and_falls_back_to_the_machine() -> None:
+    meminfo = "MemTotal:        8000000 kB\nMemFree: 1 kB\n"
+    assert parse_memory_limit("536870912\n", None, meminfo) == 536870912
+    assert parse_memory_limit("max\n", None, meminfo) == 8000000 * 1024
+    assert parse_memory_limit(None, "9223372036854771712\n", meminfo) == 8000000 * 1024  # v1 "unlimited"
+    assert parse_memory_limit(None, "1048576", None) == 1048576
+    assert parse_memory_limit(None, None, None) is None
+    assert REGISTRY.get_sample_value("tickflow_memory_limit_bytes") > 0
+
+
+def test_role_ports_put_sink_processes_beside_the_worker() -> None:
+    assert [role_port_offset(f"sink-{n}") for n in ("clickhouse", "postgres", "redis")] == [2, 3, 4]
+    assert len(set(ROLE_METRICS_PORTS.values())) == len(ROLE_METRICS_PORTS)
+
+
+def test_latency_samples_per_origin() -> None:
+    now = 1_700_000_100 * S
+    trades = TradeBatch("x", "BTC/USDT", now - 30_000, [Trade("1", now - 90_000, 1.0, 1.0), Trade("2", now - 50_000, 1.0, 1.0)])
+    final = Candle("x", "BTC/USDT", "1m", 1_700_000_040_000, 1_700_000_099_999, 1, 1, 1, 1, 1, 1, 1, is_final=True)
+    forming = Candle("x", "BTC/USDT", "1m", 1_700_000_100_000, 1_700_000_159_999, 1, 1, 1, 1, 1, 1, 1)
+    ind = Indicators("x", "BTC/USDT", "1m", 1_700_000_040_000, 1.0)
+    written = [
+        Written(SinkBatch(trade_batches=[trades]), produced_ms=(now - 10_000) // 1000, received_us=None),
+        Written(SinkBatch(candles=[final, forming]), produced_ms=None, received_us=now - 70_000),
+        Written(SinkBatch(indicators=[ind]), produced_ms=0, received_us=None),
+        Written(SinkBatch(trade_batches=[TradeBatch("x", "E", now, [])]), produced_ms=None, received_us=None),
+    ]
+    got = list(latency_samples(written, now))
+    assert got == [
+        Sample("trade", "exchange", 0.05),  # the newest trade of the batch
+        Sample("trade", "receipt", 0.03),
+        Sample("trade", "produced", 0.01),
+        Sample("candle", "exchange", 0.0),  # window ended exactly now
+        Sample("candle", "receipt", 0.07),
+        Sample("candle_update", "receipt", 0.07),  # a forming window has no exchange-side end yet
+        Sample("indicators", "exchange", 0.0),
+    ]
+    future = TradeBatch("x", "F", now + S, [Trade("1", now + S, 1.0, 1.0)])
+    assert {s.seconds for s in latency_samples([Written(SinkBatch(trade_batches=[future]), None, None)], now)} == {0.0}
+
+
+def test_observed_latency_lands_in_the_sla_bucket() -> None:
+    now = 1_700_000_000 * S
+    batch = TradeBatch("x", "BTC/USDT", now - 80_000, [Trade("1", now - 80_000, 1.0, 1.0)])
+    labels = {"store": "teststore", "record": "trade", "origin": "receipt"}
+    observe_written("teststore", [Written(SinkBatch(trade_batches=[batch]), None, None)], now)
+    assert REGISTRY.get_sample_value("tickflow_e2e_latency_seconds_bucket", {**labels, "le": "0.1"}) == 1
+    assert REGISTRY.get_sample_value("tickflow_e2e_latency_seconds_bucket", {**labels, "le": "0.075"}) == 0
+
+
+def test_received_header_and_partition_lag() -> None:
+    assert received_header([("other", b"1"), (RECEIVED_HEADER, b"123")]) == 123
+    assert received_header([(RECEIVED_HEADER, b"x")]) is None
+    assert received_header(None) is None
+    total = set_partition_lag("g-test", {("ticks", 0): (10, 4), ("ticks", 1): (5, 7)})
+    assert total == 6
+    assert REGISTRY.get_sample_value("tickflow_consumer_lag", {"group": "g-test", "topic": "ticks", "partition": "0"}) == 6
+    assert REGISTRY.get_sample_value("tickflow_consumer_lag", {"group": "g-test", "topic": "ticks", "partition": "1"}) == 0
