@@ -36,7 +36,7 @@ from schemas.codec import codec_for
 from schemas.models import DeadLetter
 from sinks.base import TOPICS, DataRejected, Sink, SinkBatch
 from sinks.clickhouse import ClickHouseSink, connect
-from sinks.migrations import migrate_clickhouse, migrate_postgres
+from sinks.migrations import migrate_clickhouse, migrate_postgres, postgres_options
 from sinks.postgres import PostgresSink
 from sinks.redis import RedisSink
 from sinks.telemetry import BROKER_UP, RETRIES, STORE_UP, Written, observe_written, received_header, set_partition_lag
@@ -509,7 +509,7 @@ def open_sinks(settings: Settings, *, migrate: bool = True, only: str | None = N
         sinks.append(ClickHouseSink(client, owns_client=True))
     if "postgres" in names:
         if migrate:
-            migrate_postgres(settings.database_url)  # type: ignore[arg-type]
+            migrate_postgres(settings.database_url, **postgres_options(settings))  # type: ignore[arg-type]
         sinks.append(PostgresSink(settings.database_url))  # type: ignore[arg-type]
     if "redis" in names:
         sinks.append(RedisSink(settings.redis_url))  # type: ignore[arg-type]

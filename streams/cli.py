@@ -314,17 +314,29 @@ def backfill(
 def migrate() -> None:
     """Apply the versioned SQL migrations to ClickHouse and PostgreSQL/TimescaleDB.
 
+    Prints the TimescaleDB mode (TIMESCALE=auto|on|off) and why; exits 1, changing nothing, when
+    the mode cannot be had (the message says what to set).
+
     Example: DATABASE_URL=postgresql://localhost/tickflow tickflow migrate
     """
     from sinks.clickhouse import connect
-    from sinks.migrations import migrate_clickhouse, migrate_postgres
+    from sinks.migrations import migrate_clickhouse, postgres_options, run_postgres_migrations
+    from sinks.timescale import TimescaleError
 
     settings = get_settings()
     client = connect(settings.clickhouse_dsn)
     console.print(f"clickhouse: applied {migrate_clickhouse(client) or 'nothing new'}")
     client.close()
     if settings.database_url:
-        console.print(f"postgres: applied {migrate_postgres(settings.database_url) or 'nothing new'}")
+        try:
+            result = run_postgres_migrations(settings.database_url, **postgres_options(settings))
+        except TimescaleError as exc:
+            console.print(f"[red]postgres: not migrated:[/] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(1) from None
+        console.print(f"postgres: {result.report}", highlight=False, soft_wrap=True)
+        console.print(f"postgres: applied {result.applied or 'nothing new'}")
+        for statement in result.policies:
+            console.print(f"postgres: policy {statement}", highlight=False, soft_wrap=True)
 
 
 @app.command()
