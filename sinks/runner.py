@@ -52,6 +52,7 @@ WRITE_SECONDS = Histogram(
     buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
 ERRORS = Counter("tickflow_sink_errors_total", "Sink failures: write (retried), rejected, undecodable, commit", ["sink", "kind"])
+ERROR_KINDS = ("write", "rejected", "undecodable", "commit")
 LAG = Gauge("tickflow_sink_lag", "Records in the sink's topics not yet committed by its consumer group", ["sink"])
 
 
@@ -150,6 +151,9 @@ class SinkRunner:
         self._wait = wait_exponential(multiplier=backoff_initial_s, max=backoff_max_s)
         self._component = f"sink-{sink.name}"
         self._log = log.bind(sink=sink.name)
+        for kind in ERROR_KINDS:  # every series from the start: rate() and alerts see 0, not "no data"
+            ERRORS.labels(sink.name, kind)
+        RETRIES.labels(sink.name)
         self._batch_s = getattr(settings, sink.batch_ms_setting) / 1000
         self._specs = {topic_name(settings, t): TOPICS[t] for t in sink.topics_for(settings)}
         self._codecs = {topic: codec_for(spec.schema, topic, settings.schema_registry_url) for topic, spec in self._specs.items()}
