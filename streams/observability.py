@@ -36,6 +36,7 @@ PRODUCE_LATENCY = Histogram(
 # messages tickflow's components write (sources, ingest validation, codecs, sinks, agents).
 DEAD_LETTER_CLASSES: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("store_rejected", re.compile(r"^rejected by ")),
+    ("agent_error", re.compile(r"failed on this record")),
     ("undecodable", re.compile(r"undecodable|not valid avro|decode|unknown schema|magic byte|schema id", re.I)),
     ("too_late", re.compile(r"too old|too late|\blate\b|older than|history", re.I)),
     ("unparseable", re.compile(r"line \d+|not valid json|expected a json|header lacks|item \d+:", re.I)),

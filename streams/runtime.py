@@ -96,9 +96,10 @@ class _Input:
 @dataclass
 class LiveRoute:
     """Where realtime-only records (``RecordType.realtime``) go: a callable that publishes them
-    (the Redis fan-out the shell passes in) and/or their topic."""
+    (the Redis fan-out the shell passes in, given the record and the newest ingest receipt behind
+    it, for the realtime latency metric) and/or their topic."""
 
-    publish: Callable[[Any], None] | None = None
+    publish: Callable[[Any, int | None], None] | None = None
     to_topic: bool = False
 
 
@@ -345,17 +346,17 @@ class AgentRunner:
                 except Exception as one:  # noqa: BLE001
                     self._log.exception("record failed in the agent's logic")
                     self._dead_letter(raw[rec.offset], f"{self.name} failed on this record: {type(one).__name__}: {one}")
-        self._emit(outputs, raw)
+        self._emit(outputs, raw, newest_receipt)
         self._batch_s.observe(time.perf_counter() - started)
 
-    def _emit(self, outputs: Iterable[Emit | Reject], raw: dict[int, Message] | None = None) -> None:
+    def _emit(self, outputs: Iterable[Emit | Reject], raw: dict[int, Message] | None = None, received_us: int | None = None) -> None:
         counts = self._out_counts
         for out in outputs:
             if type(out) is Emit:
                 topic, encode, realtime = self._outputs[out.record]
                 if realtime:
                     if self.live.publish is not None:
-                        self.live.publish(out.value)
+                        self.live.publish(out.value, received_us)
                     if not self.live.to_topic:
                         counts[out.record] = counts.get(out.record, 0) + 1
                         continue

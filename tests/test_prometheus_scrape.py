@@ -2,10 +2,10 @@
 the port infra/prometheus/prometheus.yml gives it, the alert rules load, and every Grafana panel's
 query parses and returns data.
 
-``tickflow run --source synthetic`` runs the worker role (with ingest inside) and one process per
-sink. ``CANDLE_UPDATES=kafka`` sends in-progress candles through the Redis sink, so the Redis
-latency panels get samples within seconds instead of at the next minute's final candles. One
-record that is not Avro goes to ``ticks``, so the dead-letter panels have data. Panels of the
+``tickflow run --source synthetic`` runs the worker role (the agents, with ingest inside) and one
+process per sink, with default settings: in-progress candles reach Redis through the agents' own
+fan-out, which times the realtime path. One record that is not Avro goes to ``ticks``, so the
+dead-letter panels have data. Panels of the
 agents and gateway dashboards must return data when their role exports its metrics (the agent
 runtime, ``tickflow serve``); otherwise their queries are only checked to parse.
 """
@@ -112,7 +112,6 @@ def test_prometheus_scrapes_a_running_pipeline_and_every_panel_returns_data(tmp_
         "METRICS_PORT": str(base),
         "BROKER_PORT": str(broker_port),
         "TICKFLOW_DATA_DIR": str(tmp_path / "data"),
-        "CANDLE_UPDATES": "kafka",
         "LOG_LEVEL": "WARNING",
         "TICKS_PARTITIONS": "4",
     }

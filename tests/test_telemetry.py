@@ -26,6 +26,8 @@ S = 1_000_000  # µs per second
         ("timestamp 12 outside the sane range", "invalid_value"),
         ("missing trade id", "invalid_value"),
         ("unknown side 'long'", "invalid_value"),
+        ("candles failed on this record: ZeroDivisionError: division by zero", "agent_error"),
+        ("undecodable trade_batch: bad magic byte 116, not Confluent Avro", "undecodable"),
         ("something nobody planned for", DEAD_LETTER_OTHER),
     ],
 )
