@@ -94,3 +94,16 @@ def test_received_header_and_partition_lag() -> None:
     assert total == 6
     assert REGISTRY.get_sample_value("tickflow_consumer_lag", {"group": "g-test", "topic": "ticks", "partition": "0"}) == 6
     assert REGISTRY.get_sample_value("tickflow_consumer_lag", {"group": "g-test", "topic": "ticks", "partition": "1"}) == 0
+
+
+def test_every_metric_is_in_the_operations_inventory() -> None:
+    """docs/operations.md lists every tickflow metric the code registers, under its exposed name."""
+    import importlib
+    from pathlib import Path
+
+    for module in ("streams.runtime", "agents.registry", "sinks.runner", "streams.broker", "streams.ingest", "streams.sources.ccxt_live"):
+        importlib.import_module(module)
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "operations.md").read_text()
+    names = {m.name + ("_total" if m.type == "counter" else "") for m in REGISTRY.collect() if m.name.startswith("tickflow_")}
+    assert len(names) > 30
+    assert {n for n in names if f"`{n}`" not in doc} == set()
