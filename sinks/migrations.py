@@ -148,23 +148,42 @@ def discover(store: str, *, timescale: bool = False, root: Path = SQL_ROOT) -> l
 # ClickHouse
 
 
-def _ch_applied(client: Any) -> set[str]:
+_ENGINE_RE = re.compile(r"\bENGINE\s*=\s*(Replacing|Summing|Aggregating|Collapsing|VersionedCollapsing)?MergeTree\b", re.I)
+
+
+def replicated_engines(sql: str) -> str:
+    """The statement with MergeTree-family engines made Replicated (pure). In a database of the
+    Replicated engine, DDL reaches every replica and a Replicated table without arguments takes the
+    database's default Keeper path, so the same migrations serve one server and a cluster."""
+    return _ENGINE_RE.sub(lambda m: f"ENGINE = Replicated{m.group(1) or ''}MergeTree", sql)
+
+
+def _ch_replicated(client: Any) -> bool:
+    rows = client.query("SELECT engine FROM system.databases WHERE name = currentDatabase()").result_rows
+    return bool(rows) and rows[0][0] == "Replicated"
+
+
+def _ch_applied(client: Any, adapt: Any) -> set[str]:
     client.command(
-        "CREATE TABLE IF NOT EXISTS schema_migrations (version String, name String, "
-        "applied_at DateTime64(3, 'UTC') DEFAULT now64(3)) ENGINE = ReplacingMergeTree ORDER BY version"
+        adapt(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (version String, name String, "
+            "applied_at DateTime64(3, 'UTC') DEFAULT now64(3)) ENGINE = ReplacingMergeTree ORDER BY version"
+        )
     )
     return {row[0] for row in client.query("SELECT version FROM schema_migrations FINAL").result_rows}
 
 
 def migrate_clickhouse(client: Any, *, root: Path = SQL_ROOT) -> list[str]:
-    """Apply pending ClickHouse migrations through a clickhouse-connect client; return their versions."""
-    applied = _ch_applied(client)
+    """Apply pending ClickHouse migrations through a clickhouse-connect client; return their versions.
+    In a Replicated database (a cluster) the tables are made Replicated (:func:`replicated_engines`)."""
+    adapt = replicated_engines if _ch_replicated(client) else (lambda sql: sql)
+    applied = _ch_applied(client, adapt)
     done = []
     for mig in discover("clickhouse", root=root):
         if mig.version in applied:
             continue
         for stmt in mig.statements(backslash_escapes=True):
-            client.command(stmt)
+            client.command(adapt(stmt))
         client.insert("schema_migrations", [[mig.version, mig.name]], column_names=["version", "name"])
         log.info("migration applied", store="clickhouse", version=mig.version, name=mig.name)
         done.append(mig.version)

@@ -189,3 +189,4 @@ def test_a_failing_migration_leaves_the_database_as_it_was(no_timescale: str, tm
     with pytest.raises(psycopg.errors.UndefinedFunction):
         migrate_postgres(no_timescale, root=tmp_path)
     assert rows(no_timescale, "SELECT count(*) FROM information_schema.tables WHERE table_name IN ('a', 'b')") == [(0,)]
+
