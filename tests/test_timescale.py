@@ -190,3 +190,26 @@ def test_a_failing_migration_leaves_the_database_as_it_was(no_timescale: str, tm
         migrate_postgres(no_timescale, root=tmp_path)
     assert rows(no_timescale, "SELECT count(*) FROM information_schema.tables WHERE table_name IN ('a', 'b')") == [(0,)]
 
+
+
+def test_catalog_queries_against_the_local_server_find_what_blocks_a_conversion(no_timescale: str) -> None:
+    migrate_postgres(no_timescale, timescale="off")
+    candidates = [("trades", "ts"), ("candles", "open_time"), ("technical_metrics", "open_time"), ("absent", "ts")]
+    with psycopg.connect(no_timescale, autocommit=True) as conn:
+        query = lambda sql, params: conn.execute(sql, params or None).fetchall()  # noqa: E731
+        clean = read_facts(query, {"0001": "postgres"}, candidates)
+        assert (clean.available_version, clean.installed_version, clean.preloaded) == (None, None, False)
+        assert [(t.name, t.unique_without_time, t.referenced_by) for t in clean.plain_tables] == [
+            ("trades", (), ()),
+            ("candles", (), ()),
+            ("technical_metrics", (), ()),
+        ]
+        conn.execute("CREATE UNIQUE INDEX trades_by_id ON trades (exchange, symbol, trade_id)")
+        conn.execute("CREATE TABLE notes (exchange text, symbol text, \"interval\" text, open_time timestamptz, "
+                     "FOREIGN KEY (exchange, symbol, \"interval\", open_time) REFERENCES candles)")
+        blocked = read_facts(query, {"0001": "postgres"}, candidates)
+    trades, candles, _ = blocked.plain_tables
+    assert trades.unique_without_time == ("trades_by_id",)
+    assert candles.referenced_by == ("notes_exchange_symbol_interval_open_time_fkey on notes",)
+    with pytest.raises(TimescaleError, match="unique index trades_by_id lacks the time column ts"):
+        decide("on", CatalogFacts("2.22.1", None, True, "timescaledb", PLAIN_DB, blocked.plain_tables))
