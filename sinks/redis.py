@@ -37,7 +37,7 @@ from prometheus_client import Counter
 
 from schemas.models import Candle, Indicators, LiveCandles
 from sinks.base import CANDLE_COLUMNS, INDICATOR_COLUMNS, DataRejected, Sink, SinkBatch
-from sinks.telemetry import E2E_LATENCY
+from streams.observability import E2E_LATENCY
 from streams.settings import Settings
 
 log = structlog.get_logger(__name__)

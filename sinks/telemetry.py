@@ -11,6 +11,9 @@ in this store" (or "published on Redis") that long after the origin:
 - ``receipt``: ingest's wall clock at receipt, carried by trade batches, and by derived records
   whose producer set the :data:`RECEIVED_HEADER` Kafka header;
 - ``produced``: the Kafka record's timestamp, the time since the previous stage wrote it.
+
+The histogram itself (``E2E_LATENCY``) is declared in :mod:`streams.observability`, beside the
+other shared metrics, because the Redis fan-out of the agents observes it too.
 """
 
 from __future__ import annotations
@@ -18,12 +21,11 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from typing import NamedTuple
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import Counter, Gauge
 
 from sinks.base import SinkBatch
-
-# Fine below and around the 100 ms SLA, coarse above: replays and finalization delays land high.
-LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.125, 0.15, 0.2, 0.3, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
+from sinks.redis import interval_seconds
+from streams.observability import E2E_LATENCY
 
 CONSUMER_LAG = Gauge(
     "tickflow_consumer_lag", "Records of a topic partition not yet committed by a consumer group", ["group", "topic", "partition"]
@@ -31,12 +33,6 @@ CONSUMER_LAG = Gauge(
 STORE_UP = Gauge("tickflow_sink_store_up", "1 after the sink's last write succeeded, 0 while its writes fail", ["sink"])
 BROKER_UP = Gauge("tickflow_broker_reachable", "1 when the component's last request to the Kafka broker succeeded, else 0", ["component"])
 RETRIES = Counter("tickflow_sink_retries_total", "Sink writes that failed and were retried (same batch, after a backoff)", ["sink"])
-E2E_LATENCY = Histogram(
-    "tickflow_e2e_latency_seconds",
-    "From an origin time (exchange, receipt, produced) to the record being durable in a store or published on Redis",
-    ["store", "record", "origin"],
-    buckets=LATENCY_BUCKETS,
-)
 
 RECEIVED_HEADER = "tickflow-received-us"  # Kafka header: ingest receipt (µs) of the trades a derived record came from
 
@@ -68,8 +64,6 @@ def received_header(headers: list[tuple[str, bytes | None]] | None) -> int | Non
 
 def latency_samples(written: Iterable[Written], now_us: int) -> Iterator[Sample]:
     """Latency samples of records durable at ``now_us`` (pure); negative ages (clock skew) count as 0."""
-
-    from sinks.redis import interval_seconds  # sinks.redis reports its own latency here: imported late
 
     def age(us: float) -> float:
         return max(now_us - us, 0) / 1e6

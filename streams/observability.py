@@ -24,6 +24,14 @@ SYMBOL_LAST_RECEIPT = Gauge(
     "Wall clock (Unix seconds) when ingest last received a trade of the symbol: a silent feed stops moving it",
     ["exchange", "symbol"],
 )
+# Fine below and around the 100 ms SLA, coarse above: replays and finalization delays land high.
+LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.125, 0.15, 0.2, 0.3, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
+E2E_LATENCY = Histogram(
+    "tickflow_e2e_latency_seconds",
+    "From an origin time (exchange, receipt, produced) to the record being durable in a store or published on Redis (sinks.telemetry)",
+    ["store", "record", "origin"],
+    buckets=LATENCY_BUCKETS,
+)
 PRODUCE_LATENCY = Histogram(
     "tickflow_produce_latency_seconds",
     "Time from produce() to broker acknowledgement",
