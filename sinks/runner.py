@@ -39,7 +39,8 @@ from sinks.clickhouse import ClickHouseSink, connect
 from sinks.migrations import migrate_clickhouse, migrate_postgres, postgres_options
 from sinks.postgres import PostgresSink
 from sinks.redis import RedisSink
-from sinks.telemetry import BROKER_UP, RETRIES, STORE_UP, Written, observe_written, received_header, set_partition_lag
+from sinks.telemetry import BROKER_UP, RETRIES, STORE_UP, Written, observe_written, set_partition_lag
+from streams.observability import received_header
 from streams.settings import Settings
 
 log = structlog.get_logger(__name__)

@@ -9,7 +9,7 @@ in this store" (or "published on Redis") that long after the origin:
   candle's or indicators record's window (which includes ``CANDLE_LATENESS_MS`` by design); a
   replay of old data makes it as old as the data;
 - ``receipt``: ingest's wall clock at receipt, carried by trade batches, and by derived records
-  whose producer set the :data:`RECEIVED_HEADER` Kafka header;
+  whose producer set the ``RECEIVED_HEADER`` Kafka header (the agent runtime does);
 - ``produced``: the Kafka record's timestamp, the time since the previous stage wrote it.
 
 The histogram itself (``E2E_LATENCY``) is declared in :mod:`streams.observability`, beside the
@@ -34,8 +34,6 @@ STORE_UP = Gauge("tickflow_sink_store_up", "1 after the sink's last write succee
 BROKER_UP = Gauge("tickflow_broker_reachable", "1 when the component's last request to the Kafka broker succeeded, else 0", ["component"])
 RETRIES = Counter("tickflow_sink_retries_total", "Sink writes that failed and were retried (same batch, after a backoff)", ["sink"])
 
-RECEIVED_HEADER = "tickflow-received-us"  # Kafka header: ingest receipt (µs) of the trades a derived record came from
-
 
 class Sample(NamedTuple):
     record: str  # trade | candle | candle_update | indicators
@@ -49,17 +47,6 @@ class Written(NamedTuple):
     part: SinkBatch
     produced_ms: int | None  # Kafka record timestamp
     received_us: int | None  # RECEIVED_HEADER, when present
-
-
-def received_header(headers: list[tuple[str, bytes | None]] | None) -> int | None:
-    """The receipt time a producer put on a record, or None (absent or malformed)."""
-    for key, value in headers or ():
-        if key == RECEIVED_HEADER and value:
-            try:
-                return int(value)
-            except ValueError:
-                return None
-    return None
 
 
 def latency_samples(written: Iterable[Written], now_us: int) -> Iterator[Sample]:

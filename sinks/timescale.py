@@ -138,7 +138,7 @@ def decide(mode: Mode, facts: CatalogFacts) -> Plan:
     usable = (facts.installed_version is not None or facts.available_version is not None) and facts.preloaded
     if current == "postgres":
         hint = "; TIMESCALE=on converts it (see README, TimescaleDB)" if usable else ""
-        return Plan(False, False, (), f"TIMESCALE=auto: plain PostgreSQL, as this database was migrated{hint}")
+        return Plan(False, False, (), f"TIMESCALE=auto: plain PostgreSQL, the mode this database was migrated in{hint}")
     if usable:
         try:
             _requirements(facts, "TIMESCALE=auto")

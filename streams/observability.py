@@ -53,6 +53,22 @@ DEAD_LETTER_CLASSES: tuple[tuple[str, re.Pattern[str]], ...] = (
 DEAD_LETTER_OTHER = "other"
 
 
+# Kafka header on a derived record: the ingest receipt (µs, decimal) of the newest trade behind it,
+# set by the agent runtime, so that sinks can time receipt-to-store for candles and indicators too.
+RECEIVED_HEADER = "tickflow-received-us"
+
+
+def received_header(headers: list[tuple[str, bytes | None]] | None) -> int | None:
+    """The receipt time a producer put on a record, or None (absent or malformed)."""
+    for key, value in headers or ():
+        if key == RECEIVED_HEADER and value:
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None
+
+
 def dead_letter_class(reason: str) -> str:
     """The bounded class of a free-text dead-letter reason, for the ``reason`` label (pure)."""
     for name, pattern in DEAD_LETTER_CLASSES:

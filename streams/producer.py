@@ -63,15 +63,17 @@ class TickProducer:
         if latency is not None:
             PRODUCE_LATENCY.observe(latency)
 
-    def produce(self, topic: str, key: str | bytes | None, value: bytes, partition: int | None = None) -> None:
+    def produce(
+        self, topic: str, key: str | bytes | None, value: bytes, partition: int | None = None, headers: list[tuple[str, bytes]] | None = None
+    ) -> None:
         if self._errors:
             self.check()
         while True:
             try:
                 if partition is None:
-                    self._producer.produce(topic, value, key, on_delivery=self._on_delivery)
+                    self._producer.produce(topic, value, key, on_delivery=self._on_delivery, headers=headers)
                 else:
-                    self._producer.produce(topic, value, key, partition, on_delivery=self._on_delivery)
+                    self._producer.produce(topic, value, key, partition, on_delivery=self._on_delivery, headers=headers)
                 break
             except BufferError:  # local queue full: let deliveries drain
                 self._producer.poll(0.05)

@@ -7,8 +7,17 @@ from prometheus_client import REGISTRY
 
 from schemas.models import Candle, Indicators, Trade, TradeBatch
 from sinks.base import SinkBatch
-from sinks.telemetry import RECEIVED_HEADER, Sample, Written, latency_samples, observe_written, received_header, set_partition_lag
-from streams.observability import DEAD_LETTER_CLASSES, DEAD_LETTER_OTHER, ROLE_METRICS_PORTS, dead_letter_class, parse_memory_limit, role_port_offset
+from sinks.telemetry import Sample, Written, latency_samples, observe_written, set_partition_lag
+from streams.observability import (
+    DEAD_LETTER_CLASSES,
+    DEAD_LETTER_OTHER,
+    RECEIVED_HEADER,
+    ROLE_METRICS_PORTS,
+    dead_letter_class,
+    parse_memory_limit,
+    received_header,
+    role_port_offset,
+)
 
 S = 1_000_000  # µs per second
 
@@ -107,3 +116,42 @@ def test_every_metric_is_in_the_operations_inventory() -> None:
     names = {m.name + ("_total" if m.type == "counter" else "") for m in REGISTRY.collect() if m.name.startswith("tickflow_")}
     assert len(names) > 30
     assert {n for n in names if f"`{n}`" not in doc} == set()
+
+
+@pytest.mark.integration
+def test_the_runtime_carries_the_receipt_to_the_fanout_and_onto_derived_records(topics) -> None:  # noqa: ANN001
+    """The realtime path is timed from ingest receipt: the agent runtime hands the Redis fan-out the
+    newest receipt behind each live record (for a timer's outputs, the partition's newest), and puts
+    it on the candles it produces as a header."""
+    import threading
+    import time
+
+    from agents.candle_agent import CANDLES
+    from schemas.codec import AvroCodec
+    from schemas.wire import encoder_for
+    from streams.producer import TickProducer
+    from streams.runtime import AgentRunner, LiveRoute
+    from tests.kafka_util import read_topic
+    from tests.test_runtime import produce_raw
+
+    t0 = 1_704_067_200_000_000
+    encode = encoder_for(AvroCodec("tickflow.TradeBatch"))
+    records = [("bin:S", encode(TradeBatch("bin", "S", t0 + i * 10_000_000 + 7, [Trade(str(i), t0 + i * 10_000_000, 100.0, 0.5, "buy")]))) for i in range(20)]
+    produce_raw(topics, records)
+    published: list[tuple[object, int | None]] = []
+    producer = TickProducer(topics)
+    runner = AgentRunner(CANDLES, topics, producer, live=LiveRoute(publish=lambda live, received: published.append((live, received)), to_topic=False))
+    stop = threading.Event()
+    runner.start(stop)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not any(m.headers() for m in read_topic(topics, topics.topic_candles, timeout=5)):
+            time.sleep(0.5)
+    finally:
+        stop.set()
+        runner.join(60)
+        producer.close()
+    receipts = {t0 + i * 10_000_000 + 7 for i in range(20)}
+    assert published and {received for _, received in published} <= receipts
+    candles = read_topic(topics, topics.topic_candles)
+    assert candles and all(received_header(m.headers()) in receipts for m in candles)
