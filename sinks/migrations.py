@@ -4,14 +4,16 @@ Files are ``infra/sql/<store>/NNNN_name.sql``, applied in version order and reco
 ``schema_migrations`` table of that store, so a re-run applies only what is new.
 
 PostgreSQL has two flavours. A file in ``infra/sql/postgres/timescale/`` is the TimescaleDB variant
-of its version: when the extension is available it replaces the plain file of the same version (if
-any); otherwise the plain file is applied, or, with no plain file, the version is recorded as
-``skipped`` and applied on a later run once TimescaleDB is there. ``schema_migrations.variant`` says
-which flavour each version got. TimescaleDB files use ``{{name}}`` placeholders filled from
-:data:`TIMESCALE_PARAMS`, so chunk sizes and policies are set in one place.
+of its version: in TimescaleDB mode (``TIMESCALE``, decided by :mod:`sinks.timescale`) it replaces
+the plain file of the same version (if any); otherwise the plain file is applied, or, with no plain
+file, the version is recorded as ``skipped``. Converting a plain database (``TIMESCALE=on``)
+applies the skipped versions and re-applies those that have a TimescaleDB file, with
+``migrate_data``, in the same single transaction as everything else. ``schema_migrations.variant``
+says which flavour each version got. TimescaleDB files use ``{{name}}`` placeholders filled from
+:data:`TIMESCALE_PARAMS`, so chunk sizes are set in one place.
 
 ClickHouse DDL is not transactional: its migrations must be re-runnable (``IF NOT EXISTS``) in case
-one fails halfway. PostgreSQL runs each migration in a transaction under an advisory lock.
+one fails halfway. PostgreSQL runs a whole migration run in one transaction under an advisory lock.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ from typing import Any
 import psycopg
 import structlog
 
-from streams.settings import PROJECT_ROOT
+from sinks.timescale import Mode, decide, hypertables_in, policy_statements, read_facts
+from streams.settings import PROJECT_ROOT, Settings
 
 log = structlog.get_logger(__name__)
 
@@ -32,17 +35,12 @@ SQL_ROOT = PROJECT_ROOT / "infra" / "sql"
 _FILE_RE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 _PARAM_RE = re.compile(r"\{\{(\w+)\}\}")
 _LOCK_KEY = 0x7469636B  # "tick": serialises concurrent `tickflow migrate` runs on one database
-MIN_TIMESCALE = (2, 13)  # create_hypertable(..., by_range(...)) appeared in 2.13
 
-# TimescaleDB layout and policies. Trades are high-volume: small chunks, compressed after a week,
-# dropped after 90 days (ClickHouse keeps the full archive). Candles are small and kept forever;
-# compression waits a month so revisions and replays land on row-store chunks.
+# TimescaleDB layout: trades are high-volume (small chunks), candles small. Compression and
+# retention are opt-in settings applied after the migrations (sinks.timescale.policy_statements).
 TIMESCALE_PARAMS: dict[str, str] = {
     "trades_chunk_interval": "1 day",
     "candles_chunk_interval": "7 days",
-    "trades_compress_after": "7 days",
-    "candles_compress_after": "30 days",
-    "trades_retention": "90 days",
     "cagg_refresh_every": "15 minutes",
 }
 
@@ -150,23 +148,42 @@ def discover(store: str, *, timescale: bool = False, root: Path = SQL_ROOT) -> l
 # ClickHouse
 
 
-def _ch_applied(client: Any) -> set[str]:
+_ENGINE_RE = re.compile(r"\bENGINE\s*=\s*(Replacing|Summing|Aggregating|Collapsing|VersionedCollapsing)?MergeTree\b", re.I)
+
+
+def replicated_engines(sql: str) -> str:
+    """The statement with MergeTree-family engines made Replicated (pure). In a database of the
+    Replicated engine, DDL reaches every replica and a Replicated table without arguments takes the
+    database's default Keeper path, so the same migrations serve one server and a cluster."""
+    return _ENGINE_RE.sub(lambda m: f"ENGINE = Replicated{m.group(1) or ''}MergeTree", sql)
+
+
+def _ch_replicated(client: Any) -> bool:
+    rows = client.query("SELECT engine FROM system.databases WHERE name = currentDatabase()").result_rows
+    return bool(rows) and rows[0][0] == "Replicated"
+
+
+def _ch_applied(client: Any, adapt: Any) -> set[str]:
     client.command(
-        "CREATE TABLE IF NOT EXISTS schema_migrations (version String, name String, "
-        "applied_at DateTime64(3, 'UTC') DEFAULT now64(3)) ENGINE = ReplacingMergeTree ORDER BY version"
+        adapt(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (version String, name String, "
+            "applied_at DateTime64(3, 'UTC') DEFAULT now64(3)) ENGINE = ReplacingMergeTree ORDER BY version"
+        )
     )
     return {row[0] for row in client.query("SELECT version FROM schema_migrations FINAL").result_rows}
 
 
 def migrate_clickhouse(client: Any, *, root: Path = SQL_ROOT) -> list[str]:
-    """Apply pending ClickHouse migrations through a clickhouse-connect client; return their versions."""
-    applied = _ch_applied(client)
+    """Apply pending ClickHouse migrations through a clickhouse-connect client; return their versions.
+    In a Replicated database (a cluster) the tables are made Replicated (:func:`replicated_engines`)."""
+    adapt = replicated_engines if _ch_replicated(client) else (lambda sql: sql)
+    applied = _ch_applied(client, adapt)
     done = []
     for mig in discover("clickhouse", root=root):
         if mig.version in applied:
             continue
         for stmt in mig.statements(backslash_escapes=True):
-            client.command(stmt)
+            client.command(adapt(stmt))
         client.insert("schema_migrations", [[mig.version, mig.name]], column_names=["version", "name"])
         log.info("migration applied", store="clickhouse", version=mig.version, name=mig.name)
         done.append(mig.version)
@@ -184,65 +201,68 @@ CREATE TABLE IF NOT EXISTS schema_migrations (
 )"""
 
 
-def _version_tuple(v: str) -> tuple[int, ...]:
-    return tuple(int(x) for x in re.findall(r"\d+", v)[:2])
+@dataclass(frozen=True, slots=True)
+class PostgresResult:
+    applied: list[str]  # versions applied by this run
+    report: str  # the TimescaleDB mode and why, for ``tickflow migrate``
+    policies: list[str]  # policy statements run (TimescaleDB mode)
 
 
-def timescale_version(conn: psycopg.Connection[Any]) -> str | None:
-    """Make TimescaleDB usable if the server offers it; return its version, or None for plain mode.
-
-    Offered means listed in ``pg_available_extensions``. Creating it can still fail (not in
-    ``shared_preload_libraries``, no privilege); that, or a version older than MIN_TIMESCALE, falls
-    back to plain PostgreSQL with a warning rather than failing the migration.
-    """
-    row = conn.execute("SELECT default_version, installed_version FROM pg_available_extensions WHERE name = 'timescaledb'").fetchone()
-    if row is None:
-        return None
-    if row[1] is None:
-        try:
-            with conn.transaction():
-                conn.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
-        except psycopg.Error as exc:
-            log.warning("timescaledb offered but not usable; using plain PostgreSQL", error=str(exc).strip())
-            return None
-    version = conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'timescaledb'").fetchone()[0]  # type: ignore[index]
-    if _version_tuple(version) < MIN_TIMESCALE:
-        log.warning("timescaledb too old; using plain PostgreSQL", version=version, minimum=".".join(map(str, MIN_TIMESCALE)))
-        return None
-    return str(version)
+def postgres_options(settings: Settings) -> dict[str, Any]:
+    """The migration options that come from settings: mode and opt-in policies."""
+    return {"timescale": settings.timescale, "compression": settings.timescale_compression, "retention": settings.timescale_trades_retention or None}
 
 
-def migrate_postgres(conninfo: str, *, timescale: bool | None = None, root: Path = SQL_ROOT) -> list[str]:
-    """Apply pending PostgreSQL migrations; return the versions applied now.
+def migrate_postgres(
+    conninfo: str, *, timescale: Mode | bool | None = "auto", compression: bool = False, retention: str | None = None, root: Path = SQL_ROOT
+) -> list[str]:
+    """Apply pending PostgreSQL migrations; return the versions applied now (see :func:`run_postgres_migrations`)."""
+    return run_postgres_migrations(conninfo, timescale=timescale, compression=compression, retention=retention, root=root).applied
 
-    ``timescale``: None detects the extension, False forces plain PostgreSQL, True requires it.
-    """
+
+def run_postgres_migrations(
+    conninfo: str, *, timescale: Mode | bool | None = "auto", compression: bool = False, retention: str | None = None, root: Path = SQL_ROOT
+) -> PostgresResult:
+    """Apply pending PostgreSQL migrations in the mode ``timescale`` (auto/on/off; True/False/None
+    mean on/off/auto) decides, in one transaction under an advisory lock, then make the TimescaleDB
+    policies match ``compression`` and ``retention``. TimescaleError, with nothing changed, when
+    the mode cannot be had."""
+    mode: Mode = {True: "on", False: "off", None: "auto"}.get(timescale, timescale)  # type: ignore[arg-type, call-overload]
     with psycopg.connect(conninfo, autocommit=True) as conn:
         conn.execute("SELECT pg_advisory_lock(%s)", (_LOCK_KEY,))
         try:
-            return _migrate_postgres(conn, timescale, root)
+            return _migrate_postgres(conn, mode, compression, retention, root)
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s)", (_LOCK_KEY,))
 
 
-def _migrate_postgres(conn: psycopg.Connection[Any], timescale: bool | None, root: Path) -> list[str]:
+def _query(conn: psycopg.Connection[Any]) -> Any:
+    return lambda sql, params: conn.execute(sql, params or None).fetchall()
+
+
+def _migrate_postgres(conn: psycopg.Connection[Any], mode: Mode, compression: bool, retention: str | None, root: Path) -> PostgresResult:
     conn.execute(_PG_TABLE)
-    ts_version = None if timescale is False else timescale_version(conn)
-    if timescale and ts_version is None:
-        raise RuntimeError("TimescaleDB was required but is not available on this server")
-    log.info("postgres migrations", timescaledb=ts_version or "absent")
     recorded = dict(conn.execute("SELECT version, variant FROM schema_migrations").fetchall())
-    done = []
-    for mig in discover("postgres", timescale=ts_version is not None, root=root):
-        if recorded.get(mig.version, "skipped") != "skipped":
-            continue
-        if mig.path is None:
-            if mig.version not in recorded:
-                conn.execute("INSERT INTO schema_migrations (version, name, variant) VALUES (%s, %s, 'skipped')", (mig.version, mig.name))
-                log.info("migration skipped until timescaledb is available", version=mig.version, name=mig.name)
-            continue
-        variant = "timescaledb" if mig.timescale else "postgres"
-        with conn.transaction():
+    ts_files = [m for m in discover("postgres", timescale=True, root=root) if m.timescale]
+    pending_ts = [m for m in ts_files if recorded.get(m.version) in (None, "skipped", "postgres")]
+    candidates = [pair for m in pending_ts for pair in hypertables_in("\n".join(m.statements(TIMESCALE_PARAMS)))]
+    plan = decide(mode, read_facts(_query(conn), recorded, candidates))
+    log.info("postgres migrations", mode=mode, timescale=plan.timescale, report=plan.report)
+    done: list[str] = []
+    policies: list[str] = []
+    with conn.transaction():  # one transaction: a failure leaves the database as it was, never half-converted
+        if plan.create_extension:
+            conn.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
+        for mig in discover("postgres", timescale=plan.timescale, root=root):
+            state = recorded.get(mig.version)
+            if state not in (None, "skipped") and not (plan.timescale and mig.timescale and state == "postgres"):
+                continue
+            if mig.path is None:
+                if state is None:
+                    conn.execute("INSERT INTO schema_migrations (version, name, variant) VALUES (%s, %s, 'skipped')", (mig.version, mig.name))
+                    log.info("migration skipped until timescaledb mode", version=mig.version, name=mig.name)
+                continue
+            variant = "timescaledb" if mig.timescale else "postgres"
             for stmt in mig.statements(TIMESCALE_PARAMS):
                 conn.execute(stmt)
             conn.execute(
@@ -250,9 +270,18 @@ def _migrate_postgres(conn: psycopg.Connection[Any], timescale: bool | None, roo
                 "ON CONFLICT (version) DO UPDATE SET name = EXCLUDED.name, variant = EXCLUDED.variant, applied_at = now()",
                 (mig.version, mig.name, variant),
             )
-        log.info("migration applied", store="postgres", version=mig.version, name=mig.name, variant=variant)
-        done.append(mig.version)
-    return done
+            log.info("migration applied", store="postgres", version=mig.version, name=mig.name, variant=variant)
+            done.append(mig.version)
+        if plan.timescale:
+            info = conn.execute(
+                "SELECT hypertable_name, compression_enabled FROM timescaledb_information.hypertables WHERE hypertable_schema = current_schema()"
+            ).fetchall()
+            hyper = {name for name, _ in info}
+            compressed = {name for name, enabled in info if enabled}
+            for sql, params in policy_statements(hyper, compressed, compression=compression, retention=retention):
+                conn.execute(sql, params or None)
+                policies.append(sql % tuple(repr(p) for p in params) if params else sql)
+    return PostgresResult(done, plan.report, policies)
 
 
 # Checks: every record type with a table has it, in both stores

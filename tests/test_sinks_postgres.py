@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -13,8 +12,7 @@ import pytest
 
 from schemas.models import Candle, Trade, TradeBatch
 from sinks.base import DataRejected, SinkBatch
-from sinks import migrations
-from sinks.migrations import TIMESCALE_PARAMS, discover, migrate_postgres, split_statements, timescale_version
+from sinks.migrations import migrate_postgres, split_statements
 from sinks.postgres import PostgresSink
 
 ADMIN_URL = os.environ.get("TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/test")
@@ -73,41 +71,6 @@ def test_migrations_are_idempotent_and_record_the_plain_choice(pg_url: str) -> N
     assert recorded == [("0001", "init", "postgres"), ("0002", "hypertables", "skipped"), ("0003", "candles_1h_from_1m", "postgres"), ("0004", "technical_metrics", "postgres")]
     tables = {r[0] for r in rows(pg_url, "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'")}
     assert {"trades", "candles", "candles_1h_from_1m", "technical_metrics", "schema_migrations"} <= tables
-
-
-def test_timescale_is_not_detected_here(pg_url: str) -> None:
-    with psycopg.connect(pg_url, autocommit=True) as conn:
-        if conn.execute("SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'").fetchone():
-            pytest.skip("this server offers TimescaleDB")
-        assert timescale_version(conn) is None
-    with pytest.raises(RuntimeError, match="TimescaleDB was required"):
-        migrate_postgres(pg_url, timescale=True)
-
-
-def test_timescale_migrations_parse_into_the_expected_statements() -> None:
-    """TimescaleDB is not installed here: check what would run, placeholders filled, in order."""
-    migs = discover("postgres", timescale=True)
-    assert [(m.version, m.timescale) for m in migs] == [("0001", False), ("0002", True), ("0003", True), ("0004", True)]
-    stmts = [s for m in migs for s in m.statements(TIMESCALE_PARAMS)]
-    assert not [s for s in stmts if "{{" in s]
-    joined = "\n".join(stmts)
-    assert re.findall(r"SELECT (\w+)\(", joined) == [
-        "create_hypertable",
-        "create_hypertable",
-        "add_compression_policy",
-        "add_compression_policy",
-        "add_retention_policy",
-        "add_continuous_aggregate_policy",
-        "create_hypertable",
-        "add_compression_policy",
-    ]
-    assert "by_range('ts', INTERVAL '1 day')" in joined
-    assert "by_range('open_time', INTERVAL '7 days')" in joined
-    assert "timescaledb.compress_segmentby = 'exchange, symbol, \"interval\"'" in joined
-    assert "drop_after => INTERVAL '90 days'" in joined
-    assert "WITH (timescaledb.continuous, timescaledb.materialized_only = false)" in joined
-    (cagg,) = [s for s in stmts if "CREATE MATERIALIZED VIEW" in s]
-    assert cagg.endswith("WITH NO DATA")  # WITH DATA would be illegal inside the migration transaction
 
 
 def test_split_statements_respects_quotes_comments_and_dollar_bodies() -> None:
@@ -193,24 +156,3 @@ def test_store_down_is_an_ordinary_error(pg_url: str) -> None:
         assert not isinstance(info.value, DataRejected)
     finally:
         down.close()
-
-
-def test_timescale_only_versions_wait_until_the_extension_appears(pg_url: str, tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
-    """Variant choice on fake migrations: plain first, then the skipped TimescaleDB-only version once 'available'."""
-    folder = tmp_path / "postgres"
-    (folder / "timescale").mkdir(parents=True)
-    (folder / "0001_a.sql").write_text("CREATE TABLE a (x int);")
-    (folder / "timescale" / "0002_b.sql").write_text("CREATE TABLE b (keep text DEFAULT '{{trades_retention}}'); INSERT INTO b DEFAULT VALUES;")
-    (folder / "0003_c.sql").write_text("CREATE VIEW c AS SELECT 'plain' AS flavour;")
-    (folder / "timescale" / "0003_c.sql").write_text("CREATE VIEW c AS SELECT 'timescale' AS flavour;")
-    assert migrate_postgres(pg_url, root=tmp_path) == ["0001", "0003"]
-    monkeypatch.setattr(migrations, "timescale_version", lambda conn: "2.17.0")
-    assert migrate_postgres(pg_url, root=tmp_path) == ["0002"]
-    assert migrate_postgres(pg_url, root=tmp_path) == []
-    assert rows(pg_url, "SELECT version, variant FROM schema_migrations ORDER BY version") == [
-        ("0001", "postgres"),
-        ("0002", "timescaledb"),
-        ("0003", "postgres"),
-    ]
-    assert rows(pg_url, "SELECT flavour FROM c") == [("plain",)]
-    assert rows(pg_url, "SELECT keep FROM b") == [("90 days",)]
