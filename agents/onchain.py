@@ -44,7 +44,17 @@ from typing import Any
 
 import orjson
 
-from schemas.models import OnchainBlock, OnchainDay, OnchainMetric, day_number, day_of
+from schemas.models import DAY_MS, OnchainBlock, OnchainDay, OnchainMetric
+
+
+def day_number(ms: int) -> int:
+    """UTC day number (days since the epoch) of a time in ms."""
+    return ms // DAY_MS
+
+
+def day_of(n: int) -> int:
+    """The UTC midnight, in ms, of day number ``n``."""
+    return n * DAY_MS
 
 SAT = 100_000_000
 NVT_DAYS = 90
@@ -151,6 +161,8 @@ def provider_problem(row: OnchainDay) -> str | None:
     """Why a provider row is unusable, or None."""
     if not row.asset or not row.source:
         return "provider row without asset or source"
+    if not isinstance(row.day, int) or row.day % DAY_MS:
+        return f"day {row.day!r} is not a UTC midnight in ms"
     for name in PROVIDER_FIELDS:
         v = getattr(row, name)
         if v is None:
@@ -429,7 +441,7 @@ class OnchainMetrics:
             raise OnchainError(f"block {block.height} is older than the {HASHES_KEPT} heights the agent remembers")
         stats = block_stats(block, self.labels)
         if chain.sealed_before is not None and stats.day < chain.sealed_before:
-            raise OnchainError(f"block {block.height} falls on {day_of(stats.day)}, a day already final (ONCHAIN_KEEP_DAYS)")
+            raise OnchainError(f"block {block.height} falls on UTC day {stats.day} (days since the epoch), a day already final (ONCHAIN_KEEP_DAYS)")
         touched: set[int] = set()
         if known is not None:  # a reorg: this block replaces the one at its height and every later one
             kept = {h: (d, s) for d, day in chain.days.items() for h, s in day.blocks.items() if h >= block.height}

@@ -15,7 +15,7 @@ from agents.onchain import OnchainMetrics, block_stats, read_labels, sample_std
 from agents.onchain_agent import ONCHAIN, OnchainLogic
 from agents.spec import AgentContext, Emit, Inbound, Reject
 from schemas.codec import AvroCodec
-from schemas.models import OnchainBlock, OnchainDay, OnchainInput, OnchainMetric, OnchainOutput, OnchainTx, day_number
+from schemas.models import DAY_MS, OnchainBlock, OnchainDay, OnchainInput, OnchainMetric, OnchainOutput, OnchainTx, day_ms
 from schemas.registry import record_type
 from streams.settings import Settings
 from streams.sources.base import BadInput
@@ -43,10 +43,14 @@ def cm_columns(name: str) -> dict[str, dict[str, float]]:
 def latest(rows: list[OnchainMetric]) -> dict[tuple[str, date], OnchainMetric]:
     out: dict[tuple[str, date], OnchainMetric] = {}
     for r in rows:
-        key = (r.source, r.day)
+        key = (r.source, as_date(r.day))
         assert key not in out or out[key].revision < r.revision
         out[key] = r
     return out
+
+
+def as_date(ms: int) -> date:
+    return date.fromordinal(date(1970, 1, 1).toordinal() + ms // DAY_MS)
 
 
 def rel(a: float, b: float) -> float:
@@ -106,7 +110,7 @@ def test_sample_std_is_n_minus_1() -> None:
 
 
 def _row(day: date, **kw: float) -> OnchainDay:
-    return OnchainDay("btc", day, "coinmetrics", **kw)
+    return OnchainDay("btc", day_ms(day), "coinmetrics", **kw)
 
 
 def test_a_revised_day_revises_itself_and_the_windows_after_it() -> None:
@@ -116,7 +120,7 @@ def test_a_revised_day_revises_itself_and_the_windows_after_it() -> None:
         m.add_day(_row(d, price_usd=100.0 + i, market_cap_usd=1e9, realized_cap_usd=5e8, transfer_value_adj_usd=1e6 + i, active_addresses=10.0))
     assert m.add_day(_row(days[95], price_usd=195.0, market_cap_usd=1e9, realized_cap_usd=5e8, transfer_value_adj_usd=1e6 + 95, active_addresses=10.0)) == []
     out = m.add_day(_row(days[95], price_usd=190.0, market_cap_usd=1e9, realized_cap_usd=4e8, transfer_value_adj_usd=1e6 + 95, active_addresses=10.0))
-    assert [o.day for o in out] == days[95:]  # the row itself and the later days whose windows hold it
+    assert [as_date(o.day) for o in out] == days[95:]  # the row itself and the later days whose windows hold it
     assert all(o.revision == 1 for o in out)
     assert out[0].mvrv == 2.5
     # A gap: the day after a missing one has no 7-day mean, no 90-day NVT, no volatility.
@@ -227,8 +231,8 @@ def test_sopr_with_coverage_and_late_prices() -> None:
     block = blk(1, T0 + 86400 + 60, [coinbase(1), spend("t", [(300, "a", T0 + 5), (100, "b", T0 - 86400 * 10)], [(390, "c")])])
     (r,) = m.add_block(block)
     assert r.sopr is None and r.sopr_coverage == 0.0  # no prices at all yet: covered share 0, never a partial figure
-    m.add_day(OnchainDay("btc", date.fromordinal(719163 + d0), "coinmetrics", price_usd=100.0))
-    rows = m.add_day(OnchainDay("btc", date.fromordinal(719163 + d1), "coinmetrics", price_usd=150.0))
+    m.add_day(OnchainDay("btc", d0 * DAY_MS, "coinmetrics", price_usd=100.0))
+    rows = m.add_day(OnchainDay("btc", d1 * DAY_MS, "coinmetrics", price_usd=150.0))
     (r,) = [x for x in rows if x.source == "bitcoind"]
     assert r.sopr == pytest.approx(1.5) and r.sopr_coverage == pytest.approx(0.75) and r.revision == 1
 
@@ -262,8 +266,8 @@ def _stream() -> list[OnchainDay | OnchainBlock]:
     """BTC days around 2010-04-10 interleaved with the sample blocks of that day."""
     results, raw = sample_results()
     blocks = sorted({r["hash"]: parse_block(r, raw_tx=raw.get) for r in results.values() if r["height"] >= 50000 and r["tx"]}.values(), key=lambda b: b.height)
-    days = [r for r in cm_rows("btc.csv") if date(2010, 1, 1) <= r.day <= date(2010, 6, 30)]
-    cut = next(i for i, r in enumerate(days) if r.day == date(2010, 4, 11))
+    days = [r for r in cm_rows("btc.csv") if date(2010, 1, 1) <= as_date(r.day) <= date(2010, 6, 30)]
+    cut = next(i for i, r in enumerate(days) if as_date(r.day) == date(2010, 4, 11))
     return [*days[:cut], *blocks, *days[cut:]]
 
 
@@ -280,7 +284,7 @@ def test_agent_restart_mid_stream_gives_the_clean_run_outputs() -> None:
         out += list(second.on_batch(records[cut:]))
         assert out == clean
     block_rows = [o.value for o in clean if o.value.source == "bitcoind"]
-    assert block_rows[-1].day == date(2010, 4, 10) and block_rows[-1].tx_count == 5 and block_rows[-1].fees_native == 0.0
+    assert as_date(block_rows[-1].day) == date(2010, 4, 10) and block_rows[-1].tx_count == 5 and block_rows[-1].fees_native == 0.0
     # Coin Metrics has no BTC price before 2010-07-18: nothing of the day's spent value is covered
     assert block_rows[-1].sopr is None and block_rows[-1].sopr_coverage == 0.0
 
@@ -293,12 +297,13 @@ def test_agent_rejects_bad_rows_and_goes_on() -> None:
         Inbound("onchain_day", "btc", _row(date(2020, 1, 1), market_cap_usd=-5.0), 1),
         Inbound("candle", "x", object(), 2),
         Inbound("onchain_block", "btc", OnchainBlock("btc", 1, "h", None, -5, []), 3),
+        Inbound("onchain_day", "btc", OnchainDay("btc", day_ms(date(2020, 1, 2)) + 1, "coinmetrics"), 5),
         Inbound("onchain_day", "btc", good, 4),
     ]))
     rejects = [o for o in out if isinstance(o, Reject)]
-    assert [r.offset for r in rejects] == [0, 1, 2, 3]
+    assert [r.offset for r in rejects] == [0, 1, 2, 3, 5] and "UTC midnight" in rejects[4].reason
     assert "price_usd" in rejects[0].reason and "market_cap_usd" in rejects[1].reason and "candle" in rejects[2].reason
-    assert [o.value.day for o in out if isinstance(o, Emit)] == [date(2020, 1, 1)]
+    assert [o.value.day for o in out if isinstance(o, Emit)] == [day_ms(date(2020, 1, 1))]
 
 
 def test_coinmetrics_bad_rows_become_bad_input_with_reasons() -> None:
@@ -333,7 +338,7 @@ def test_spec_and_registry_declare_the_record_types() -> None:
     metric = OnchainMetrics().add_day(cm_rows("btc.csv")[-1])[0]
     codec = AvroCodec("tickflow.OnchainMetric")
     assert OnchainMetric.from_avro(codec.decode(codec.encode(metric.to_avro()))) == metric
-    assert day_number(metric.day) == 18470
+    assert metric.day == 18470 * DAY_MS
 
 
 def test_sql_columns_equal_the_model_fields() -> None:

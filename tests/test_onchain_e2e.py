@@ -23,7 +23,9 @@ from tests.test_candles_e2e import drop_database, env_for, fresh_database, tickf
 pytestmark = pytest.mark.integration
 
 REDIS_DB = "redis://127.0.0.1:6379/4"
-COLUMNS = "asset, day, source, revision, mvrv, nupl, realized_price_usd, nvt_90d, volatility_30d, active_addresses_30d, tx_count, fees_native, block_count"
+COLUMNS = "asset, {day} AS day_ms, source, revision, mvrv, nupl, realized_price_usd, nvt_90d, volatility_30d, active_addresses_30d, tx_count, fees_native, block_count"
+PG_DAY, CH_DAY = "(extract(epoch FROM day) * 1000)::int8", "toUnixTimestamp64Milli(day)"
+DAY_2020_07_27, DAY_2010_04_10 = 1_595_808_000_000, 1_270_857_600_000
 
 
 def ingest(settings: Settings, *sources) -> None:  # noqa: ANN002
@@ -38,11 +40,11 @@ def ingest(settings: Settings, *sources) -> None:  # noqa: ANN002
 
 def pg_rows(db: str) -> list[tuple]:
     with psycopg.connect(f"postgresql://127.0.0.1:5432/{db}") as conn:
-        return conn.execute(f"SELECT {COLUMNS} FROM onchain_metrics ORDER BY asset, day, source").fetchall()
+        return conn.execute(f"SELECT {COLUMNS.format(day=PG_DAY)} FROM onchain_metrics ORDER BY asset, day, source").fetchall()
 
 
 def ch_rows(env: dict[str, str]) -> list[tuple]:
-    out = tickflow("sql", f"SELECT {COLUMNS} FROM onchain_metrics FINAL ORDER BY asset, day, source", "--format", "csv", env=env)
+    out = tickflow("sql", f"SELECT {COLUMNS.format(day=CH_DAY)} FROM onchain_metrics FINAL ORDER BY asset, day, source", "--format", "csv", env=env)
     assert out.returncode == 0, out.stderr[-2000:]
     return [tuple(r) for r in list(csv.reader(out.stdout.splitlines()))[1:]]
 
@@ -83,11 +85,11 @@ def test_coinmetrics_and_blocks_into_every_store_and_a_resumed_run_equals_one_ru
         assert ch_rows(env_a) == as_text(a)
         assert ch_rows(env_b) == as_text(a)
         last = a[-1] if a[-1][2] == "coinmetrics" else a[-2]
-        assert str(last[1]) == "2020-07-27" and abs(last[4] / 1.87222938891389 - 1) < 1e-9
-        block_day = next(r for r in a if r[2] == "bitcoind" and str(r[1]) == "2010-04-10")
+        assert last[1] == DAY_2020_07_27 and abs(last[4] / 1.87222938891389 - 1) < 1e-9
+        block_day = next(r for r in a if r[2] == "bitcoind" and r[1] == DAY_2010_04_10)
         assert block_day[10:] == (5, 0.0, 3)
-        snapshot = redis.Redis.from_url(REDIS_DB).hget("latest:onchain:btc", "row")
-        assert snapshot is not None and b'"day":"2020-07-27"' in snapshot
+        snapshot = redis.Redis.from_url(REDIS_DB).get("latest:onchain:btc")
+        assert snapshot is not None and b'"day":%d' % DAY_2020_07_27 in snapshot and b'"day_iso":"2020-07-27T00:00:00.000Z"' in snapshot
     finally:
         drop_database(db_a)
         drop_database(db_b)

@@ -43,6 +43,7 @@ from schemas.models import (
     OnchainOutput,
     OnchainTx,
     Trade,
+    day_ms,
     TradeBatch,
 )
 from streams.settings import Settings
@@ -55,8 +56,15 @@ SYMBOLS = ["BTC/USDT", "", "比特币/USDT", "ÄÖÜ€/EUR", "🚀MOON/USDT", "
 
 
 def same(a: object, b: object) -> bool:
-    """Exact equality, NaN and the sign of zero included (repr of a float round-trips its bits)."""
-    return repr(a) == repr(b)
+    """Exact equality, NaN and the sign of zero included (repr of a float round-trips its bits).
+    A decoded batch's trades are plain tuples in Trade's field order: compared as tuples."""
+
+    def plain(x: object) -> object:
+        if isinstance(x, TradeBatch):
+            return (x.exchange, x.symbol, x.received_at, [tuple(t) for t in x.trades])
+        return x
+
+    return repr(plain(a)) == repr(plain(b))
 
 
 # ---------------------------------------------------------------------------- fake Schema Registry
@@ -203,9 +211,9 @@ def onchain_days() -> list[OnchainDay]:
     from datetime import date
 
     return [
-        OnchainDay("btc", date(2009, 1, 3), "coinmetrics"),
-        OnchainDay("eth", date(2020, 7, 27), "coinmetrics", 320.5, 3.6e10, None, 1.1e8, 5e8, 5e5, 1e6, 1234.5, 7e6),
-        OnchainDay("", date(1970, 1, 1), "x", 0.0, 5e-324, 1.7976931348623157e308),
+        OnchainDay("btc", day_ms(date(2009, 1, 3)), "coinmetrics"),
+        OnchainDay("eth", day_ms(date(2020, 7, 27)), "coinmetrics", 320.5, 3.6e10, None, 1.1e8, 5e8, 5e5, 1e6, 1234.5, 7e6),
+        OnchainDay("", -86_400_000, "x", 0.0, 5e-324, 1.7976931348623157e308),
     ]
 
 
@@ -223,9 +231,9 @@ def onchain_metrics() -> list[OnchainMetric]:
     from datetime import date
 
     return [
-        OnchainMetric("btc", date(2020, 7, 27), "coinmetrics"),
-        OnchainMetric("btc", date(2010, 4, 10), "bitcoind", 2**31 - 1, *([1.5] * 12), 2**63 - 1, 0.0, 150.0, 1.0, 0.75, 1.0, 2.0, -1.0, '{"x":[1.0,2.0]}', 3, 50000, 50002),
-        OnchainMetric("", date(1970, 1, 1), "", 0, float("inf"), -0.0),
+        OnchainMetric("btc", day_ms(date(2020, 7, 27)), "coinmetrics"),
+        OnchainMetric("btc", day_ms(date(2010, 4, 10)), "bitcoind", 2**31 - 1, *([1.5] * 12), 2**63 - 1, 0.0, 150.0, 1.0, 0.75, 1.0, 2.0, -1.0, '{"x":[1.0,2.0]}', 3, 50000, 50002),
+        OnchainMetric("", 2**62, "", 0, float("inf"), -0.0),
     ]
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import structlog
 
 from agents.onchain import provider_problem
-from schemas.models import OnchainDay
+from schemas.models import OnchainDay, day_ms
 from streams.sources.base import BadInput, Record, Source, SourceItem
 
 log = structlog.get_logger(__name__)
@@ -73,7 +73,7 @@ def parse_rows(lines: Iterator[str], asset: str) -> Iterator[OnchainDay | BadInp
                 break
             values[field] = v  # non-finite and negative values are refused by provider_problem below
         if problem is None:
-            row = OnchainDay(asset, day, SOURCE, **values)
+            row = OnchainDay(asset, day_ms(day), SOURCE, **values)
             problem = provider_problem(row)
         if problem is not None:
             yield BadInput(f"{day}: {problem}", raw)

@@ -6,7 +6,7 @@
 CREATE TABLE IF NOT EXISTS onchain_metrics
 (
     asset LowCardinality(String),
-    day Date,
+    day DateTime64(3, 'UTC'),
     source LowCardinality(String),
     revision UInt32,
     price_usd Nullable(Float64),

@@ -3,7 +3,7 @@
 
 CREATE TABLE IF NOT EXISTS onchain_metrics (
     asset text NOT NULL,
-    day date NOT NULL,
+    day timestamptz NOT NULL,
     source text NOT NULL,
     revision integer NOT NULL,
     price_usd double precision,
