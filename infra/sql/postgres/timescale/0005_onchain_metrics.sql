@@ -1,5 +1,6 @@
 -- TimescaleDB variant of 0005: the same table as a hypertable on day (one row per asset, day and
--- source: small, so yearly chunks and no compression; revisions rewrite rows of any age).
+-- source: small, so yearly chunks; revisions rewrite rows of any age). On a plain database being
+-- converted the table exists already: migrate_data moves its rows.
 
 CREATE TABLE IF NOT EXISTS onchain_metrics (
     asset text NOT NULL,
