@@ -12,12 +12,13 @@ a second, which Redis serves; writing them here would add rows that exist only t
 
 The same code serves a ClickHouse server (``CLICKHOUSE_URL``) and embedded chdb (``chdb:///path``).
 chdb hosts one engine per process, so clients on one path must be shared; :func:`connect` is the
-one place clients are made.
+one place clients are made. The process that has embedded chdb open answers other processes' read
+queries (``query_server``, :mod:`sinks.query`).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import clickhouse_connect
 from clickhouse_connect.driver import exceptions as ch_errors
@@ -25,6 +26,9 @@ from clickhouse_connect.driver.client import Client
 
 from schemas.models import Candle
 from sinks.base import CANDLE_COLUMNS, DataRejected, Sink, SinkBatch, candle_columns, indicator_columns, trade_columns
+
+if TYPE_CHECKING:
+    from sinks.query import QueryServer
 
 # Server error codes that mean "this data can never be inserted", as opposed to an unavailable
 # server: TYPE_MISMATCH, CANNOT_PARSE_*, TOO_LARGE_STRING_SIZE, INCORRECT_DATA,
@@ -41,9 +45,12 @@ class ClickHouseSink(Sink):
     name = "clickhouse"
     topics = ("ticks", "candles", "indicators")
 
-    def __init__(self, client: Client, *, owns_client: bool = False) -> None:
+    def __init__(self, client: Client, *, owns_client: bool = False, query_server: QueryServer | None = None) -> None:
+        """``query_server`` answers other processes' queries on the embedded store for as long as
+        the sink has it open (nobody else can open it meanwhile); the sink stops it on close."""
         self._client = client
         self._owns_client = owns_client
+        self._query_server = query_server
         self._contexts: dict[str, Any] = {}
 
     @classmethod
@@ -77,6 +84,9 @@ class ClickHouseSink(Sink):
             raise
 
     def close(self) -> None:
+        if self._query_server is not None:
+            self._query_server.close()
+            self._query_server = None
         if self._owns_client:
             self._client.close()
 

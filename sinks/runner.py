@@ -38,6 +38,7 @@ from sinks.base import TOPICS, DataRejected, Sink, SinkBatch
 from sinks.clickhouse import ClickHouseSink, connect
 from sinks.migrations import migrate_clickhouse, migrate_postgres
 from sinks.postgres import PostgresSink
+from sinks.query import QueryServer
 from sinks.redis import RedisSink
 from streams.settings import Settings
 
@@ -176,7 +177,8 @@ class SinkRunner:
     # -- public API
 
     def run(self, stop: threading.Event) -> None:
-        """Consume, write and commit until ``stop`` is set; a batch that cannot be written then stays uncommitted."""
+        """Consume, write and commit until ``stop`` is set, then commit everything written; a batch
+        that cannot be written then stays uncommitted."""
         self._stop = stop
         next_lag = 0.0
         try:
@@ -185,6 +187,8 @@ class SinkRunner:
                 if time.monotonic() >= next_lag:
                     self._update_lag()
                     next_lag = time.monotonic() + LAG_EVERY_S
+            self._flush(commit=True)
+            self._log.info("stopped; written records committed")
         except _Stopped:
             self._log.warning("stopped with an unwritten batch; it will be consumed again", records=len(self._pending))
 
@@ -482,10 +486,13 @@ def open_sinks(settings: Settings, *, migrate: bool = True, only: str | None = N
     names = [n for n in configured_sinks(settings) if only is None or n == only]
     sinks: list[Sink] = []
     if "clickhouse" in names:
-        client = connect(settings.clickhouse_dsn)
+        dsn = settings.clickhouse_dsn
+        client = connect(dsn)
         if migrate:
             migrate_clickhouse(client)
-        sinks.append(ClickHouseSink(client, owns_client=True))
+        # Embedded chdb is open in one process only: this one answers `tickflow sql` for the others.
+        server = QueryServer(dsn).start() if dsn.startswith("chdb://") else None
+        sinks.append(ClickHouseSink(client, owns_client=True, query_server=server))
     if "postgres" in names:
         if migrate:
             migrate_postgres(settings.database_url)  # type: ignore[arg-type]

@@ -46,11 +46,53 @@ def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
     )
 
 
+# Each long-running role has a port of its own, so they run side by side on one machine with
+# their defaults. ``tickflow run`` serves the worker's port and its sink processes theirs.
+ROLE_METRICS_PORTS: dict[str, int] = {
+    "worker": 9108,
+    "run": 9108,
+    "ingest": 9109,
+    "sink-clickhouse": 9110,
+    "sink-postgres": 9111,
+    "sink-redis": 9112,
+    "broker": 9113,
+}
+
+
+def metrics_port(role: str, configured: int | None) -> int:
+    """The port ``role`` serves /metrics on: ``configured`` (``--metrics-port`` or ``METRICS_PORT``,
+    0 = off) or the role's default."""
+    return ROLE_METRICS_PORTS[role] if configured is None else configured
+
+
+def run_sink_metrics_port(sink: str, configured: int | None) -> int:
+    """A sink process's port under ``tickflow run``: its role's default, shifted by as much as
+    ``METRICS_PORT`` moves the main process from 9108 (0 turns every one off)."""
+    if configured == 0:
+        return 0
+    return ROLE_METRICS_PORTS[f"sink-{sink}"] + (0 if configured is None else configured - ROLE_METRICS_PORTS["run"])
+
+
+class MetricsPortInUse(RuntimeError):
+    """The metrics port is taken, most often by the same role already running."""
+
+
 _metrics_started: set[int] = set()
 
 
-def serve_metrics(port: int) -> None:
-    """Serve /metrics once per process; port 0 turns it off."""
-    if port and port not in _metrics_started:
-        start_http_server(port, addr="0.0.0.0")
+def serve_metrics(port: int, *, role: str = "this command") -> str | None:
+    """Serve /metrics once per process and return its URL; port 0 turns it off (None).
+
+    Raises :class:`MetricsPortInUse`, naming the settings to change, when the port is taken.
+    """
+    if not port:
+        return None
+    if port not in _metrics_started:
+        try:
+            start_http_server(port, addr="0.0.0.0")
+        except OSError as exc:
+            raise MetricsPortInUse(
+                f"metrics port {port} of {role} is in use ({exc.strerror}): set --metrics-port or METRICS_PORT to a free port, or 0 to turn metrics off"
+            ) from None
         _metrics_started.add(port)
+    return f"http://127.0.0.1:{port}/metrics"
