@@ -155,7 +155,10 @@ def ingest(
     ensure_topics(settings)
     src = open_source(source, settings, symbols=_symbols(symbols), fmt=fmt, speed=speed, rate=rate, limit=limit, exchange=exchange)
 
+    seen: list[IngestStats] = []
+
     def progress(s: IngestStats) -> None:
+        seen[:] = [s]
         console.print(f"[bold]{s.trades:,}[/] trades  {s.rate:,.0f} trades/s  {s.batches:,} batches  {s.rejected:,} errors", highlight=False)
 
     async def main() -> None:
@@ -166,7 +169,9 @@ def ingest(
             loop.add_signal_handler(sig, task.cancel)  # run_ingest closes the source and flushes the producer
         try:
             await task
-        except asyncio.CancelledError:
+        except asyncio.CancelledError:  # run_ingest flushed the producer on its way out
+            if seen:
+                progress(seen[0])
             console.print("stopped: every trade read is delivered")
         finally:
             producer.close()
