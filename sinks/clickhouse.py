@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import clickhouse_connect
 from clickhouse_connect.driver import exceptions as ch_errors
 from clickhouse_connect.driver.client import Client
+from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_fixed
 
 from schemas.models import Candle
 from sinks.base import CANDLE_COLUMNS, DataRejected, Sink, SinkBatch, candle_columns, indicator_columns, trade_columns
@@ -39,6 +40,15 @@ DATA_ERROR_CODES = frozenset({6, 27, 38, 41, 53, 69, 72, 117, 131, 321, 349})
 def connect(dsn: str, **options: Any) -> Client:
     """A client for ``http(s)://user:pw@host:port/db`` or embedded ``chdb:///abs/path``."""
     return clickhouse_connect.get_client(dsn=dsn, **options)
+
+
+def open_store(dsn: str, *, wait_s: float = 15.0) -> Client:
+    """The sink's client. Embedded chdb may be open for a moment in another process (``tickflow
+    sql`` opens it for one query when no sink runs): wait for it rather than fail."""
+    if not dsn.startswith("chdb://"):
+        return connect(dsn)
+    retrying = Retrying(retry=retry_if_exception_type(ch_errors.ClickHouseError), stop=stop_after_delay(wait_s), wait=wait_fixed(0.5), reraise=True)
+    return retrying(connect, dsn)
 
 
 class ClickHouseSink(Sink):

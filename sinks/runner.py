@@ -35,7 +35,7 @@ from tenacity import RetryCallState, RetryError, Retrying, retry_if_exception, r
 from schemas.codec import codec_for
 from schemas.models import DeadLetter
 from sinks.base import TOPICS, DataRejected, Sink, SinkBatch
-from sinks.clickhouse import ClickHouseSink, connect
+from sinks.clickhouse import ClickHouseSink, open_store
 from sinks.migrations import migrate_clickhouse, migrate_postgres
 from sinks.postgres import PostgresSink
 from sinks.query import QueryServer
@@ -487,7 +487,7 @@ def open_sinks(settings: Settings, *, migrate: bool = True, only: str | None = N
     sinks: list[Sink] = []
     if "clickhouse" in names:
         dsn = settings.clickhouse_dsn
-        client = connect(dsn)
+        client = open_store(dsn)
         if migrate:
             migrate_clickhouse(client)
         # Embedded chdb is open in one process only: this one answers `tickflow sql` for the others.
