@@ -20,6 +20,7 @@ import os
 import queue
 import secrets
 import threading
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -42,6 +43,7 @@ READ_ONLY = {"readonly": 2, "output_format_arrow_string_as_string": 1}
 OWNER_CLIENTS = 4  # chdb handles the owner keeps for queries: concurrent queries beyond it wait
 MAX_REQUEST_BYTES = 1_000_000
 QUERY_TIMEOUT_S = 300.0
+OWNER_WAIT_S = 5.0  # how long a store held by another process may take to answer before the query fails
 
 
 class QueryError(RuntimeError):
@@ -71,7 +73,8 @@ def query_arrow(settings: Settings, sql: str, params: Mapping[str, Any] | None =
     if not dsn.startswith("chdb://"):
         return _read_arrow(_run(_server_client(dsn), sql, params))
     path = _chdb_path(dsn)
-    for attempt in range(2):
+    deadline = time.monotonic() + OWNER_WAIT_S
+    while True:
         owner = _owner(path)
         if owner is not None:
             try:
@@ -81,12 +84,13 @@ def query_arrow(settings: Settings, sql: str, params: Mapping[str, Any] | None =
         try:
             return _read_arrow(_query_opening(dsn, sql, params))
         except _Locked as exc:
-            if attempt:
+            # A process that is opening the store records its address a moment later.
+            if time.monotonic() > deadline:
                 raise QueryError(
                     f"the ClickHouse data at {path} is open in another process that does not answer queries "
                     f"(`tickflow migrate`, or a tickflow without query serving): {exc}"
                 ) from None
-    raise AssertionError("unreachable")
+            time.sleep(0.2)
 
 
 def owner_file(path: Path) -> Path:

@@ -488,10 +488,15 @@ def open_sinks(settings: Settings, *, migrate: bool = True, only: str | None = N
     if "clickhouse" in names:
         dsn = settings.clickhouse_dsn
         client = open_store(dsn)
-        if migrate:
-            migrate_clickhouse(client)
-        # Embedded chdb is open in one process only: this one answers `tickflow sql` for the others.
+        # Embedded chdb is open in one process only: from now on this one answers `tickflow sql`.
         server = QueryServer(dsn).start() if dsn.startswith("chdb://") else None
+        try:
+            if migrate:
+                migrate_clickhouse(client)
+        except BaseException:
+            if server is not None:
+                server.close()
+            raise
         sinks.append(ClickHouseSink(client, owns_client=True, query_server=server))
     if "postgres" in names:
         if migrate:
