@@ -92,14 +92,13 @@ class SinkFailed(RuntimeError):
     """A sink process ended on its own: its store could not be opened or migrated, or it crashed."""
 
 
-def _sink_process(settings: Settings, name: str, stop: EventT, ready: EventT, parent: int, metrics_port: int) -> None:
-    """Entry of one sink's process: open and migrate its store, then consume until ``stop`` (set by
-    the parent) or a SIGTERM of its own; either way its last batch is written and committed."""
+def _sink_process(settings: Settings, name: str, ready: EventT, parent: int, metrics_port: int) -> None:
+    """Entry of one sink's process: open and migrate its store, then consume until SIGTERM (from the
+    parent's ``close`` or anyone else); its last batch is then written and committed."""
     configure_logging(settings.log_level, settings.log_format)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's Ctrl-C reaches the parent, which sets ``stop``
-    stop_here = threading.Event()
-    stop_on_signals(stop_here.set, (signal.SIGTERM,))
-    threading.Thread(target=lambda: (stop.wait(), stop_here.set()), name="parent-stop", daemon=True).start()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's Ctrl-C reaches the parent, which stops the sinks
+    stop = threading.Event()
+    stop_on_signals(stop.set, (signal.SIGTERM,))
     try:
         url = serve_metrics(metrics_port, role=f"the {name} sink of tickflow run")
     except MetricsPortInUse as exc:
@@ -118,7 +117,7 @@ def _sink_process(settings: Settings, name: str, stop: EventT, ready: EventT, pa
     runner = SinkRunner(sink, settings, dead_letter=producer.dead_letter_durably)
     ready.set()
     try:
-        runner.run(stop_here)
+        runner.run(stop)
     finally:
         runner.close()
         sink.close()
@@ -134,7 +133,10 @@ def _exit_with_parent(parent: int) -> None:
 
 
 class SinkProcesses:
-    """Each sink in its own process, stopped together.
+    """Each sink in its own process, stopped together by SIGTERM.
+
+    Not by a shared multiprocessing event: a child that died while waiting on one leaves the
+    parent's ``set`` waiting forever for it to wake.
 
     Decoding every record and the stores' client libraries would otherwise share one interpreter
     lock with the Faust worker and the source, which is what the realtime path's latency pays for.
@@ -145,13 +147,13 @@ class SinkProcesses:
 
     def __init__(self, settings: Settings, names: list[str]) -> None:
         ctx = multiprocessing.get_context("spawn")
-        self.stop = ctx.Event()
+        self._closing = False
         self.procs: dict[str, BaseProcess] = {}
         self._ready: dict[str, EventT] = {}
         for name in names:
             ready = ctx.Event()
             port = run_sink_metrics_port(name, settings.metrics_port)
-            proc = ctx.Process(target=_sink_process, args=(settings, name, self.stop, ready, os.getpid(), port), name=f"tickflow-sink-{name}", daemon=True)
+            proc = ctx.Process(target=_sink_process, args=(settings, name, ready, os.getpid(), port), name=f"tickflow-sink-{name}", daemon=True)
             proc.start()
             self.procs[name] = proc
             self._ready[name] = ready
@@ -172,7 +174,7 @@ class SinkProcesses:
         """The name of a sink stopped on request (SIGTERM to its process, exit code 0), if any;
         SinkFailed when one ended any other way. Exits after ``close`` are expected."""
         for name, proc in self.procs.items():
-            if proc.exitcode is not None and not self.stop.is_set():
+            if proc.exitcode is not None and not self._closing:
                 if proc.exitcode == 0:
                     return name
                 raise SinkFailed(f"sink {name} exited with code {proc.exitcode} (its log above says why)")
@@ -188,11 +190,14 @@ class SinkProcesses:
         return out
 
     def close(self) -> None:
-        self.stop.set()
+        self._closing = True
+        for proc in self.procs.values():
+            if proc.exitcode is None:
+                proc.terminate()  # SIGTERM: the sink writes and commits its batch, then exits 0
         for proc in self.procs.values():
             proc.join(timeout=30)
             if proc.is_alive():
-                proc.terminate()
+                proc.kill()
                 proc.join(timeout=5)
         self._lag.clear()  # their admin clients disconnect now, before an embedded broker stops
 
