@@ -53,10 +53,14 @@ def role(args: list[str]) -> str:
     return f"sink-{args[1]}" if args[0] == "sink" else args[0]
 
 
+def metrics(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as reply:
+        return reply.read().decode()
+
+
 def metrics_answer(port: int) -> bool:
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as reply:
-            return reply.status == 200 and b"tickflow_" in reply.read()
+        return "tickflow_" in metrics(port)
     except OSError:
         return False
 
@@ -174,6 +178,9 @@ def test_readme_side_by_side_lines_run_answer_sql_and_stop_on_sigterm(tmp_path: 
         for name in daemons:
             port = ROLE_METRICS_PORTS[name]
             run.wait_for(f"/metrics of {name} on {port}", lambda port=port: metrics_answer(port))
+
+        resident = re.search(r"^tickflow_embedded_broker_resident_bytes (\S+)$", metrics(ROLE_METRICS_PORTS["broker"]), re.M)
+        assert resident and float(resident.group(1)) > 1e6
 
         # The README's own query, while the ClickHouse sink holds the embedded store.
         run.wait_for("trades in ClickHouse", lambda: run.trades_in_clickhouse() > 0)
