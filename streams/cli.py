@@ -386,11 +386,19 @@ def migrate() -> None:
 
     Example: DATABASE_URL=postgresql://localhost/tickflow tickflow migrate
     """
+    from clickhouse_connect.driver.exceptions import ClickHouseError
+    from rich.markup import escape
+
     from sinks.clickhouse import connect
     from sinks.migrations import migrate_clickhouse, migrate_postgres
 
     settings = get_settings()
-    client = connect(settings.clickhouse_dsn)
+    try:
+        client = connect(settings.clickhouse_dsn)
+    except ClickHouseError as exc:
+        held = " (another process has it open; a running ClickHouse sink migrated it when it started)" if settings.clickhouse_dsn.startswith("chdb://") else ""
+        console.print(f"[red]cannot open ClickHouse{held}:[/] {escape(str(exc).strip())}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
     console.print(f"clickhouse: applied {migrate_clickhouse(client) or 'nothing new'}")
     client.close()
     if settings.database_url:
