@@ -243,8 +243,11 @@ def _server_client(dsn: str) -> Client:
     with _state_lock:
         client = _servers.get(dsn)
         if client is None:
-            # No session: one client then serves concurrent queries over its connection pool.
-            client = _servers[dsn] = connect(dsn, autogenerate_session_id=False, send_receive_timeout=QUERY_TIMEOUT_S)
+            try:
+                # No session: one client then serves concurrent queries over its connection pool.
+                client = _servers[dsn] = connect(dsn, autogenerate_session_id=False, send_receive_timeout=QUERY_TIMEOUT_S)
+            except ClickHouseError as exc:
+                raise QueryError(str(exc).strip()) from None
         return client
 
 

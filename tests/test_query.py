@@ -110,3 +110,8 @@ def test_tickflow_sql_reads_through_the_owner_then_opens_the_store_when_it_died(
     assert json.loads(done.stdout) == {"n": 5}
     failed = sql(settings, "SELECT * FROM nowhere")
     assert failed.returncode == 1 and "query failed" in failed.stderr and "Traceback" not in failed.stderr
+
+
+def test_an_unreachable_clickhouse_server_is_a_query_error() -> None:
+    with pytest.raises(QueryError, match="Connection refused"):
+        query(Settings(clickhouse_url="http://default:@127.0.0.1:1/default"), "SELECT 1")
