@@ -20,7 +20,7 @@ app = typer.Typer(help="tickflow: crypto trades to candles, indicators and signa
 console = Console(stderr=True)
 
 
-def _setup(settings: Settings, role: str, port: int | None = None) -> Settings:
+def _setup(settings: Settings, role: str, port: int | None = None, *, command: str | None = None) -> Settings:
     """Logging, and /metrics on the role's port (``--metrics-port``, else METRICS_PORT, else the
     role's default); a taken port ends the command with one line saying what to change.
 
@@ -32,7 +32,7 @@ def _setup(settings: Settings, role: str, port: int | None = None) -> Settings:
     if port is not None:
         settings = settings.model_copy(update={"metrics_port": port})
     try:
-        url = serve_metrics(metrics_port(role, settings.metrics_port), role=f"tickflow {role.replace('-', ' ')}")
+        url = serve_metrics(metrics_port(role, settings.metrics_port), role=f"tickflow {command or role.replace('-', ' ')}")
     except MetricsPortInUse as exc:
         console.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
@@ -235,7 +235,7 @@ def run(
     """
     from streams.pipeline import DrainStalled, RunStatus, SinkFailed, kafka, run_pipeline
 
-    settings = _setup(get_settings(), "run", metrics_port)
+    settings = _setup(get_settings(), "worker", metrics_port, command="run")  # the worker's port; its sinks at theirs
     _sigterm_as_ctrl_c()
     status = RunStatus()
 

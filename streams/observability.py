@@ -46,11 +46,10 @@ def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
     )
 
 
-# Each long-running role has a port of its own, so they run side by side on one machine with
-# their defaults. ``tickflow run`` serves the worker's port and its sink processes theirs.
+# Default /metrics port of each role, so they run side by side on one machine with their defaults.
+# ``tickflow run`` serves the worker's on METRICS_PORT and each sink process's at the same offset from it.
 ROLE_METRICS_PORTS: dict[str, int] = {
     "worker": 9108,
-    "run": 9108,
     "ingest": 9109,
     "sink-clickhouse": 9110,
     "sink-postgres": 9111,
@@ -59,18 +58,15 @@ ROLE_METRICS_PORTS: dict[str, int] = {
 }
 
 
+def role_port_offset(role: str) -> int:
+    """How far ``role``'s default port is from the worker's (METRICS_PORT under ``tickflow run``)."""
+    return ROLE_METRICS_PORTS[role] - ROLE_METRICS_PORTS["worker"]
+
+
 def metrics_port(role: str, configured: int | None) -> int:
     """The port ``role`` serves /metrics on: ``configured`` (``--metrics-port`` or ``METRICS_PORT``,
     0 = off) or the role's default."""
     return ROLE_METRICS_PORTS[role] if configured is None else configured
-
-
-def run_sink_metrics_port(sink: str, configured: int | None) -> int:
-    """A sink process's port under ``tickflow run``: its role's default, shifted by as much as
-    ``METRICS_PORT`` moves the main process from 9108 (0 turns every one off)."""
-    if configured == 0:
-        return 0
-    return ROLE_METRICS_PORTS[f"sink-{sink}"] + (0 if configured is None else configured - ROLE_METRICS_PORTS["run"])
 
 
 class MetricsPortInUse(RuntimeError):

@@ -31,7 +31,7 @@ from sinks.runner import SinkRunner, configured_sinks, open_sinks, sink_lag
 from streams.app import create_app
 from streams.broker import EmbeddedBroker
 from streams.ingest import IngestStats, run_ingest
-from streams.observability import MetricsPortInUse, configure_logging, run_sink_metrics_port, serve_metrics
+from streams.observability import MetricsPortInUse, configure_logging, metrics_port, role_port_offset, serve_metrics
 from streams.producer import TickProducer
 from streams.settings import Settings
 from streams.shutdown import STOP_SIGNALS, stop_on_signals
@@ -150,9 +150,10 @@ class SinkProcesses:
         self._closing = False
         self.procs: dict[str, BaseProcess] = {}
         self._ready: dict[str, EventT] = {}
+        base = metrics_port("worker", settings.metrics_port)
         for name in names:
             ready = ctx.Event()
-            port = run_sink_metrics_port(name, settings.metrics_port)
+            port = base + role_port_offset(f"sink-{name}") if base else 0
             proc = ctx.Process(target=_sink_process, args=(settings, name, ready, os.getpid(), port), name=f"tickflow-sink-{name}", daemon=True)
             proc.start()
             self.procs[name] = proc

@@ -25,7 +25,7 @@ import psycopg
 import pytest
 
 from streams.broker import free_port, port_open
-from streams.observability import ROLE_METRICS_PORTS, run_sink_metrics_port
+from streams.observability import ROLE_METRICS_PORTS, role_port_offset
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.integration
@@ -210,7 +210,8 @@ def test_readme_side_by_side_lines_run_answer_sql_and_stop_on_sigterm(tmp_path: 
 def test_make_run_answers_tickflow_sql_and_stops_with_its_children_on_sigterm(tmp_path: Path, database: str) -> None:
     args = makefile_run_line()
     assert args[0] == "run"
-    ports = {"run": ROLE_METRICS_PORTS["run"], **{f"its {s} sink": run_sink_metrics_port(s, None) for s in ("clickhouse", "postgres", "redis")}}
+    main = ROLE_METRICS_PORTS["worker"]
+    ports = {"run": main, **{f"its {s} sink": main + role_port_offset(f"sink-{s}") for s in ("clickhouse", "postgres", "redis")}}
     assert_free(ports)
     broker_port = free_port()
     run = Processes(tmp_path, database, broker_port)
