@@ -178,9 +178,8 @@ class Gateway:
             req = parse_request(name, params, src.columns)
         except QueryError as exc:
             raise ApiError(exc.status, str(exc), exc.parameter) from None
-        tag = self.tag(req)
-        self.cache.count_hot(warm_spec(req))
-        body = await self.cache.get(f"{req.cache_key}&format={req.fmt}", tag, lambda: self._load(src, req))
+        body = await self.cache.get(f"{req.cache_key}&format={req.fmt}", self.tag(req), lambda: self._load(src, req))
+        self.cache.count_hot(warm_spec(req))  # answered requests only: an unknown symbol is never warmed
         return body, "text/csv; charset=utf-8" if req.fmt == "csv" else "application/json"
 
     @staticmethod

@@ -46,6 +46,15 @@ WS_FANOUT = Histogram(
 CLOSE_UNAUTHORIZED, CLOSE_FORBIDDEN, CLOSE_SLOW, CLOSE_FLOOD = 4401, 4403, 4008, 4429
 
 
+def abort(ws: WebSocket) -> None:
+    """Drop the connection at once. A client that reads nothing keeps the server's write buffer
+    full, so even the close frame cannot be queued (uvicorn waits for the buffer to drain); after
+    ``close_timeout_s`` its transport is aborted instead of being held until the ping timeout."""
+    transport = getattr(getattr(ws._send, "__self__", None), "transport", None)  # noqa: SLF001 - uvicorn's protocol
+    if transport is not None:
+        transport.abort()
+
+
 @dataclass(eq=False)
 class Client:
     ws: WebSocket
@@ -94,6 +103,7 @@ class Hub:
         self.history, self.queue_size = history, queue
         self.max_rooms_per_client, self.max_rooms = max_rooms_per_client, max_rooms
         self.room_idle_s, self.heartbeat_s, self.client_msgs_per_s = room_idle_s, heartbeat_s, client_msgs_per_s
+        self.close_timeout_s = 2.0
         self.rooms: dict[str, RoomState] = {}
         self._by_pattern: dict[str, list[RoomState]] = {}
         self._clients: set[Client] = set()
@@ -282,8 +292,12 @@ class Hub:
                 code, reason = client.closed
                 if code == CLOSE_SLOW:
                     log.info("slow WebSocket client dropped", reason=reason)
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(ws.close(code, reason), 2.0)
+                try:
+                    await asyncio.wait_for(ws.close(code, reason), self.close_timeout_s)
+                except asyncio.TimeoutError:
+                    abort(ws)
+                except Exception:  # noqa: BLE001 - the client went away meanwhile
+                    pass
 
     async def _send(self, client: Client) -> None:
         send = client.ws.send_text
