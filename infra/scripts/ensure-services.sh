@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Make the local PostgreSQL and Redis the tests need reachable: install the Debian packages when
+# Make the local PostgreSQL and Redis the tests need reachable (and Chromium for the dashboard test): install the Debian packages when
 # missing, start the servers when down. Idempotent; skips a service whose URL points elsewhere.
 set -euo pipefail
 
@@ -38,5 +38,9 @@ if ! redis_up; then
   redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no --dir /tmp/tickflow-redis --logfile /tmp/tickflow-redis/redis.log
   for _ in $(seq 1 50); do redis_up && break; sleep 0.1; done
   redis_up || { echo "Redis did not start" >&2; exit 1; }
+fi
+# Debian's Chromium for the dashboard's browser test (playwright drives it; its own browser download is not used)
+if ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/null 2>&1; then
+  echo "installing Chromium (dashboard test)"; apt_install chromium || echo "Chromium not installed: the dashboard test will skip" >&2
 fi
 echo "services: PostgreSQL and Redis reachable on 127.0.0.1"

@@ -232,7 +232,8 @@ class Hub:
     async def _subscribe(self, client: Client, cmd: Command) -> None:
         for name in cmd.rooms:
             if name in client.rooms:
-                client.offer(orjson.dumps({"type": "subscribed", "id": cmd.request_id, "room": name, "already": True}).decode())
+                h = self.rooms[name].history
+                client.offer(orjson.dumps({"type": "subscribed", "id": cmd.request_id, "room": name, "epoch": h.epoch, "seq": h.seq, "already": True}).decode())
                 continue
             if len(client.rooms) >= self.max_rooms_per_client:
                 client.offer(error_frame("too_many_rooms", f"at most {self.max_rooms_per_client} rooms per connection", cmd.request_id, name).decode())

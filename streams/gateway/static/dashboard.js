@@ -134,7 +134,7 @@
         if (m.room.startsWith("candles:")) showCandle(m.data); else showIndicators(m.data);
       } else if (m.type === "subscribed") {
         const r = state.rooms[m.room];
-        if (r) { r.epoch = m.epoch; if (m.recovered === false) { r.seq = m.seq; load(); } else if (!m.recovered) r.seq = m.seq; }
+        if (r && !m.already) { r.epoch = m.epoch; if (m.recovered === false) { r.seq = m.seq; load(); } else if (!m.recovered) r.seq = m.seq; }
       } else if (m.type === "error") {
         say(`${m.room ? m.room + ": " : ""}${m.message}`, "info");
       }
