@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -157,6 +159,24 @@ def _summary(status) -> Group:  # noqa: ANN001
     return Group(t)
 
 
+def _start_gateway(settings: Settings) -> subprocess.Popen[bytes] | None:
+    """`tickflow serve` beside the pipeline (GATEWAY_ENABLED=false: not), logging to TICKFLOW_DATA_DIR/gateway.log.
+
+    It reads PostgreSQL: embedded chdb is held by the ClickHouse sink's process, so without
+    DATABASE_URL (and without a ClickHouse server) it is not started."""
+    if not settings.gateway_enabled:
+        return None
+    if not settings.database_url and not settings.clickhouse_url:
+        console.print("[yellow]gateway not started: it needs DATABASE_URL (keys, queries) or a ClickHouse server[/]")
+        return None
+    settings.tickflow_data_dir.mkdir(parents=True, exist_ok=True)
+    log_file = (settings.tickflow_data_dir / "gateway.log").open("ab")
+    proc = subprocess.Popen([sys.executable, "-m", "streams", "serve"], stdout=log_file, stderr=log_file, env={**os.environ, "LOG_FORMAT": "json"})
+    url = f"http://{settings.gateway_host}:{settings.gateway_port}/"
+    console.print(f"gateway on {url} (dashboard; API docs {url}docs; log {settings.tickflow_data_dir / 'gateway.log'}); a key: tickflow keys create --name dashboard", highlight=False)
+    return proc
+
+
 @app.command()
 def run(
     source: SourceOpt = "synthetic",
@@ -192,12 +212,20 @@ def run(
                 live.update(_summary(status))
         await task
 
+    gateway = None if until_drained else _start_gateway(settings)
     try:
         with kafka(settings) as s:
             asyncio.run(main(s))
     except (DrainStalled, SinkFailed) as exc:
         console.print(f"[red]{'not drained' if isinstance(exc, DrainStalled) else 'sink failed'}:[/] {exc}")
         raise typer.Exit(1) from exc
+    finally:
+        if gateway is not None:
+            gateway.terminate()
+            try:
+                gateway.wait(10)
+            except subprocess.TimeoutExpired:
+                gateway.kill()
     if until_drained and status.ingest is not None:
         console.print(f"drained: {status.ingest.trades:,} trades, {status.ingest.rejected:,} rejected")
 

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import difflib
 import inspect
+import logging
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -120,6 +121,7 @@ class Gateway:
         self.known: TTLCache[tuple[str, str], list[str]] = TTLCache(256, ttl=60)
         self.small: TTLCache[str, Any] = TTLCache(1024, ttl=1.0)  # latest snapshots, series, health
         self.http = httpx.AsyncClient(timeout=1.0)
+        logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per health scrape otherwise
         self.previous_scrape: health.Scrape | None = None
         self.hot_by_tag: dict[str, list[str]] = {}
         self._tasks: list[asyncio.Task[None]] = []
