@@ -91,6 +91,7 @@ class Settings(BaseSettings):
     )
     gateway_rate_limit: float = Field(50.0, description="Requests per second per API key (bursts of twice that); a key's own limit overrides it; 0 = unlimited")
     gateway_key_cache_s: float = Field(30.0, description="How long a checked key is remembered: a revoked key stops working within this time")
+    gateway_cache: bool = Field(True, description="false: every query reads the store (benchmarks of the uncached path, debugging)")
     gateway_cache_size: int = Field(10_000, description="L1 query cache entries per process")
     gateway_cache_ttl_s: float = Field(60.0, description="L1 entry lifetime; closes and revisions invalidate sooner")
     gateway_l2_ttl_s: int = Field(300, description="L2 (Redis) entry lifetime; closes and revisions invalidate sooner")

@@ -43,4 +43,6 @@ fi
 if ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/null 2>&1; then
   echo "installing Chromium (dashboard test)"; apt_install chromium || echo "Chromium not installed: the dashboard test will skip" >&2
 fi
+# wrk, the HTTP load generator of the gateway benchmark
+command -v wrk >/dev/null 2>&1 || { echo "installing wrk (gateway benchmark)"; apt_install wrk || echo "wrk not installed: make bench skips the query-load rows" >&2; }
 echo "services: PostgreSQL and Redis reachable on 127.0.0.1"

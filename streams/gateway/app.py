@@ -112,7 +112,7 @@ class Gateway:
         self.keys = KeyStore(settings.database_url, cache_s=settings.gateway_key_cache_s) if settings.database_url else None
         self.limiter = RateLimiter(settings.gateway_rate_limit)
         self.redis = aioredis.Redis.from_url(settings.redis_url) if settings.redis_url else None
-        self.cache = QueryCache(self.redis, l1_size=settings.gateway_cache_size, ttl_s=settings.gateway_cache_ttl_s, l2_ttl_s=settings.gateway_l2_ttl_s)
+        self.cache = QueryCache(self.redis, l1_size=settings.gateway_cache_size, ttl_s=settings.gateway_cache_ttl_s, l2_ttl_s=settings.gateway_l2_ttl_s, enabled=settings.gateway_cache)
         self.templates = channel_templates(RECORDS.values())
         self.hub = Hub(
             settings.redis_url, self.templates, history=settings.gateway_ws_history, queue=settings.gateway_ws_queue,

@@ -46,7 +46,8 @@ return #keys
 
 
 class QueryCache:
-    def __init__(self, redis: aioredis.Redis | None, *, l1_size: int, ttl_s: float, l2_ttl_s: int) -> None:
+    def __init__(self, redis: aioredis.Redis | None, *, l1_size: int, ttl_s: float, l2_ttl_s: int, enabled: bool = True) -> None:
+        self.enabled = enabled
         self._redis = redis
         self._l1: TTLCache[str, bytes] = TTLCache(l1_size, ttl=ttl_s)
         self._l2_ttl = l2_ttl_s
@@ -57,6 +58,8 @@ class QueryCache:
         self.hot: Tally[str] = Tally()  # warm-spec -> requests since the last flush
 
     async def get(self, key: str, tag: str, load: Callable[[], Awaitable[bytes]]) -> bytes:
+        if not self.enabled:
+            return await load()
         body = self._l1.get(key)
         if body is not None:
             _L1_HIT.inc()

@@ -36,7 +36,12 @@ log = structlog.get_logger(__name__)
 
 WS_CLIENTS = Gauge("tickflow_gateway_ws_clients", "Connected WebSocket clients")
 WS_ROOMS = Gauge("tickflow_gateway_ws_rooms", "Rooms with a Redis subscription in this process")
-WS_DROPPED = Counter("tickflow_gateway_ws_dropped_total", "Messages or clients dropped, by reason", ["reason"])
+WS_DROPPED = Counter(
+    "tickflow_gateway_ws_dropped_total",
+    "Drops by reason: slow_consumer (a client closed, its queue full), client_flood (a client closed, too many messages), "
+    "bad_payload (a non-JSON Redis message not forwarded), redis_down (pub/sub connection lost)",
+    ["reason"],
+)
 WS_SENT = Counter("tickflow_gateway_ws_messages_total", "Message frames put on client queues")
 WS_FANOUT = Histogram(
     "tickflow_gateway_ws_fanout_seconds", "Time to number, frame and queue one Redis message for every client of its rooms",
@@ -70,6 +75,7 @@ class Client:
             self.queue.put_nowait(frame)
             return True
         except asyncio.QueueFull:
+            WS_DROPPED.labels("slow_consumer").inc()
             self.closed = (CLOSE_SLOW, f"slow consumer: more than {self.queue.maxsize} messages queued")
             self.overflowed.set()
             return False
@@ -177,8 +183,6 @@ class Hub:
             for c in rs.clients:
                 if c.offer(frame):
                     WS_SENT.inc()
-                else:
-                    WS_DROPPED.labels("slow_consumer").inc()
         WS_FANOUT.observe(time.perf_counter() - t0)
 
     async def _housekeeping(self) -> None:
