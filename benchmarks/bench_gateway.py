@@ -122,8 +122,8 @@ def fanout(base: str, key: str, n: int, slow: int, tmp: Path) -> tuple[float, fl
     import orjson
     import redis
 
-    out, ready = tmp / f"delays-{n}-{slow}", tmp / f"ready-{n}-{slow}"
-    room = f"candles:BENCH{n}x{slow}x{time.monotonic_ns() % 10**6}:1m"
+    room = f"candles:BENCH{n}x{slow}x{time.monotonic_ns() % 10**9}:1m"
+    out, ready = tmp / f"delays-{room}", tmp / f"ready-{room}"  # per run: a file left by the run before must not start this one
     channel = "candles:bench:" + room.split(":")[1] + ":1m"
     proc = multiprocessing.get_context("spawn").Process(target=_clients_process, args=(base, key, room, n, slow, out, ready))
     proc.start()
@@ -134,7 +134,6 @@ def fanout(base: str, key: str, n: int, slow: int, tmp: Path) -> tuple[float, fl
             raise RuntimeError("clients did not connect")
         time.sleep(0.05)
     r = redis.Redis.from_url(REDIS_URL)
-    time.sleep(0.3)  # the gateway acks a subscribe once it has sent PSUBSCRIBE, not once Redis applied it
     pad = "x" * 300  # about an in-progress candle's JSON size
     for i in range(int(SECONDS * ROOM_RATE)):
         r.publish(channel, orjson.dumps({"sent": time.time(), "i": i, "pad": pad}))
@@ -182,8 +181,8 @@ def run() -> None:
     from sinks.base import SinkBatch
     from sinks.migrations import migrate_postgres
     from sinks.postgres import PostgresSink
+    from schemas.models import Candle
     from streams.gateway.auth import KeyStore
-    from tests.gateway_util import candles
 
     console.print(f"[bold]gateway[/] ({os.cpu_count()} cores; gateway, clients and Redis on this machine, loopback)")
     with fresh_pg_database(DEFAULT_PG) as db, tempfile.TemporaryDirectory(prefix="tickflow-bench-gw-") as tmp:
@@ -192,7 +191,8 @@ def run() -> None:
             return
         migrate_postgres(db)
         sink = PostgresSink(db)
-        sink.write(SinkBatch(candles=candles("bench", "BENCHUSDT", 500)))
+        t0 = 1_700_000_040_000
+        sink.write(SinkBatch(candles=[Candle("bench", "BENCHUSDT", "1m", t0 + i * 60_000, t0 + i * 60_000 + 59_999, 100.0, 101.0, 99.0, 100.5, 2.0, 200.0, 9, is_final=True) for i in range(500)]))
         sink.close()
         key = KeyStore(db).create("bench", ("read", "stream"), rate_limit=0.0)
 
@@ -203,7 +203,6 @@ def run() -> None:
                 p50s, p99s, count = [], [], 0
                 for _ in range(RUNS):
                     p50, p99, count = fanout(base, key, n, slow, Path(tmp))
-                    console.print(f"  {n} clients, {slow} slow: p50 {p50:.1f} ms, p99 {p99:.1f} ms")
                     p50s.append(p50)
                     p99s.append(p99)
                 closed = slow_closed(base)

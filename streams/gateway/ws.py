@@ -104,7 +104,8 @@ class Hub:
         client_msgs_per_s: float = 50.0,
     ) -> None:
         self._redis = aioredis.Redis.from_url(redis_url) if redis_url else None
-        self._pubsub = self._redis.pubsub(ignore_subscribe_messages=True) if self._redis else None
+        self._pubsub = self._redis.pubsub() if self._redis else None
+        self._confirm: dict[str, asyncio.Event] = {}  # patterns sent, waiting for Redis's confirmation
         self.templates = templates
         self.history, self.queue_size = history, queue
         self.max_rooms_per_client, self.max_rooms = max_rooms_per_client, max_rooms
@@ -145,13 +146,17 @@ class Hub:
         backoff = 0.1
         while True:
             try:
-                if self._pubsub.connection is None:  # nothing subscribed yet on this connection
+                if not self._pubsub.subscribed:  # listen() ends when nothing is subscribed
                     self._subscribed.clear()
                     await self._subscribed.wait()
-                msg = await self._pubsub.get_message(timeout=1.0)
-                backoff = 0.1
-                if msg is not None and msg["type"] == "pmessage":
-                    self.dispatch(msg["pattern"].decode(), msg["channel"].decode(), msg["data"])
+                # listen(), not get_message(timeout=...): a timeout that fires while a reply is half
+                # read loses that message (seen as missing sequence numbers under load)
+                async for msg in self._pubsub.listen():
+                    backoff = 0.1
+                    if msg["type"] == "pmessage":
+                        self.dispatch(msg["pattern"].decode(), msg["channel"].decode(), msg["data"])
+                    elif msg["type"] == "psubscribe" and (ev := self._confirm.pop(msg["channel"].decode(), None)) is not None:
+                        ev.set()
             except asyncio.CancelledError:
                 raise
             except (aioredis.ConnectionError, aioredis.TimeoutError, OSError) as exc:
@@ -162,7 +167,7 @@ class Hub:
                 patterns = list(self._by_pattern)
                 with contextlib.suppress(Exception):
                     await self._pubsub.aclose()
-                self._pubsub = self._redis.pubsub(ignore_subscribe_messages=True)  # type: ignore[union-attr]
+                self._pubsub = self._redis.pubsub()  # type: ignore[union-attr]
                 if patterns:
                     with contextlib.suppress(aioredis.RedisError, OSError):
                         await self._pubsub.psubscribe(*patterns)
@@ -209,8 +214,14 @@ class Hub:
         sharing = self._by_pattern.setdefault(room.pattern, [])
         sharing.append(rs)
         if len(sharing) == 1 and self._pubsub is not None:
+            # the client's ack waits for Redis's confirmation: a message published after the ack reaches it
+            confirmed = self._confirm[room.pattern] = asyncio.Event()
             await self._pubsub.psubscribe(room.pattern)
             self._subscribed.set()
+            try:
+                await asyncio.wait_for(confirmed.wait(), 5.0)
+            except asyncio.TimeoutError:
+                log.warning("redis did not confirm a room's subscription within 5 s", pattern=room.pattern)
         WS_ROOMS.set(len(self.rooms))
         return rs
 
