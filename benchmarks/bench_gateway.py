@@ -17,6 +17,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,10 +36,11 @@ RUNS = 3
 @contextlib.contextmanager
 def gateway(db: str, **env: str) -> Iterator[str]:
     port = free_port()
+    log = tempfile.NamedTemporaryFile(prefix="tickflow-bench-gateway-", suffix=".log", delete=False)  # a pipe nobody reads would block it
     proc = subprocess.Popen(
         [sys.executable, "-m", "streams", "serve", "--port", str(port)],
         env={**os.environ, "DATABASE_URL": db, "REDIS_URL": REDIS_URL, "METRICS_PORT": "0", "LOG_LEVEL": "WARNING", "GATEWAY_WS_QUEUE": "1000", **env},
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        stdout=log, stderr=log,
     )
     try:
         deadline = time.monotonic() + 60
@@ -46,10 +48,14 @@ def gateway(db: str, **env: str) -> Iterator[str]:
             with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
                 break
             if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"gateway did not start: {proc.stderr.read().decode()[-500:] if proc.stderr else ''}")
+                raise RuntimeError(f"gateway did not start: {Path(log.name).read_text()[-500:]}")
             time.sleep(0.1)
         yield f"127.0.0.1:{port}"
+    except BaseException:
+        console.print(f"gateway log: {Path(log.name).read_text()[-1500:]}")
+        raise
     finally:
+        Path(log.name).unlink(missing_ok=True)
         proc.terminate()
         try:
             proc.wait(10)
@@ -176,8 +182,6 @@ def wrk(base: str, key: str, path: str, seconds: int = 5, connections: int = 64)
 
 
 def run() -> None:
-    import tempfile
-
     from sinks.base import SinkBatch
     from sinks.migrations import migrate_postgres
     from sinks.postgres import PostgresSink

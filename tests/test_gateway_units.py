@@ -119,3 +119,36 @@ def test_health_summary_from_two_scrapes() -> None:
     out = health.summary(b, a)
     assert out["input_trades_per_s"] == 250.0 and out["dead_letters_total"] == 2 and out["sink_lag"] == {"postgres": 17}
     assert health.summary(a, None)["input_trades_per_s"] is None
+
+
+async def test_cache_single_flight_and_invalidation_during_a_load() -> None:
+    import asyncio
+
+    from streams.gateway.cache import QueryCache
+
+    cache = QueryCache(None, l1_size=100, ttl_s=60, l2_ttl_s=60)
+    loads = 0
+    gate = asyncio.Event()
+
+    async def load() -> bytes:
+        nonlocal loads
+        loads += 1
+        await gate.wait()
+        return b"v%d" % loads
+
+    waiting = [asyncio.create_task(cache.get("k", "candles:X:1m", load)) for _ in range(20)]
+    await asyncio.sleep(0)
+    gate.set()
+    assert await asyncio.gather(*waiting) == [b"v1"] * 20 and loads == 1  # one load for twenty callers
+    assert await cache.get("k", "candles:X:1m", load) == b"v1"  # and then from L1
+    await cache.invalidate("candles:X:1m")
+    assert await cache.get("k", "candles:X:1m", load) == b"v2"
+    # an invalidation while a load runs: its result is answered but not kept
+    gate.clear()
+    await cache.invalidate("candles:X:1m")
+    task = asyncio.create_task(cache.get("k", "candles:X:1m", load))
+    await asyncio.sleep(0)
+    await cache.invalidate("candles:X:1m")
+    gate.set()
+    assert await task == b"v3"
+    assert await cache.get("k", "candles:X:1m", load) == b"v4"
