@@ -149,8 +149,7 @@ class Hub:
                 if not self._pubsub.subscribed:  # listen() ends when nothing is subscribed
                     self._subscribed.clear()
                     await self._subscribed.wait()
-                # listen(), not get_message(timeout=...): a timeout that fires while a reply is half
-                # read loses that message (seen as missing sequence numbers under load)
+                # listen() waits for the next message without polling; it ends when the last pattern goes
                 async for msg in self._pubsub.listen():
                     backoff = 0.1
                     if msg["type"] == "pmessage":
