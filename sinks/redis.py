@@ -24,7 +24,6 @@ snapshot ``latest:indicators:{exchange}:{symbol}:{interval}``, as JSON with ``op
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -38,6 +37,7 @@ import redis.asyncio as aioredis
 import structlog
 from prometheus_client import Counter
 
+from schemas.intervals import interval_ms
 from schemas.models import Candle, Indicators
 from sinks.base import CANDLE_COLUMNS, INDICATOR_COLUMNS, DataRejected, Sink, SinkBatch
 from streams.settings import Settings
@@ -47,8 +47,6 @@ log = structlog.get_logger(__name__)
 LIVE_PUBLISHED = Counter("tickflow_live_fanout_candles_total", "In-progress candles the candle worker published to Redis itself")
 LIVE_DROPPED = Counter("tickflow_live_fanout_dropped_total", "In-progress candles the candle worker could not publish to Redis", ["reason"])
 
-_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400, "M": 31 * 86400}
-_INTERVAL_RE = re.compile(r"^(\d+)([smhdwM])$")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 MIN_TTL_S = 60
 CHUNK = 500  # records per script call: one call blocks Redis while it runs
@@ -84,17 +82,10 @@ return n
 """
 
 
-def interval_seconds(interval: str) -> int:
-    """Length of a candle interval such as ``1m``, ``4h``, ``1d``, ``1w`` (``M`` counts 31 days)."""
-    m = _INTERVAL_RE.match(interval)
-    if not m or int(m.group(1)) == 0:
-        raise ValueError(f"unknown candle interval {interval!r}")
-    return int(m.group(1)) * _UNIT_S[m.group(2)]
-
-
 @lru_cache(maxsize=64)
 def snapshot_ttl(interval: str) -> int:
-    return max(3 * interval_seconds(interval), MIN_TTL_S)
+    """Seconds a snapshot is kept: a few intervals, so a symbol that stopped trading leaves no stale one."""
+    return max(3 * interval_ms(interval) // 1000, MIN_TTL_S)
 
 
 @lru_cache(maxsize=8192)
@@ -188,6 +179,8 @@ class _HiredisPackedConnection(aioredis.Connection):
     fan-out's largest cost."""
 
     def pack_command(self, *args: Any) -> list[bytes]:
+        if isinstance(args[0], str) and " " in args[0]:  # "SCRIPT LOAD": redis-py splits such names, hiredis does not
+            args = (*args[0].split(), *args[1:])
         return [hiredis.pack_command(args)]
 
 
