@@ -25,6 +25,7 @@ from operator import attrgetter
 from typing import Any, ClassVar
 
 from schemas.models import Candle, Indicators, LiveCandles, TradeBatch
+from schemas.registry import record_type
 from streams.settings import Settings
 
 # ClickHouse DateTime64 covers 1900-01-01 .. 2299-12-31 and silently wraps values outside it (a
@@ -88,12 +89,22 @@ class Sink(abc.ABC):
 
 
 @dataclass(frozen=True, slots=True)
-class TopicSpec:
-    """How a logical topic maps to Settings, its Avro record and a :class:`SinkBatch` part."""
+class SinkInput:
+    """A topic a sink reads: its record type (schemas.registry) and the :class:`SinkBatch` part a
+    decoded record becomes."""
 
-    settings_attr: str  # Settings field holding the physical topic name
-    schema: str  # Avro record name for AvroCodec
+    record: str  # registry name of the record type
     to_batch: Callable[[dict[str, Any]], SinkBatch]
+
+    @property
+    def settings_attr(self) -> str:
+        """Settings field holding the physical topic name."""
+        return record_type(self.record).topic_setting
+
+    @property
+    def schema(self) -> str:
+        """Avro record name for AvroCodec."""
+        return record_type(self.record).schema
 
 
 def _trade_batch_part(record: dict[str, Any]) -> SinkBatch:
@@ -112,11 +123,11 @@ def _indicators_part(record: dict[str, Any]) -> SinkBatch:
     return SinkBatch(indicators=[Indicators.from_avro(record)])
 
 
-TOPICS: dict[str, TopicSpec] = {
-    "ticks": TopicSpec("topic_ticks", "tickflow.TradeBatch", _trade_batch_part),
-    "candles": TopicSpec("topic_candles", "tickflow.Candle", _candle_part),
-    "candle_updates": TopicSpec("topic_candle_updates", "tickflow.LiveCandles", _live_candles_part),
-    "indicators": TopicSpec("topic_indicators", "tickflow.Indicators", _indicators_part),
+TOPICS: dict[str, SinkInput] = {
+    "ticks": SinkInput("trade_batch", _trade_batch_part),
+    "candles": SinkInput("candle", _candle_part),
+    "candle_updates": SinkInput("live_candles", _live_candles_part),
+    "indicators": SinkInput("indicators", _indicators_part),
 }
 
 

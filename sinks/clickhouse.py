@@ -46,10 +46,6 @@ class ClickHouseSink(Sink):
         self._owns_client = owns_client
         self._contexts: dict[str, Any] = {}
 
-    @classmethod
-    def from_dsn(cls, dsn: str) -> ClickHouseSink:
-        return cls(connect(dsn), owns_client=True)
-
     def write(self, batch: SinkBatch) -> None:
         trades = trade_columns(batch.trade_batches)
         if trades["ts"]:

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Iterator
 from multiprocessing.process import BaseProcess
 from multiprocessing.synchronize import Event as EventT
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import psycopg
 import redis
@@ -26,7 +26,6 @@ from confluent_kafka import KafkaException
 
 from agents.candle_agent import CandleWorker, register_candle_agent
 from agents.indicator_agent import IndicatorWorker, register_indicator_agent
-from schemas.models import Candle
 from sinks.runner import SinkRunner, configured_sinks, open_sinks, sink_lag
 from streams.app import create_app
 from streams.broker import EmbeddedBroker
@@ -183,11 +182,8 @@ class RunStatus:
     """What the live summary shows."""
 
     ingest: IngestStats | None = None
-    source_done: bool = False
     worker: CandleWorker | None = None
     sinks: SinkProcesses | None = None
-    latest: dict[str, Candle] = field(default_factory=dict)
-    started: float = field(default_factory=time.monotonic)
 
 
 class DrainStalled(RuntimeError):
@@ -261,7 +257,6 @@ async def run_pipeline(
         if until_drained:
             if ingest_task is not None:
                 status.ingest = await ingest_task
-            status.source_done = True
             await _drain(settings, worker, indicator_worker, sink_processes, stop)
         else:
             stopped = asyncio.create_task(stop.wait())
@@ -270,7 +265,6 @@ async def run_pipeline(
                 done, _ = await asyncio.wait([stopped, watch, *([ingest_task] if ingest_task else [])], return_when=asyncio.FIRST_COMPLETED)
                 if ingest_task in done:
                     status.ingest = ingest_task.result()
-                    status.source_done = True
                     done, _ = await asyncio.wait([stopped, watch], return_when=asyncio.FIRST_COMPLETED)
                 if watch in done:
                     watch.result()  # raises SinkFailed

@@ -15,6 +15,7 @@ import time
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from schemas.registry import RECORDS
 from streams.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -22,24 +23,28 @@ log = structlog.get_logger(__name__)
 
 @dataclass(frozen=True)
 class TopicSpec:
+    """A topic to create: its name, partitions and broker config."""
+
     name: str
     partitions: int
     config: dict[str, str]
 
 
+# The agents' checkpoints: JSON state per partition, not a registered record type; compacted, so a
+# partition's newest checkpoint is all that stays.
+_STATE_TOPICS = ("topic_candle_state", "topic_indicator_state")
+
+
 def topic_specs(settings: Settings) -> list[TopicSpec]:
+    """Every topic tickflow uses: one per registered record type (schemas.registry), plus the
+    agents' checkpoint topics."""
     n = settings.ticks_partitions
-    return [
-        TopicSpec(settings.topic_ticks, n, {}),
-        TopicSpec(settings.topic_candles, n, {}),
-        # In-progress candles matter until their window closes: an hour of them is plenty to replay.
-        TopicSpec(settings.topic_candle_updates, n, {"retention.ms": str(3_600_000)}),
-        TopicSpec(settings.topic_indicators, n, {}),
-        TopicSpec(settings.topic_late_trades, n, {}),
-        TopicSpec(settings.topic_dlq, 1, {}),
-        TopicSpec(settings.topic_candle_state, n, {"cleanup.policy": "compact"}),
-        TopicSpec(settings.topic_indicator_state, n, {"cleanup.policy": "compact"}),
+    specs = [
+        TopicSpec(getattr(settings, rt.topic_setting), n if rt.partitioned else 1, dict(rt.topic_config))
+        for rt in RECORDS.values()
     ]
+    specs += [TopicSpec(getattr(settings, attr), n, {"cleanup.policy": "compact"}) for attr in _STATE_TOPICS]
+    return specs
 
 
 def isolated(settings: Settings, tag: str, *, keep: Iterable[str] = ()) -> Settings:
