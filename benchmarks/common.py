@@ -6,6 +6,7 @@ goes to a temporary directory that is removed afterwards).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import faulthandler
 import importlib
@@ -119,6 +120,9 @@ def table(title: str, *columns: str) -> Table:
 
 
 BROKERS = ("tansu", "mock")
+# librdkafka waits this long before fetching again for a partition whose queue it just filled; its
+# 1000 ms default throttles a consumer of many small records. Every benchmark consumer sets it.
+FETCH_QUEUE_BACKOFF_MS = 1
 MOCK_PARTITIONS = 4  # the partitions librdkafka's mock cluster gives a topic it creates on first use
 _MOCK_ENV = "TICKFLOW_BENCH_MOCK_CLUSTER"  # its address, inherited by the benchmark's fresh processes
 _TANSU_ENV = "TICKFLOW_BENCH_TANSU"  # the address of broker()'s own Tansu: runs then start one each
@@ -165,7 +169,7 @@ def run_broker(bootstrap: str) -> Iterator[str]:
 
     Every run creates topics of its own, and Tansu's work per request grows with the topics it
     holds: 20 runs' worth more (about 180 topics) took it from 0.55 to 0.77 cores at 20,000
-    trades/s and the latency p99 from 27 to 47 ms (machine 8). Runs on one long-lived Tansu
+    trades/s and the latency p99 from 27 to 47 ms on two cores. Runs on one long-lived Tansu
     measured the broker's history, not the pipeline; ``tickflow run`` starts a new broker
     every time. KAFKA_BOOTSTRAP and the mock cluster are used as they are.
     """
@@ -304,6 +308,60 @@ def fresh_pg_database(admin_url: str | None) -> Iterator[str | None]:
     finally:
         with psycopg.connect(admin_url, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def candle_worker_seconds(bootstrap: str, ticks: str, ends: dict[int, int], timeout_s: float, **overrides: Any) -> float:
+    """Seconds from tickflow's candle worker's first ``ticks`` record to the last offset of every
+    partition, on fresh output topics and app id (``overrides``: Settings fields). Call it in a fresh
+    process (:func:`repeat`): the worker keeps process-wide state.
+
+    Every throughput benchmark starts the candle worker here and nowhere else: when the worker's
+    consumer path changes, this one function follows it.
+    """
+    quiet_logs()
+    with tempfile.TemporaryDirectory(prefix="tickflow-bench-worker-") as tmp:
+        settings = fresh_settings(bootstrap, Path(tmp), ticks=ticks, **overrides)
+        return asyncio.run(_candle_worker(settings, ends, timeout_s))
+
+
+async def _candle_worker(settings: Settings, ends: dict[int, int], timeout_s: float) -> float:
+    from agents.candle_agent import register_candle_agent
+    from streams.app import create_app
+    from streams.producer import TickProducer
+
+    producer = TickProducer(settings)
+    app = create_app(settings)
+    worker = register_candle_agent(app, settings, producer)
+    last = {p: hi - 1 for p, hi in ends.items() if hi > 0}
+    remaining = set(last)
+    done = asyncio.Event()
+    marks: dict[str, float] = {}
+    handle = worker.handle
+
+    def timed_handle(partition: int, offset: int, key: bytes | None, value: bytes | None) -> int | None:
+        marks.setdefault("first", time.perf_counter())
+        target = handle(partition, offset, key, value)
+        if partition in remaining and offset >= last[partition]:
+            remaining.discard(partition)
+            if not remaining:
+                marks["last"] = time.perf_counter()
+                done.set()
+        return target
+
+    worker.handle = timed_handle  # type: ignore[method-assign]
+    await app.start()
+    deadline = time.monotonic() + timeout_s
+    try:
+        while not done.is_set():
+            if app.crashed:
+                raise RuntimeError(f"Faust app crashed: {app.crash_reason!r}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"candle worker did not reach the end within {timeout_s:.0f} s")
+            await asyncio.sleep(0.05)
+    finally:
+        await app.stop()
+        await asyncio.get_running_loop().run_in_executor(None, producer.flush)
+    return marks["last"] - marks["first"]
 
 
 def call_entry(module: str, entry: str) -> None:

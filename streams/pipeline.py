@@ -98,7 +98,7 @@ def _sink_process(settings: Settings, name: str, stop: EventT, ready: EventT, pa
     if name in BATCH_SINKS:
         # The stores are written in batches of up to SINK_BATCH_MS: when the cores are contended,
         # the realtime path (the broker, the worker, Redis) gets them first. 19 rather than 10:
-        # with every sink on two cores the latency p99 went from 85-159 to 50-125 ms (machine 8).
+        # with every sink on two cores the latency p99 is 50-125 ms at nice 19, 85-159 at nice 10.
         os.nice(BATCH_SINK_NICENESS)
     threading.Thread(target=_exit_with_parent, args=(parent,), name="parent-watch", daemon=True).start()
     (sink,) = open_sinks(settings, only=name)
