@@ -97,7 +97,6 @@ def main() -> None:
         consumer_extra_config={"fetch.queue.backoff.ms": 1, "session.timeout.ms": 8000},
         on_message_processed=processed,
     )
-    app._topic_manager.default_extra_config = {"retention.ms": RETENTION_MS}  # noqa: SLF001 - internal topics too
     topic = app.topic(
         args.topic,
         value_deserializer="bytes",  # decoded in the first step, which is timed
