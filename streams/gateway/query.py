@@ -22,7 +22,7 @@ from typing import Any
 
 import orjson
 
-from sinks.redis import interval_seconds
+from schemas.intervals import interval_ms
 
 MAX_LIMIT = 10_000
 DEFAULT_LIMIT = 500
@@ -134,7 +134,7 @@ def parse_request(dataset: str, params: Mapping[str, str], columns: Sequence[str
             raise QueryError(name, f"{name}={value!r}: letters, digits, '/', '_', '.', '-', at most 64")
         if name == "interval":
             try:
-                interval_seconds(value)
+                interval_ms(value)
             except ValueError:
                 raise QueryError("interval", f"interval={value!r} is not an interval such as 1m, 5m, 1h, 1d") from None
         filters.append((name, value))
