@@ -273,7 +273,7 @@ class PipelineRun:
     source_done: float
     agent_caught_up: float  # the candle agent has processed every ticks record
     drained: float  # every sink's group committed to the end: the last candle is durable
-    startup: float  # run_pipeline called -> first trade pulled (sinks, migrations, Faust join)
+    startup: float  # run_pipeline called -> first trade pulled (sinks, migrations, consumer-group join)
     trades: int
     rows: dict[str, int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
@@ -395,7 +395,7 @@ def bench_e2e(bootstrap: str, trades: int, runs: int) -> None:
     console.print(
         f"   milestones (median s after the first trade): source done {median([r.source_done for r in results]):.1f}, "
         f"candle agent caught up {median([r.agent_caught_up for r in results]):.1f}, sinks drained {median([r.drained for r in results]):.1f}; "
-        f"startup before the first trade (sinks, migrations, Faust join) {median([r.startup for r in results]):.1f} s, not counted. "
+        f"startup before the first trade (sinks, migrations, consumer-group join) {median([r.startup for r in results]):.1f} s, not counted. "
         f"Last run's stores: {', '.join(f'{k} {v:,}' for k, v in rows.items())}"
         + (f"; [red]MISMATCH[/] {', '.join(lost)}" if lost else "")
         + (f"; notes: {'; '.join(sorted({n for r in results for n in r.notes}))}" if any(r.notes for r in results) else "")
@@ -503,7 +503,7 @@ def latency_run(
     bootstrap: str, rate: float, seconds: float, update_ms: int, warmup_s: float, stores: bool = True, updates: str = "redis", settle_s: float = 120.0
 ) -> LatencyRun:
     """One run in the production layout: the paced source in its own process (``tickflow ingest``),
-    the Faust worker in this one and each sink in its own (``run_pipeline`` without a source), a
+    the worker (agents) in this one and each sink in its own (``run_pipeline`` without a source), a
     Redis subscriber on the 1m channels in another. Without ``stores`` only the Redis sink runs: the
     realtime path alone, as when ClickHouse and PostgreSQL are written from other hosts.
 
@@ -631,7 +631,7 @@ def bench_latency(bootstrap: str, scenarios: list[tuple[float, int, int, bool, s
     t = table(
         f"c. Trade receipt -> its in-progress 1m candle on Redis: paced synthetic source, {SYMBOLS} symbols, {seconds:.0f} s of input per run, "
         f"broker: {broker_name(bootstrap)}, "
-        f"production layout: the source in its own process (tickflow ingest), the Faust worker in another, each sink in its own (candle_updates={default['candle_updates'].default}, "
+        f"production layout: the source in its own process (tickflow ingest), the worker in another, each sink in its own (candle_updates={default['candle_updates'].default}, "
         f"consumer_fetch_wait_ms={default['consumer_fetch_wait_ms'].default}; target p99 <= 50 ms at 20,000 trades/s)",
         "trades/s asked",
         "candle_update_ms",
@@ -678,7 +678,7 @@ def bench_latency(bootstrap: str, scenarios: list[tuple[float, int, int, bool, s
         "   method: a source wrapper in the ingest process notes each batch's receipt (time.monotonic when the ingest loop gets it) and last trade id; "
         "a Redis subscriber in a process of its own notes each in-progress 1m message's arrival and last_trade_id; a batch's "
         "latency is the arrival of the first message of its symbol whose last_trade_id reaches the batch's last trade, weighted by "
-        f"the batch's trades; batches received before the first update + {warmup_s:.0f} s (Faust join) are left out. There is no "
+        f"the batch's trades; batches received before the first update + {warmup_s:.0f} s (consumer-group join) are left out. There is no "
         "separate baseline: candle_update_ms (throttle) is the floor the pipeline adds on purpose. "
         f"A busy symbol's update waits for its throttle, so the p99 of a steady stream cannot be below about candle_update_ms, whatever the "
         f"pipeline does: 100 ms is measured beside the default {DEFAULT_UPDATE_MS} ms. At 20,000 trades/s the source "
@@ -772,7 +772,7 @@ def bench_memory(runs: int) -> None:
 @dataclass(frozen=True)
 class Plan:
     """Sizes of the pipeline benchmarks. The defaults keep ``make bench`` near ten minutes on two
-    cores: each pipeline run costs a fresh process, about 6 s of startup (Faust join) and a drain
+    cores: each pipeline run costs a fresh process, about 6 s of startup (consumer-group join) and a drain
     tail, whatever its size; a Quix Streams run about 5 s of its own (topic creation, group join).
     Latency is measured at the target's 20,000 trades/s (the Redis sink alone, first, then all sinks) and at
     ``FLOOR_RATE``, where nothing queues; the realtime path alone and the floor also with updates through the Redis sink

@@ -410,7 +410,7 @@ def _reason(exc: BaseException) -> str:
 def in_fresh_process(fn: Callable[..., T], *args: Any, timeout_s: float = 600.0) -> T:
     """Run ``fn(*args)`` in a new interpreter and return its result.
 
-    Embedded chdb allows one data path per process, and Faust, prometheus-client and librdkafka keep
+    Embedded chdb allows one data path per process, and prometheus-client and librdkafka keep
     process-wide state, so every pipeline run gets its own process. A run longer than ``timeout_s``
     is killed (TimeoutError) after its stacks went to stderr.
     """
