@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from agents.registry import AGENTS
 from schemas.registry import RECORDS
 from streams.settings import Settings
 from streams.topics import isolated, topic_specs
@@ -17,9 +18,9 @@ def test_every_record_type_gets_its_topic_with_its_partitioning_and_config() -> 
     assert "c-x" in specs and "candles" not in specs  # the setting names the topic
     assert specs["dlq"].partitions == 1
     assert specs["candles-live"].config == {"retention.ms": "3600000"}
-    for state in (settings.topic_candle_state, settings.topic_indicator_state):
+    for state in (settings.topic_candles_state, settings.topic_indicators_state):
         assert specs[state].config == {"cleanup.policy": "compact"} and specs[state].partitions == 6
-    assert len(specs) == len(RECORDS) + 2
+    assert len(specs) == len(RECORDS) + len(AGENTS)  # a state topic per agent
 
 
 def test_isolated_settings_rename_every_topic() -> None:
