@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from schemas.models import Candle, DeadLetter, Indicators, LateTrade, LiveCandles, TradeBatch
+from schemas.models import Candle, DeadLetter, Indicators, LateTrade, LiveCandles, Signal, TradeBatch, TradeIntent
 
 
 @dataclass(frozen=True)
@@ -69,6 +69,16 @@ RECORDS: dict[str, RecordType] = {
             # In-progress candles matter until their window closes: an hour of them is plenty.
             topic_config={"retention.ms": str(3_600_000)},
             description="A symbol's forming candle of every interval (CANDLE_UPDATES=kafka|both)",
+        ),
+        RecordType(
+            "signal", "tickflow.Signal", Signal, "signals", "topic_signals", 13, _key,
+            table="signals", table_key=("strategy", "exchange", "symbol", "interval", "open_time"), time_column="open_time",
+            channel="signals:{symbol}", description="A strategy's decision at each closed candle, with reasons and input times",
+        ),
+        RecordType(
+            "trade_intent", "tickflow.TradeIntent", TradeIntent, "trade_intents", "topic_trade_intents", 14, _key,
+            table="trade_intents", table_key=("strategy", "exchange", "symbol", "interval", "open_time", "seq"), time_column="open_time",
+            description="Risk-sized orders for someone else to execute; rejected and resized ones say why",
         ),
     )
 }

@@ -39,6 +39,8 @@ class Settings(BaseSettings):
     topic_late_trades: str = "late-trades"
     topic_candle_state: str = "candles-state"
     topic_indicator_state: str = "indicators-state"
+    topic_signals: str = Field("signals", description="Signals of the strategy agent")
+    topic_trade_intents: str = Field("trade_intents", description="Risk-sized trade intents of the strategy agent")
     ticks_partitions: int = Field(8, description="Partitions of ticks; derived topics use the same count")
     replication_factor: int = 1
 
@@ -81,6 +83,9 @@ class Settings(BaseSettings):
     indicator_stoch: str = Field("14,3,3", description="Stochastic fast %K, slow %K, slow %D")
     indicator_history: int = Field(64, description="Recent candles per series a revision or late candle can still change")
     indicator_warm_start_bars: int = Field(1000, description="Stored candles seeding a new series (PostgreSQL, else a ClickHouse server); 0 = off")
+
+    # Signals
+    strategy_file: Path | None = Field(None, description="TOML strategy of the signals agent (infra/strategies/*.toml); unset = no signals agent")
 
     # Operations
     log_level: str = "INFO"
