@@ -408,14 +408,13 @@ def subscribe(pattern: Annotated[str, typer.Argument(help="Redis channel pattern
 
 @app.command()
 def backtest(
-    source: SourceOpt = "synthetic",
+    source: Annotated[str, typer.Option("--source", help="replay:PATH, a trade file in any replay format")],
     strategy: Annotated[Path, typer.Option("--strategy", help="TOML strategy file (see infra/strategies/)")] = Path("infra/strategies/trend_momentum.toml"),
     report: Annotated[Path, typer.Option("--report", help="Folder for trades.csv, equity.csv, metrics.json and report.html")] = Path("backtest-report"),
     fee_bps: Annotated[float, typer.Option("--fee-bps", min=0, max=1000, help="Fee per fill, basis points of notional")] = 4.0,
     slippage_bps: Annotated[float, typer.Option("--slippage-bps", min=0, max=1000, help="Slippage per market fill, basis points of price")] = 1.0,
     symbols: SymbolsOpt = None,
     fmt: FormatOpt = None,
-    limit: LimitOpt = None,
     exchange: ExchangeOpt = None,
 ) -> None:
     """Run the live agents' logic over a replay and simulate the fills of its trade intents.
@@ -437,12 +436,10 @@ def backtest(
     except StrategyError as exc:
         console.print(f"[red]{exc}[/]", highlight=False)
         raise typer.Exit(2) from None
-    if not source.startswith(("replay:", "synthetic")):
-        raise typer.BadParameter("backtest reads replay:PATH or synthetic (with --limit)")
-    if source.startswith("synthetic") and limit is None:
-        raise typer.BadParameter("a synthetic backtest needs --limit N trades")
+    if not source.startswith("replay:"):
+        raise typer.BadParameter("backtest reads a recorded file: --source replay:PATH")
     try:
-        src = open_source(source, settings, symbols=_symbols(symbols), fmt=fmt, speed="max", rate=None, limit=limit, exchange=exchange)
+        src = open_source(source, settings, symbols=_symbols(symbols), fmt=fmt, speed="max", rate=None, limit=None, exchange=exchange)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
 

@@ -76,7 +76,7 @@ def write_report(result: BacktestResult, folder: Path) -> dict[str, Path]:
 
 # ------------------------------------------------------------------------------------ html
 
-_W, _H, _PAD = 1000, 240, 48
+_W, _PAD = 1000, 72
 
 
 def _scale(lo: float, hi: float, a: float, b: float):  # noqa: ANN202
