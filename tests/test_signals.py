@@ -223,11 +223,6 @@ def test_drawdown_kill_switch_flattens_and_halts_for_good() -> None:
     stop, refused = _stopped_out(rm, 4)  # 2.97% after three stops is within the 3%; the fourth is not
     assert refused.reason.startswith("max drawdown: equity 9,605.96 is 3.94% below the peak 10,000.00 (limit 3%); trading halted")
     assert rm.on_candle(bar(5 + 1440))[0].status == "rejected"  # a new day does not lift it
-    rm2 = manager(max_daily_loss=0.9, max_drawdown=0.005, max_symbol_exposure=100, max_total_exposure=100)
-    rm2.on_candle(bar(0))  # 50 units from 100
-    closed, refused = rm2.on_candle(bar(1, close=98.9, low=98.5))  # -55 marked: 0.55% down, stop 98 not hit
-    assert (closed.action, closed.trigger, closed.reference_price) == ("close", "drawdown", 98.9)
-    assert refused.status == "rejected" and rm2.positions == {}
 
 
 def test_risk_snapshot_round_trips() -> None:
