@@ -19,6 +19,7 @@ indicators (for crosses) and context values whose ``known_at`` is at or before t
 from __future__ import annotations
 
 import math
+import re
 import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -205,6 +206,9 @@ def _where(loc: Sequence[int | str], data: dict) -> str:
     return out or "(file)"
 
 
+_NAMED = re.compile(r"^([a-z_]+) \(")
+
+
 def parse_strategy(data: dict, source: str = "strategy") -> Strategy:
     """Validate a strategy's data; :class:`StrategyError` lists every problem with its field."""
     try:
@@ -214,7 +218,13 @@ def parse_strategy(data: dict, source: str = "strategy") -> Strategy:
         if any(e["loc"][:1] == ("rules",) and len(e["loc"]) > 1 for e in errors):
             # pydantic also counts the tuple short of the rules that failed: noise next to their errors
             errors = [e for e in errors if not (e["loc"] == ("rules",) and e["type"] == "too_short")]
-        problems = [f"{_where(e['loc'], data)}: {e['msg'].removeprefix('Value error, ')}" for e in errors]
+        problems = []
+        for e in errors:
+            where, msg = _where(e["loc"], data), e["msg"].removeprefix("Value error, ")
+            named = _NAMED.match(msg) if e["type"] == "value_error" else None
+            if named:  # a check across fields names the first one it is about: point at it
+                where = f"{where}.{named.group(1)}" if where != "(file)" else named.group(1)
+            problems.append(f"{where}: {msg}")
         raise StrategyError(f"{source}: " + "; ".join(problems)) from None
 
 

@@ -434,7 +434,7 @@ def backtest(
     try:
         strat = load_strategy(strategy)
     except StrategyError as exc:
-        console.print(f"[red]{exc}[/]", highlight=False)
+        console.print(f"[red]{exc}[/]", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
     if not source.startswith("replay:"):
         raise typer.BadParameter("backtest reads a recorded file: --source replay:PATH")

@@ -18,7 +18,6 @@ from typing import Any
 from agents.execution import drawdowns
 from streams.backtest import BacktestResult
 
-_MONEY = 8  # decimals written for prices, quantities, fees and pnl (well below a cent)
 _MAX_CANDLES = 600  # candles drawn; longer runs are merged into wider bars
 
 
@@ -31,7 +30,9 @@ def iso_ms(ms: int) -> str:
 
 
 def _num(x: float) -> str:
-    return repr(round(x, _MONEY) + 0.0)
+    """Shortest exact form: rounding prices or quantities would break pnl = (exit - entry) x qty
+    by more than a cent on a cheap coin held by the million."""
+    return repr(float(x) + 0.0)
 
 
 def _clean(value: Any) -> Any:

@@ -49,7 +49,7 @@ def test_two_examples_are_shipped() -> None:
     ("data", "field", "why"),
     [
         ({"version": "1", "rules": [{"kind": "rsi"}]}, "name", "Field required"),
-        ({"name": "x", "version": "1", "rules": [{"kind": "rsi", "below": 80, "above": 70}]}, "rules[0]", "below (80.0) must be lower than above (70.0)"),
+        ({"name": "x", "version": "1", "rules": [{"kind": "rsi", "below": 80, "above": 70}]}, "rules[0].below", "below (80.0) must be lower than above (70.0)"),
         ({"name": "x", "version": "1", "rules": [{"kind": "rsi"}, {"kind": "macd_crossover"}]}, "rules[1]", "does not match any of the expected tags"),
         ({"name": "x", "version": "1", "rules": [{"kind": "rsi", "weight": -1}]}, "rules[0].weight", "greater than 0"),
         ({"name": "x", "version": "1", "rules": [{"kind": "ma_cross", "fast": "ema13"}]}, "rules[0].fast", "Input should be"),
@@ -69,9 +69,9 @@ def test_bad_strategies_are_refused_naming_the_field(data: dict, field: str, why
 @pytest.mark.parametrize(
     ("risk", "field"),
     [
-        ({"risk_per_trade": 0.3, "max_drawdown": 0.2}, "risk_per_trade"),
-        ({"risk_per_trade": 0.06, "max_daily_loss": 0.05}, "max_daily_loss"),
-        ({"max_symbol_exposure": 3, "max_total_exposure": 2}, "max_symbol_exposure"),
+        ({"risk_per_trade": 0.3, "max_drawdown": 0.2}, "risk.risk_per_trade: risk_per_trade (0.3) must be below max_drawdown (0.2)"),
+        ({"risk_per_trade": 0.06, "max_daily_loss": 0.05}, "risk.risk_per_trade: risk_per_trade (0.06) must be below max_daily_loss"),
+        ({"max_symbol_exposure": 3, "max_total_exposure": 2}, "risk.max_symbol_exposure: max_symbol_exposure (3.0) cannot exceed"),
         ({"max_drawdown": 1.5}, "risk.max_drawdown"),
         ({"equity": 0}, "risk.equity"),
         ({"atr_stop": -1}, "risk.atr_stop"),
@@ -80,8 +80,9 @@ def test_bad_strategies_are_refused_naming_the_field(data: dict, field: str, why
     ],
 )
 def test_impossible_risk_settings_are_refused_naming_the_field(risk: dict, field: str) -> None:
-    with pytest.raises(StrategyError, match=field.replace(".", r"\.")):
+    with pytest.raises(StrategyError) as err:
         strategy([{"kind": "rsi"}], risk=risk)
+    assert f"strategy: {field}" in str(err.value), str(err.value)
 
 
 def test_a_file_that_is_not_toml_is_refused_with_its_path(tmp_path: Path) -> None:
