@@ -37,10 +37,11 @@ class Settings(BaseSettings):
     topic_indicators: str = "indicators"
     topic_dlq: str = "dlq"
     topic_late_trades: str = "late-trades"
-    topic_candle_state: str = "candles-state"
-    topic_indicator_state: str = "indicators-state"
+    topic_candles_state: str = Field("candles-state", description="The candle agent's checkpoints (any agent: TOPIC_<AGENT>_STATE, default <agent>-state)")
+    topic_indicators_state: str = "indicators-state"
     topic_signals: str = Field("signals", description="Signals of the strategy agent")
     topic_trade_intents: str = Field("trade_intents", description="Risk-sized trade intents of the strategy agent")
+    topic_suffix: str = Field("", description="Appended to the default name of every topic without a setting of its own (isolated runs on a shared broker)")
     ticks_partitions: int = Field(8, description="Partitions of ticks; derived topics use the same count")
     replication_factor: int = 1
 
@@ -51,7 +52,7 @@ class Settings(BaseSettings):
     sink_batch_size: int = Field(5000, description="Records per sink write")
     sink_batch_ms: int = Field(500, description="Longest a sink holds a partial batch")
     redis_sink_batch_ms: int = Field(5, description="The same for the Redis sink: realtime fan-out, so its batches stay short")
-    consumer_fetch_wait_ms: int = Field(10, description="Longest the broker holds a fetch without data (Faust worker and sinks): latency floor of a quiet topic")
+    consumer_fetch_wait_ms: int = Field(10, description="Longest the broker holds a fetch without data (agents and sinks): latency floor of a quiet topic")
     producer_linger_ms: int = Field(
         10,
         description="How long producers gather a partition's records into one request (librdkafka sends a request per partition): "
@@ -70,7 +71,7 @@ class Settings(BaseSettings):
     )
     candle_idle_timeout_s: float = Field(10.0, description="Wall-clock quiet time after which a partition's open windows close")
     candle_fill_gaps: bool = Field(True, description="Emit flat zero-volume candles for minutes with no trades")
-    candle_snapshot_s: float = Field(2.0, description="How often the candle agent checkpoints its state")
+    agent_checkpoint_s: float = Field(2.0, description="How often each agent checkpoints the partitions whose state moved")
 
     # Indicators
     indicator_sma: str = Field("50,200", description="SMA periods feeding ma50 and ma200")
@@ -91,7 +92,7 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     log_format: str = Field("json", description="json or console")
     metrics_port: int = Field(9108, description="Prometheus /metrics port; 0 = off")
-    app_id: str = Field("tickflow", description="Faust app id and consumer group prefix")
+    app_id: str = Field("tickflow", description="Prefix of every consumer group (agents: {app_id}-{agent}, sinks: {app_id}-sink-{name})")
     session_timeout_s: float = 8.0
     drain_stall_s: float = Field(120.0, description="--until-drained fails when an agent makes no progress this long")
 
