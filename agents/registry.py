@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from agents.candle_agent import CANDLES
 from agents.indicator_agent import INDICATORS
+from agents.signal_agent import SIGNALS
 from agents.spec import AgentSpec
 
-AGENTS: tuple[AgentSpec, ...] = (CANDLES, INDICATORS)
+AGENTS: tuple[AgentSpec, ...] = (CANDLES, INDICATORS, SIGNALS)
 
 
 def agent_spec(name: str) -> AgentSpec:

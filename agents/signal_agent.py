@@ -196,5 +196,6 @@ SIGNALS = AgentSpec(
     inputs=("candle", "indicators"),
     outputs=("signal", "trade_intent"),
     logic=signal_logic,
+    enabled=lambda settings: getattr(settings, "strategy_file", None) is not None,
     description="Signals of the STRATEGY_FILE strategy at each closed candle, and the risk manager's trade intents",
 )

@@ -6,13 +6,14 @@ partition them (Kafka's murmur2 of the record key, ``TICKS_PARTITIONS`` partitio
 watermark is per partition) and in the order the live agents would get them. Only the fills are
 simulated (:mod:`agents.execution`). Like a live run on empty stores, indicators start cold.
 
-:class:`AgentChain` is the one place that drives the agents; it holds the candle book and the
-indicator engine directly until the runtime's AgentLogic classes for them exist.
+:class:`AgentChain` is the one place that drives the agents: the AgentLogic classes of their
+AgentSpecs (``agents.registry``), which ``tickflow run`` hosts on Kafka.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -20,13 +21,11 @@ from typing import Any
 
 import structlog
 
-from agents.candle_agent import candle_config
-from agents.candles import CandleBook
+from agents.candle_agent import CANDLES
 from agents.execution import ClosedTrade, Executor, metrics
-from agents.indicator_agent import indicator_config
-from agents.indicators import IndicatorEngine, IndicatorError
-from agents.signal_agent import SignalLogic
-from agents.spec import Emit, Inbound, Reject
+from agents.indicator_agent import INDICATORS
+from agents.signal_agent import SIGNALS, SignalLogic
+from agents.spec import AgentContext, AgentLogic, AgentSpec, Emit, Inbound, Reject
 from agents.strategy import Strategy
 from schemas.models import Candle, Signal, TradeBatch, TradeIntent
 from streams.ingest import split_batch
@@ -67,15 +66,14 @@ def partition_of(key: str, partitions: int) -> int:
 
 @dataclass
 class AgentChain:
-    """Candles -> indicators -> signals and intents, each stage one logic object per partition."""
+    """Candles -> indicators -> signals and intents: the registered agents' logic classes, one
+    object per partition of each agent's input, fed as the runtime feeds them."""
 
     settings: Settings
     strategy: Strategy
     dead_letters: list[str] = field(default_factory=list)
-    _books: dict[int, CandleBook] = field(default_factory=dict)
-    _engines: dict[int, IndicatorEngine] = field(default_factory=dict)
-    _signals: dict[int, SignalLogic] = field(default_factory=dict)
-    _offsets: dict[int, int] = field(default_factory=dict)
+    _logics: dict[tuple[str, int], AgentLogic] = field(default_factory=dict)
+    _offsets: dict[tuple[str, int], int] = field(default_factory=dict)
     _parts: dict[str, int] = field(default_factory=dict)
 
     def _partition(self, key: str) -> int:
@@ -84,47 +82,54 @@ class AgentChain:
             p = self._parts[key] = partition_of(key, self.settings.ticks_partitions)
         return p
 
-    def add(self, batch: TradeBatch) -> list[Emit]:
-        """One ``ticks`` record: every record the agents emit for it, candles included."""
-        p = self._partition(batch.key)
-        book = self._books.get(p)
-        if book is None:
-            book = self._books[p] = CandleBook(candle_config(self.settings))
-        return self._candles(book.add(batch.exchange, batch.symbol, batch.trades).candles)
+    def _logic(self, spec: AgentSpec, p: int) -> AgentLogic:
+        logic = self._logics.get((spec.name, p))
+        if logic is None:
+            if spec is SIGNALS:
+                logic = SignalLogic(self.strategy)
+            else:  # cold, as a live run on empty stores: no warm-start history
+                logic = spec.logic(AgentContext(self.settings, p, history=None))
+            self._logics[(spec.name, p)] = logic
+        return logic
 
-    def close(self) -> list[Emit]:
-        """End of input: the open windows close, as ``--until-drained`` closes them."""
+    def _feed(self, spec: AgentSpec, p: int, records: list[tuple[str, Any]]) -> list[Emit]:
+        offset = self._offsets.get((spec.name, p), 0)
+        self._offsets[(spec.name, p)] = offset + len(records)
+        inbound = [Inbound(name, getattr(v, "key", None), v, offset + i) for i, (name, v) in enumerate(records)]
+        return self._keep(self._logic(spec, p).on_batch(inbound))
+
+    def _keep(self, outputs: Iterable[Emit | Reject]) -> list[Emit]:
         out: list[Emit] = []
-        for p in sorted(self._books):
-            out += self._candles(self._books[p].close_open_windows().candles)
+        for o in outputs:
+            if isinstance(o, Reject):
+                self.dead_letters.append(o.reason)
+            elif o.record != "live_candles":  # the realtime path only
+                out.append(o)
         return out
 
-    def _candles(self, candles: Iterable[Candle]) -> list[Emit]:
+    def add(self, batch: TradeBatch) -> list[Emit]:
+        """One ``ticks`` record: every record the agents emit for it, candles included."""
+        emitted = self._feed(CANDLES, self._partition(batch.key), [("trade_batch", batch)])
+        return self._downstream(emitted)
+
+    def close(self) -> list[Emit]:
+        """End of input: what ``--until-drained`` does, each agent's timers with an endless quiet."""
         out: list[Emit] = []
-        for candle in candles:
-            out.append(Emit("candle", candle.key, candle))
-            q = self._partition(candle.key)
-            engine = self._engines.get(q)
-            if engine is None:
-                engine = self._engines[q] = IndicatorEngine(indicator_config(self.settings))
-            try:
-                records = engine.process(candle)
-            except IndicatorError as exc:
-                self.dead_letters.append(exc.reason)
-                records = []
-            logic = self._signals.get(q)
-            if logic is None:
-                logic = self._signals[q] = SignalLogic(self.strategy)
-            offset = self._offsets.get(q, 0)
-            inbound = [Inbound("candle", candle.key, candle, offset)]
-            inbound += [Inbound("indicators", r.key, r, offset + 1 + i) for i, r in enumerate(records)]
-            self._offsets[q] = offset + len(inbound)
-            out += [Emit("indicators", r.key, r) for r in records]
-            for o in logic.on_batch(inbound):
-                if isinstance(o, Reject):
-                    self.dead_letters.append(o.reason)
-                else:
-                    out.append(o)
+        for (name, p), logic in sorted(self._logics.items()):
+            if name == CANDLES.name:
+                out += self._downstream(self._keep(logic.on_timer(time.monotonic(), math.inf)))
+        return out
+
+    def _downstream(self, emitted: list[Emit]) -> list[Emit]:
+        out: list[Emit] = []
+        for e in emitted:
+            out.append(e)
+            if e.record != "candle":
+                continue
+            q = self._partition(e.key)
+            records = self._feed(INDICATORS, q, [("candle", e.value)])
+            out += records
+            out += self._feed(SIGNALS, q, [("candle", e.value), *((r.record, r.value) for r in records)])
         return out
 
 
