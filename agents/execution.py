@@ -92,10 +92,10 @@ class Executor:
         recent = self._recent.get(sym)
         if recent is None:
             recent = self._recent[sym] = deque()
-        for t in trades:
-            if self._orders.get(sym) or sym in self._open:
+        if self._orders.get(sym) or sym in self._open:
+            for t in trades:
                 self._trade(sym, t)
-            recent.append(t)
+        recent.extend(trades)
         horizon = trades[-1].ts - self.keep_us
         while recent and recent[0].ts < horizon and len(recent) > 1:
             recent.popleft()
