@@ -19,17 +19,21 @@ agent does not read is rejected to the dead-letter topic.
 from __future__ import annotations
 
 import bisect
+import functools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
+from prometheus_client import Counter
 
 from agents.risk import Bar, RiskManager
 from agents.spec import AgentContext, AgentSpec, Emit, Inbound, Output, Reject
 from agents.strategy import ONCHAIN_FIELDS, SENTIMENT_FIELDS, ContextValue, Strategy, evaluate, load_strategy
 from schemas.models import Candle, Indicators, Signal
 
+SIGNALS_OUT = Counter("tickflow_signals_total", "Signals emitted", ["strategy", "direction"])
+INTENTS_OUT = Counter("tickflow_trade_intents_total", "Trade intents emitted", ["strategy", "status"])
 SNAPSHOT_VERSION = 1
 CONTEXT_RECORDS = {"onchain_metric": ONCHAIN_FIELDS, "sentiment_aggregate": SENTIMENT_FIELDS}
 _CONTEXT_KEEP = 4096  # values kept per context field (days of daily data, hours of minute windows)
@@ -142,9 +146,12 @@ class SignalLogic:
         )  # fmt: skip
         key = candle.key
         out.append(Emit("signal", key, signal))
+        SIGNALS_OUT.labels(self.strategy.name, decision.direction).inc()
         bar = Bar(candle.exchange, candle.symbol, candle.interval, candle.open_time, candle.close_time,
                   candle.high, candle.low, candle.close, ind.atr, decision.direction, decision.confidence)
-        out.extend(Emit("trade_intent", key, intent) for intent in self.risk.on_candle(bar))
+        for intent in self.risk.on_candle(bar):
+            out.append(Emit("trade_intent", key, intent))
+            INTENTS_OUT.labels(self.strategy.name, intent.status).inc()
         s.prev = ind
         s.last = open_time
 
@@ -184,11 +191,16 @@ class SignalLogic:
 
 
 def signal_logic(ctx: AgentContext) -> SignalLogic:
-    """A new partition state for the strategy file of ``STRATEGY_FILE``."""
+    """A new partition state for the strategy file of ``STRATEGY_FILE`` (read once per process)."""
     path = getattr(ctx.settings, "strategy_file", None)
     if path is None:
         raise ValueError("the signals agent needs STRATEGY_FILE (a TOML strategy, e.g. infra/strategies/trend_momentum.toml)")
-    return SignalLogic(load_strategy(path))
+    return SignalLogic(_strategy(str(path)))
+
+
+@functools.lru_cache(maxsize=8)
+def _strategy(path: str) -> Strategy:
+    return load_strategy(path)
 
 
 SIGNALS = AgentSpec(

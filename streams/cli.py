@@ -27,6 +27,19 @@ def _setup(settings: Settings) -> None:
     serve_metrics(settings.metrics_port)
 
 
+def _check_strategy(settings: Settings) -> None:
+    """A STRATEGY_FILE the signals agent could not load stops the command before anything starts."""
+    if settings.strategy_file is None:
+        return
+    from agents.strategy import StrategyError, load_strategy
+
+    try:
+        load_strategy(settings.strategy_file)
+    except StrategyError as exc:
+        console.print(f"[red]STRATEGY_FILE {exc}[/]", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+
+
 def open_source(spec: str, settings: Settings, *, symbols: list[str], fmt: str | None, speed: str, rate: float | None, limit: int | None, exchange: str | None):
     """Build the source named by ``--source``: synthetic, replay:PATH or ccxt:EXCHANGE."""
     kind, _, arg = spec.partition(":")
@@ -180,6 +193,7 @@ def run(
 
     settings = get_settings()
     _setup(settings)
+    _check_strategy(settings)
     status = RunStatus()
 
     async def main(s: Settings) -> None:
@@ -214,6 +228,7 @@ def worker() -> None:
 
     settings = get_settings()
     _setup(settings)
+    _check_strategy(settings)
     with kafka(settings) as s:
         asyncio.run(run_pipeline(s, source=None, source_name="-", until_drained=False, sinks_enabled=False))
 

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import subprocess
+import sys
 from datetime import datetime
 from pathlib import Path
 
@@ -18,7 +21,7 @@ from streams.report import write_report
 from streams.settings import Settings
 from streams.sources.base import MicroBatcher
 from streams.sources.synthetic import generate_trades
-from tests.conftest import data_path
+from tests.conftest import REPO, data_path
 
 START_US = 1_704_067_200_000_000  # 2024-01-01 UTC
 EQUITY = 10_000.0
@@ -178,3 +181,12 @@ def test_cli_refuses_a_bad_strategy_naming_the_field(tmp_path: Path) -> None:
     out = CliRunner().invoke(app, ["backtest", "--source", "replay:/nonexistent", "--strategy", str(bad), "--report", str(tmp_path / "r")])
     assert out.exit_code == 2
     assert "bad.toml: risk.risk_per_trade: risk_per_trade (0.01) must be below max_drawdown (0.005)" in out.output
+
+
+def test_run_refuses_a_bad_strategy_file_before_starting(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text('name = "x"\nversion = "1"\n[[rules]]\nkind = "rsi"\nbelow = 90\n')
+    env = dict(os.environ) | {"STRATEGY_FILE": str(bad), "METRICS_PORT": "0", "TICKFLOW_DATA_DIR": str(tmp_path / "data")}
+    out = subprocess.run([sys.executable, "-m", "streams", "run", "--no-source", "--quiet"], env=env, cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert "rules[0].below: below (90.0) must be lower than above (70.0)" in out.stderr
