@@ -206,7 +206,8 @@ def metrics(
     equity0: float, trades: Sequence[ClosedTrade], equity: Sequence[tuple[int, float]], first_ms: int, last_ms: int, period_ms: int
 ) -> dict[str, float | int | None]:
     """Performance figures (freqtrade's names where they exist). Ratios are annualised from the
-    returns between consecutive equity samples, one sample per signal candle (``period_ms``)."""
+    returns between consecutive equity samples, one sample per signal candle (``period_ms``);
+    ``exposure`` is the share of the data's time with at least one position open."""
     final = equity[-1][1] if equity else equity0
     span = max(last_ms - first_ms, 1)
     total_return = final / equity0 - 1
@@ -230,7 +231,14 @@ def metrics(
             mdd = max(mdd, 1 - v / peak)
     wins = [t.pnl for t in trades if t.pnl > 0]
     losses = [-t.pnl for t in trades if t.pnl < 0]
-    held = sum(t.exit_time - t.entry_time for t in trades) / 1000
+    held, until = 0, None  # time (ms) with at least one position open: the union of the trades' spans
+    for start, end in sorted((t.entry_time // 1000, t.exit_time // 1000) for t in trades):
+        if until is None or start > until:
+            held += end - start
+            until = end
+        elif end > until:
+            held += end - until
+            until = end
     return {
         "total_return": total_return,
         "cagr": cagr,

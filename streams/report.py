@@ -91,6 +91,7 @@ def _axis(t0: int, t1: int, y_lo: float, y_hi: float, h: int, fmt: str) -> str:
     y = _scale(y_lo, y_hi, h - 28, 8)
     for i in range(4):
         v = y_lo + (y_hi - y_lo) * i / 3
+        v = 0.0 if abs(v) < 1e-9 * max(abs(y_lo), abs(y_hi), 1.0) else v  # no "-0.00"
         parts.append(f'<text x="{_PAD - 4}" y="{y(v) + 4:.1f}" text-anchor="end">{format(v, fmt)}</text>')
     x = _scale(t0, t1, _PAD, _W - 8)
     for i in range(3):

@@ -190,3 +190,11 @@ def test_run_refuses_a_bad_strategy_file_before_starting(tmp_path: Path) -> None
     out = subprocess.run([sys.executable, "-m", "streams", "run", "--no-source", "--quiet"], env=env, cwd=REPO, capture_output=True, text=True, timeout=60)
     assert out.returncode == 2, out.stderr[-2000:]
     assert "rules[0].below: below (90.0) must be lower than above (70.0)" in out.stderr
+
+
+def test_exposure_is_the_time_with_any_position_open() -> None:
+    from agents.execution import ClosedTrade, metrics
+
+    s = 1_000_000  # µs
+    trades = [ClosedTrade("a", "long", 0, 1.0, 40 * s, 1.0, 1.0, 0.0, 0.0, "x"), ClosedTrade("b", "long", 20 * s, 1.0, 60 * s, 1.0, 1.0, 0.0, 0.0, "x")]
+    assert metrics(100.0, trades, [(100_000, 100.0)], 0, 100_000, 60_000)["exposure"] == pytest.approx(0.6)
