@@ -34,10 +34,19 @@ def _check_strategy(settings: Settings) -> None:
     from agents.strategy import StrategyError, load_strategy
 
     try:
-        load_strategy(settings.strategy_file)
+        strategy_built(load_strategy(settings.strategy_file), settings)
     except StrategyError as exc:
         console.print(f"[red]STRATEGY_FILE {exc}[/]", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
+
+
+def strategy_built(strategy, settings: Settings):  # noqa: ANN001, ANN201
+    """The strategy, if the candle agent builds its interval (else no signal would ever come)."""
+    from agents.strategy import StrategyError
+
+    if strategy.interval not in settings.intervals:
+        raise StrategyError(f"interval {strategy.interval!r} of strategy {strategy.name!r} is not built: CANDLE_INTERVALS is {settings.candle_intervals!r}")
+    return strategy
 
 
 def open_source(spec: str, settings: Settings, *, symbols: list[str], fmt: str | None, speed: str, rate: float | None, limit: int | None, exchange: str | None):
@@ -449,7 +458,7 @@ def backtest(
     settings = get_settings()
     configure_logging(settings.log_level, settings.log_format)
     try:
-        strat = load_strategy(strategy)
+        strat = strategy_built(load_strategy(strategy), settings)
     except StrategyError as exc:
         console.print(f"[red]{exc}[/]", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None

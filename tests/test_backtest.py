@@ -198,3 +198,11 @@ def test_exposure_is_the_time_with_any_position_open() -> None:
     s = 1_000_000  # µs
     trades = [ClosedTrade("a", "long", 0, 1.0, 40 * s, 1.0, 1.0, 0.0, 0.0, "x"), ClosedTrade("b", "long", 20 * s, 1.0, 60 * s, 1.0, 1.0, 0.0, 0.0, "x")]
     assert metrics(100.0, trades, [(100_000, 100.0)], 0, 100_000, 60_000)["exposure"] == pytest.approx(0.6)
+
+
+def test_backtest_refuses_a_strategy_interval_the_candle_agent_does_not_build(tmp_path: Path) -> None:
+    two_hours = tmp_path / "two_hours.toml"
+    two_hours.write_text('name = "x"\nversion = "1"\ninterval = "2h"\n[[rules]]\nkind = "rsi"\n')
+    out = CliRunner().invoke(app, ["backtest", "--source", "replay:/nonexistent", "--strategy", str(two_hours), "--report", str(tmp_path / "r")])
+    assert out.exit_code == 2
+    assert "interval '2h' of strategy 'x' is not built: CANDLE_INTERVALS is '1m,5m,15m,1h,4h,1d'" in out.output
