@@ -203,7 +203,7 @@ def _where(loc: Sequence[int | str], data: dict) -> str:
             continue  # the union's tag
         out += f".{part}" if out else str(part)
         node = node.get(part) if isinstance(node, dict) else None
-    return out or "(file)"
+    return out
 
 
 _NAMED = re.compile(r"^([a-z_]+) \(")
@@ -223,8 +223,8 @@ def parse_strategy(data: dict, source: str = "strategy") -> Strategy:
             where, msg = _where(e["loc"], data), e["msg"].removeprefix("Value error, ")
             named = _NAMED.match(msg) if e["type"] == "value_error" else None
             if named:  # a check across fields names the first one it is about: point at it
-                where = f"{where}.{named.group(1)}" if where != "(file)" else named.group(1)
-            problems.append(f"{where}: {msg}")
+                where = f"{where}.{named.group(1)}" if where else named.group(1)
+            problems.append(f"{where}: {msg}" if where else msg)  # a check of the whole file names its field itself
         raise StrategyError(f"{source}: " + "; ".join(problems)) from None
 
 
