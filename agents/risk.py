@@ -23,6 +23,7 @@ Per closed candle of a symbol, in this order (:meth:`RiskManager.on_candle`):
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import asdict, dataclass, field
 from typing import Literal
@@ -147,7 +148,7 @@ class RiskManager:
         out: list[TradeIntent] = []
         sym = f"{bar.exchange}:{bar.symbol}"
         now = bar.close_time + 1
-        seq = iter(range(1_000_000))
+        seq = itertools.count()
 
         def intent(action: str, position: str, trigger: str, status: str, qty: float, requested: float,
                    price: float, reason: str, stop: float | None = None, tp: float | None = None) -> None:
