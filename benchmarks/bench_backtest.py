@@ -102,7 +102,7 @@ def main(runs: int = 3, live_runs: int = 1) -> None:
         synthetic = write_synthetic(tmp / "synthetic_trades.csv")
         console.print(f"synthetic replay file: {SYNTHETIC_TRADES:,} trades written in {time.perf_counter() - started:.1f} s")
         inputs.append((f"synthetic {SYNTHETIC_TRADES // 1_000_000}M trades", synthetic))
-        t = table("Backtest (trend_momentum, 1m): medians", "input", "trades", "backtest trades/s", "s to report", "agents loop s",
+        t = table("Backtest (trend_momentum, 1m): medians", "input", "trades", "backtest trades/s", "s to report", "of which files s",
                   "source alone s", "live run s", "live / backtest")
         for name, path in inputs:
             reports = [backtest_run(path, tmp / f"report-{i}") for i in range(runs)]
