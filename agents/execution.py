@@ -137,8 +137,9 @@ class Executor:
             self._exit(sym, last, self._slipped(last.price, self._open[sym].side == "short"), "end of data")
         times = [self.equity[-1][0]] if self.equity else []
         times += [tr.exit_time // 1000 for tr in self.trades[-1:]]
-        if times:
-            self.equity.append((max(times), round(self.cash, 10)))
+        final = (max(times), round(self.cash, 10)) if times else None
+        if final is not None and (not self.equity or self.equity[-1] != final):
+            self.equity.append(final)
 
     # -- internals ----------------------------------------------------------------------------
 
