@@ -44,6 +44,7 @@ from schemas.registry import RecordType, record_type, topic_of
 from schemas.wire import encoder_for
 from streams.checkpoint import CheckpointStore, encode_checkpoint
 from streams.settings import Settings
+from streams.topics import state_topic
 
 log = structlog.get_logger(__name__)
 
@@ -467,11 +468,6 @@ class AgentRunner:
                 ps.changed = True
                 self._emit(outputs)
         self.write_checkpoints()
-
-
-def state_topic(settings: Settings, spec: AgentSpec) -> str:
-    """``{agent}-state``, or the Settings field ``topic_{agent}_state`` when there is one."""
-    return getattr(settings, f"topic_{spec.name}_state", None) or f"{spec.name}-state{settings.topic_suffix}"
 
 
 @dataclass
