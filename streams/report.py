@@ -138,7 +138,8 @@ def _candle_chart(result: BacktestResult) -> str:
     x = _scale(t0, t1, _PAD, _W - 8)
     y = _scale(lo, hi, h - 28, 8)
     width = max(1.0, (_W - _PAD - 8) / len(bars) * 0.7)
-    parts = [_axis(t0, t1, lo, hi, h, ",.2f")]
+    digits = max(2, 2 - math.floor(math.log10(hi - lo))) if hi > lo else 2  # cheap coins need more decimals
+    parts = [_axis(t0, t1, lo, hi, h, f",.{digits}f")]
     for o_t, c_t, o, hh, ll, c in bars:
         cx = x((o_t + c_t) / 2)
         color = "#26a69a" if c >= o else "#ef5350"

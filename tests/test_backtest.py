@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 from datetime import datetime
@@ -209,3 +210,14 @@ def test_backtest_refuses_a_strategy_interval_the_candle_agent_does_not_build(tm
     out = tickflow("backtest", "--source", "replay:/nonexistent", "--strategy", str(two_hours), "--report", str(tmp_path / "r"), env={"CANDLE_INTERVALS": "1m,5m,1h"})
     assert out.returncode == 2
     assert "interval '2h' of strategy 'x' is not built: CANDLE_INTERVALS is '1m,5m,1h'" in out.stderr
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="Debian's chromium is not installed")
+def test_report_renders_in_headless_chromium(result, tmp_path: Path) -> None:  # noqa: ANN001
+    paths = write_report(result, tmp_path / "report")
+    shot = tmp_path / "shot.png"
+    run = subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu", f"--screenshot={shot}", "--window-size=1100,1400",
+                          paths["report.html"].as_uri()], capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert run.returncode == 0 and shot.exists(), run.stderr[-2000:]
+    # A blank page is a few kB of PNG; three charts of lines, bars and markers are far more.
+    assert shot.stat().st_size > 40_000
