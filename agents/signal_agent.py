@@ -141,7 +141,7 @@ class SignalLogic:
         signal = Signal(
             self.strategy.name, self.strategy.version, candle.exchange, candle.symbol, candle.interval,
             candle.open_time, candle.close_time, candle.close, decision.direction, decision.confidence,
-            decision.score, list(decision.reasons), candle.revision, ind.open_time,
+            decision.score, "\n".join(decision.reasons), candle.revision, ind.open_time,
             prev.open_time if prev is not None else None, decision.onchain_time, decision.sentiment_time,
         )  # fmt: skip
         key = candle.key

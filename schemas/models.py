@@ -248,7 +248,7 @@ class Signal:
     direction: str  # long | short | flat
     confidence: float  # [0, 1]
     score: float  # net weighted vote in [-1, 1]
-    reasons: list[str] = field(default_factory=list)
+    reasons: str = ""  # one line per rule that fired: a flat column in both stores
     candle_revision: int = 0
     indicators_time: int | None = None
     prev_indicators_time: int | None = None

@@ -205,8 +205,8 @@ if (SCHEMA_DIR / "tickflow.Indicators.avsc").exists():
 
 def signals() -> list[Signal]:
     return [
-        Signal("s", "1", "binance", "BTC/USDT", "1m", 1_700_000_040_000, 1_700_000_099_999, 42_000.5, "long", 0.75, 0.75, ["rsi: RSI 25.0 < 30"]),
-        Signal("ü", "2.0", "e", "🚀", "1d", I64_MAX, I64_MIN, -0.0, "flat", 1.0, -0.25, [], I32_MAX, I64_MIN, None, I64_MAX, 0),
+        Signal("s", "1", "binance", "BTC/USDT", "1m", 1_700_000_040_000, 1_700_000_099_999, 42_000.5, "long", 0.75, 0.75, "rsi: RSI 25.0 < 30 -> long (weight 1)\nmacd_cross: MACD 1.5 crossed above signal 1.2 -> long (weight 2)"),
+        Signal("ü", "2.0", "e", "🚀", "1d", I64_MAX, I64_MIN, -0.0, "flat", 1.0, -0.25, "", I32_MAX, I64_MIN, None, I64_MAX, 0),
     ]
 
 

@@ -288,7 +288,7 @@ def test_spec_declares_registered_records() -> None:
 
 
 def test_signal_and_intent_round_trip_through_avro() -> None:
-    sig = Signal("t", "1", "ex", "BTCUSDT", "1m", T0, T0 + 59_999, 100.5, "long", 0.75, 0.75, ["a", "b"], 0, T0, T0 - 60_000, None, T0 - 1)
+    sig = Signal("t", "1", "ex", "BTCUSDT", "1m", T0, T0 + 59_999, 100.5, "long", 0.75, 0.75, "a\nb", 0, T0, T0 - 60_000, None, T0 - 1)
     intent = TradeIntent("id", "t", "1", "ex", "BTCUSDT", "1m", T0, T0 + 60_000, 0, "open", "buy", "long", "signal", "accepted", 1.5, 2.0, 100.0, 98.0, None, 10_000.0, 0.8, "why")
     for value in (sig, intent):
         codec = AvroCodec(RECORDS["signal" if value is sig else "trade_intent"].schema)

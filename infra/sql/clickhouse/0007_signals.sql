@@ -15,7 +15,7 @@ CREATE TABLE IF NOT EXISTS signals
     direction LowCardinality(String),
     confidence Float64,
     score Float64,
-    reasons Array(String),
+    reasons String,
     candle_revision UInt32,
     indicators_time Nullable(DateTime64(3, 'UTC')),
     prev_indicators_time Nullable(DateTime64(3, 'UTC')),

@@ -14,7 +14,7 @@ CREATE TABLE IF NOT EXISTS signals (
     direction text NOT NULL CHECK (direction IN ('long', 'short', 'flat')),
     confidence double precision NOT NULL CHECK (confidence BETWEEN 0 AND 1),
     score double precision NOT NULL,
-    reasons text[] NOT NULL,
+    reasons text NOT NULL,
     candle_revision integer NOT NULL,
     indicators_time timestamptz,
     prev_indicators_time timestamptz,

@@ -1,5 +1,7 @@
 -- TimescaleDB variant of 0007: both tables as hypertables on the candle's open_time (part of
--- their primary keys, as a hypertable's unique keys must hold its partitioning column).
+-- their primary keys, as a hypertable's unique keys must hold its partitioning column), chunked
+-- like candles. On a plain database being converted the tables exist already: migrate_data moves
+-- their rows.
 
 CREATE TABLE IF NOT EXISTS signals (
     strategy text NOT NULL,
@@ -13,7 +15,7 @@ CREATE TABLE IF NOT EXISTS signals (
     direction text NOT NULL CHECK (direction IN ('long', 'short', 'flat')),
     confidence double precision NOT NULL CHECK (confidence BETWEEN 0 AND 1),
     score double precision NOT NULL,
-    reasons text[] NOT NULL,
+    reasons text NOT NULL,
     candle_revision integer NOT NULL,
     indicators_time timestamptz,
     prev_indicators_time timestamptz,
