@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from agents.strategy import load_strategy
@@ -14,7 +16,7 @@ from streams.cli import open_source
 from streams.settings import Settings
 from tests.conftest import data_path
 from tests.kafka_util import read_topic
-from tests.test_candles_e2e import env_for, tickflow
+from tests.test_candles_e2e import drop_database, env_for, fresh_database, tickflow
 
 pytestmark = pytest.mark.integration
 
@@ -51,9 +53,19 @@ def test_tickflow_run_writes_the_backtests_signals_and_intents(topics: Settings,
     path = data_path(*TARDIS)
     strategy_file = tmp_path / "busy.toml"
     strategy_file.write_text(BUSY)
-    env = env_for(topics, data_dir=tmp_path / "data", database=None) | {"STRATEGY_FILE": str(strategy_file)}
-    run = tickflow("run", "--source", f"replay:{path}", "--until-drained", "--quiet", env=env)
-    assert run.returncode == 0, run.stderr[-3000:]
+    db = fresh_database()
+    try:
+        env = env_for(topics, data_dir=tmp_path / "data", database=db) | {"STRATEGY_FILE": str(strategy_file)}
+        run = tickflow("run", "--source", f"replay:{path}", "--until-drained", "--quiet", env=env)
+        assert run.returncode == 0, run.stderr[-3000:]
+        with psycopg.connect(f"postgresql://127.0.0.1:5432/{db}") as conn:
+            pg_signals = conn.execute("SELECT direction, confidence, reasons, onchain_time FROM signals ORDER BY open_time").fetchall()
+            pg_intents = conn.execute("SELECT intent_id, status, quantity, reason FROM trade_intents ORDER BY intent_id").fetchall()
+        ch = tickflow("sql", "SELECT count() AS n FROM signals FINAL", "--format", "json", env=env)
+        assert ch.returncode == 0, ch.stderr[-3000:]
+        ch_signals = int(json.loads(ch.stdout.splitlines()[0])["n"])
+    finally:
+        drop_database(db)
 
     def records(topic: str, schema: str, model: type) -> list:
         codec = AvroCodec(schema)
@@ -70,3 +82,8 @@ def test_tickflow_run_writes_the_backtests_signals_and_intents(topics: Settings,
     assert sorted(live_signals, key=lambda s: s.open_time) == sorted(bt.signals, key=lambda s: s.open_time)
     assert {i.action for i in bt.intents} == {"open", "close"} and len(bt.intents) >= 5
     assert sorted(live_intents, key=lambda i: i.intent_id) == sorted(bt.intents, key=lambda i: i.intent_id)
+    # and the analysis history holds them, in both stores
+    by_time = sorted(bt.signals, key=lambda s: s.open_time)
+    assert pg_signals == [(s.direction, s.confidence, s.reasons, None) for s in by_time]
+    assert ch_signals == len(bt.signals)
+    assert sorted(pg_intents) == sorted((i.intent_id, i.status, i.quantity, i.reason) for i in bt.intents)  # the database's collation may order ids otherwise
