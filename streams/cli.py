@@ -50,13 +50,25 @@ def strategy_built(strategy, settings: Settings):  # noqa: ANN001, ANN201
 
 
 def open_source(spec: str, settings: Settings, *, symbols: list[str], fmt: str | None, speed: str, rate: float | None, limit: int | None, exchange: str | None):
-    """Build the source named by ``--source``: synthetic, replay:PATH or ccxt:EXCHANGE."""
+    """Build the source named by ``--source``: synthetic, replay:PATH, ccxt:EXCHANGE, coinmetrics:PATH or bitcoind:URL.
+
+    For the on-chain sources ``--symbols`` names the asset (default: the Coin Metrics file's name; btc).
+    """
     kind, _, arg = spec.partition(":")
     if kind == "synthetic":
         from streams.sources.synthetic import SyntheticSource
 
         max_ms = settings.batch_max_ms if rate else settings.unpaced_batch_max_ms
         return SyntheticSource(symbols=symbols or 10, rate=rate, limit=limit, exchange=exchange or "synthetic", max_trades=settings.batch_max_trades, max_ms=max_ms)
+    if kind == "replay" and fmt == "bitcoind-json":
+        from streams.sources.bitcoind_replay import BitcoindReplaySource
+
+        if not arg:
+            raise typer.BadParameter("replay needs a path: --source replay:PATH --format bitcoind-json")
+        try:
+            return BitcoindReplaySource(arg, asset=(symbols[0] if symbols else "btc").lower())
+        except FileNotFoundError as exc:
+            raise typer.BadParameter(str(exc)) from None
     if kind == "replay":
         from streams.sources.replay import ReplaySource, parse_source_speed
 
@@ -71,16 +83,41 @@ def open_source(spec: str, settings: Settings, *, symbols: list[str], fmt: str |
         if not arg or not symbols:
             raise typer.BadParameter("ccxt needs an exchange and symbols: --source ccxt:binance --symbols BTC/USDT,ETH/USDT")
         return CcxtSource(arg, symbols, exchange_options=settings.ccxt_options, url_overrides=settings.ccxt_url_overrides)
-    raise typer.BadParameter(f"unknown source {spec!r}: use synthetic, replay:PATH or ccxt:EXCHANGE")
+    if kind == "coinmetrics":
+        from streams.sources.coinmetrics import CoinMetricsSource
+
+        if not arg:
+            raise typer.BadParameter("coinmetrics needs a path: --source coinmetrics:../shared/data/coinmetrics_onchain/btc.csv")
+        try:
+            return CoinMetricsSource(arg, asset=symbols[0] if symbols else None)
+        except FileNotFoundError as exc:
+            raise typer.BadParameter(str(exc)) from None
+    if kind == "bitcoind":
+        from streams.sources.bitcoind import BitcoindSource
+
+        if not arg:
+            raise typer.BadParameter("bitcoind needs the node's RPC URL: --source bitcoind:http://127.0.0.1:8332")
+        return BitcoindSource(
+            arg,
+            state_dir=settings.tickflow_data_dir / "bitcoind",
+            asset=(symbols[0] if symbols else "btc").lower(),
+            start_height=settings.bitcoind_start_height,
+            poll_s=settings.bitcoind_poll_s,
+            confirmations=settings.bitcoind_confirmations,
+            user=settings.bitcoind_rpc_user,
+            password=settings.bitcoind_rpc_password,
+            cookie_file=settings.bitcoind_cookie_file,
+        )
+    raise typer.BadParameter(f"unknown source {spec!r}: use synthetic, replay:PATH, ccxt:EXCHANGE, coinmetrics:PATH or bitcoind:URL")
 
 
 def _symbols(text: str | None) -> list[str]:
     return [s.strip() for s in (text or "").split(",") if s.strip()]
 
 
-SourceOpt = Annotated[str, typer.Option("--source", help="synthetic | replay:PATH | ccxt:EXCHANGE")]
+SourceOpt = Annotated[str, typer.Option("--source", help="synthetic | replay:PATH | ccxt:EXCHANGE | coinmetrics:PATH | bitcoind:URL")]
 SymbolsOpt = Annotated[Optional[str], typer.Option("--symbols", help="Comma-separated symbols (ccxt: BTC/USDT,ETH/USDT; synthetic: names)")]
-FormatOpt = Annotated[Optional[str], typer.Option("--format", help="Replay format; detected when omitted: binance-trades, binance-aggtrades, tardis, ccxt-json, binance-ws")]
+FormatOpt = Annotated[Optional[str], typer.Option("--format", help="Replay format; detected when omitted: binance-trades, binance-aggtrades, tardis, ccxt-json, binance-ws; bitcoind-json (recorded node RPC responses, a file, folder or glob)")]
 SpeedOpt = Annotated[str, typer.Option("--speed", help="Replay speed: 1x, 10x, ... or max")]
 RateOpt = Annotated[Optional[float], typer.Option("--rate", help="Synthetic trades per second (omit for as fast as possible)")]
 LimitOpt = Annotated[Optional[int], typer.Option("--limit", help="Synthetic: stop after this many trades")]
@@ -135,7 +172,8 @@ def ingest(
     src = open_source(source, settings, symbols=_symbols(symbols), fmt=fmt, speed=speed, rate=rate, limit=limit, exchange=exchange)
 
     def progress(s: IngestStats) -> None:
-        console.print(f"[bold]{s.trades:,}[/] trades  {s.rate:,.0f} trades/s  {s.batches:,} batches  {s.rejected:,} errors", highlight=False)
+        records = f"  {s.records:,} records" if s.records else ""
+        console.print(f"[bold]{s.trades:,}[/] trades  {s.rate:,.0f} trades/s  {s.batches:,} batches{records}  {s.rejected:,} errors", highlight=False)
 
     try:
         asyncio.run(run_ingest(src, TickProducer(settings), settings, source_name=source.partition(":")[0], on_progress=progress))
@@ -224,7 +262,8 @@ def run(
         console.print(f"[red]{'not drained' if isinstance(exc, DrainStalled) else 'sink failed'}:[/] {exc}")
         raise typer.Exit(1) from exc
     if until_drained and status.ingest is not None:
-        console.print(f"drained: {status.ingest.trades:,} trades, {status.ingest.rejected:,} rejected")
+        records = f", {status.ingest.records:,} other records (on-chain)" if status.ingest.records else ""
+        console.print(f"drained: {status.ingest.trades:,} trades{records}, {status.ingest.rejected:,} rejected")
 
 
 @app.command()

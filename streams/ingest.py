@@ -4,6 +4,9 @@ Bad input is split off here, once for every source: unparsable lines come from t
 ``BadInput``; trades that parse but make no sense (NaN or non-positive price or amount, absurd
 timestamps) are rejected one by one. Both go to the dead-letter topic with the reason; the good
 trades of the same batch still flow.
+
+Sources of other record types yield ``Record``s (validated by the source), produced to the topic of
+their registry type with its codec. The trade path pays one ``isinstance`` per batch for it.
 """
 
 from __future__ import annotations
@@ -19,11 +22,12 @@ import structlog
 
 from schemas.codec import AvroCodec, codec_for
 from schemas.models import DeadLetter, TradeBatch
+from schemas.registry import record_type, topic_of
 from schemas.wire import TradeBatchWriter
-from streams.observability import BATCHES_OUT, SYMBOL_LAST_RECEIPT, TRADES_IN
+from streams.observability import BATCHES_OUT, RECORDS_IN, SYMBOL_LAST_RECEIPT, TRADES_IN
 from streams.producer import TickProducer
 from streams.settings import Settings
-from streams.sources.base import BadInput, Source, now_us, trade_problem
+from streams.sources.base import BadInput, Record, Source, now_us, trade_problem
 
 log = structlog.get_logger(__name__)
 
@@ -33,6 +37,7 @@ class IngestStats:
     trades: int = 0
     batches: int = 0
     rejected: int = 0
+    records: int = 0  # Records of other types (on-chain rows, blocks)
     started: float = field(default_factory=time.monotonic)
 
     @property
@@ -64,6 +69,7 @@ async def run_ingest(
     writer = TradeBatchWriter(codec or codec_for("tickflow.TradeBatch", settings.topic_ticks, settings.schema_registry_url))
     stats = IngestStats()
     topic = settings.topic_ticks
+    encoders: dict[str, tuple[str, AvroCodec]] = {}
     last_report = time.monotonic()
     receipt_gauges: dict[str, Any] = {}  # SYMBOL_LAST_RECEIPT children by key: labels() per batch is costly
     try:
@@ -72,6 +78,14 @@ async def run_ingest(
             if isinstance(item, BadInput):
                 stats.rejected += 1
                 producer.dead_letter(DeadLetter("ingest", item.reason, item.payload, now_us() // 1000))
+                continue
+            if isinstance(item, Record):
+                await _produce_record(item, producer, settings, encoders)
+                stats.records += 1
+                RECORDS_IN.labels(source_name, item.record).inc()
+                if on_progress and time.monotonic() - last_report >= 1.0:
+                    last_report = time.monotonic()
+                    on_progress(stats)
                 continue
             batch, bad = split_batch(item, now_us())
             for reason, raw in bad:
@@ -97,5 +111,22 @@ async def run_ingest(
         await asyncio.get_running_loop().run_in_executor(None, producer.flush)
     if on_progress:
         on_progress(stats)
-    log.info("ingest finished", trades=stats.trades, batches=stats.batches, rejected=stats.rejected)
+    log.info("ingest finished", trades=stats.trades, batches=stats.batches, records=stats.records, rejected=stats.rejected)
     return stats
+
+
+async def _produce_record(item: Record, producer: TickProducer, settings: Settings, encoders: dict[str, tuple[str, AvroCodec]]) -> None:
+    """Produce a non-trade record to its type's topic; with ``on_delivered``, wait for the broker first."""
+    enc = encoders.get(item.record)
+    if enc is None:
+        rt = record_type(item.record)
+        topic = topic_of(settings, item.record)
+        enc = encoders[item.record] = (topic, codec_for(rt.schema, topic, settings.schema_registry_url))
+    topic, codec = enc
+    producer.produce(topic, item.key, codec.encode(item.value.to_avro()))
+    BATCHES_OUT.labels(topic).inc()
+    if item.on_delivered is not None:
+        await asyncio.get_running_loop().run_in_executor(None, producer.flush)
+        item.on_delivered()
+    else:
+        await asyncio.sleep(0)

@@ -48,6 +48,9 @@ class Settings(BaseSettings):
     topic_indicators_state: str = "indicators-state"
     topic_signals: str = Field("signals", description="Signals of the strategy agent")
     topic_trade_intents: str = Field("trade_intents", description="Risk-sized trade intents of the strategy agent")
+    topic_onchain_days: str = Field("onchain-days", description="Provider on-chain rows (coinmetrics: source), key asset")
+    topic_onchain_blocks: str = Field("onchain-blocks", description="Blocks with resolved inputs (bitcoind: source), key asset")
+    topic_onchain_metrics: str = Field("onchain_metrics", description="On-chain metrics per asset, day and source")
     topic_suffix: str = Field("", description="Appended to the default name of every topic without a setting of its own (isolated runs on a shared broker)")
     ticks_partitions: int = Field(8, description="Partitions of ticks; derived topics use the same count")
     replication_factor: int = 1
@@ -92,6 +95,15 @@ class Settings(BaseSettings):
     indicator_history: int = Field(64, description="Recent candles per series a revision or late candle can still change")
     indicator_warm_start_bars: int = Field(1000, description="Stored candles seeding a new series (PostgreSQL, else a ClickHouse server); 0 = off")
 
+    # On-chain
+    onchain_exchange_addresses: Path | None = Field(None, description="CSV of labelled addresses, `address,entity` per line, for exchange in/outflows; unset = flows null")
+    onchain_keep_days: int = Field(2, description="Newest UTC days whose blocks the on-chain agent keeps one by one: how far back a reorg can revise a day")
+    bitcoind_rpc_user: str | None = Field(None, description="bitcoind JSON-RPC user (with BITCOIND_RPC_PASSWORD); unset = the cookie file")
+    bitcoind_rpc_password: str | None = Field(None, description="bitcoind JSON-RPC password")
+    bitcoind_cookie_file: Path | None = Field(None, description="bitcoind .cookie file; unset = ~/.bitcoin/.cookie when no user is set")
+    bitcoind_start_height: int = Field(0, description="First block height the bitcoind: source reads when it has no saved position")
+    bitcoind_poll_s: float = Field(5.0, description="How often the bitcoind: source asks for a new tip once caught up")
+    bitcoind_confirmations: int = Field(0, description="Blocks this far below the tip are read; 0 = the tip itself (reorgs then revise days)")
     # Signals
     strategy_file: Path | None = Field(None, description="TOML strategy of the signals agent (infra/strategies/*.toml); unset = no signals agent")
 

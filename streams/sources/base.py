@@ -1,7 +1,8 @@
 """The source contract: an async iterator of ``TradeBatch``es (and ``BadInput`` it could not parse).
 
 A source never raises on bad data: it yields ``BadInput`` with the original bytes and the reason,
-and the ingest loop sends that to the dead-letter topic and goes on.
+and the ingest loop sends that to the dead-letter topic and goes on. Sources of other record types
+(on-chain rows and blocks) yield ``Record``s, which go to the topic of their registry type.
 """
 
 from __future__ import annotations
@@ -11,8 +12,9 @@ import heapq
 import itertools
 import math
 import time
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from schemas.models import SIDES, Trade, TradeBatch
 
@@ -27,7 +29,21 @@ class BadInput:
     payload: bytes
 
 
-SourceItem = TradeBatch | BadInput
+@dataclass(slots=True)
+class Record:
+    """A record of any registered type (``schemas.registry`` name), for its topic under ``key``.
+
+    ``on_delivered``, when set, is called once the broker has the record (and everything before
+    it): a source that resumes from its own saved position saves it there, never ahead of the log.
+    """
+
+    record: str
+    key: str
+    value: Any
+    on_delivered: Callable[[], None] | None = None
+
+
+SourceItem = TradeBatch | BadInput | Record
 
 
 class Source(abc.ABC):
