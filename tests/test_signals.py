@@ -293,3 +293,18 @@ def test_signal_and_intent_round_trip_through_avro() -> None:
     for value in (sig, intent):
         codec = AvroCodec(RECORDS["signal" if value is sig else "trade_intent"].schema)
         assert type(value).from_avro(codec.decode(codec.encode(value.to_avro()))) == value
+
+
+def test_onchain_metric_records_feed_the_onchain_rules_a_day_after_their_day() -> None:
+    from schemas.models import OnchainMetric
+
+    day = (T0 // 86_400_000 - 1) * 86_400_000  # yesterday (UTC): over, so published, at the candle's close
+    fresh = day + 86_400_000  # today: not over at the close, so not known yet
+    logic = SignalLogic(strategy([{"kind": "onchain_zone", "metric": "mvrv", "below": 1.0, "asset": "BTC"}], risk={"max_symbol_exposure": 100, "max_total_exposure": 100}))
+    recs = [Inbound("onchain_metric", "BTC", OnchainMetric("BTC", day, "coinmetrics", mvrv=0.9), 0),
+            Inbound("onchain_metric", "BTC", OnchainMetric("BTC", fresh, "coinmetrics", mvrv=2.0), 1),
+            Inbound("onchain_metric", "ETH", OnchainMetric("ETH", fresh, "coinmetrics", mvrv=0.1), 2)]  # fmt: skip
+    c, i = candle(0), ind(0, atr=1.0)
+    sig = next(o.value for o in logic.on_batch([*recs, Inbound("candle", c.key, c, 3), Inbound("indicators", i.key, i, 4)]) if o.record == "signal")
+    assert sig.direction == "long" and sig.onchain_time == day < sig.close_time
+    assert sig.reasons == "onchain_zone: mvrv 0.9 < 1 -> long (weight 1)"
