@@ -155,11 +155,32 @@ def role_port_offset(role: str) -> int:
     return ROLE_METRICS_PORTS[role] - ROLE_METRICS_PORTS["worker"]
 
 
+def metrics_port(role: str, configured: int | None) -> int:
+    """The port ``role`` serves /metrics on: ``configured`` (``--metrics-port`` or ``METRICS_PORT``,
+    0 = off) or the role's default."""
+    return ROLE_METRICS_PORTS[role] if configured is None else configured
+
+
+class MetricsPortInUse(RuntimeError):
+    """The metrics port is taken, most often by the same role already running."""
+
+
 _metrics_started: set[int] = set()
 
 
-def serve_metrics(port: int) -> None:
-    """Serve /metrics once per process; port 0 turns it off."""
-    if port and port not in _metrics_started:
-        start_http_server(port, addr="0.0.0.0")
+def serve_metrics(port: int, *, role: str = "this command") -> str | None:
+    """Serve /metrics once per process and return its URL; port 0 turns it off (None).
+
+    Raises :class:`MetricsPortInUse`, naming the settings to change, when the port is taken.
+    """
+    if not port:
+        return None
+    if port not in _metrics_started:
+        try:
+            start_http_server(port, addr="0.0.0.0")
+        except OSError as exc:
+            raise MetricsPortInUse(
+                f"metrics port {port} of {role} is in use ({exc.strerror}): set --metrics-port or METRICS_PORT to a free port, or 0 to turn metrics off"
+            ) from None
         _metrics_started.add(port)
+    return f"http://127.0.0.1:{port}/metrics"

@@ -110,7 +110,11 @@ class Settings(BaseSettings):
     # Operations
     log_level: str = "INFO"
     log_format: str = Field("json", description="json or console")
-    metrics_port: int = Field(9108, description="Prometheus /metrics port; 0 = off")
+    metrics_port: int | None = Field(
+        None,
+        description="Prometheus /metrics port; unset = the role's own (worker and run 9108, ingest 9109, sinks clickhouse 9110, "
+        "postgres 9111, redis 9112, broker 9113); 0 = off",
+    )
     app_id: str = Field("tickflow", description="Prefix of every consumer group (agents: {app_id}-{agent}, sinks: {app_id}-sink-{name})")
     session_timeout_s: float = 8.0
     drain_stall_s: float = Field(120.0, description="--until-drained fails when an agent makes no progress this long")
