@@ -5,9 +5,10 @@ from __future__ import annotations
 from agents.candle_agent import CANDLES
 from agents.indicator_agent import INDICATORS
 from agents.onchain_agent import ONCHAIN
+from agents.signal_agent import SIGNALS
 from agents.spec import AgentSpec
 
-AGENTS: tuple[AgentSpec, ...] = (CANDLES, INDICATORS, ONCHAIN)
+AGENTS: tuple[AgentSpec, ...] = (CANDLES, INDICATORS, ONCHAIN, SIGNALS)
 
 
 def agent_spec(name: str) -> AgentSpec:

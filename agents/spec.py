@@ -97,5 +97,6 @@ class AgentSpec:
     logic: Callable[[AgentContext], AgentLogic]  # a new, empty state for one partition
     timer_s: float | None = None  # how often on_timer runs; None = never
     needs_history: bool = False  # the runtime passes a CandleHistory when stores are configured
+    enabled: Callable[[Any], bool] | None = None  # settings -> whether workers run it; None = always
     description: str = ""
     extra: dict[str, Any] = field(default_factory=dict)

@@ -1,8 +1,8 @@
 """``make bench``: every tickflow benchmark, one compact report on stdout.
 
 Numbers are medians of several runs, each framework number beside a baseline measured in the same
-invocation. Nothing is asserted and nothing is written into the repository. The candle-core and
-indicator benchmarks are their modules' own ``main()``, each run in a fresh process.
+invocation. Nothing is asserted and nothing is written into the repository. The candle-core,
+indicator and backtest benchmarks are their modules' own ``main()``, each run in a fresh process.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import time
 from benchmarks import bench_gateway, bench_ingest, bench_pipeline
 from benchmarks.common import broker, call_entry, console, in_fresh_process, quiet_logs, section
 
-EXTERNAL = ("benchmarks.bench_candle_core", "benchmarks.bench_indicators", "benchmarks.bench_onchain")
+EXTERNAL = ("benchmarks.bench_candle_core", "benchmarks.bench_indicators", "benchmarks.bench_onchain", "benchmarks.bench_backtest")
 
 
 def external(module: str) -> None:

@@ -386,3 +386,93 @@ class OnchainMetric:
 
 _ONCHAIN_METRIC_NAMES = tuple(f.name for f in fields(OnchainMetric))
 _onchain_metric_values = attrgetter(*_ONCHAIN_METRIC_NAMES)
+
+
+@dataclass(slots=True)
+class Signal:
+    """A strategy's decision at one closed candle (key exchange:symbol:interval, as the candle's).
+
+    The ``*_time`` fields name the inputs used, so a reader can check that none is later than
+    ``close_time``: the indicators of this candle, the previous candle's (crosses), and the
+    newest on-chain and sentiment values (their own times, ms; None when none was used).
+    """
+
+    strategy: str
+    strategy_version: str
+    exchange: str
+    symbol: str
+    interval: str
+    open_time: int  # ms, of the candle
+    close_time: int  # ms, its last millisecond: the decision is taken at close_time + 1
+    close: float
+    direction: str  # long | short | flat
+    confidence: float  # [0, 1]
+    score: float  # net weighted vote in [-1, 1]
+    reasons: str = ""  # one line per rule that fired: a flat column in both stores
+    candle_revision: int = 0
+    indicators_time: int | None = None
+    prev_indicators_time: int | None = None
+    onchain_time: int | None = None
+    sentiment_time: int | None = None
+
+    @property
+    def key(self) -> str:
+        return f"{self.exchange}:{self.symbol}:{self.interval}"
+
+    def to_avro(self) -> dict[str, Any]:
+        return {f: getattr(self, f) for f in _SIGNAL_NAMES}
+
+    @classmethod
+    def from_avro(cls, d: dict[str, Any]) -> Signal:
+        return cls(**{f: d[f] for f in _SIGNAL_NAMES})
+
+
+_SIGNAL_NAMES = tuple(f.name for f in fields(Signal))
+
+
+@dataclass(slots=True)
+class TradeIntent:
+    """An order for someone else to execute, sized by the risk manager (tickflow places none).
+
+    ``status`` says whether it was accepted as requested, ``resized`` or ``rejected`` (quantity
+    0); ``reason`` says why, with the numbers. ``action`` open/close, ``position`` long/short,
+    ``trigger`` signal, stop, take_profit, daily_loss or drawdown. Prices are reference prices
+    (the candle's close, the stop or take-profit level), not fills.
+    """
+
+    intent_id: str
+    strategy: str
+    strategy_version: str
+    exchange: str
+    symbol: str
+    interval: str
+    open_time: int  # ms, of the candle whose close decided it
+    ts: int  # ms, decision time (that candle's close_time + 1)
+    seq: int  # order among the intents of that candle
+    action: str
+    side: str  # buy | sell
+    position: str
+    trigger: str
+    status: str
+    quantity: float
+    requested_quantity: float
+    reference_price: float
+    stop_price: float | None
+    take_profit_price: float | None
+    equity: float  # the risk manager's paper equity at the decision
+    confidence: float
+    reason: str
+
+    @property
+    def key(self) -> str:
+        return f"{self.exchange}:{self.symbol}:{self.interval}"
+
+    def to_avro(self) -> dict[str, Any]:
+        return {f: getattr(self, f) for f in _INTENT_NAMES}
+
+    @classmethod
+    def from_avro(cls, d: dict[str, Any]) -> TradeIntent:
+        return cls(**{f: d[f] for f in _INTENT_NAMES})
+
+
+_INTENT_NAMES = tuple(f.name for f in fields(TradeIntent))

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from schemas.models import Candle, DeadLetter, Indicators, LateTrade, LiveCandles, OnchainBlock, OnchainDay, OnchainMetric, TradeBatch
+from schemas.models import Candle, DeadLetter, Indicators, LateTrade, LiveCandles, OnchainBlock, OnchainDay, OnchainMetric, Signal, TradeBatch, TradeIntent
 
 
 @dataclass(frozen=True)
@@ -88,6 +88,16 @@ RECORDS: dict[str, RecordType] = {
             "onchain_metric", "tickflow.OnchainMetric", OnchainMetric, "onchain_metrics", "topic_onchain_metrics", 9, _key,
             table="onchain_metrics", table_key=("asset", "day", "source"), version="revision", time_column="day",
             channel="onchain:{asset}", description="On-chain metrics per asset, UTC day and source, revised as data arrives",
+        ),
+        RecordType(
+            "signal", "tickflow.Signal", Signal, "signals", "topic_signals", 13, _key,
+            table="signals", table_key=("strategy", "exchange", "symbol", "interval", "open_time"), time_column="open_time",
+            channel="signals:{symbol}", description="A strategy's decision at each closed candle, with reasons and input times",
+        ),
+        RecordType(
+            "trade_intent", "tickflow.TradeIntent", TradeIntent, "trade_intents", "topic_trade_intents", 14, _key,
+            table="trade_intents", table_key=("strategy", "exchange", "symbol", "interval", "open_time", "seq"), time_column="open_time",
+            description="Risk-sized orders for someone else to execute; rejected and resized ones say why",
         ),
     )
 }

@@ -51,6 +51,28 @@ def _sigterm_as_ctrl_c() -> None:
     signal.signal(signal.SIGTERM, signal.default_int_handler)
 
 
+def _check_strategy(settings: Settings) -> None:
+    """A STRATEGY_FILE the signals agent could not load stops the command before anything starts."""
+    if settings.strategy_file is None:
+        return
+    from agents.strategy import StrategyError, load_strategy
+
+    try:
+        strategy_built(load_strategy(settings.strategy_file), settings)
+    except StrategyError as exc:
+        console.print(f"[red]STRATEGY_FILE {exc}[/]", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+
+
+def strategy_built(strategy, settings: Settings):  # noqa: ANN001, ANN201
+    """The strategy, if the candle agent builds its interval (else no signal would ever come)."""
+    from agents.strategy import StrategyError
+
+    if strategy.interval not in settings.intervals:
+        raise StrategyError(f"interval {strategy.interval!r} of strategy {strategy.name!r} is not built: CANDLE_INTERVALS is {settings.candle_intervals!r}")
+    return strategy
+
+
 def open_source(spec: str, settings: Settings, *, symbols: list[str], fmt: str | None, speed: str, rate: float | None, limit: int | None, exchange: str | None):
     """Build the source named by ``--source``: synthetic, replay:PATH, ccxt:EXCHANGE, coinmetrics:PATH or bitcoind:URL.
 
@@ -296,6 +318,7 @@ def run(
     from streams.pipeline import DrainStalled, RunStatus, SinkFailed, kafka, run_pipeline
 
     settings = _setup(get_settings(), "worker", metrics_port, command="run")  # the worker's port; its sinks at theirs
+    _check_strategy(settings)
     _sigterm_as_ctrl_c()
     status = RunStatus()
 
@@ -343,6 +366,7 @@ def worker(metrics_port: MetricsPortOpt = None) -> None:
     from streams.pipeline import kafka, run_pipeline
 
     settings = _setup(get_settings(), "worker", metrics_port)
+    _check_strategy(settings)
     _sigterm_as_ctrl_c()
     try:
         with kafka(settings) as s:
@@ -658,6 +682,59 @@ def keys_revoke(name: Annotated[str, typer.Argument(help="Name of the key")]) ->
         console.print(f"[red]no active key named {name!r}[/]", highlight=False)
         raise typer.Exit(1)
     console.print(f"key {name!r} revoked", highlight=False)
+
+
+@app.command()
+def backtest(
+    source: Annotated[str, typer.Option("--source", help="replay:PATH, a trade file in any replay format")],
+    strategy: Annotated[Path, typer.Option("--strategy", help="TOML strategy file (see infra/strategies/)")] = Path("infra/strategies/trend_momentum.toml"),
+    report: Annotated[Path, typer.Option("--report", help="Folder for trades.csv, equity.csv, metrics.json and report.html")] = Path("backtest-report"),
+    fee_bps: Annotated[float, typer.Option("--fee-bps", min=0, max=1000, help="Fee per fill, basis points of notional")] = 4.0,
+    slippage_bps: Annotated[float, typer.Option("--slippage-bps", min=0, max=1000, help="Slippage per market fill, basis points of price")] = 1.0,
+    symbols: SymbolsOpt = None,
+    fmt: FormatOpt = None,
+    exchange: ExchangeOpt = None,
+) -> None:
+    """Run the live agents' logic over a replay and simulate the fills of its trade intents.
+
+    The trades go through the same candle, indicator, signal and risk code as `tickflow run`, in
+    the same order; fills are at the first trade after the signal candle's close plus slippage.
+
+    Example: tickflow backtest --source replay:../shared/data/tardis_binance_futures_btcusdt/tardis_trades_binance-futures_BTCUSDT_2020-02-22.csv --strategy infra/strategies/trend_momentum.toml --report out/ --fee-bps 4 --slippage-bps 1
+    """
+    from agents.strategy import StrategyError, load_strategy
+    from streams.backtest import run_backtest_source
+    from streams.observability import configure_logging
+    from streams.report import write_report
+
+    settings = get_settings()
+    configure_logging(settings.log_level, settings.log_format)
+    try:
+        strat = strategy_built(load_strategy(strategy), settings)
+    except StrategyError as exc:
+        console.print(f"[red]{exc}[/]", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+    if not source.startswith("replay:"):
+        raise typer.BadParameter("backtest reads a recorded file: --source replay:PATH")
+    try:
+        src = open_source(source, settings, symbols=_symbols(symbols), fmt=fmt, speed="max", rate=None, limit=None, exchange=exchange)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+
+    def progress(r) -> None:  # noqa: ANN001
+        console.print(f"{r.trades_in:,} trades  {len(r.signals):,} signals  {len(r.intents):,} intents", highlight=False)
+
+    result = run_backtest_source(src, strat, settings, fee_bps=fee_bps, slippage_bps=slippage_bps, source=source, on_progress=progress)
+    paths = write_report(result, report)
+    m = result.metrics()
+    console.print(
+        f"{result.trades_in:,} trades in {result.seconds:.2f} s ({result.trades_in / max(result.seconds, 1e-9):,.0f} trades/s): "
+        f"{len(result.signals):,} signals, {len(result.intents):,} intents, {m['trades']} round trips, "
+        f"return {100 * m['total_return']:.2f}%, max drawdown {100 * m['max_drawdown']:.2f}%",
+        highlight=False,
+    )
+    for p in paths.values():
+        console.print(f"  {p}", highlight=False)
 
 
 def main() -> None:

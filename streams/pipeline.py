@@ -239,6 +239,8 @@ def build_runtime(settings: Settings, producer: TickProducer, *, agents: list[st
     for spec in AGENTS:
         if agents is not None and spec.name not in agents:
             continue
+        if spec.enabled is not None and not spec.enabled(settings):
+            continue
         history = open_history(settings) if spec.needs_history else None
         runtime.runners.append(AgentRunner(spec, settings, producer, history=history, live=live))
     return runtime, fanout

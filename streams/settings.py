@@ -46,6 +46,8 @@ class Settings(BaseSettings):
     topic_late_trades: str = "late-trades"
     topic_candles_state: str = Field("candles-state", description="The candle agent's checkpoints (any agent: TOPIC_<AGENT>_STATE, default <agent>-state)")
     topic_indicators_state: str = "indicators-state"
+    topic_signals: str = Field("signals", description="Signals of the strategy agent")
+    topic_trade_intents: str = Field("trade_intents", description="Risk-sized trade intents of the strategy agent")
     topic_onchain_days: str = Field("onchain-days", description="Provider on-chain rows (coinmetrics: source), key asset")
     topic_onchain_blocks: str = Field("onchain-blocks", description="Blocks with resolved inputs (bitcoind: source), key asset")
     topic_onchain_metrics: str = Field("onchain_metrics", description="On-chain metrics per asset, day and source")
@@ -102,6 +104,8 @@ class Settings(BaseSettings):
     bitcoind_start_height: int = Field(0, description="First block height the bitcoind: source reads when it has no saved position")
     bitcoind_poll_s: float = Field(5.0, description="How often the bitcoind: source asks for a new tip once caught up")
     bitcoind_confirmations: int = Field(0, description="Blocks this far below the tip are read; 0 = the tip itself (reorgs then revise days)")
+    # Signals
+    strategy_file: Path | None = Field(None, description="TOML strategy of the signals agent (infra/strategies/*.toml); unset = no signals agent")
 
     # Gateway (`tickflow serve`)
     gateway_enabled: bool = Field(True, description="tickflow run starts the gateway too (false: it does not)")

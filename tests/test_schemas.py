@@ -44,9 +44,11 @@ from schemas.models import (
     OnchainMetric,
     OnchainOutput,
     OnchainTx,
+    Signal,
     Trade,
     day_ms,
     TradeBatch,
+    TradeIntent,
 )
 from streams.settings import Settings
 
@@ -253,6 +255,24 @@ if (SCHEMA_DIR / "tickflow.Indicators.avsc").exists():
     RECORDS["tickflow.OnchainDay"] = (OnchainDay, onchain_days())
     RECORDS["tickflow.OnchainBlock"] = (OnchainBlock, onchain_blocks())
     RECORDS["tickflow.OnchainMetric"] = (OnchainMetric, onchain_metrics())
+
+
+def signals() -> list[Signal]:
+    return [
+        Signal("s", "1", "binance", "BTC/USDT", "1m", 1_700_000_040_000, 1_700_000_099_999, 42_000.5, "long", 0.75, 0.75, "rsi: RSI 25.0 < 30 -> long (weight 1)\nmacd_cross: MACD 1.5 crossed above signal 1.2 -> long (weight 2)"),
+        Signal("ü", "2.0", "e", "🚀", "1d", I64_MAX, I64_MIN, -0.0, "flat", 1.0, -0.25, "", I32_MAX, I64_MIN, None, I64_MAX, 0),
+    ]
+
+
+def intents() -> list[TradeIntent]:
+    return [
+        TradeIntent("s:e:S:1m:0:0", "s", "1", "e", "S", "1m", 0, 60_000, 0, "open", "buy", "long", "signal", "accepted", 1.5, 1.5, 100.0, 98.0, 103.0, 10_000.0, 0.8, "why"),
+        TradeIntent("x", "s", "1", "e", "S", "1m", I64_MIN, I64_MAX, I32_MAX, "close", "sell", "long", "stop", "rejected", 0.0, 2.0, 1e-300, None, None, -1.0, 0.0, "ü"),
+    ]
+
+
+RECORDS["tickflow.Signal"] = (Signal, signals())
+RECORDS["tickflow.TradeIntent"] = (TradeIntent, intents())
 
 
 @pytest.mark.parametrize("name", sorted(RECORDS))

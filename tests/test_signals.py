@@ -1,0 +1,310 @@
+"""Strategies, the risk manager and the signal logic, each alone (pure, no services)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from agents.risk import Bar, RiskConfig, RiskManager
+from agents.signal_agent import SIGNALS, SignalLogic
+from agents.spec import Emit, Inbound, Reject
+from agents.strategy import ContextValue, StrategyError, evaluate, load_strategy, parse_strategy, usable_context
+from schemas.codec import AvroCodec
+from schemas.models import Candle, Indicators, Signal, TradeIntent
+from schemas.registry import RECORDS
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = sorted((ROOT / "infra" / "strategies").glob("*.toml"))
+T0 = 1_700_000_040_000  # a minute boundary, ms
+
+
+def candle(i: int, close: float = 100.0, low: float | None = None, high: float | None = None, revision: int = 0) -> Candle:
+    t = T0 + i * 60_000
+    return Candle("ex", "BTCUSDT", "1m", t, t + 59_999, close, high or close + 1, low or close - 1, close, 1.0, close, 1, is_final=True, revision=revision)
+
+
+def ind(i: int, close: float = 100.0, **values: float | None) -> Indicators:
+    return Indicators("ex", "BTCUSDT", "1m", T0 + i * 60_000, close, **values)
+
+
+def strategy(rules: list[dict], **extra: object):
+    return parse_strategy({"name": "t", "version": "1", "interval": "1m", "rules": rules, **extra})
+
+
+# ------------------------------------------------------------------------------ strategy files
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
+def test_example_strategies_load(path: Path) -> None:
+    s = load_strategy(path)
+    assert s.name == path.stem and s.rules and s.description
+
+
+def test_two_examples_are_shipped() -> None:
+    assert len(EXAMPLES) >= 2
+
+
+@pytest.mark.parametrize(
+    ("data", "field", "why"),
+    [
+        ({"version": "1", "rules": [{"kind": "rsi"}]}, "name", "Field required"),
+        ({"name": "x", "version": "1", "rules": [{"kind": "rsi", "below": 80, "above": 70}]}, "rules[0].below", "below (80.0) must be lower than above (70.0)"),
+        ({"name": "x", "version": "1", "rules": [{"kind": "rsi"}, {"kind": "macd_crossover"}]}, "rules[1]", "does not match any of the expected tags"),
+        ({"name": "x", "version": "1", "rules": [{"kind": "rsi", "weight": -1}]}, "rules[0].weight", "greater than 0"),
+        ({"name": "x", "version": "1", "rules": [{"kind": "ma_cross", "fast": "ema13"}]}, "rules[0].fast", "Input should be"),
+        ({"name": "x", "version": "1", "rules": [{"kind": "atr_filter"}]}, "rules", "at least one rule must vote"),
+        ({"name": "x", "version": "1", "interval": "1w", "rules": [{"kind": "rsi"}]}, "interval", "unknown interval"),
+        ({"name": "x", "version": "1", "rules": [{"kind": "rsi", "colour": 1}]}, "rules[0].colour", "Extra inputs are not permitted"),
+        ({"name": "x", "version": "1", "rules": [{"kind": "onchain_zone", "metric": "sopr", "below": 1}]}, "rules[0].metric", "Input should be"),
+        ({"name": "x", "version": "1", "entry_threshold": 1.5, "rules": [{"kind": "rsi"}]}, "entry_threshold", "less than or equal to 1"),
+    ],
+)
+def test_bad_strategies_are_refused_naming_the_field(data: dict, field: str, why: str) -> None:
+    with pytest.raises(StrategyError) as err:
+        parse_strategy(data, "s.toml")
+    assert f"{field}: " in str(err.value) and why in str(err.value), str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("risk", "field"),
+    [
+        ({"risk_per_trade": 0.3, "max_drawdown": 0.2}, "risk.risk_per_trade: risk_per_trade (0.3) must be below max_drawdown (0.2)"),
+        ({"risk_per_trade": 0.06, "max_daily_loss": 0.05}, "risk.risk_per_trade: risk_per_trade (0.06) must be below max_daily_loss"),
+        ({"max_symbol_exposure": 3, "max_total_exposure": 2}, "risk.max_symbol_exposure: max_symbol_exposure (3.0) cannot exceed"),
+        ({"max_drawdown": 1.5}, "risk.max_drawdown"),
+        ({"equity": 0}, "risk.equity"),
+        ({"atr_stop": -1}, "risk.atr_stop"),
+        ({"cooldown_minutes": -5}, "risk.cooldown_minutes"),
+        ({"leverage": 10}, "risk.leverage"),
+    ],
+)
+def test_impossible_risk_settings_are_refused_naming_the_field(risk: dict, field: str) -> None:
+    with pytest.raises(StrategyError) as err:
+        strategy([{"kind": "rsi"}], risk=risk)
+    assert f"strategy: {field}" in str(err.value), str(err.value)
+
+
+def test_a_file_that_is_not_toml_is_refused_with_its_path(tmp_path: Path) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text("name = 'x'\nrules = [\n")
+    with pytest.raises(StrategyError, match=r"bad\.toml: not valid TOML"):
+        load_strategy(path)
+    with pytest.raises(StrategyError, match="cannot read"):
+        load_strategy(tmp_path / "missing.toml")
+
+
+# ------------------------------------------------------------------------------ evaluation
+
+
+def test_rules_vote_with_weights_and_say_why_with_values() -> None:
+    s = strategy([{"kind": "rsi", "below": 30, "weight": 2}, {"kind": "macd_cross", "weight": 1}, {"kind": "bollinger"}], entry_threshold=0.5)
+    prev = ind(0, macd=-1.0, macd_signal=0.0)
+    now = ind(1, rsi=25.0, macd=0.5, macd_signal=0.1, bb_upper=110.0, bb_lower=95.0)
+    d = evaluate(s, candle(1, close=96.0, low=94.0), now, prev)
+    assert d.direction == "long" and d.confidence == 1.0 and d.score == 1.0
+    assert d.reasons[0] == "rsi: RSI 25.0 < 30 -> long (weight 2)"
+    assert "MACD 0.5 crossed above signal 0.1" in d.reasons[1]
+    assert "low 94 touched lower band 95" in d.reasons[2]
+
+
+def test_rules_without_values_do_not_vote_and_mixed_votes_can_be_flat() -> None:
+    s = strategy([{"kind": "rsi", "below": 30, "above": 70}, {"kind": "ma_cross", "fast": "ema12", "slow": "ema26", "trend": True}], entry_threshold=0.6)
+    d = evaluate(s, candle(1), ind(1, rsi=None, ema12=101.0, ema26=100.0), None)
+    assert (d.direction, d.confidence) == ("long", 1.0)  # RSI still warming up: only the trend voted
+    d = evaluate(s, candle(1), ind(1, rsi=75.0, ema12=101.0, ema26=100.0), None)
+    assert d.direction == "flat" and d.score == 0.0 and d.confidence == 1.0 and len(d.reasons) == 2
+
+
+def test_atr_filter_blocks_with_its_reason() -> None:
+    s = strategy([{"kind": "rsi", "below": 30}, {"kind": "atr_filter", "min_pct": 0.5}])
+    d = evaluate(s, candle(1), ind(1, rsi=20.0, atr=0.1), None)
+    assert d.direction == "flat"
+    assert d.reasons[-1] == "blocked by atr_filter: ATR 0.100% of close < 0.5%"
+
+
+def test_context_published_after_the_close_is_never_seen() -> None:
+    close = T0 + 60_000
+    day = 86_400_000
+    history = [ContextValue("mvrv", 0.8, close - 3 * day), ContextValue("mvrv", 4.0, close - day // 2)]
+    # published 24 h after its time: the second value is not out yet at the close
+    assert usable_context(history, close, day, 10 * day).value == 0.8
+    assert usable_context(history, close, 0, 10 * day).value == 4.0
+    assert usable_context(history, close, day, 2 * day) is None  # the usable one is too old
+    s = strategy([{"kind": "onchain_zone", "metric": "mvrv", "below": 1.0, "above": 3.5}])
+    d = evaluate(s, candle(0), ind(0), None, {"mvrv": history})
+    assert d.direction == "long" and d.onchain_time == close - 3 * day and d.onchain_time <= close
+    assert d.reasons == ("onchain_zone: mvrv 0.8 < 1 -> long (weight 1)",)
+
+
+def test_sentiment_extremes_are_contrarian_unless_told() -> None:
+    hist = {"fear_greed_value": [ContextValue("fear_greed_value", 90.0, T0 - 3_600_000)]}
+    rule = {"kind": "sentiment", "field": "fear_greed_value", "below": 25, "above": 75}
+    assert evaluate(strategy([rule]), candle(0), ind(0), None, hist).direction == "short"
+    assert evaluate(strategy([{**rule, "contrarian": False}]), candle(0), ind(0), None, hist).direction == "long"
+
+
+# ------------------------------------------------------------------------------ risk manager
+
+
+def bar(i: int, direction: str = "long", close: float = 100.0, atr: float | None = 1.0, low: float | None = None, high: float | None = None, confidence: float = 1.0) -> Bar:
+    t = T0 + i * 60_000
+    return Bar("ex", "BTCUSDT", "1m", t, t + 59_999, high if high is not None else close + 0.5, low if low is not None else close - 0.5, close, atr, direction, confidence)  # type: ignore[arg-type]
+
+
+def manager(**cfg: object) -> RiskManager:
+    return RiskManager(RiskConfig(**cfg), "t", "1")
+
+
+def test_fixed_fraction_size_with_an_atr_stop_and_take_profit() -> None:
+    rm = manager(equity=10_000, risk_per_trade=0.01, atr_stop=2, take_profit_r=3, max_symbol_exposure=10, max_total_exposure=10)
+    (intent,) = rm.on_candle(bar(0, atr=1.0))
+    assert (intent.action, intent.side, intent.status) == ("open", "buy", "accepted")
+    assert intent.quantity == 50.0  # 1% of 10,000 over a 2-ATR stop of 2.0
+    assert (intent.stop_price, intent.take_profit_price, intent.reference_price) == (98.0, 106.0, 100.0)
+    assert intent.ts == T0 + 60_000 and intent.intent_id == f"t:ex:BTCUSDT:1m:{T0}:0"
+    assert rm.on_candle(bar(1)) == []  # same direction: nothing new
+
+
+def test_exposure_caps_resize_and_say_why() -> None:
+    rm = manager(equity=10_000, risk_per_trade=0.01, atr_stop=1, max_symbol_exposure=0.5, max_total_exposure=0.5)
+    (intent,) = rm.on_candle(bar(0, atr=0.1))
+    assert intent.status == "resized" and intent.requested_quantity == 1000.0 and intent.quantity == 50.0
+    assert "above the per-symbol cap 0.5 x equity" in intent.reason
+
+
+def test_stop_closes_and_starts_a_cooldown_that_rejects_entries() -> None:
+    rm = manager(cooldown_minutes=5, max_symbol_exposure=100, max_total_exposure=100)
+    rm.on_candle(bar(0))
+    stop, rejected = rm.on_candle(bar(1, low=97.5))  # the same candle's long signal meets the cooldown
+    assert (stop.action, stop.trigger, stop.side, stop.reference_price) == ("close", "stop", "sell", 98.0)
+    assert "stop 98 hit (low 97.5)" in stop.reason
+    assert rejected.status == "rejected" and rejected.quantity == 0 and "cooldown after a stop: 5 min left" in rejected.reason
+    (rejected,) = rm.on_candle(bar(2))
+    assert "cooldown after a stop: 4 min left" in rejected.reason
+    assert rm.cash == pytest.approx(10_000 - 100.0)  # lost the 1% risked
+    assert rm.on_candle(bar(7))[0].status == "accepted"
+
+
+def test_opposite_signal_reverses_and_flat_exits_only_when_asked() -> None:
+    rm = manager(max_symbol_exposure=100, max_total_exposure=100)
+    rm.on_candle(bar(0, "long"))
+    assert rm.on_candle(bar(1, "flat")) == []
+    close, open_ = rm.on_candle(bar(2, "short"))
+    assert (close.action, close.trigger, open_.action, open_.side) == ("close", "signal", "open", "sell")
+    rm2 = manager(exit_on_flat=True, allow_short=False, max_symbol_exposure=100, max_total_exposure=100)
+    rm2.on_candle(bar(0, "long"))
+    (exit_,) = rm2.on_candle(bar(1, "flat"))
+    assert exit_.action == "close"
+    (refused,) = rm2.on_candle(bar(2, "short"))
+    assert refused.status == "rejected" and refused.reason == "short signal but allow_short is false"
+
+
+def _stopped_out(rm: RiskManager, times: int) -> list[TradeIntent]:
+    """Open, then ``times`` candles that each hit the stop (and re-enter on their long signal)."""
+    rm.on_candle(bar(0))
+    out = []
+    for i in range(1, times + 1):
+        out = rm.on_candle(bar(i, low=97.5))
+    return out
+
+
+def test_daily_loss_halts_until_the_next_utc_day() -> None:
+    rm = manager(max_daily_loss=0.025, max_drawdown=0.5, cooldown_minutes=0, max_symbol_exposure=100, max_total_exposure=100)
+    stop, refused = _stopped_out(rm, 3)  # -1% three times: -2.97% on the day
+    assert stop.trigger == "stop" and refused.status == "rejected"
+    assert refused.reason.startswith("max daily loss: equity 9,702.99 is 2.97% below the day's start 10,000.00 (limit 2.5%)")
+    assert rm.on_candle(bar(4))[0].status == "rejected"
+    next_day = (T0 // 86_400_000 + 1) * 86_400_000
+    assert rm.on_candle(bar((next_day - T0) // 60_000))[0].status == "accepted"
+
+
+def test_drawdown_kill_switch_flattens_and_halts_for_good() -> None:
+    rm = manager(max_daily_loss=0.9, max_drawdown=0.03, cooldown_minutes=0, max_symbol_exposure=100, max_total_exposure=100)
+    stop, refused = _stopped_out(rm, 4)  # 2.97% after three stops is within the 3%; the fourth is not
+    assert refused.reason.startswith("max drawdown: equity 9,605.96 is 3.94% below the peak 10,000.00 (limit 3%); trading halted")
+    assert rm.on_candle(bar(5 + 1440))[0].status == "rejected"  # a new day does not lift it
+
+
+def test_risk_snapshot_round_trips() -> None:
+    rm = manager(max_symbol_exposure=100, max_total_exposure=100)
+    rm.on_candle(bar(0))
+    other = manager(max_symbol_exposure=100, max_total_exposure=100)
+    other.restore(rm.snapshot())
+    assert other.on_candle(bar(1, "short")) == rm.on_candle(bar(1, "short"))
+
+
+# ------------------------------------------------------------------------------ signal logic
+
+
+def _logic() -> SignalLogic:
+    return SignalLogic(strategy([{"kind": "rsi", "below": 30, "above": 70}], risk={"max_symbol_exposure": 100, "max_total_exposure": 100}))
+
+
+def test_one_signal_per_candle_whichever_record_comes_second() -> None:
+    a, b = _logic(), _logic()
+    c, i = candle(0), ind(0, rsi=20.0, atr=1.0)
+    out_a = list(a.on_batch([Inbound("candle", c.key, c, 0)])) + list(a.on_batch([Inbound("indicators", i.key, i, 1)]))
+    out_b = list(b.on_batch([Inbound("indicators", i.key, i, 0), Inbound("candle", c.key, c, 1)]))
+    assert out_a == out_b
+    sig, intent = out_a
+    assert isinstance(sig, Emit) and sig.record == "signal" and sig.key == "ex:BTCUSDT:1m"
+    assert sig.value.direction == "long" and sig.value.indicators_time == T0 and sig.value.close_time == T0 + 59_999
+    assert intent.record == "trade_intent" and intent.value.side == "buy"
+    # re-deliveries and revisions of a signalled candle change nothing
+    again = [Inbound("candle", c.key, c, 2), Inbound("indicators", i.key, i, 3), Inbound("candle", c.key, candle(0, revision=1), 4)]
+    assert list(a.on_batch(again)) == []
+
+
+def test_other_series_are_ignored_and_unknown_records_rejected() -> None:
+    logic = _logic()
+    other = Candle("ex", "BTCUSDT", "5m", T0, T0 + 299_999, 1, 1, 1, 1, 1, 1, 1, is_final=True)
+    assert list(logic.on_batch([Inbound("candle", other.key, other, 0)])) == []
+    (rej,) = logic.on_batch([Inbound("late_trade", "k", object(), 7)])
+    assert isinstance(rej, Reject) and rej.offset == 7 and "does not read 'late_trade'" in rej.reason
+
+
+def test_snapshot_restore_continues_identically() -> None:
+    records = []
+    for n in range(6):
+        c, i = candle(n, close=100 + n), ind(n, close=100 + n, rsi=[20, 50, 80, 25, 75, 50][n], atr=1.0)
+        records += [Inbound("candle", c.key, c, 2 * n), Inbound("indicators", i.key, i, 2 * n + 1)]
+    whole = _logic()
+    expected = list(whole.on_batch(records))
+    first = _logic()
+    got = list(first.on_batch(records[:5]))  # stops between a candle and its indicators
+    second = _logic()
+    second.restore(first.snapshot())
+    got += list(second.on_batch(records[5:]))
+    assert got == expected and len([e for e in got if e.record == "signal"]) == 6
+
+
+def test_spec_declares_registered_records() -> None:
+    assert SIGNALS.name == "signals" and SIGNALS.inputs == ("candle", "indicators")
+    for name in (*SIGNALS.inputs, *SIGNALS.outputs):
+        assert name in RECORDS
+    assert RECORDS["signal"].channel == "signals:{symbol}" and RECORDS["signal"].local_id == 13
+    assert (RECORDS["trade_intent"].topic, RECORDS["trade_intent"].table, RECORDS["trade_intent"].local_id) == ("trade_intents", "trade_intents", 14)
+
+
+def test_signal_and_intent_round_trip_through_avro() -> None:
+    sig = Signal("t", "1", "ex", "BTCUSDT", "1m", T0, T0 + 59_999, 100.5, "long", 0.75, 0.75, "a\nb", 0, T0, T0 - 60_000, None, T0 - 1)
+    intent = TradeIntent("id", "t", "1", "ex", "BTCUSDT", "1m", T0, T0 + 60_000, 0, "open", "buy", "long", "signal", "accepted", 1.5, 2.0, 100.0, 98.0, None, 10_000.0, 0.8, "why")
+    for value in (sig, intent):
+        codec = AvroCodec(RECORDS["signal" if value is sig else "trade_intent"].schema)
+        assert type(value).from_avro(codec.decode(codec.encode(value.to_avro()))) == value
+
+
+def test_onchain_metric_records_feed_the_onchain_rules_a_day_after_their_day() -> None:
+    from schemas.models import OnchainMetric
+
+    day = (T0 // 86_400_000 - 1) * 86_400_000  # yesterday (UTC): over, so published, at the candle's close
+    fresh = day + 86_400_000  # today: not over at the close, so not known yet
+    logic = SignalLogic(strategy([{"kind": "onchain_zone", "metric": "mvrv", "below": 1.0, "asset": "BTC"}], risk={"max_symbol_exposure": 100, "max_total_exposure": 100}))
+    recs = [Inbound("onchain_metric", "BTC", OnchainMetric("BTC", day, "coinmetrics", mvrv=0.9), 0),
+            Inbound("onchain_metric", "BTC", OnchainMetric("BTC", fresh, "coinmetrics", mvrv=2.0), 1),
+            Inbound("onchain_metric", "ETH", OnchainMetric("ETH", fresh, "coinmetrics", mvrv=0.1), 2)]  # fmt: skip
+    c, i = candle(0), ind(0, atr=1.0)
+    sig = next(o.value for o in logic.on_batch([*recs, Inbound("candle", c.key, c, 3), Inbound("indicators", i.key, i, 4)]) if o.record == "signal")
+    assert sig.direction == "long" and sig.onchain_time == day < sig.close_time
+    assert sig.reasons == "onchain_zone: mvrv 0.9 < 1 -> long (weight 1)"
