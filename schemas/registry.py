@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from schemas.models import Candle, DeadLetter, Indicators, LateTrade, LiveCandles, TradeBatch
+from schemas.models import Candle, DeadLetter, FearGreed, Indicators, LateTrade, LiveCandles, NewsScored, SentimentAggregate, TradeBatch
 
 
 @dataclass(frozen=True)
@@ -69,6 +69,22 @@ RECORDS: dict[str, RecordType] = {
             # In-progress candles matter until their window closes: an hour of them is plenty.
             topic_config={"retention.ms": str(3_600_000)},
             description="A symbol's forming candle of every interval (CANDLE_UPDATES=kafka|both)",
+        ),
+        RecordType(
+            "news_scored", "tickflow.NewsScored", NewsScored, "news", "topic_news", 10, _key,
+            table="news_scored", table_key=("source", "item_id"), time_column="ts",
+            description="Headlines, RSS entries and posts with their sentiment, scored at ingest",
+        ),
+        RecordType(
+            "sentiment_aggregate", "tickflow.SentimentAggregate", SentimentAggregate, "sentiment", "topic_sentiment", 11, _key,
+            table="sentiment_aggregates", table_key=("asset", "interval", "window_start"), version="revision",
+            time_column="window_start", channel="sentiment:{asset}",
+            description="Sentiment per asset (and MARKET) per 1h and 1d window, with the day's Fear & Greed",
+        ),
+        RecordType(
+            "fear_greed", "tickflow.FearGreed", FearGreed, "fear-greed", "topic_fear_greed", 12, _key,
+            table="fear_greed", table_key=("day",), time_column="day",
+            description="The Crypto Fear & Greed index of each UTC day",
         ),
     )
 }
