@@ -230,6 +230,7 @@ class Scorer:
         self.model = model
         self.lexicon = lexicon
         self.assets = assets or AssetTable()
+        self.model_id = str(model.meta.get("id", "unversioned"))
 
     def probabilities(self, text: str) -> tuple[float, float, float]:
         m = self.model

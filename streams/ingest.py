@@ -18,11 +18,12 @@ import structlog
 
 from schemas.codec import AvroCodec, codec_for
 from schemas.models import DeadLetter, TradeBatch
+from schemas.registry import record_type, topic_of
 from schemas.wire import TradeBatchWriter
-from streams.observability import BATCHES_OUT, TRADES_IN
+from streams.observability import BATCHES_OUT, RECORDS_IN, TRADES_IN
 from streams.producer import TickProducer
 from streams.settings import Settings
-from streams.sources.base import BadInput, Source, now_us, trade_problem
+from streams.sources.base import BadInput, Record, Source, now_us, trade_problem
 
 log = structlog.get_logger(__name__)
 
@@ -31,6 +32,7 @@ log = structlog.get_logger(__name__)
 class IngestStats:
     trades: int = 0
     batches: int = 0
+    records: int = 0  # records of other types (news, Fear & Greed)
     rejected: int = 0
     started: float = field(default_factory=time.monotonic)
 
@@ -64,12 +66,25 @@ async def run_ingest(
     stats = IngestStats()
     topic = settings.topic_ticks
     last_report = time.monotonic()
+    codecs: dict[str, tuple[str, AvroCodec]] = {}
     try:
         await asyncio.get_running_loop().run_in_executor(None, producer.connect, topic)
         async for item in source.stream():
             if isinstance(item, BadInput):
                 stats.rejected += 1
                 producer.dead_letter(DeadLetter("ingest", item.reason, item.payload, now_us() // 1000))
+                continue
+            if isinstance(item, Record):
+                if item.record not in codecs:
+                    rt = record_type(item.record)
+                    out_topic = topic_of(settings, item.record)
+                    codecs[item.record] = (out_topic, codec_for(rt.schema, out_topic, settings.schema_registry_url))
+                out_topic, codec = codecs[item.record]
+                producer.produce(out_topic, item.key, codec.encode(item.value.to_avro()))
+                stats.records += 1
+                RECORDS_IN.labels(source_name, item.record).inc()
+                if stats.records % 64 == 0:
+                    await asyncio.sleep(0)
                 continue
             batch, bad = split_batch(item, now_us())
             for reason, raw in bad:
@@ -91,5 +106,5 @@ async def run_ingest(
         await asyncio.get_running_loop().run_in_executor(None, producer.flush)
     if on_progress:
         on_progress(stats)
-    log.info("ingest finished", trades=stats.trades, batches=stats.batches, rejected=stats.rejected)
+    log.info("ingest finished", trades=stats.trades, batches=stats.batches, records=stats.records, rejected=stats.rejected)
     return stats

@@ -11,6 +11,7 @@ from prometheus_client import Counter, Histogram, start_http_server
 TRADES_IN = Counter("tickflow_trades_in_total", "Trades accepted from sources", ["source"])
 BATCHES_OUT = Counter("tickflow_batches_produced_total", "TradeBatch records produced", ["topic"])
 BYTES_OUT = Counter("tickflow_bytes_produced_total", "Bytes produced", ["topic"])
+RECORDS_IN = Counter("tickflow_records_in_total", "Records other than trades accepted from sources (news, Fear & Greed)", ["source", "record"])
 DLQ_RECORDS = Counter("tickflow_dlq_records_total", "Records sent to the dead-letter topic", ["component"])
 PRODUCE_LATENCY = Histogram(
     "tickflow_produce_latency_seconds",

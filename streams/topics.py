@@ -39,6 +39,9 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
         TopicSpec(settings.topic_dlq, 1, {}),
         TopicSpec(settings.topic_candle_state, n, {"cleanup.policy": "compact"}),
         TopicSpec(settings.topic_indicator_state, n, {"cleanup.policy": "compact"}),
+        TopicSpec(settings.topic_news, n, {}),
+        TopicSpec(settings.topic_fear_greed, n, {}),
+        TopicSpec(settings.topic_sentiment, n, {}),
     ]
 
 

@@ -1,5 +1,8 @@
 """The source contract: an async iterator of ``TradeBatch``es (and ``BadInput`` it could not parse).
 
+A source of another record type (news, Fear & Greed) yields :class:`Record`: the registry name of
+its type, the partition key and the model; ingest writes it to that type's topic.
+
 A source never raises on bad data: it yields ``BadInput`` with the original bytes and the reason,
 and the ingest loop sends that to the dead-letter topic and goes on.
 """
@@ -13,6 +16,7 @@ import math
 import time
 from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from schemas.models import SIDES, Trade, TradeBatch
 
@@ -27,7 +31,16 @@ class BadInput:
     payload: bytes
 
 
-SourceItem = TradeBatch | BadInput
+@dataclass(slots=True)
+class Record:
+    """A record of any registered type (``schemas.registry``), for its own topic."""
+
+    record: str
+    key: str
+    value: Any
+
+
+SourceItem = TradeBatch | BadInput | Record
 
 
 class Source(abc.ABC):
