@@ -1,6 +1,6 @@
 """Event-time OHLCV candles of one Kafka partition: a pure state machine (no I/O, no clock).
 
-The Faust agent feeds each ``TradeBatch`` to :meth:`CandleBook.add` and publishes what comes back;
+The candle agent (agents.candle_agent) feeds each ``TradeBatch`` to :meth:`CandleBook.add` and publishes what comes back;
 everything that decides a number lives here so it can be tested against exchange klines.
 
 Time model. Windows are aligned to the UTC epoch (``open_time = t - t % interval``, so 1d starts at

@@ -1,6 +1,6 @@
 """Streaming technical indicators, equal to TA-Lib's over the same bar series.
 
-Pure and I/O-free: the Faust agent around it only feeds candles and publishes what comes back.
+Pure and I/O-free: the indicator agent around it only feeds candles and publishes what comes back.
 
 Each series (exchange, symbol, interval) keeps an ``IndicatorState``: amortised O(1) work per
 candle (window extremes are rescanned and running sums re-anchored only now and then; CCI's mean

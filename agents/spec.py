@@ -96,7 +96,6 @@ class AgentSpec:
     outputs: tuple[str, ...]  # registry names of the record types emitted
     logic: Callable[[AgentContext], AgentLogic]  # a new, empty state for one partition
     timer_s: float | None = None  # how often on_timer runs; None = never
-    checkpoint_s: float = 2.0
     needs_history: bool = False  # the runtime passes a CandleHistory when stores are configured
     description: str = ""
     extra: dict[str, Any] = field(default_factory=dict)

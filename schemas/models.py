@@ -241,7 +241,7 @@ class NewsScored:
     score: float  # [-1, 1]
     assets: str  # tickers named, ";"-separated; "" = market-wide
     model: str
-    received_at: int  # ms, wall clock at ingest
+    received_at: int  # µs, wall clock at ingest (as TradeBatch: the runtime measures input delay from it)
     text: str | None = None
     url: str | None = None
     engagement: float | None = None  # retweets, likes...: weighs the item in weighted_score
@@ -267,8 +267,8 @@ class FearGreed:
     day: int  # ms, 00:00 UTC of the day
     value: int  # 0-100
     classification: str  # Extreme Fear | Fear | Neutral | Greed | Extreme Greed
-    source: str  # file path or "api"
-    received_at: int  # ms
+    source: str  # file name or "api"
+    received_at: int  # µs, wall clock at ingest
 
     @property
     def key(self) -> str:

@@ -33,6 +33,7 @@ class RecordType:
     version: str | None = None  # column that decides which row of a key wins (ReplacingMergeTree(version), upsert if higher)
     time_column: str | None = None  # event-time column (ms or µs as in the model): partitioning, hypertables, query ranges
     channel: str | None = None  # Redis pub/sub channel, formatted with the record's fields
+    realtime: bool = False  # superseded by the next one, never stored: the worker may publish it to Redis itself
     description: str = ""
 
 
@@ -67,7 +68,7 @@ RECORDS: dict[str, RecordType] = {
             "live_candles", "tickflow.LiveCandles", LiveCandles, "candles-live", "topic_candle_updates", 6,
             lambda r: f"{r.candles[0].exchange}:{r.candles[0].symbol}",
             # In-progress candles matter until their window closes: an hour of them is plenty.
-            topic_config={"retention.ms": str(3_600_000)},
+            topic_config={"retention.ms": str(3_600_000)}, realtime=True,
             description="A symbol's forming candle of every interval (CANDLE_UPDATES=kafka|both)",
         ),
         RecordType(
@@ -102,4 +103,4 @@ def record_type(name: str) -> RecordType:
 def topic_of(settings: Any, name: str) -> str:
     """The physical topic of record type ``name`` under ``settings``."""
     rt = record_type(name)
-    return getattr(settings, rt.topic_setting, rt.topic)
+    return getattr(settings, rt.topic_setting, None) or f"{rt.topic}{getattr(settings, 'topic_suffix', '')}"

@@ -139,3 +139,17 @@ class TradeBatchWriter:
                 parts += (_string(trade_id), _long(ts), _TWO_DOUBLES(price, amount), side[taker])
         parts.append(_NULL)
         return b"".join(parts)
+
+
+def encoder_for(codec: AvroCodec) -> Callable[[Any], bytes]:
+    """``model -> bytes`` for ``codec``'s record: the hand-compiled writer where there is one, else
+    ``codec.encode(model.to_avro())``."""
+    if codec.name == "tickflow.Candle":
+        return CandleWriter(codec).encode
+    if codec.name == "tickflow.LiveCandles":
+        live = LiveCandlesWriter(codec).encode
+        return lambda record: live(record.candles)
+    if codec.name == "tickflow.TradeBatch":
+        return TradeBatchWriter(codec).encode
+    encode = codec.encode
+    return lambda record: encode(record.to_avro())

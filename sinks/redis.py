@@ -23,22 +23,19 @@ snapshot ``latest:indicators:{exchange}:{symbol}:{interval}``, as JSON with ``op
 
 from __future__ import annotations
 
-import asyncio
 import re
+import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
-from typing import Any
 
-import hiredis
 import orjson
 import redis
-import redis.asyncio as aioredis
 import structlog
 from prometheus_client import Counter
 
-from schemas.models import Candle, Indicators
+from schemas.models import Candle, Indicators, LiveCandles
 from sinks.base import CANDLE_COLUMNS, INDICATOR_COLUMNS, DataRejected, Sink, SinkBatch
 from streams.settings import Settings
 
@@ -182,83 +179,93 @@ class RedisSink(Sink):
         self._redis.close()
 
 
-class _HiredisPackedConnection(aioredis.Connection):
-    """redis-py's asyncio connections pack commands in Python, about 3 µs an argument (its sync ones
-    use hiredis, 0.2 µs): at a script call per flush with seven arguments a candle, that was the
-    fan-out's largest cost."""
-
-    def pack_command(self, *args: Any) -> list[bytes]:
-        return [hiredis.pack_command(args)]
-
-
 class LiveFanout:
-    """In-progress candles from the candle worker straight to Redis, the realtime path's short cut.
+    """In-progress candles from the candle agent straight to Redis, the realtime path's short cut.
 
     Through ``candles-live`` and the Redis sink an update crosses the broker twice; published here it
-    crosses once (about 15-25 ms less on the embedded broker), and the sink skips that topic. An
-    update needs no durability, the next one supersedes it: while Redis is away updates are dropped
-    and counted, and the first flush after the backoff tries again (``CANDLE_UPDATES=both`` keeps
-    every update on ``candles-live`` besides).
+    crosses once, and the sink skips that topic. An update needs no durability, the next one
+    supersedes it: while Redis is away updates are dropped and counted, and the first send after
+    the backoff tries again (``CANDLE_UPDATES=both`` keeps every update on ``candles-live`` besides).
 
-    ``offer`` never blocks the event loop: it queues, and one flush task at a time sends whatever
-    queued meanwhile in one script call per chunk, in the order offered.
+    ``publish`` never blocks the agent: it queues, and a sender thread sends whatever queued
+    meanwhile in one script call per chunk, in the order offered (redis-py's sync client packs
+    commands with hiredis).
     """
 
     def __init__(self, url: str, *, timeout_s: float = 2.0, backoff_min_s: float = 0.1, backoff_max_s: float = 5.0) -> None:
-        # redis:// URLs get hiredis packing; unix:// and rediss:// keep their own connection classes
-        self._redis = aioredis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, connection_class=_HiredisPackedConnection)
+        self._redis = redis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
         self._script = self._redis.register_script(_PUBLISH_AND_SNAPSHOT)
         self._pending: list[Candle] = []
-        self._flushing: asyncio.Task[None] | None = None
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._idle = threading.Event()
+        self._idle.set()
+        self._closed = False
         self._retry_at = 0.0
         self._backoff_s = 0.0
         self._backoff_min_s, self._backoff_max_s = backoff_min_s, backoff_max_s
+        self._thread = threading.Thread(target=self._run, name="live-fanout", daemon=True)
+        self._thread.start()
+
+    def publish(self, live: LiveCandles) -> None:
+        """Queue one symbol's forming candles (the runtime's route for realtime records)."""
+        self.offer(live.candles)
 
     def offer(self, candles: list[Candle]) -> None:
         if self._backoff_s and time.monotonic() < self._retry_at:
             LIVE_DROPPED.labels("redis down").inc(len(candles))
             return
-        self._pending += candles
-        if self._flushing is None:
-            self._flushing = asyncio.get_running_loop().create_task(self._flush())
+        with self._lock:
+            self._pending += candles
+            self._idle.clear()
+        self._wake.set()
 
-    async def _flush(self) -> None:
-        try:
-            while self._pending:
+    def _run(self) -> None:
+        while not self._closed:
+            self._wake.wait(0.5)
+            self._wake.clear()
+            with self._lock:
                 offered, self._pending = self._pending, []
-                batch: list[Candle] = []
-                payloads: list[bytes] = []
-                for c in offered:
-                    try:
-                        payloads.append(candle_json(c))
-                    except (ValueError, OverflowError) as exc:  # a time past year 9999: only possible from a bug upstream
-                        LIVE_DROPPED.labels("unencodable").inc()
-                        log.error("in-progress candle not encodable", error=str(exc), key=c.key, open_time=c.open_time)
-                        continue
-                    batch.append(c)
-                try:
-                    for keys, args in script_calls("candles", batch, payloads):
-                        await self._script(keys=keys, args=args)
-                except (aioredis.RedisError, OSError) as exc:
-                    # what queued meanwhile is as stale by the retry: dropped too
-                    LIVE_DROPPED.labels("redis down").inc(len(batch) + len(self._pending))
-                    self._pending = []
-                    self._backoff_s = min(max(self._backoff_s * 2, self._backoff_min_s), self._backoff_max_s)
-                    self._retry_at = time.monotonic() + self._backoff_s
-                    log.warning("redis unreachable: in-progress candles dropped", error=str(exc), retry_in_s=self._backoff_s)
-                    return
-                LIVE_PUBLISHED.inc(len(batch))
-                if self._backoff_s:
-                    log.info("redis reachable again: in-progress candles flow")
-                    self._backoff_s = 0.0
-        finally:
-            self._flushing = None
+            if offered:
+                self._send(offered)
+            with self._lock:
+                if not self._pending:
+                    self._idle.set()
 
-    async def flushed(self, timeout_s: float = 5.0) -> None:
-        """Return once everything offered so far has been sent or dropped (or ``timeout_s`` passed)."""
-        if self._flushing is not None:
-            await asyncio.wait([self._flushing], timeout=timeout_s)
+    def _send(self, offered: list[Candle]) -> None:
+        batch: list[Candle] = []
+        payloads: list[bytes] = []
+        for c in offered:
+            try:
+                payloads.append(candle_json(c))
+            except (ValueError, OverflowError) as exc:  # a time past year 9999: only possible from a bug upstream
+                LIVE_DROPPED.labels("unencodable").inc()
+                log.error("in-progress candle not encodable", error=str(exc), key=c.key, open_time=c.open_time)
+                continue
+            batch.append(c)
+        try:
+            for keys, args in script_calls("candles", batch, payloads):
+                self._script(keys=keys, args=args)
+        except (redis.RedisError, OSError) as exc:
+            with self._lock:  # what queued meanwhile is as stale by the retry: dropped too
+                stale, self._pending = len(self._pending), []
+            LIVE_DROPPED.labels("redis down").inc(len(batch) + stale)
+            self._backoff_s = min(max(self._backoff_s * 2, self._backoff_min_s), self._backoff_max_s)
+            self._retry_at = time.monotonic() + self._backoff_s
+            log.warning("redis unreachable: in-progress candles dropped", error=str(exc), retry_in_s=self._backoff_s)
+            return
+        LIVE_PUBLISHED.inc(len(batch))
+        if self._backoff_s:
+            log.info("redis reachable again: in-progress candles flow")
+            self._backoff_s = 0.0
 
-    async def aclose(self) -> None:
-        await self.flushed()
-        await self._redis.aclose()
+    def flushed(self, timeout_s: float = 5.0) -> bool:
+        """True once everything offered so far has been sent or dropped (False after ``timeout_s``)."""
+        return self._idle.wait(timeout_s)
+
+    def close(self) -> None:
+        self.flushed()
+        self._closed = True
+        self._wake.set()
+        self._thread.join(timeout=5)
+        self._redis.close()

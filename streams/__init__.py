@@ -1,1 +1,1 @@
-"""tickflow's platform: Faust app, settings, topics, sources, producer and CLI."""
+"""tickflow's platform: the agent runtime, settings, topics, sources, producer and CLI."""

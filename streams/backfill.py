@@ -317,7 +317,7 @@ async def run_backfill(
 ) -> list[SymbolResult]:
     """``tickflow backfill``: the exchange is checked before a broker or store is started, so bad
     input fails fast; then the broker (embedded when ``KAFKA_BOOTSTRAP`` is unset) and the stores."""
-    from streams.pipeline import kafka  # loads Faust: not for the live source, which imports this module
+    from streams.pipeline import kafka  # loads the stores and agents: not for the live source, which imports this module
 
     try:
         exchange = open_exchange(exchange_id, settings.ccxt_url_overrides, settings.ccxt_options)

@@ -165,14 +165,16 @@ def _summary(status) -> Group:  # noqa: ANN001
         ", ".join(f"{k} {v if v is not None else '?'}" for k, v in lags.items()) or "-",
         *((f"{broker_bytes / 1e6:,.0f} MB (embedded, in memory)",) if broker_bytes else ()),
     )
-    if status.worker:
+    candle_runner = next((r for r in status.runtime.runners if r.name == "candles"), None) if status.runtime else None
+    if candle_runner is not None:
         latest = Table(show_header=True)
         for col in ("symbol", "interval", "open_time", "open", "high", "low", "close", "volume", "trades"):
             latest.add_column(col)
         rows = 0
-        for ps in status.worker.parts.values():
-            for ex, sym in list(ps.book._syms)[:8]:  # noqa: SLF001 - read-only view
-                c = ps.book.in_progress(ex, sym, status.worker.settings.intervals[0])
+        for ps in list(candle_runner.parts.values()):
+            book = ps.logic.book
+            for ex, sym in list(book._syms)[:8]:  # noqa: SLF001 - read-only view
+                c = book.in_progress(ex, sym, candle_runner.settings.intervals[0])
                 if c is not None and rows < 12:
                     rows += 1
                     latest.add_row(f"{ex}:{sym}", c.interval, time.strftime("%H:%M", time.gmtime(c.open_time / 1000)), f"{c.open:g}", f"{c.high:g}", f"{c.low:g}", f"{c.close:g}", f"{c.volume:.4g}", str(c.trade_count))
@@ -227,7 +229,7 @@ def run(
 
 @app.command()
 def worker() -> None:
-    """Run the Faust worker (candle and indicator agents) alone; several workers share the partitions.
+    """Run the agents (candles, indicators, ...) alone; several workers share the partitions through each agent's consumer group.
 
     Example: KAFKA_BOOTSTRAP=kafka:9092 tickflow worker
     """

@@ -21,8 +21,7 @@ PRODUCE_LATENCY = Histogram(
 
 
 def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
-    """tickflow's own logs through structlog; the libraries' standard-library logs (Faust, mode,
-    aiokafka) rendered by the same processors, so every line on stderr is one JSON object."""
+    """tickflow's own logs through structlog; the libraries' standard-library logs rendered by the same processors, so every line on stderr is one JSON object."""
     renderer = structlog.processors.JSONRenderer() if fmt == "json" else structlog.dev.ConsoleRenderer()
     shared = [
         structlog.contextvars.merge_contextvars,

@@ -1,8 +1,8 @@
-"""Running tickflow's parts in one process: broker, topics, sinks, the Faust worker and a source.
+"""Running tickflow's parts in one process: broker, topics, sinks, the agents and a source.
 
 ``tickflow run`` uses all of them; ``worker``, ``sink`` and ``ingest`` use one part each. Each sink
-runs in its own process, as ``tickflow sink`` would in production; the Faust worker and the source
-share the asyncio loop of the main process.
+runs in its own process, as ``tickflow sink`` would in production; each agent runs in a thread of
+the main process, whose asyncio loop runs the source.
 """
 
 from __future__ import annotations
@@ -24,15 +24,18 @@ import redis
 import structlog
 from confluent_kafka import KafkaException
 
-from agents.candle_agent import CandleWorker, register_candle_agent
-from agents.indicator_agent import IndicatorWorker, register_indicator_agent
+from agents.registry import AGENTS
+from agents.spec import CandleHistory
 from schemas.models import Candle
+from sinks.clickhouse import ClickHouseCandleHistory
+from sinks.postgres import PostgresCandleHistory
+from sinks.redis import LiveFanout
 from sinks.runner import SinkRunner, configured_sinks, open_sinks, sink_lag
-from streams.app import create_app
 from streams.broker import EmbeddedBroker
 from streams.ingest import IngestStats, run_ingest
 from streams.observability import configure_logging, serve_metrics
 from streams.producer import TickProducer
+from streams.runtime import AgentRunner, LiveRoute, Runtime
 from streams.settings import Settings
 from streams.sources.base import Source
 from streams.topics import ensure_topics, end_offsets
@@ -126,7 +129,7 @@ class SinkProcesses:
     """Each sink in its own process, stopped together.
 
     Decoding every record and the stores' client libraries would otherwise share one interpreter
-    lock with the Faust worker and the source, which is what the realtime path's latency pays for.
+    lock with the agents and the source, which is what the realtime path's latency pays for.
     The parent watches each sink's consumer-group lag through an admin client. Sink metrics are
     served on ``METRICS_PORT`` + 1, + 2, ... in configuration order.
     """
@@ -184,9 +187,8 @@ class RunStatus:
 
     ingest: IngestStats | None = None
     source_done: bool = False
-    worker: CandleWorker | None = None
+    runtime: Runtime | None = None
     sinks: SinkProcesses | None = None
-    latest: dict[str, Candle] = field(default_factory=dict)
     started: float = field(default_factory=time.monotonic)
 
 
@@ -194,26 +196,53 @@ class DrainStalled(RuntimeError):
     """An ``--until-drained`` run stopped making progress before everything was processed."""
 
 
-async def _wait_caught_up(settings: Settings, worker: CandleWorker | IndicatorWorker, stop: asyncio.Event, what: str) -> None:
-    """Wait until a registered agent's state has every record of its input topic.
+def open_history(settings: Settings) -> CandleHistory | None:
+    """The candle store warm starts read: PostgreSQL/TimescaleDB when configured, else a ClickHouse
+    server (embedded chdb is open in the ClickHouse sink's process, so it cannot serve them)."""
+    if settings.indicator_warm_start_bars <= 0:
+        return None
+    if settings.database_url:
+        return PostgresCandleHistory(settings.database_url)
+    if settings.clickhouse_url and not settings.clickhouse_url.startswith("chdb:"):
+        return ClickHouseCandleHistory(settings.clickhouse_url)
+    log.info("no candle store for warm starts (PostgreSQL off, ClickHouse embedded): new series start cold")
+    return None
+
+
+def build_runtime(settings: Settings, producer: TickProducer, *, agents: list[str] | None = None) -> tuple[Runtime, LiveFanout | None]:
+    """Every registered agent (or those named) on the runtime, with the stores and the fan-out they use."""
+    fanout = LiveFanout(settings.redis_url) if settings.redis_url and settings.candle_updates != "kafka" else None
+    live = LiveRoute(publish=fanout.publish if fanout is not None else None, to_topic=settings.candle_updates != "redis" or fanout is None)
+    runtime = Runtime()
+    for spec in AGENTS:
+        if agents is not None and spec.name not in agents:
+            continue
+        history = open_history(settings) if spec.needs_history else None
+        runtime.runners.append(AgentRunner(spec, settings, producer, history=history, live=live))
+    return runtime, fanout
+
+
+async def _wait_caught_up(settings: Settings, runner: AgentRunner, stop: asyncio.Event) -> None:
+    """Wait until an agent's state has every record of its input topics.
 
     Raises :class:`DrainStalled`, with positions and input ends, when its position has not moved
     for ``drain_stall_s``: a stuck run then fails with the facts rather than hanging.
     """
-    agent = worker.agent
-    assert agent is not None, "agent not registered with an app"
     loop = asyncio.get_running_loop()
-    last: dict[int, int | None] = {}
+    last: dict[tuple[str, int], int] = {}
     since = time.monotonic()
     while not stop.is_set():
-        ends = (await loop.run_in_executor(None, end_offsets, settings)).get(agent.topic, [])
-        if agent.caught_up(ends):
+        if runner.error is not None:
+            raise RuntimeError(f"agent {runner.name} stopped: {runner.error}")
+        ends = await loop.run_in_executor(None, end_offsets, settings)
+        if runner.caught_up(ends):
             return
-        position = {p: ps.next_offset for p, ps in list(worker.parts.items())}
+        position = runner.positions()
         if position != last:
             last, since = position, time.monotonic()
         elif time.monotonic() - since > settings.drain_stall_s:
-            raise DrainStalled(f"{what} made no progress for {settings.drain_stall_s:.0f} s: next offsets {position}, {agent.topic} (partition, low, high) {ends}")
+            inputs = {t: ends.get(t) for t in runner.inputs}
+            raise DrainStalled(f"agent {runner.name} made no progress for {settings.drain_stall_s:.0f} s: next offsets {position}, inputs (partition, low, high) {inputs}")
         await asyncio.sleep(0.2)
 
 
@@ -227,7 +256,7 @@ async def run_pipeline(
     say: Callable[[str], None] = print,
     status: RunStatus | None = None,
 ) -> RunStatus:
-    """Run worker, sinks and optionally a source until stopped, or until drained."""
+    """Run the agents, the sinks and optionally a source until stopped, or until drained."""
     status = status or RunStatus()
     producer = TickProducer(settings)
     sink_processes = None
@@ -241,16 +270,14 @@ async def run_pipeline(
         except BaseException:
             sink_processes.close()
             raise
-    app = create_app(settings)
-    worker = register_candle_agent(app, settings, producer)
-    indicator_worker = register_indicator_agent(app, settings, producer)
-    status.worker = worker
+    runtime, fanout = build_runtime(settings, producer)
+    status.runtime = runtime
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
-    await app.start()
+    runtime.start()
     try:
         ingest_task = None
         if source is not None:
@@ -262,10 +289,10 @@ async def run_pipeline(
             if ingest_task is not None:
                 status.ingest = await ingest_task
             status.source_done = True
-            await _drain(settings, worker, indicator_worker, sink_processes, stop)
+            await _drain(settings, runtime, sink_processes, stop)
         else:
             stopped = asyncio.create_task(stop.wait())
-            watch = asyncio.create_task(_watch(sink_processes))
+            watch = asyncio.create_task(_watch(sink_processes, runtime))
             try:
                 done, _ = await asyncio.wait([stopped, watch, *([ingest_task] if ingest_task else [])], return_when=asyncio.FIRST_COMPLETED)
                 if ingest_task in done:
@@ -273,42 +300,39 @@ async def run_pipeline(
                     status.source_done = True
                     done, _ = await asyncio.wait([stopped, watch], return_when=asyncio.FIRST_COMPLETED)
                 if watch in done:
-                    watch.result()  # raises SinkFailed
+                    watch.result()  # raises SinkFailed or the agent's error
             finally:
                 for task in (stopped, watch, ingest_task):
                     if task is not None and not task.done():
                         task.cancel()
     finally:
-        await app.stop()
-        if worker.fanout is not None:
-            await worker.fanout.aclose()
+        await loop.run_in_executor(None, runtime.close)
+        if fanout is not None:
+            await loop.run_in_executor(None, fanout.close)
         if sink_processes is not None:
             await loop.run_in_executor(None, sink_processes.close)
         await loop.run_in_executor(None, producer.close)
     return status
 
 
-async def _watch(sinks: SinkProcesses | None) -> None:
-    """Raise SinkFailed when a sink process ends on its own; forever when there are none."""
+async def _watch(sinks: SinkProcesses | None, runtime: Runtime) -> None:
+    """Raise when a sink process ends on its own or an agent stopped on an error; else run forever."""
     while True:
         if sinks is not None:
             sinks.check()
+        runtime.check()
         await asyncio.sleep(1.0)
 
 
-async def _drain(
-    settings: Settings, worker: CandleWorker, indicators: IndicatorWorker, sinks: SinkProcesses | None, stop: asyncio.Event
-) -> None:
-    """Wait until the candle agent has every trade and has closed its windows, then until the
-    indicator agent has every candle, then until sinks have every record."""
-    await _wait_caught_up(settings, worker, stop, "candle agent")
-    for p in list(worker.parts):
-        worker.close_windows(p)
-    await worker.agent.write_checkpoints(None)  # type: ignore[union-attr]
-    log.info("candle agent drained; waiting for the indicator agent")
-    await _wait_caught_up(settings, indicators, stop, "indicator agent")
-    await indicators.agent.write_checkpoints(None)  # type: ignore[union-attr]
-    log.info("indicator agent drained; waiting for sinks")
+async def _drain(settings: Settings, runtime: Runtime, sinks: SinkProcesses | None, stop: asyncio.Event) -> None:
+    """Agent by agent in pipeline order: wait until it has every input record, then let it finish
+    (timers finalize what it holds, e.g. open candle windows) and checkpoint; then wait until the
+    sinks have every record."""
+    for runner in runtime.runners:
+        await _wait_caught_up(settings, runner, stop)
+        await asyncio.wrap_future(runner.call(runner.finish))
+        log.info("agent drained", agent=runner.name)
+    log.info("agents drained; waiting for sinks")
     if sinks is None:
         return
     loop = asyncio.get_running_loop()

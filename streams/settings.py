@@ -37,8 +37,9 @@ class Settings(BaseSettings):
     topic_indicators: str = "indicators"
     topic_dlq: str = "dlq"
     topic_late_trades: str = "late-trades"
-    topic_candle_state: str = "candles-state"
-    topic_indicator_state: str = "indicators-state"
+    topic_candles_state: str = Field("candles-state", description="The candle agent's checkpoints (any agent: TOPIC_<AGENT>_STATE, default <agent>-state)")
+    topic_indicators_state: str = "indicators-state"
+    topic_suffix: str = Field("", description="Appended to the default name of every topic without a setting of its own (isolated runs on a shared broker)")
     topic_news: str = Field("news", description="Scored headlines, RSS entries and posts (news_scored)")
     topic_sentiment: str = Field("sentiment", description="Sentiment aggregates per asset and window")
     topic_fear_greed: str = Field("fear-greed", description="The daily Crypto Fear & Greed index")
@@ -52,7 +53,7 @@ class Settings(BaseSettings):
     sink_batch_size: int = Field(5000, description="Records per sink write")
     sink_batch_ms: int = Field(500, description="Longest a sink holds a partial batch")
     redis_sink_batch_ms: int = Field(5, description="The same for the Redis sink: realtime fan-out, so its batches stay short")
-    consumer_fetch_wait_ms: int = Field(10, description="Longest the broker holds a fetch without data (Faust worker and sinks): latency floor of a quiet topic")
+    consumer_fetch_wait_ms: int = Field(10, description="Longest the broker holds a fetch without data (agents and sinks): latency floor of a quiet topic")
     producer_linger_ms: int = Field(
         10,
         description="How long producers gather a partition's records into one request (librdkafka sends a request per partition): "
@@ -82,7 +83,7 @@ class Settings(BaseSettings):
     )
     candle_idle_timeout_s: float = Field(10.0, description="Wall-clock quiet time after which a partition's open windows close")
     candle_fill_gaps: bool = Field(True, description="Emit flat zero-volume candles for minutes with no trades")
-    candle_snapshot_s: float = Field(2.0, description="How often the candle agent checkpoints its state")
+    agent_checkpoint_s: float = Field(2.0, description="How often each agent checkpoints the partitions whose state moved")
 
     # Indicators
     indicator_sma: str = Field("50,200", description="SMA periods feeding ma50 and ma200")
@@ -100,7 +101,7 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     log_format: str = Field("json", description="json or console")
     metrics_port: int = Field(9108, description="Prometheus /metrics port; 0 = off")
-    app_id: str = Field("tickflow", description="Faust app id and consumer group prefix")
+    app_id: str = Field("tickflow", description="Prefix of every consumer group (agents: {app_id}-{agent}, sinks: {app_id}-sink-{name})")
     session_timeout_s: float = 8.0
     drain_stall_s: float = Field(120.0, description="--until-drained fails when an agent makes no progress this long")
 

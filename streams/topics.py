@@ -28,21 +28,15 @@ class TopicSpec:
 
 
 def topic_specs(settings: Settings) -> list[TopicSpec]:
+    """Every record type's topic (schemas.registry) and every agent's state topic (agents.registry)."""
+    from agents.registry import AGENTS
+    from schemas.registry import RECORDS, topic_of
+    from streams.runtime import state_topic
+
     n = settings.ticks_partitions
-    return [
-        TopicSpec(settings.topic_ticks, n, {}),
-        TopicSpec(settings.topic_candles, n, {}),
-        # In-progress candles matter until their window closes: an hour of them is plenty to replay.
-        TopicSpec(settings.topic_candle_updates, n, {"retention.ms": str(3_600_000)}),
-        TopicSpec(settings.topic_indicators, n, {}),
-        TopicSpec(settings.topic_late_trades, n, {}),
-        TopicSpec(settings.topic_dlq, 1, {}),
-        TopicSpec(settings.topic_candle_state, n, {"cleanup.policy": "compact"}),
-        TopicSpec(settings.topic_indicator_state, n, {"cleanup.policy": "compact"}),
-        TopicSpec(settings.topic_news, n, {}),
-        TopicSpec(settings.topic_fear_greed, n, {}),
-        TopicSpec(settings.topic_sentiment, n, {}),
-    ]
+    specs = [TopicSpec(topic_of(settings, rt.name), n if rt.partitioned else 1, dict(rt.topic_config)) for rt in RECORDS.values()]
+    specs += [TopicSpec(state_topic(settings, spec), n, {"cleanup.policy": "compact"}) for spec in AGENTS]
+    return specs
 
 
 def isolated(settings: Settings, tag: str, *, keep: Iterable[str] = ()) -> Settings:

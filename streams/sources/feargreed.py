@@ -88,7 +88,7 @@ class FearGreedFileSource(Source):
         for start, missing in self.gaps:
             log.warning("fear & greed gap", path=str(self.path), first_missing_day_ms=start, days=missing)
         log.info("fear & greed file read", path=str(self.path), days=len(days), gaps=len(self.gaps), missing_days=sum(m for _, m in self.gaps))
-        received = now_us() // 1000
+        received = now_us()
         for i, day in enumerate(sorted(days)):
             value, cls = days[day]
             fg = FearGreed(day, value, cls, str(self.path.name), received)
@@ -136,7 +136,7 @@ class FearGreedApiSource(Source):
                     parsed.append(parse_row(e))
                 except (ValueError, AttributeError) as exc:
                     yield BadInput(f"feargreed:api entry: {exc}", orjson.dumps(e))
-            received = now_us() // 1000
+            received = now_us()
             for day, value, cls in sorted(parsed):
                 if seen.get(day) == value:
                     continue

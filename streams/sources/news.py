@@ -116,7 +116,7 @@ def item_id(row: Mapping[str, object], url: str | None, title: str, ts: int) -> 
 
 def scored(scorer: Scorer, source: str, ident: str, ts: int, title: str, text: str | None, url: str | None, engagement: float | None) -> Record:
     s = scorer.score(f"{title}. {text}" if text else title)
-    item = NewsScored(source, ident, ts, title, s.label, s.score, ";".join(s.assets), scorer.model_id, now_us() // 1000, text, url, engagement)
+    item = NewsScored(source, ident, ts, title, s.label, s.score, ";".join(s.assets), scorer.model_id, now_us(), text, url, engagement)
     return Record("news_scored", item.key, item)
 
 

@@ -12,7 +12,7 @@ CREATE TABLE IF NOT EXISTS news_scored
     score Float64,
     assets String,
     model LowCardinality(String),
-    received_at DateTime64(3, 'UTC'),
+    received_at DateTime64(6, 'UTC'),
     text Nullable(String),
     url Nullable(String),
     engagement Nullable(Float64)
@@ -27,7 +27,7 @@ CREATE TABLE IF NOT EXISTS fear_greed
     value Int32,
     classification LowCardinality(String),
     source LowCardinality(String),
-    received_at DateTime64(3, 'UTC')
+    received_at DateTime64(6, 'UTC')
 )
 ENGINE = ReplacingMergeTree
 ORDER BY day;

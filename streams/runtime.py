@@ -1,0 +1,500 @@
+"""The agent runtime: runs any :class:`agents.spec.AgentSpec` on Kafka, one thread and one consumer per agent.
+
+Everything an agent would otherwise repeat lives here once: the consumer group (``{app_id}-{agent}``,
+range assignment, so partition p of every input topic lands on one worker), decoding through the
+record registry, one logic object per input partition, checkpoints, dead letters, metrics, producing
+outputs and timers.
+
+Records are taken in batches straight from librdkafka (``Consumer.consume``), decoded and handed to
+``on_batch`` a partition at a time: the per-record cost is the Avro decode and the agent's own work,
+a few microseconds, where a stream framework's per-record path costs tens.
+
+Restart safety: a partition's checkpoint is (next offset of each input topic, ``snapshot()``) in one
+record of the agent's state topic, written after every output before it is durable. When a
+partition is assigned, its checkpoint is restored and the consumer starts at the checkpoint's
+offsets (the input's beginning without one), whatever the group committed; outputs emitted after
+the last checkpoint are emitted again, identically, and the idempotent sinks absorb them.
+
+Timers: ``on_timer(now, quiet_s)`` runs after every batch and at least every ``timer_s``. ``quiet_s``
+counts only while the partition has nothing unread (its position has reached the high watermark
+of the last fetch), so a quiet timeout never fires while input waits behind the consumer, and a
+partition restored from a checkpoint starts counting when it is assigned.
+"""
+
+from __future__ import annotations
+
+import math
+import queue
+import threading
+import time
+import zlib
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicPartition
+from prometheus_client import Counter, Gauge, Histogram
+
+from agents.spec import AgentContext, AgentLogic, AgentSpec, CandleHistory, Emit, Inbound, Reject
+from schemas.codec import AvroCodec, DecodeError, codec_for
+from schemas.models import DeadLetter
+from schemas.registry import RecordType, record_type, topic_of
+from schemas.wire import encoder_for
+from streams.checkpoint import CheckpointStore, encode_checkpoint
+from streams.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+RECORDS = Counter("tickflow_agent_records_total", "Input records an agent processed", ["agent"])
+OUTPUTS = Counter("tickflow_agent_outputs_total", "Records an agent emitted", ["agent", "record"])
+DEAD_LETTERS = Counter("tickflow_agent_dead_letters_total", "Input records an agent dead-lettered", ["agent"])
+LAG = Gauge("tickflow_agent_lag", "Records of an input partition not yet processed by its agent", ["agent", "partition"])
+CHECKPOINT_SECONDS = Histogram(
+    "tickflow_agent_checkpoint_seconds", "Time to snapshot and durably write an agent's checkpoints", ["agent"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
+BATCH_SECONDS = Histogram(
+    "tickflow_agent_batch_seconds", "Time an agent took for one partition's batch of records", ["agent"],
+    buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1),
+)
+INPUT_DELAY = Histogram(
+    "tickflow_agent_input_delay_seconds",
+    "Wall-clock time from a record's receipt by ingest to its agent reading it (broker hop plus queueing)",
+    ["agent"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 60.0, 600.0),
+)
+
+CONSUME_MAX = 2000  # records taken from librdkafka per call
+IDLE_WAIT_S = 0.1  # longest a consume call waits when no timer is due sooner
+LAG_EVERY_S = 1.0
+
+
+def _now_us() -> int:
+    return time.time_ns() // 1000
+
+
+@dataclass
+class PartitionState:
+    """One input partition of an agent: its logic and where it stands in each input topic."""
+
+    logic: AgentLogic
+    offsets: dict[str, int]  # input topic -> next offset expected
+    quiet_since: float | None = None  # monotonic time since when nothing was unread, None while input waits
+    changed: bool = False  # state or position moved since the last checkpoint
+
+
+@dataclass
+class _Input:
+    topic: str
+    rtype: RecordType
+    codec: AvroCodec
+
+
+@dataclass
+class LiveRoute:
+    """Where realtime-only records (``RecordType.realtime``) go: a callable that publishes them
+    (the Redis fan-out the shell passes in) and/or their topic."""
+
+    publish: Callable[[Any], None] | None = None
+    to_topic: bool = False
+
+
+class AgentRunner:
+    """One agent: its consumer, its partitions' logic, checkpoints and outputs, in one thread."""
+
+    def __init__(
+        self,
+        spec: AgentSpec,
+        settings: Settings,
+        producer: Any,  # streams.producer.RecordProducer
+        *,
+        history: CandleHistory | None = None,
+        live: LiveRoute | None = None,
+        consumer_config: dict[str, Any] | None = None,
+    ) -> None:
+        self.spec = spec
+        self.settings = settings
+        self.producer = producer
+        self.history = history
+        self.live = live or LiveRoute(to_topic=True)
+        self.name = spec.name
+        self.group_id = f"{settings.app_id}-{spec.name}"
+        registry = settings.schema_registry_url
+        self.inputs: dict[str, _Input] = {}
+        for name in spec.inputs:
+            rt = record_type(name)
+            topic = topic_of(settings, name)
+            self.inputs[topic] = _Input(topic, rt, codec_for(rt.schema, topic, registry))
+        self._outputs: dict[str, tuple[str, Callable[[Any], bytes], bool]] = {}
+        for name in spec.outputs:
+            rt = record_type(name)
+            topic = topic_of(settings, name)
+            self._outputs[name] = (topic, encoder_for(codec_for(rt.schema, topic, registry)), rt.realtime)
+        self.checkpoints = CheckpointStore(settings, self.state_topic, list(self.inputs))
+        self.parts: dict[int, PartitionState] = {}
+        self._consumer_config = consumer_config or {}
+        self._consumer: Consumer | None = None
+        self._calls: queue.SimpleQueue[tuple[Callable[[], Any], Future[Any]]] = queue.SimpleQueue()
+        self._out_counts: dict[str, int] = {}
+        self._records = RECORDS.labels(self.name)
+        self._dead = DEAD_LETTERS.labels(self.name)
+        self._batch_s = BATCH_SECONDS.labels(self.name)
+        self._input_delay = INPUT_DELAY.labels(self.name)
+        self._log = log.bind(agent=self.name)
+        self.thread: threading.Thread | None = None
+        self.error: BaseException | None = None
+        self.assigned = threading.Event()  # set once partitions have been assigned and their state loaded
+
+    @property
+    def state_topic(self) -> str:
+        return state_topic(self.settings, self.spec)
+
+    # -- lifecycle
+
+    def start(self, stop: threading.Event) -> AgentRunner:
+        self.thread = threading.Thread(target=self._run_guarded, args=(stop,), name=f"agent-{self.name}", daemon=True)
+        self.thread.start()
+        return self
+
+    def join(self, timeout: float | None = None) -> None:
+        if self.thread is not None:
+            self.thread.join(timeout)
+
+    def _run_guarded(self, stop: threading.Event) -> None:
+        try:
+            self.run(stop)
+        except BaseException as exc:  # reported to the process that started the thread, which stops
+            self.error = exc
+            self._log.exception("agent stopped on an error")
+            stop.set()
+
+    def call(self, fn: Callable[[], Any]) -> Future[Any]:
+        """Run ``fn`` on the agent's thread between two batches (state is only touched there)."""
+        fut: Future[Any] = Future()
+        self._calls.put((fn, fut))
+        return fut
+
+    def run(self, stop: threading.Event) -> None:
+        conf = {
+            "bootstrap.servers": self.settings.bootstrap,
+            "group.id": self.group_id,
+            "client.id": f"tickflow-agent-{self.name}",
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+            "partition.assignment.strategy": "range",  # co-partitioned inputs: partition p of each topic together
+            "session.timeout.ms": int(self.settings.session_timeout_s * 1000),
+            "fetch.wait.max.ms": self.settings.consumer_fetch_wait_ms,
+            "fetch.queue.backoff.ms": 1,  # librdkafka waits 1 s by default before refetching a partition with queued records
+            "fetch.message.max.bytes": 8_000_000,
+            **self._consumer_config,
+        }
+        consumer = self._consumer = Consumer(conf)
+        consumer.subscribe(list(self.inputs), on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost)
+        checkpoint_s = self.settings.agent_checkpoint_s
+        next_checkpoint = time.monotonic() + checkpoint_s
+        next_timer = 0.0
+        next_lag = 0.0
+        timer_s = self.spec.timer_s
+        try:
+            while not stop.is_set():
+                self._run_calls()
+                now = time.monotonic()
+                wait = IDLE_WAIT_S if timer_s is None else max(0.0, min(IDLE_WAIT_S, next_timer - now))
+                msgs = consumer.consume(CONSUME_MAX, wait)
+                if msgs:
+                    self._handle(msgs)
+                now = time.monotonic()
+                if timer_s is not None and (msgs or now >= next_timer):
+                    self._timers(now)
+                    next_timer = now + timer_s
+                if now >= next_checkpoint:
+                    self.write_checkpoints()
+                    next_checkpoint = time.monotonic() + checkpoint_s
+                if now >= next_lag:
+                    self._update_lag()
+                    next_lag = now + LAG_EVERY_S
+                self.producer.poll(0)
+            self._run_calls()
+            self.write_checkpoints()
+        finally:
+            self._consumer = None
+            consumer.close()  # leaves the group: the partitions move to another worker at once
+            self.parts.clear()
+
+    def _run_calls(self) -> None:
+        while True:
+            try:
+                fn, fut = self._calls.get_nowait()
+            except queue.Empty:
+                return
+            if fut.set_running_or_notify_cancel():
+                try:
+                    fut.set_result(fn())
+                except BaseException as exc:  # noqa: BLE001 - handed to the caller
+                    fut.set_exception(exc)
+
+    # -- partitions
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        for p in sorted({tp.partition for tp in partitions}):
+            if p not in self.parts:
+                self.parts[p] = self._load(p)
+        for tp in partitions:
+            tp.offset = self.parts[tp.partition].offsets.get(tp.topic, OFFSET_BEGINNING)
+        consumer.assign(partitions)
+        self._log.info("partitions assigned", partitions=sorted({tp.partition for tp in partitions}))
+        self.assigned.set()
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        mine = sorted({tp.partition for tp in partitions} & set(self.parts))
+        if mine:
+            self.write_checkpoints(mine)
+        for p in mine:
+            del self.parts[p]
+        consumer.unassign()
+
+    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """Another member owns them now: what changed here since the last checkpoint is its to redo."""
+        for tp in partitions:
+            self.parts.pop(tp.partition, None)
+
+    def _load(self, partition: int) -> PartitionState:
+        logic = self.spec.logic(AgentContext(self.settings, partition, self.history))
+        try:
+            found = self.checkpoints.load(partition)
+        except (zlib.error, ValueError, KeyError) as exc:  # zlib's checksum caught a damaged record
+            self._log.error("checkpoint unreadable: rebuilding from the input", partition=partition, error=str(exc))
+            found = None
+        offsets: dict[str, int] = {}
+        if found is not None:
+            saved, snapshot = found
+            offsets = {t: o for t, o in saved.items() if t in self.inputs}
+            if offsets:
+                try:
+                    logic.restore(snapshot)
+                except Exception as exc:  # noqa: BLE001 - any agent's restore: rebuild rather than stop
+                    self._log.error("checkpoint not restorable: rebuilding from the input", partition=partition, error=str(exc))
+                    logic, offsets = self.spec.logic(AgentContext(self.settings, partition, self.history)), {}
+            else:
+                self._log.warning("checkpoint of other input topics ignored", partition=partition, topics=sorted(saved))
+        # Quiet is measured from the first fetch that shows nothing unread: open windows a restored
+        # partition holds close after the quiet timeout even when no input ever comes again.
+        return PartitionState(logic, offsets)
+
+    # -- records
+
+    def _handle(self, msgs: list[Message]) -> None:
+        by_part: dict[int, list[Message]] = {}
+        for msg in msgs:
+            if msg.error() is not None:
+                if msg.error().code() != KafkaError._PARTITION_EOF:
+                    self._log.warning("consumer error", error=str(msg.error()))
+                continue
+            by_part.setdefault(msg.partition(), []).append(msg)
+        for p, part_msgs in by_part.items():
+            ps = self.parts.get(p)
+            if ps is not None:
+                self._handle_partition(p, ps, part_msgs)
+
+    def _handle_partition(self, partition: int, ps: PartitionState, msgs: list[Message]) -> None:
+        started = time.perf_counter()
+        records: list[Inbound] = []
+        raw: dict[int, Message] = {}
+        offsets = ps.offsets
+        newest_receipt = None
+        for msg in msgs:
+            topic, offset = msg.topic(), msg.offset()
+            expected = offsets.get(topic)
+            if expected is not None and offset < expected:
+                continue  # already in the state (delivered again after a rebalance)
+            offsets[topic] = offset + 1
+            inp = self.inputs[topic]
+            value = msg.value()
+            try:
+                model = inp.rtype.model.from_avro(inp.codec.decode(value))
+            except (DecodeError, KeyError, TypeError, ValueError) as exc:
+                self._dead_letter(msg, f"undecodable {inp.rtype.name}: {exc}")
+                continue
+            key = msg.key()
+            received = getattr(model, "received_at", None)
+            if received is not None:
+                newest_receipt = received
+            records.append(Inbound(inp.rtype.name, key.decode(errors="replace") if key is not None else None, model, offset))
+            raw[offset] = msg
+        ps.changed = True
+        ps.quiet_since = None
+        if not records:
+            return
+        self._records.inc(len(records))
+        if newest_receipt is not None:
+            self._input_delay.observe(max(_now_us() - newest_receipt, 0) / 1e6)
+        try:
+            outputs = list(ps.logic.on_batch(records))
+        except Exception as exc:  # noqa: BLE001 - a record the logic did not foresee must not stop the agent
+            if len(records) == 1:
+                self._dead_letter(raw[records[0].offset], f"{self.name} failed on this record: {type(exc).__name__}: {exc}")
+                return
+            # One at a time, to find the culprit; the others go through as usual.
+            outputs = []
+            for rec in records:
+                try:
+                    outputs += ps.logic.on_batch([rec])
+                except Exception as one:  # noqa: BLE001
+                    self._log.exception("record failed in the agent's logic")
+                    self._dead_letter(raw[rec.offset], f"{self.name} failed on this record: {type(one).__name__}: {one}")
+        self._emit(outputs, raw)
+        self._batch_s.observe(time.perf_counter() - started)
+
+    def _emit(self, outputs: Iterable[Emit | Reject], raw: dict[int, Message] | None = None) -> None:
+        counts = self._out_counts
+        for out in outputs:
+            if type(out) is Emit:
+                topic, encode, realtime = self._outputs[out.record]
+                if realtime:
+                    if self.live.publish is not None:
+                        self.live.publish(out.value)
+                    if not self.live.to_topic:
+                        counts[out.record] = counts.get(out.record, 0) + 1
+                        continue
+                self.producer.produce(topic, out.key, encode(out.value))
+                counts[out.record] = counts.get(out.record, 0) + 1
+            else:
+                msg = raw.get(out.offset) if raw else None
+                if msg is not None:
+                    self._dead_letter(msg, out.reason)
+                else:
+                    self._log.warning("rejected record not in this batch", offset=out.offset, reason=out.reason)
+
+    def _dead_letter(self, msg: Message, reason: str) -> None:
+        self._dead.inc()
+        self.producer.dead_letter(
+            DeadLetter(self.name, reason, msg.value() or b"", _now_us() // 1000, msg.topic(), msg.partition(), msg.offset(), msg.key())
+        )
+
+    def _timers(self, now: float) -> None:
+        consumer = self._consumer
+        for p, ps in list(self.parts.items()):
+            if ps.quiet_since is None and consumer is not None and self._caught_up(consumer, p, ps):
+                ps.quiet_since = now
+            quiet = 0.0 if ps.quiet_since is None else now - ps.quiet_since
+            outputs = list(ps.logic.on_timer(now, quiet))
+            if outputs:
+                ps.changed = True
+                self._emit(outputs)
+        self._flush_out_counts()
+
+    def _caught_up(self, consumer: Consumer, partition: int, ps: PartitionState) -> bool:
+        """Nothing unread in any input topic of ``partition``, by the high watermark of the last fetch."""
+        for topic in self.inputs:
+            try:
+                _, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), cached=True)
+            except Exception:  # noqa: BLE001 - no fetch answered yet: not known to be caught up
+                return False
+            if high < 0 or ps.offsets.get(topic, 0) < high:
+                return False
+        return True
+
+    def _flush_out_counts(self) -> None:
+        for record, n in self._out_counts.items():
+            if n:
+                OUTPUTS.labels(self.name, record).inc(n)
+                self._out_counts[record] = 0
+
+    def _update_lag(self) -> None:
+        consumer = self._consumer
+        if consumer is None:
+            return
+        for p, ps in list(self.parts.items()):
+            lag = 0
+            for topic in self.inputs:
+                _, high = consumer.get_watermark_offsets(TopicPartition(topic, p), cached=True)
+                if high >= 0:
+                    lag += max(high - ps.offsets.get(topic, 0), 0)
+            LAG.labels(self.name, str(p)).set(lag)
+
+    # -- checkpoints
+
+    def write_checkpoints(self, partitions: list[int] | None = None) -> int:
+        """Checkpoint the partitions whose state moved, and wait until they and every output before
+        them are durable. On the agent's thread only (between batches)."""
+        started = time.perf_counter()
+        written = []
+        for p in partitions if partitions is not None else sorted(self.parts):
+            ps = self.parts.get(p)
+            if ps is None or not ps.changed or not ps.offsets:
+                continue
+            self.producer.produce(self.state_topic, str(p), encode_checkpoint(ps.offsets, ps.logic.snapshot()), partition=p)
+            ps.changed = False
+            written.append(p)
+        if not written:
+            return 0
+        self.producer.flush()
+        CHECKPOINT_SECONDS.labels(self.name).observe(time.perf_counter() - started)
+        consumer = self._consumer
+        if consumer is not None:
+            # Committed offsets are for others to read the group's lag; restarts use the checkpoints.
+            tps = [TopicPartition(t, p, o) for p in written if p in self.parts for t, o in self.parts[p].offsets.items()]
+            try:
+                consumer.commit(offsets=tps, asynchronous=True)
+            except Exception as exc:  # noqa: BLE001 - informative only
+                self._log.debug("offset commit failed", error=str(exc))
+        self._flush_out_counts()
+        return len(written)
+
+    # -- views for the pipeline
+
+    def positions(self) -> dict[tuple[str, int], int]:
+        return {(t, p): o for p, ps in list(self.parts.items()) for t, o in list(ps.offsets.items())}
+
+    def caught_up(self, ends: dict[str, list[tuple[int, int, int]]]) -> bool:
+        """True when every non-empty input partition, per ``ends`` (topic -> (partition, low, high)), is processed."""
+        pos = self.positions()
+        for topic in self.inputs:
+            for p, lo, hi in ends.get(topic, []):
+                if hi > lo and pos.get((topic, p), -1) < hi:
+                    return False
+        return True
+
+    def finish(self) -> None:
+        """End of a bounded input (``--until-drained``): every partition quiet forever, so timers
+        finalize what they hold; then checkpoint. Runs on the agent's thread."""
+        now = time.monotonic()
+        for ps in list(self.parts.values()):
+            outputs = list(ps.logic.on_timer(now, math.inf))
+            if outputs:
+                ps.changed = True
+                self._emit(outputs)
+        self.write_checkpoints()
+
+
+def state_topic(settings: Settings, spec: AgentSpec) -> str:
+    """``{agent}-state``, or the Settings field ``topic_{agent}_state`` when there is one."""
+    return getattr(settings, f"topic_{spec.name}_state", None) or f"{spec.name}-state{settings.topic_suffix}"
+
+
+@dataclass
+class Runtime:
+    """Every configured agent of a worker process, each in its own thread."""
+
+    runners: list[AgentRunner] = field(default_factory=list)
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    def start(self) -> Runtime:
+        for r in self.runners:
+            r.start(self.stop)
+        return self
+
+    def check(self) -> None:
+        for r in self.runners:
+            if r.error is not None:
+                raise RuntimeError(f"agent {r.name} stopped: {type(r.error).__name__}: {r.error}") from r.error
+
+    def close(self, timeout: float = 60.0) -> None:
+        self.stop.set()
+        for r in self.runners:
+            r.join(timeout)
+
+    def runner(self, name: str) -> AgentRunner:
+        return next(r for r in self.runners if r.name == name)
