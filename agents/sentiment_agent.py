@@ -4,7 +4,8 @@ Event time, like candles: watermark = newest item time - ``SENTIMENT_LATENESS_MS
 emitted once, final, when the watermark passes its end (or the partition has been quiet for
 ``SENTIMENT_IDLE_TIMEOUT_S``). An item up to ``SENTIMENT_GRACE_MS`` late revises its windows
 (same key, ``revision + 1``); a later one is rejected to the dead-letter topic with the reason. A
-day's Fear & Greed value that comes after its windows were emitted revises them too. Every item
+day's Fear & Greed value that comes after its windows were emitted revises them too (windows
+still waiting for theirs are kept past the grace period for it, up to ``max_waiting``). Every item
 counts for ``MARKET`` and for each asset it names. An item id seen before (a re-read file, a feed
 polled again) counts once. State is plain data, so ``snapshot`` is its JSON and a restore
 continues exactly; outputs depend only on the input order, never on a clock.
@@ -57,14 +58,16 @@ class Window:
 class SentimentLogic:
     """The :class:`agents.spec.AgentLogic` of the sentiment agent (one per partition)."""
 
-    def __init__(self, lateness_ms: int = 300_000, grace_ms: int = 172_800_000, idle_timeout_s: float = 10.0) -> None:
+    def __init__(self, lateness_ms: int = 300_000, grace_ms: int = 172_800_000, idle_timeout_s: float = 10.0, max_waiting: int = 100_000) -> None:
         self.lateness_ms = lateness_ms
+        self.max_waiting = max_waiting
         self.grace_ms = grace_ms
         self.idle_timeout_s = idle_timeout_s
         self.watermark: int | None = None
         self.windows: dict[tuple[str, str, int], Window] = {}  # (asset, interval, start)
         self.fear_greed: dict[int, tuple[int, str]] = {}  # day start -> (value, class)
         self.seen: dict[str, int] = {}  # "source:item_id" -> item time, forgotten past the grace period
+        self.final_by_day: dict[int, set[tuple[str, str, int]]] = {}  # day -> its emitted windows (derived)
 
     # -- the contract -------------------------------------------------------------------------
     def on_batch(self, records: Sequence[Inbound]) -> Iterable[Output]:
@@ -103,6 +106,10 @@ class SentimentLogic:
         self.windows = {(a, i, s): Window(n, ss, p, ng, nu, e, ws, rev, fg) for a, i, s, n, ss, p, ng, nu, e, ws, rev, fg in d["windows"]}
         self.fear_greed = {dd: (v, c) for dd, v, c in d["fear_greed"]}
         self.seen = dict(d["seen"])
+        self.final_by_day = {}
+        for key, w in self.windows.items():
+            if w.revision >= 0:
+                self.final_by_day.setdefault(key[2] - key[2] % DAY_MS, set()).add(key)
 
     # -- inside ---------------------------------------------------------------------------------
     def _item(self, r: Inbound) -> list[Output]:
@@ -136,8 +143,9 @@ class SentimentLogic:
         day = fg.day - fg.day % DAY_MS
         self.fear_greed[day] = (fg.value, fg.classification)
         out: list[Output] = []
-        for key, w in sorted(self.windows.items()):
-            if w.revision >= 0 and key[2] - key[2] % DAY_MS == day and w.emitted_fg != fg.value:
+        for key in sorted(self.final_by_day.get(day, ())):
+            w = self.windows[key]
+            if w.emitted_fg != fg.value:
                 out.append(self._emit(key, w))
         return out
 
@@ -152,12 +160,28 @@ class SentimentLogic:
         return out
 
     def _forget(self) -> None:
-        """Drop final windows, days and item ids past the grace period: state stays bounded."""
+        """Drop final windows, days and item ids past the grace period: state stays bounded.
+
+        A final window still without its day's Fear & Greed value is kept (up to
+        ``max_waiting``, oldest dropped first): the runtime interleaves the two input topics as
+        it reads them, and kept windows let a value that comes later still revise them, so the
+        newest version of every window is the same whichever topic was read first.
+        """
         assert self.watermark is not None
         horizon = self.watermark - self.grace_ms
-        for key in [k for k, w in self.windows.items() if w.revision >= 0 and k[2] + INTERVALS_MS[k[1]] <= horizon]:
-            del self.windows[key]
-        for day in [d for d in self.fear_greed if d + DAY_MS <= horizon - DAY_MS]:
+        expired = sorted((k for k, w in self.windows.items() if w.revision >= 0 and k[2] + INTERVALS_MS[k[1]] <= horizon), key=lambda k: k[2])
+        waiting = [k for k in expired if self.windows[k].emitted_fg is None]
+        keep = set(waiting[-self.max_waiting :]) if self.max_waiting > 0 else set()
+        for key in expired:
+            if key not in keep:
+                del self.windows[key]
+                day = key[2] - key[2] % DAY_MS
+                keys = self.final_by_day[day]
+                keys.discard(key)
+                if not keys:
+                    del self.final_by_day[day]
+        oldest_waiting = min((k[2] for k in keep), default=horizon)
+        for day in [d for d in self.fear_greed if d + DAY_MS <= min(horizon, oldest_waiting) - DAY_MS]:
             del self.fear_greed[day]
         if len(self.seen) > 1024:
             self.seen = {k: ts for k, ts in self.seen.items() if ts + DAY_MS > horizon}
@@ -165,6 +189,8 @@ class SentimentLogic:
     def _emit(self, key: tuple[str, str, int], w: Window) -> Emit:
         asset, interval, start = key
         w.revision += 1
+        if w.revision == 0:
+            self.final_by_day.setdefault(start - start % DAY_MS, set()).add(key)
         fg = self.fear_greed.get(start - start % DAY_MS)
         w.emitted_fg = fg[0] if fg else None
         n = w.items

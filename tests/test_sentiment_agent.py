@@ -124,3 +124,23 @@ def test_spec_declares_registered_records():
 
     for name in (*SPEC.inputs, *SPEC.outputs):
         assert record_type(name).name == name
+
+
+def test_final_rows_converge_whichever_input_topic_is_read_first():
+    """The runtime interleaves news and Fear & Greed as it reads them: windows emitted without
+    their day's value wait for it, even past the grace period, so the newest versions agree."""
+    days = [fg(i, T0 + (i - 1000) * D, 10 + i % 80, "Fear") for i in range(1000, 1010)]
+    items = [item(i, T0 + i * 7 * H, 0.1, "positive", "BTC") for i in range(30)]  # ten days of news
+
+    def newest(order):
+        logic = SentimentLogic(lateness_ms=0, grace_ms=H, idle_timeout_s=10)
+        out = []
+        for rec in order:
+            out.extend(logic.on_batch([rec]))
+        out.extend(logic.on_timer(0.0, quiet_s=100))
+        return {k: (v.items, v.fear_greed_value, v.fear_greed_class) for k, v in aggs(out).items()}
+
+    first = newest(days + items)
+    assert newest(items + days) == first
+    assert newest([r for pair in zip(items, days) for r in pair] + items[len(days):]) == first
+    assert all(v[1] is not None for v in first.values())
