@@ -123,6 +123,7 @@ def ingest(
     """Run a source into the ticks topic (KAFKA_BOOTSTRAP must point at a broker).
 
     Example: tickflow ingest --source replay:trades.csv.gz --speed 10x
+    Example: tickflow ingest --source feargreed:../shared/data/fear_greed/fear_greed_index_scofieldchen.csv
     """
     from streams.ingest import IngestStats, run_ingest
     from streams.producer import TickProducer
@@ -136,7 +137,8 @@ def ingest(
     src = open_source(source, settings, symbols=_symbols(symbols), fmt=fmt, speed=speed, rate=rate, limit=limit, exchange=exchange)
 
     def progress(s: IngestStats) -> None:
-        console.print(f"[bold]{s.trades:,}[/] trades  {s.rate:,.0f} trades/s  {s.batches:,} batches  {s.rejected:,} errors", highlight=False)
+        other = f"  {s.records:,} other records" if s.records else ""
+        console.print(f"[bold]{s.trades:,}[/] trades  {s.rate:,.0f} trades/s  {s.batches:,} batches{other}  {s.rejected:,} errors", highlight=False)
 
     try:
         asyncio.run(run_ingest(src, TickProducer(settings), settings, source_name=source.partition(":")[0], on_progress=progress))
@@ -198,6 +200,7 @@ def run(
     """Run the whole path: embedded broker if KAFKA_BOOTSTRAP is unset, a source, the candle worker, the sinks.
 
     Example: tickflow run --source replay:../shared/data/tardis_binance_futures_btcusdt/tardis_trades_binance-futures_BTCUSDT_2020-02-22.csv --until-drained
+    Example: tickflow run --source news:../shared/data/crypto_news/crypto_news_finbert_ds4a.csv --until-drained
     """
     from streams.pipeline import DrainStalled, RunStatus, SinkFailed, kafka, run_pipeline
 
@@ -224,7 +227,8 @@ def run(
         console.print(f"[red]{'not drained' if isinstance(exc, DrainStalled) else 'sink failed'}:[/] {exc}")
         raise typer.Exit(1) from exc
     if until_drained and status.ingest is not None:
-        console.print(f"drained: {status.ingest.trades:,} trades, {status.ingest.rejected:,} rejected")
+        other = f", {status.ingest.records:,} other records (news, Fear & Greed)" if status.ingest.records else ""
+        console.print(f"drained: {status.ingest.trades:,} trades{other}, {status.ingest.rejected:,} rejected")
 
 
 @app.command()
