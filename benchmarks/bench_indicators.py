@@ -20,10 +20,12 @@ import random
 import statistics
 import time
 
-from agents.indicator_agent import IndicatorWorker, PartitionState
+from agents.indicator_agent import IndicatorLogic
 from agents.indicators import IndicatorEngine
+from agents.spec import AgentContext, Inbound
 from schemas.codec import AvroCodec
-from schemas.models import Candle, DeadLetter
+from schemas.models import Candle
+from schemas.wire import encoder_for
 from streams.settings import Settings
 
 
@@ -55,22 +57,16 @@ def updates_per_second(candles: list[Candle]) -> float:
     return len(candles) / (time.perf_counter() - start)
 
 
-class NullProducer:
-    """Takes records and drops them: the benchmark measures the worker, not Kafka."""
-
-    def produce(self, topic: str, key: str, value: bytes, partition: int | None = None) -> None: ...
-
-    def dead_letter(self, letter: DeadLetter) -> None:
-        raise AssertionError(f"benchmark input dead-lettered: {letter.reason}")
-
-
 def agent_records_per_second(records: list[bytes]) -> float:
-    worker = IndicatorWorker(Settings(indicator_warm_start_bars=0), NullProducer())  # type: ignore[arg-type]
-    worker.parts[0] = PartitionState(IndicatorEngine(worker.config), next_offset=0)
-    handle = worker.handle
+    """Decode and the indicator logic, as the runtime runs them on a batch, records of 500."""
+    logic = IndicatorLogic(AgentContext(Settings(indicator_warm_start_bars=0), 0))
+    decode = AvroCodec("tickflow.Candle").decode
+    encode = encoder_for(AvroCodec("tickflow.Indicators"))
     start = time.perf_counter()
-    for offset, value in enumerate(records):
-        handle(0, offset, None, value)
+    for at in range(0, len(records), 500):
+        batch = [Inbound("candle", None, Candle.from_avro(decode(v)), at + i) for i, v in enumerate(records[at : at + 500])]
+        for out in logic.on_batch(batch):
+            encode(out.value)  # type: ignore[union-attr]
     return len(records) / (time.perf_counter() - start)
 
 

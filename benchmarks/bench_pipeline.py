@@ -114,46 +114,45 @@ def agent_run(bootstrap: str, ticks: str, ends: dict[int, int], timeout_s: float
     quiet_logs()
     with tempfile.TemporaryDirectory(prefix="tickflow-bench-agent-") as tmp:
         settings = fresh_settings(bootstrap, Path(tmp), ticks=ticks)
-        return asyncio.run(_agent(settings, ends, timeout_s))
+        return candle_agent_seconds(settings, ends, timeout_s)
 
 
-async def _agent(settings: Settings, ends: dict[int, int], timeout_s: float) -> float:
-    from agents.candle_agent import register_candle_agent
-    from streams.app import create_app
+def candle_agent_seconds(settings: Settings, ends: dict[int, int], timeout_s: float) -> float:
+    """The candle agent on the runtime (streams.runtime.AgentRunner), as ``tickflow worker`` runs it,
+    timed from its first batch to the batch that reaches the end of every ``ends`` partition."""
+    import threading
+
+    from agents.candle_agent import CANDLES
     from streams.producer import TickProducer
+    from streams.runtime import AgentRunner, LiveRoute
 
     producer = TickProducer(settings)
-    app = create_app(settings)
-    worker = register_candle_agent(app, settings, producer)
-    last = {p: hi - 1 for p, hi in ends.items() if hi > 0}
-    remaining = set(last)
-    done = asyncio.Event()
+    runner = AgentRunner(CANDLES, settings, producer, live=LiveRoute(to_topic=False))
+    want = {(settings.topic_ticks, p): hi for p, hi in ends.items() if hi > 0}
     marks: dict[str, float] = {}
-    handle = worker.handle
+    done = threading.Event()
+    handle = runner._handle  # noqa: SLF001 - the one hook on each batch
 
-    def timed_handle(partition: int, offset: int, key: bytes | None, value: bytes | None) -> int | None:
+    def timed_handle(msgs: list) -> None:
         marks.setdefault("first", time.perf_counter())
-        target = handle(partition, offset, key, value)
-        if partition in remaining and offset >= last[partition]:
-            remaining.discard(partition)
-            if not remaining:
-                marks["last"] = time.perf_counter()
-                done.set()
-        return target
+        handle(msgs)
+        pos = runner.positions()
+        if all(pos.get(tp, 0) >= hi for tp, hi in want.items()):
+            marks.setdefault("last", time.perf_counter())
+            done.set()
 
-    worker.handle = timed_handle  # type: ignore[method-assign]
-    await app.start()
-    deadline = time.monotonic() + timeout_s
+    runner._handle = timed_handle  # type: ignore[method-assign]  # noqa: SLF001
+    stop = threading.Event()
+    runner.start(stop)
     try:
-        while not done.is_set():
-            if app.crashed:
-                raise RuntimeError(f"Faust app crashed: {app.crash_reason!r}")
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"candle agent did not reach the end within {timeout_s:.0f} s")
-            await asyncio.sleep(0.05)
+        if not done.wait(timeout_s):
+            raise TimeoutError(f"candle agent did not reach the end within {timeout_s:.0f} s")
+        if runner.error is not None:
+            raise RuntimeError(f"candle agent failed: {runner.error!r}")
     finally:
-        await app.stop()
-        await asyncio.get_running_loop().run_in_executor(None, producer.flush)
+        stop.set()
+        runner.join(60)
+        producer.close()
     return marks["last"] - marks["first"]
 
 
@@ -291,14 +290,13 @@ def _run_drained(settings: Settings, source: TimedSource, notes: list[str]) -> P
     pipeline then waits ``DRAIN_SETTLE_S`` more to be sure, which is not counted).
     """
     import streams.pipeline as pipeline
-    from agents.candle_agent import CandleWorker
 
     marks: dict[str, float] = {}
     caught_up, lags = pipeline._wait_caught_up, pipeline.SinkProcesses.lags  # noqa: SLF001 - the only hooks on those moments
 
-    async def timed_caught_up(settings: Settings, worker: Any, *args: Any) -> None:
-        await caught_up(settings, worker, *args)
-        if isinstance(worker, CandleWorker):
+    async def timed_caught_up(settings: Settings, runner: Any, *args: Any) -> None:
+        await caught_up(settings, runner, *args)
+        if runner.name == "candles":
             marks.setdefault("caught_up", time.monotonic())
 
     def timed_lags(threads: Any) -> dict[str, int | None]:
@@ -733,9 +731,9 @@ def book_memory(symbols: int, per_minute: int) -> tuple[float, float, int, float
     tracemalloc.stop()
     windows = book.open_windows()
     snap = book.snapshot()
-    packed = len(encode_checkpoint(0, snap))
-    raw = len(orjson.dumps({"offset": 0, "state": snap}))
-    labelled = len(encode_checkpoint(0, _two_minutes(symbols, per_minute, numbered=False).snapshot()))
+    packed = len(encode_checkpoint({"ticks": 0}, orjson.dumps(snap)))
+    raw = len(orjson.dumps(snap))
+    labelled = len(encode_checkpoint({"ticks": 0}, orjson.dumps(_two_minutes(symbols, per_minute, numbered=False).snapshot())))
     return used / windows, used / symbols, windows, packed / symbols, raw / symbols, labelled / symbols
 
 

@@ -279,6 +279,11 @@ async def run_pipeline(
             loop.add_signal_handler(sig, stop.set)
     runtime.start()
     try:
+        # The source starts once the agents have their partitions: a live source's first seconds
+        # would otherwise queue behind the consumer groups' first join.
+        joined = time.monotonic()
+        await loop.run_in_executor(None, runtime.wait_assigned, 30.0)
+        log.info("agents have their partitions", seconds=round(time.monotonic() - joined, 2))
         ingest_task = None
         if source is not None:
             def progress(stats: IngestStats) -> None:

@@ -44,6 +44,7 @@ from schemas.registry import RecordType, record_type, topic_of
 from schemas.wire import encoder_for
 from streams.checkpoint import CheckpointStore, encode_checkpoint
 from streams.settings import Settings
+from streams.topics import state_topic
 
 log = structlog.get_logger(__name__)
 
@@ -469,11 +470,6 @@ class AgentRunner:
         self.write_checkpoints()
 
 
-def state_topic(settings: Settings, spec: AgentSpec) -> str:
-    """``{agent}-state``, or the Settings field ``topic_{agent}_state`` when there is one."""
-    return getattr(settings, f"topic_{spec.name}_state", None) or f"{spec.name}-state{settings.topic_suffix}"
-
-
 @dataclass
 class Runtime:
     """Every configured agent of a worker process, each in its own thread."""
@@ -490,6 +486,11 @@ class Runtime:
         for r in self.runners:
             if r.error is not None:
                 raise RuntimeError(f"agent {r.name} stopped: {type(r.error).__name__}: {r.error}") from r.error
+
+    def wait_assigned(self, timeout: float) -> bool:
+        """True once every agent has been assigned its partitions (False after ``timeout``)."""
+        deadline = time.monotonic() + timeout
+        return all(r.assigned.wait(max(deadline - time.monotonic(), 0)) for r in self.runners)
 
     def close(self, timeout: float = 60.0) -> None:
         self.stop.set()

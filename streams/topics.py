@@ -15,6 +15,9 @@ import time
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from agents.registry import AGENTS
+from agents.spec import AgentSpec
+from schemas.registry import RECORDS, topic_of
 from streams.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -27,12 +30,13 @@ class TopicSpec:
     config: dict[str, str]
 
 
+def state_topic(settings: Settings, spec: AgentSpec) -> str:
+    """An agent's checkpoints: ``{agent}-state``, or the Settings field ``topic_{agent}_state`` when there is one."""
+    return getattr(settings, f"topic_{spec.name}_state", None) or f"{spec.name}-state{settings.topic_suffix}"
+
+
 def topic_specs(settings: Settings) -> list[TopicSpec]:
     """Every record type's topic (schemas.registry) and every agent's state topic (agents.registry)."""
-    from agents.registry import AGENTS
-    from schemas.registry import RECORDS, topic_of
-    from streams.runtime import state_topic
-
     n = settings.ticks_partitions
     specs = [TopicSpec(topic_of(settings, rt.name), n if rt.partitioned else 1, dict(rt.topic_config)) for rt in RECORDS.values()]
     specs += [TopicSpec(state_topic(settings, spec), n, {"cleanup.policy": "compact"}) for spec in AGENTS]

@@ -66,7 +66,7 @@ def env_for(settings: Settings, *, data_dir: Path, database: str | None, redis_u
             "DATABASE_URL": f"postgresql://127.0.0.1:5432/{database}" if database else "",
             "REDIS_URL": redis_url,
             "METRICS_PORT": "0",
-            "CANDLE_SNAPSHOT_S": "0.5",
+            "AGENT_CHECKPOINT_S": "0.5",
             "LOG_LEVEL": "WARNING",
             "DRAIN_STALL_S": "60",
         }

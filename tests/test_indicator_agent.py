@@ -1,46 +1,28 @@
-"""The indicator agent's worker without Faust: warm start from the PostgreSQL candle store (or a
-ClickHouse server), in-progress candles ignored, bad records dead-lettered, an unreachable store
-leaving a series cold."""
+"""IndicatorLogic without Kafka: warm start from the PostgreSQL candle store (or a ClickHouse
+server), in-progress candles ignored, bad candles rejected, an unreachable store leaving a series cold."""
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
-import threading
 from typing import Any
 
 import pytest
 
-from agents.indicator_agent import WARM_STARTS, IndicatorWorker, PartitionState, indicator_config, open_history
+from agents.indicator_agent import WARM_STARTS, IndicatorLogic, indicator_config
 from agents.indicators import VALUE_FIELDS, IndicatorEngine
-from schemas.codec import AvroCodec
-from schemas.models import Candle, DeadLetter, Indicators
+from agents.spec import AgentContext, Emit, Inbound, Reject
+from schemas.models import Candle, Indicators
 from sinks.base import SinkBatch
 from sinks.migrations import migrate_postgres
 from sinks.clickhouse import ClickHouseCandleHistory
 from sinks.postgres import PostgresCandleHistory, PostgresSink
+from streams.pipeline import open_history
 from streams.settings import Settings
 from tests.test_candles_e2e import drop_database, fresh_database
 from tests.test_indicators import synthetic
 
 talib = pytest.importorskip("talib")
 np = pytest.importorskip("numpy")
-
-
-class CapturingProducer:
-    """The slice of TickProducer the worker uses, keeping what it was given."""
-
-    def __init__(self) -> None:
-        self.records: list[tuple[str, str, bytes]] = []
-        self.letters: list[DeadLetter] = []
-
-    def produce(self, topic: str, key: str, value: bytes, partition: int | None = None) -> None:
-        self.records.append((topic, key, value))
-
-    def dead_letter(self, letter: DeadLetter) -> None:
-        self.letters.append(letter)
-
-    def flush(self) -> None: ...
 
 
 def daily(candles: list[Candle]) -> list[Candle]:
@@ -58,15 +40,16 @@ def database() -> Any:
     drop_database(name)
 
 
-def worker_with(history: Any, producer: CapturingProducer, **settings: Any) -> IndicatorWorker:
-    worker = IndicatorWorker(Settings(**settings), producer, history)  # type: ignore[arg-type]
-    worker.parts[0] = PartitionState(IndicatorEngine(worker.config), next_offset=0)
-    return worker
+def logic_with(history: Any, **settings: Any) -> IndicatorLogic:
+    return IndicatorLogic(AgentContext(Settings(**settings), 0, history))
 
 
-def emitted(producer: CapturingProducer) -> list[Indicators]:
-    codec = AvroCodec("tickflow.Indicators")
-    return [Indicators.from_avro(codec.decode(v)) for _, _, v in producer.records]
+def feed(logic: IndicatorLogic, *candles: Candle, offset: int = 0) -> list[Emit | Reject]:
+    return list(logic.on_batch([Inbound("candle", c.key, c, offset + i) for i, c in enumerate(candles)]))  # type: ignore[arg-type]
+
+
+def emitted(out: list[Emit | Reject]) -> list[Indicators]:
+    return [o.value for o in out if isinstance(o, Emit)]
 
 
 def test_a_new_series_is_seeded_from_the_store_so_ma200_is_valid_at_once(database: str) -> None:
@@ -74,58 +57,37 @@ def test_a_new_series_is_seeded_from_the_store_so_ma200_is_valid_at_once(databas
     sink = PostgresSink(database)
     sink.write(SinkBatch(candles=series[:300]))
     sink.close()
-    producer = CapturingProducer()
     history = PostgresCandleHistory(database)
-    worker = worker_with(history, producer)
-    codec = AvroCodec("tickflow.Candle")
-
-    assert worker.handle(0, 0, series[300].key.encode(), codec.encode(series[300].to_avro())) is None
+    logic = logic_with(history)
+    out = feed(logic, series[300])
     history.close()
 
-    (record,) = emitted(producer)
+    (record,) = emitted(out)
     closes = np.array([c.close for c in series])
     assert record.ma200 == pytest.approx(talib.SMA(closes, 200)[-1], rel=1e-9)
     assert record.rsi == pytest.approx(talib.RSI(closes, 14)[-1], rel=1e-9)
-    reference = IndicatorEngine(worker.config)
+    reference = IndicatorEngine(logic.config)
     reference.seed(series[0].key, series[:300])
     (want,) = reference.process(series[300])
     assert all(getattr(record, f) == getattr(want, f) for f in VALUE_FIELDS)
 
 
-def test_the_faust_shell_reads_a_new_series_history_in_a_thread_before_handle() -> None:
-    """``prepare`` (awaited by the agent before ``handle``) reads the store off the event loop;
-    ``handle`` then seeds from what it read, without a query of its own. A record ``handle`` will
-    skip (below the checkpointed offset) is not read for, nor one keyed by a series already known."""
+def test_a_known_series_is_not_read_again() -> None:
     series = daily(synthetic(60))
-    calls: list[tuple[str, int]] = []
+    calls: list[int] = []
 
     class History:
         def before(self, exchange: str, symbol: str, interval: str, open_time: int, limit: int) -> list[Candle]:
-            calls.append((threading.current_thread().name, open_time))
+            calls.append(open_time)
             return [c for c in series if c.open_time < open_time][-limit:]
 
-    producer = CapturingProducer()
-    worker = worker_with(History(), producer)
-    codec = AvroCodec("tickflow.Candle")
-    value = codec.encode(series[50].to_avro())
-    worker.parts[0].next_offset = 5
-
-    async def agent_steps() -> None:
-        await worker.prepare(0, 4, b"k", value)  # a redelivery: handle skips it
-        assert calls == []
-        await worker.prepare(0, 5, b"k", value)
-        assert len(calls) == 1 and calls[0][0] != threading.current_thread().name
-        assert worker.handle(0, 5, b"k", value) is None
-        await worker.prepare(0, 6, series[51].key.encode(), b"not even decoded: a known series")
-        assert len(calls) == 1
-
-    asyncio.run(agent_steps())
-    assert calls == [(calls[0][0], series[50].open_time)]  # handle did not query again
-    (record,) = emitted(producer)
-    reference = IndicatorEngine(worker.config)
+    logic = logic_with(History())
+    out = feed(logic, series[50], series[51])
+    assert calls == [series[50].open_time]
+    reference = IndicatorEngine(logic.config)
     reference.seed(series[0].key, series[:50])
-    (want,) = reference.process(series[50])
-    assert all(getattr(record, f) == getattr(want, f) for f in VALUE_FIELDS)
+    want = reference.process(series[50]) + reference.process(series[51])
+    assert [[getattr(r, f) for f in VALUE_FIELDS] for r in emitted(out)] == [[getattr(r, f) for f in VALUE_FIELDS] for r in want]
 
 
 def test_warm_start_reads_only_candles_before_the_first_one_seen(database: str) -> None:
@@ -139,18 +101,25 @@ def test_warm_start_reads_only_candles_before_the_first_one_seen(database: str) 
     assert past == series[15:40]
 
 
-def test_in_progress_candles_are_ignored_and_bad_records_dead_lettered() -> None:
-    producer = CapturingProducer()
-    worker = worker_with(None, producer)
-    codec = AvroCodec("tickflow.Candle")
+def test_in_progress_candles_are_ignored_and_bad_candles_rejected() -> None:
+    logic = logic_with(None)
     forming = dataclasses.replace(synthetic(1)[0], is_final=False)
-    assert worker.handle(0, 0, b"k", codec.encode(forming.to_avro())) is None
-    assert worker.handle(0, 1, b"k", b"\x00 not avro") is None
     broken = dataclasses.replace(synthetic(1)[0], high=0.5, low=2.0)  # high below low
-    assert worker.handle(0, 2, b"k", codec.encode(broken.to_avro())) is None
-    assert producer.records == []
-    assert [(letter.component, letter.source_offset) for letter in producer.letters] == [("indicators", 1), ("indicators", 2)]
-    assert worker.parts[0].next_offset == 3
+    out = feed(logic, forming, broken)
+    assert [(type(o).__name__, o.offset) for o in out] == [("Reject", 1)]
+    assert "high" in out[0].reason  # type: ignore[union-attr]
+
+
+def test_snapshot_restores_and_changed_periods_refuse_the_checkpoint() -> None:
+    series = daily(synthetic(80))
+    a, b = logic_with(None), logic_with(None)
+    feed(a, *series[:40])
+    b.restore(a.snapshot())
+    assert [[getattr(r, f) for f in VALUE_FIELDS] for r in emitted(feed(a, *series[40:]))] == [
+        [getattr(r, f) for f in VALUE_FIELDS] for r in emitted(feed(b, *series[40:]))
+    ]
+    with pytest.raises(ValueError, match="periods changed"):
+        logic_with(None, indicator_sma="10,30").restore(a.snapshot())
 
 
 def test_warm_starts_read_postgres_else_a_clickhouse_server() -> None:
@@ -171,13 +140,10 @@ def test_warm_starts_read_postgres_else_a_clickhouse_server() -> None:
     ids=["postgres", "clickhouse"],
 )
 def test_an_unreachable_store_leaves_the_series_cold_and_processing_goes_on(store: Any) -> None:
-    producer = CapturingProducer()
     failed_before = WARM_STARTS.labels("failed")._value.get()
-    worker = worker_with(store(), producer)
-    codec = AvroCodec("tickflow.Candle")
+    logic = logic_with(store())
     first = daily(synthetic(1))[0]
-    assert worker.handle(0, 0, b"k", codec.encode(first.to_avro())) is None
-    (record,) = emitted(producer)
+    (record,) = emitted(feed(logic, first))
     assert record.open_time == first.open_time and record.ma50 is None
     assert WARM_STARTS.labels("failed")._value.get() == failed_before + 1
 

@@ -471,47 +471,35 @@ def test_hand_written_to_avro_has_every_field() -> None:
 def test_with_a_registry_every_writer_uses_registered_ids(registry: FakeRegistry) -> None:
     """Ingest, the candle agent, the indicator agent and dead letters all write registry ids, and
     read each other's records, when SCHEMA_REGISTRY_URL is set."""
-    from agents.candle_agent import CandleWorker
-    from agents.candle_agent import PartitionState as CandleState
-    from agents.candles import CandleBook
-    from agents.indicator_agent import IndicatorWorker
-    from agents.indicator_agent import PartitionState as IndicatorState
-    from agents.indicators import IndicatorEngine
+    from agents.candle_agent import CandleLogic
+    from agents.indicator_agent import IndicatorLogic
+    from agents.spec import AgentContext, Emit, Inbound
     from schemas.codec import codec_for
-
-    class Keep:
-        def __init__(self) -> None:
-            self.records: list[tuple[str, bytes]] = []
-
-        def produce(self, topic: str, key: str, value: bytes, partition: int | None = None) -> None:
-            self.records.append((topic, value))
-
-        def dead_letter(self, letter: DeadLetter) -> None:
-            raise AssertionError(letter.reason)
-
-        def poll(self, timeout: float) -> None: ...
+    from schemas.wire import encoder_for
 
     settings = Settings(schema_registry_url=registry.url, topic_ticks="ticks-r", topic_candles="candles-r", topic_indicators="ind-r", candle_update_ms=0)
     ticks = codec_for(TB, settings.topic_ticks, settings.schema_registry_url)
-    out = Keep()
-    candles = CandleWorker(settings, out)  # type: ignore[arg-type]
-    candles.parts[0] = CandleState(CandleBook(candles.config), next_offset=0)
+    candle_codec = codec_for("tickflow.Candle", settings.topic_candles, settings.schema_registry_url)
+    ind_codec = codec_for("tickflow.Indicators", settings.topic_indicators, settings.schema_registry_url)
+    candles = CandleLogic(AgentContext(settings, 0))
     t0 = 1_700_000_000_000_000  # µs
-    for offset in range(30):  # a trade every 20 s over 10 minutes
+    out: list = []
+    for offset in range(30):  # a trade every 20 s over 10 minutes, through the wire and back
         trade = Trade(str(offset), t0 + offset * 20_000_000, 100.0 + offset, 1.0, "buy")
-        candles.handle(0, offset, None, ticks.encode(TradeBatch("binance", "BTC/USDT", trade.ts, [trade]).to_avro()))
-    candles.close_windows(0)
-    produced = [value for topic, value in out.records if topic == "candles-r"]
+        batch = TradeBatch.from_avro(ticks.decode(encoder_for(ticks)(TradeBatch("binance", "BTC/USDT", trade.ts, [trade]))))
+        out += candles.on_batch([Inbound("trade_batch", None, batch, offset)])
+    out += candles.on_timer(0.0, float("inf"))
+    encode = encoder_for(candle_codec)
+    produced = [encode(o.value) for o in out if isinstance(o, Emit) and o.record == "candle"]
     assert produced
     ids = {struct.unpack_from(">bI", v)[1] for v in produced}
     assert ids == set(registry.subjects["candles-r-value"]) and not ids & set(LOCAL_IDS.values())
 
-    indicators = IndicatorWorker(settings, Keep())  # type: ignore[arg-type]
-    indicators.parts[0] = IndicatorState(IndicatorEngine(indicators.config), next_offset=0)
-    for offset, value in enumerate(produced):
-        indicators.handle(0, offset, None, value)
-    written = indicators.producer.records  # type: ignore[attr-defined]
-    assert written and {struct.unpack_from(">bI", v)[1] for _, v in written} == set(registry.subjects["ind-r-value"])
+    indicators = IndicatorLogic(AgentContext(settings.model_copy(update={"indicator_warm_start_bars": 0}), 0))
+    read = [Inbound("candle", None, Candle.from_avro(candle_codec.decode(v)), i) for i, v in enumerate(produced)]
+    encode_ind = encoder_for(ind_codec)
+    written = [encode_ind(o.value) for o in indicators.on_batch(read) if isinstance(o, Emit)]
+    assert written and {struct.unpack_from(">bI", v)[1] for v in written} == set(registry.subjects["ind-r-value"])
 
 
 def _random_candle(rng: random.Random) -> Candle:

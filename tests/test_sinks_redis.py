@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import time
 import uuid
@@ -172,10 +171,10 @@ def test_sink_reads_candles_live_only_when_updates_do_not_come_from_the_worker()
     assert RedisSink.topics_for(Settings(candle_updates="kafka")) == ("candles", "candle_updates", "indicators")
 
 
-async def _offer_and_settle(fanout: LiveFanout, *batches: list[Candle]) -> None:
+def _offer_and_settle(fanout: LiveFanout, *batches: list[Candle]) -> None:
     for candles in batches:
         fanout.offer(candles)
-    await fanout.flushed()
+    assert fanout.flushed()
 
 
 def test_live_fanout_publishes_in_order_and_keeps_the_final_snapshot(sink: RedisSink, r: redis.Redis, exchange: str) -> None:
@@ -187,13 +186,9 @@ def test_live_fanout_publishes_in_order_and_keeps_the_final_snapshot(sink: Redis
     assert pubsub.get_message(timeout=2.0)["type"] == "subscribe"  # the second channel's confirmation
     assert orjson.loads(pubsub.get_message(timeout=2.0)["data"])["close"] == 90.0
 
-    async def scenario() -> None:
-        fanout = LiveFanout(REDIS_URL)
-        # two records offered in one loop turn go out in one flush, in order
-        await _offer_and_settle(fanout, [candle(exchange, close=101.0), candle(exchange, close=101.0, interval="5m")], [candle(exchange, close=102.0)])
-        await fanout.aclose()
-
-    asyncio.run(scenario())
+    fanout = LiveFanout(REDIS_URL)
+    _offer_and_settle(fanout, [candle(exchange, close=101.0), candle(exchange, close=101.0, interval="5m")], [candle(exchange, close=102.0)])
+    fanout.close()
     got = []
     while (msg := pubsub.get_message(timeout=1.0)) is not None:
         got.append((msg["channel"].decode().rsplit(":", 1)[1], orjson.loads(msg["data"])["close"]))
@@ -207,13 +202,10 @@ def test_live_fanout_drops_and_counts_while_redis_is_away_and_never_raises() -> 
     def dropped() -> float:
         return REGISTRY.get_sample_value("tickflow_live_fanout_dropped_total", {"reason": "redis down"}) or 0.0
 
-    async def scenario() -> None:
-        fanout = LiveFanout("redis://127.0.0.1:1/0", timeout_s=0.5, backoff_min_s=30)  # nothing listens on port 1
-        before = dropped()
-        await _offer_and_settle(fanout, [candle("away"), candle("away", interval="5m")])
-        assert dropped() - before == 2
-        await _offer_and_settle(fanout, [candle("away")])  # within the backoff: dropped without trying
-        assert dropped() - before == 3
-        await fanout.aclose()
-
-    asyncio.run(scenario())
+    fanout = LiveFanout("redis://127.0.0.1:1/0", timeout_s=0.5, backoff_min_s=30)  # nothing listens on port 1
+    before = dropped()
+    _offer_and_settle(fanout, [candle("away"), candle("away", interval="5m")])
+    assert dropped() - before == 2
+    _offer_and_settle(fanout, [candle("away")])  # within the backoff: dropped without trying
+    assert dropped() - before == 3
+    fanout.close()

@@ -1,0 +1,205 @@
+"""The agent runtime on the embedded broker: hostile input, timers under backlog, restarts."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import random
+import struct
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytest
+from confluent_kafka import Producer
+
+from agents.candle_agent import CANDLES, CandleLogic
+from agents.spec import AgentSpec
+from schemas.codec import AvroCodec
+from schemas.models import Candle, DeadLetter, Trade, TradeBatch
+from schemas.wire import encoder_for
+from streams.producer import TickProducer
+from streams.runtime import AgentRunner, LiveRoute
+from streams.settings import Settings
+from tests.kafka_util import read_topic
+
+
+
+T0_US = 1_704_067_200_000_000  # 2024-01-01 00:00 UTC
+BACKLOG = int(os.environ.get("TICKFLOW_TEST_BACKLOG_RECORDS", "200000"))  # `make chaos` runs a million
+
+
+def produce_raw(settings: Settings, records: list[tuple[str, bytes]]) -> None:
+    producer = Producer({"bootstrap.servers": settings.bootstrap, "linger.ms": 20, "batch.size": 1_000_000, "message.max.bytes": 2_000_000, "partitioner": "murmur2_random"})
+    for key, value in records:
+        while True:
+            try:
+                producer.produce(settings.topic_ticks, value, key)
+                break
+            except BufferError:
+                producer.poll(0.05)
+    assert producer.flush(60) == 0
+
+
+def one_trade_records(n: int, symbols: int = 3) -> list[tuple[str, bytes]]:
+    """``n`` records of one trade each, a trade every 100 ms of event time per symbol."""
+    encode = encoder_for(AvroCodec("tickflow.TradeBatch"))
+    out = []
+    for i in range(n):
+        sym = f"S{i % symbols}"
+        ts = T0_US + (i // symbols) * 100_000
+        out.append((f"bin:{sym}", encode(TradeBatch("bin", sym, ts, [Trade(str(i), ts, 100.0 + (i % 17), 0.5, "buy")]))))
+    return out
+
+
+class SlowCandles(CandleLogic):
+    """The candle logic taking 20 ms a batch: librdkafka hands out one partition's fetched records
+    before the next one's, so with a slow agent a partition's records wait behind the others' for
+    far longer than the quiet timeout."""
+
+    def on_batch(self, records):  # noqa: ANN001, ANN201
+        time.sleep(0.02)
+        return super().on_batch(records)
+
+
+@contextmanager
+def running(settings: Settings, spec: AgentSpec = CANDLES) -> Iterator[AgentRunner]:
+    producer = TickProducer(settings)
+    runner = AgentRunner(spec, settings, producer, live=LiveRoute(to_topic=False))
+    stop = threading.Event()
+    runner.start(stop)
+    try:
+        yield runner
+    finally:
+        stop.set()
+        runner.join(60)
+        producer.close()
+    assert runner.error is None, runner.error
+
+
+def wait_for(cond, timeout: float, what: str) -> None:  # noqa: ANN001
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+def candles(settings: Settings) -> list[Candle]:
+    codec = AvroCodec("tickflow.Candle")
+    return [Candle.from_avro(codec.decode(m.value())) for m in read_topic(settings, settings.topic_candles)]
+
+
+@pytest.mark.integration
+def test_a_backlog_never_finalizes_a_window_early(topics: Settings) -> None:
+    """One trade per record and a quiet timeout far shorter than the time the backlog takes: a
+    timer that looked at wall clock alone finalized windows while their trades were still unread,
+    then revised them."""
+    settings = topics.model_copy(update={"candle_idle_timeout_s": 0.1, "candle_intervals": "1m,5m"})
+    records = one_trade_records(BACKLOG, symbols=8)
+    produce_raw(settings, records)
+    with running(settings, dataclasses.replace(CANDLES, logic=SlowCandles)) as runner:
+        wait_for(lambda: sum(o for (_, _), o in runner.positions().items()) >= len(records), 600, "the backlog to be read")
+        time.sleep(1.5)  # quiet now: the idle close runs
+    got = candles(settings)
+    assert got, "no candles"
+    assert [c for c in got if c.revision] == []
+    assert sum(c.trade_count for c in got if c.interval == "1m") == len(records)  # every window closed, each trade once
+
+
+@pytest.mark.integration
+def test_a_restart_after_the_last_input_still_closes_every_window(topics: Settings) -> None:
+    settings = topics.model_copy(update={"candle_idle_timeout_s": 3600.0, "candle_intervals": "1m"})
+    records = one_trade_records(3000)
+    produce_raw(settings, records)
+    with running(settings) as runner:
+        wait_for(lambda: sum(runner.positions().values()) >= len(records), 120, "the input to be read")
+    before = candles(settings)
+    assert sum(c.trade_count for c in before) < len(records)  # each symbol's last minute still open, checkpointed
+    restarted = settings.model_copy(update={"candle_idle_timeout_s": 0.5})
+    with running(restarted):
+        wait_for(lambda: sum(c.trade_count for c in candles(settings)) >= len(records), 60, "the restored windows to close")
+    got = candles(settings)
+    assert sum(c.trade_count for c in got) == len(records)
+    assert len({(c.symbol, c.open_time) for c in got}) == len(got)  # nothing emitted twice
+
+
+@pytest.mark.integration
+def test_hostile_bytes_are_dead_lettered_and_good_records_go_on(topics: Settings) -> None:
+    rng = random.Random(7)
+    good = one_trade_records(600)
+    header = AvroCodec("tickflow.TradeBatch").header
+    hostile = [
+        rng.randbytes(64),  # random
+        b"\x07" + good[0][1][1:],  # wrong magic byte
+        good[1][1][: len(good[1][1]) // 2],  # truncated
+        struct.pack(">bI", 0, 999_999) + good[2][1][5:],  # unknown schema id
+        b"",  # empty
+        header + rng.randbytes(900_000),  # 900 kB of garbage behind a valid header
+    ]
+    mixed = good[:300] + [("bin:S0", h) for h in hostile] + good[300:]
+    produce_raw(topics, mixed)
+    settings = topics.model_copy(update={"candle_idle_timeout_s": 0.3, "candle_intervals": "1m"})
+    with running(settings) as runner:
+        wait_for(lambda: sum(runner.positions().values()) >= len(mixed), 120, "every record to be read")
+        time.sleep(1.0)
+    letters = [DeadLetter.from_avro(AvroCodec("tickflow.DeadLetter").decode(m.value())) for m in read_topic(topics, topics.topic_dlq)]
+    assert len(letters) == len(hostile)
+    assert {letter.component for letter in letters} == {"candles"}
+    assert sorted(letter.payload for letter in letters) == sorted(hostile)
+    assert all(letter.reason.startswith("undecodable trade_batch") for letter in letters)
+    assert sum(c.trade_count for c in candles(settings)) == len(good)
+
+
+class FakeConsumer:
+    """The high watermarks of the last fetch, as librdkafka caches them."""
+
+    def __init__(self) -> None:
+        self.high: dict[tuple[str, int], int] = {}
+
+    def get_watermark_offsets(self, tp, cached: bool = False):  # noqa: ANN001, ANN201
+        return 0, self.high.get((tp.topic, tp.partition), -1)
+
+
+class RecordingLogic:
+    def __init__(self, ctx) -> None:  # noqa: ANN001
+        self.quiet: list[float] = []
+
+    def on_batch(self, records):  # noqa: ANN001, ANN201
+        return []
+
+    def on_timer(self, now: float, quiet_s: float):  # noqa: ANN201
+        self.quiet.append(quiet_s)
+        return []
+
+    def snapshot(self) -> bytes:
+        return b""
+
+    def restore(self, data: bytes) -> None: ...
+
+
+def test_timers_count_quiet_time_only_with_nothing_unread() -> None:
+    """Unit test of the rule, without a broker: a partition whose last fetch shows records past its
+    position reports 0 quiet seconds however long it waits; at the high watermark, quiet time runs."""
+    from streams.runtime import PartitionState
+
+    spec = AgentSpec("probe", ("trade_batch",), (), RecordingLogic, timer_s=0.01)
+    settings = Settings(metrics_port=0)
+    runner = AgentRunner(spec, settings, producer=None)
+    consumer = FakeConsumer()
+    runner._consumer = consumer  # type: ignore[assignment]  # noqa: SLF001
+    logic = RecordingLogic(None)
+    runner.parts[0] = PartitionState(logic, {settings.topic_ticks: 100})  # type: ignore[arg-type]
+    consumer.high[(settings.topic_ticks, 0)] = 5000  # a backlog behind the position
+    for now in (10.0, 20.0, 3600.0):
+        runner._timers(now)  # noqa: SLF001
+    assert logic.quiet == [0.0, 0.0, 0.0]
+    consumer.high[(settings.topic_ticks, 0)] = 100  # caught up
+    runner._timers(4000.0)  # noqa: SLF001
+    runner._timers(4002.5)  # noqa: SLF001
+    assert logic.quiet[3:] == [0.0, 2.5]
+    consumer.high.clear()  # no fetch answered yet (a partition just restored): not known to be caught up
+    runner.parts[1] = PartitionState(RecordingLogic(None), {})  # type: ignore[arg-type]
+    runner._timers(5000.0)  # noqa: SLF001
+    assert runner.parts[1].logic.quiet == [0.0]  # type: ignore[attr-defined]
