@@ -35,9 +35,12 @@ def fit(
     min_count: int = 2,
     epochs: int = 250,
     lr: float = 0.1,
-    gram_dropout_floor: float = 0.05,
+    prune_below: float = 0.05,
 ) -> LinearModel:
-    """Fit a :class:`LinearModel`. ``l2`` is per example (the loss is a mean)."""
+    """Fit a :class:`LinearModel`. ``l2`` is per example (the loss is a mean); the five dense
+    lexicon weights get a tenth of it, so regularisation pushes the model towards the lexicons
+    rather than towards n-grams of the training headlines. N-grams whose largest class weight is
+    under ``prune_below`` times the largest of all are dropped from the file."""
     feats = [features(e.text, lexicon) for e in examples]
     df: Counter[str] = Counter()
     for grams, _ in feats:
@@ -85,7 +88,7 @@ def fit(
     wg, wd, bias = params
     # Centre each row: softmax is unchanged and the file holds smaller numbers.
     wg = wg - wg.mean(axis=1, keepdims=True)
-    keep = np.abs(wg).max(axis=1) >= gram_dropout_floor * np.abs(wg).max()
+    keep = np.abs(wg).max(axis=1) >= prune_below * np.abs(wg).max()
     inv = {i: gname for gname, i in vocab.items()}
     grams = {inv[i]: (float(wg[i, 0]), float(wg[i, 1]), float(wg[i, 2])) for i in np.flatnonzero(keep)}
     return LinearModel(

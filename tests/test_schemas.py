@@ -30,7 +30,7 @@ from typing import Any
 import pytest
 
 from schemas.codec import LOCAL_IDS, SCHEMA_DIR, AvroCodec, DecodeError, SchemaRegistry, load_schema
-from schemas.models import Candle, DeadLetter, Indicators, LateTrade, LiveCandles, Trade, TradeBatch
+from schemas.models import Candle, DeadLetter, FearGreed, Indicators, LateTrade, LiveCandles, NewsScored, SentimentAggregate, Trade, TradeBatch
 from streams.settings import Settings
 
 TB = "tickflow.TradeBatch"
@@ -194,6 +194,15 @@ RECORDS = {
 }
 if (SCHEMA_DIR / "tickflow.Indicators.avsc").exists():
     RECORDS["tickflow.Indicators"] = (Indicators, indicators())
+RECORDS["tickflow.NewsScored"] = (NewsScored, [
+    NewsScored("news", "https://x.test/a", 1_648_796_400_000, "Bitcoin nears 19 million coins", "positive", 0.4123, "BTC", "lr-1", 1_700_000_000_000_000),
+    NewsScored("social", "1534", 1_654_614_334_000, "gm ☀️ $sol", "neutral", -0.0, "", "lr-1", 1, "text", "https://t.co/x", 869.0),
+])
+RECORDS["tickflow.FearGreed"] = (FearGreed, [FearGreed(1_517_443_200_000, 30, "Fear", "fear_greed.csv", 1_700_000_000_000_000)])
+RECORDS["tickflow.SentimentAggregate"] = (SentimentAggregate, [
+    SentimentAggregate("BTC", "1h", 1_648_796_400_000, 1_648_799_999_999, 3, 0.125, 1 / 3, 1 / 3, 1 / 3, 0.0, None, None, None, True, 0),
+    SentimentAggregate("MARKET", "1d", 1_648_771_200_000, 1_648_857_599_999, 2**40, -1.0, 0.0, 1.0, 0.0, 1e9, -0.5, 12, "Extreme Fear", True, 2**31 - 1),
+])
 
 
 @pytest.mark.parametrize("name", sorted(RECORDS))

@@ -67,12 +67,12 @@ def rows(url: str, sql: str) -> list[tuple]:
 
 
 def test_migrations_are_idempotent_and_record_the_plain_choice(pg_url: str) -> None:
-    assert migrate_postgres(pg_url) == ["0001", "0003", "0004"]
+    assert migrate_postgres(pg_url) == ["0001", "0003", "0004", "0006"]
     assert migrate_postgres(pg_url) == []
     recorded = rows(pg_url, "SELECT version, name, variant FROM schema_migrations ORDER BY version")
-    assert recorded == [("0001", "init", "postgres"), ("0002", "hypertables", "skipped"), ("0003", "candles_1h_from_1m", "postgres"), ("0004", "technical_metrics", "postgres")]
+    assert recorded == [("0001", "init", "postgres"), ("0002", "hypertables", "skipped"), ("0003", "candles_1h_from_1m", "postgres"), ("0004", "technical_metrics", "postgres"), ("0006", "sentiment", "postgres")]
     tables = {r[0] for r in rows(pg_url, "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'")}
-    assert {"trades", "candles", "candles_1h_from_1m", "technical_metrics", "schema_migrations"} <= tables
+    assert {"trades", "candles", "candles_1h_from_1m", "technical_metrics", "news_scored", "fear_greed", "sentiment_aggregates", "schema_migrations"} <= tables
 
 
 def test_timescale_is_not_detected_here(pg_url: str) -> None:
@@ -87,7 +87,7 @@ def test_timescale_is_not_detected_here(pg_url: str) -> None:
 def test_timescale_migrations_parse_into_the_expected_statements() -> None:
     """TimescaleDB is not installed here: check what would run, placeholders filled, in order."""
     migs = discover("postgres", timescale=True)
-    assert [(m.version, m.timescale) for m in migs] == [("0001", False), ("0002", True), ("0003", True), ("0004", True)]
+    assert [(m.version, m.timescale) for m in migs] == [("0001", False), ("0002", True), ("0003", True), ("0004", True), ("0006", True)]
     stmts = [s for m in migs for s in m.statements(TIMESCALE_PARAMS)]
     assert not [s for s in stmts if "{{" in s]
     joined = "\n".join(stmts)
@@ -100,6 +100,8 @@ def test_timescale_migrations_parse_into_the_expected_statements() -> None:
         "add_continuous_aggregate_policy",
         "create_hypertable",
         "add_compression_policy",
+        "create_hypertable",
+        "create_hypertable",
     ]
     assert "by_range('ts', INTERVAL '1 day')" in joined
     assert "by_range('open_time', INTERVAL '7 days')" in joined
