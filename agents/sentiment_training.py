@@ -36,11 +36,13 @@ def fit(
     epochs: int = 250,
     lr: float = 0.1,
     prune_below: float = 0.05,
+    dense_l2_factor: float = 0.0,
 ) -> LinearModel:
-    """Fit a :class:`LinearModel`. ``l2`` is per example (the loss is a mean); the five dense
-    lexicon weights get a tenth of it, so regularisation pushes the model towards the lexicons
-    rather than towards n-grams of the training headlines. N-grams whose largest class weight is
-    under ``prune_below`` times the largest of all are dropped from the file."""
+    """Fit a :class:`LinearModel`. ``l2`` is per example (the loss is a mean) and holds the n-gram
+    weights; the five dense lexicon weights get ``dense_l2_factor`` times it (none by default), so
+    regularisation leans the model on the lexicons rather than on n-grams of the training
+    headlines, which is what carries to other text. N-grams whose largest class weight is under
+    ``prune_below`` times the largest of all are dropped from the file."""
     feats = [features(e.text, lexicon) for e in examples]
     df: Counter[str] = Counter()
     for grams, _ in feats:
@@ -59,9 +61,10 @@ def fit(
     dense = np.asarray([x for _, x in feats], dtype=np.float64).reshape(n, d)
     y = np.asarray([LABELS.index(e.label) for e in examples])
     onehot = np.eye(3)[y]
-    counts = np.bincount(y, minlength=3).astype(np.float64)
-    class_w = n / (3.0 * np.maximum(counts, 1.0))
-    sw = class_w[y] * np.asarray([e.weight for e in examples])
+    ew = np.asarray([e.weight for e in examples], dtype=np.float64)
+    counts = np.bincount(y, weights=ew, minlength=3)  # weighted: a down-weighted set moves the balance as little as its loss
+    class_w = ew.sum() / (3.0 * np.maximum(counts, 1e-9))
+    sw = class_w[y] * ew
     sw = sw / sw.sum()
 
     # Parameters: n-gram weights (v x 3), dense weights (d x 3), bias (3).
@@ -79,7 +82,7 @@ def fit(
         p /= p.sum(axis=1, keepdims=True)
         g = (p - onehot) * sw[:, None]
         grad_g = np.stack([np.bincount(col, weights=g[row, c], minlength=v) for c in range(3)], axis=1) + l2 * wg
-        grad_d = dense.T @ g + l2 * 0.1 * wd
+        grad_d = dense.T @ g + l2 * dense_l2_factor * wd
         grad_b = g.sum(axis=0)
         for i, grad in enumerate((grad_g, grad_d, grad_b)):
             m[i] = b1 * m[i] + (1 - b1) * grad
