@@ -85,6 +85,9 @@ async def run_ingest(
                 RECORDS_IN.labels(source_name, item.record).inc()
                 if stats.records % 64 == 0:
                     await asyncio.sleep(0)
+                    if on_progress and time.monotonic() - last_report >= 1.0:
+                        last_report = time.monotonic()
+                        on_progress(stats)
                 continue
             batch, bad = split_batch(item, now_us())
             for reason, raw in bad:

@@ -63,3 +63,18 @@ def test_news_run_until_drained_gives_the_logics_windows_with_fear_greed(topics:
     # Every article once: the file lists 60 of its 2,636 rows again under another keyword (same url).
     assert sum(a.items for (asset, interval, _), a in got.items() if asset == "MARKET" and interval == "1d") == len({i.value.item_id for i in items}) == 2576
     assert all(a.fear_greed_value is not None for (_, interval, _), a in got.items() if interval == "1d")
+
+
+def test_ingest_sends_bad_news_rows_to_the_dead_letter_topic_with_the_reason(topics: Settings, tmp_path: Path) -> None:
+    from schemas.models import DeadLetter, NewsScored
+
+    nyu = data_path("crypto_news", "cryptonews_semicolon_nyu_team4.csv")
+    env = env_for(topics, data_dir=tmp_path / "data", database=None)
+    ing = tickflow("ingest", "--source", f"news:{nyu}", env=env)
+    assert ing.returncode == 0, ing.stderr[-3000:]
+    dlq = codec_for("tickflow.DeadLetter", topics.topic_dlq, None)
+    letters = [DeadLetter.from_avro(dlq.decode(m.value())) for m in read_topic(topics, topics.topic_dlq)]
+    assert len(letters) == 28 and all(d.component == "ingest" and d.reason.endswith("no title") and d.payload for d in letters)
+    news = codec_for("tickflow.NewsScored", topics.topic_news, None)
+    items = [NewsScored.from_avro(news.decode(m.value())) for m in read_topic(topics, topics.topic_news)]
+    assert len(items) == 7524 - 28 and [i.ts for i in items] == sorted(i.ts for i in items)
