@@ -60,6 +60,9 @@ DEFAULT_ASSETS: dict[str, tuple[str, ...]] = {
     "TON": ("toncoin",),
 }
 _QUOTES = ("USDT", "USDC", "BUSD", "USD", "EUR", "BTC", "ETH")
+# Tickers that are English words: in a headline written in capitals ("BITCOIN NEAR RECORD") they
+# name nothing unless written as cashtags.
+WORD_TICKERS = frozenset({"NEAR", "TON", "LINK", "UNI", "APT", "ARB", "ATOM", "DOT", "SOL", "ONE", "GAS", "OP", "CAKE", "GALA", "FLOW", "SAND", "MANA"})
 _WORD = re.compile(r"\$?[A-Za-z][A-Za-z0-9]*")
 _TOKEN = re.compile(r"[a-z][a-z0-9'\-]*[a-z0-9]|[a-z]|\d+(?:[.,]\d+)*%?")
 _NEGATORS = frozenset(
@@ -96,6 +99,7 @@ class AssetTable:
     def find(self, text: str) -> tuple[str, ...]:
         found: dict[str, None] = {}
         words = _WORD.findall(text)
+        shouting = sum(1 for w in words if w.isupper()) * 2 > len(words)
         for i, w in enumerate(words):
             if w[0] == "$":
                 t = self.tickers.get(w[1:].upper())
@@ -113,7 +117,7 @@ class AssetTable:
             t = self.names.get(low)
             if t:
                 found[t] = None
-            elif w.isupper() and len(w) > 1:
+            elif w.isupper() and len(w) > 1 and not (shouting and w in WORD_TICKERS):
                 t = self.tickers.get(w) or self._pair(w)
                 if t:
                     found[t] = None

@@ -19,6 +19,9 @@ def test_assets_names_tickers_cashtags_pairs_and_extension():
     assert t.find("a sol of sunshine, link in bio, ether-net") == ("ETH",)  # prose "sol"/"link" are no assets
     assert t.find("Stocks fall as the Fed hikes") == ()  # market-wide
     assert t.find("Shiba Inu burns tokens; Bitcoin Cash forks") == ("SHIB", "BCH")
+    assert t.find("BITCOIN NEAR RECORD AS SOL AND LINK RALLY") == ("BTC",)  # capitals: word tickers name nothing
+    assert t.find("BITCOIN NEAR RECORD AS $SOL RALLIES") == ("BTC", "SOL")
+    assert t.find("NEAR Protocol and LINK holders vote") == ("NEAR", "LINK")
     ext = AssetTable({**DEFAULT_ASSETS, "PEPE": ("pepe",)})
     assert ext.find("PEPE and pepe memes") == ("PEPE",)
 
