@@ -31,6 +31,9 @@ class RecordType:
     table: str | None = None  # table in ClickHouse and PostgreSQL/TimescaleDB (same name in both)
     table_key: tuple[str, ...] = ()  # columns naming one row (ClickHouse ORDER BY, PostgreSQL primary key)
     version: str | None = None  # column that decides which row of a key wins (ReplacingMergeTree(version), upsert if higher)
+    # An equal version replaces the stored row too (the last in Kafka order wins, as ClickHouse keeps
+    # it): for records recomputed without a version of their own, as indicators after a revision.
+    equal_version_replaces: bool = False
     time_column: str | None = None  # event-time column (ms or µs as in the model): partitioning, hypertables, query ranges
     channel: str | None = None  # Redis pub/sub channel, formatted with the record's fields
     realtime: bool = False  # superseded by the next one, never stored: the worker may publish it to Redis itself
@@ -60,7 +63,7 @@ RECORDS: dict[str, RecordType] = {
                    lambda r: f"{r.exchange}:{r.symbol}", description="Trades later than the grace period"),
         RecordType(
             "indicators", "tickflow.Indicators", Indicators, "indicators", "topic_indicators", 5, _key,
-            table="technical_metrics", table_key=("exchange", "symbol", "interval", "open_time"), version="candle_revision",
+            table="technical_metrics", table_key=("exchange", "symbol", "interval", "open_time"), version="candle_revision", equal_version_replaces=True,
             time_column="open_time", channel="indicators:{exchange}:{symbol}:{interval}",
             description="Technical indicators of each final candle",
         ),

@@ -153,3 +153,4 @@ def encoder_for(codec: AvroCodec) -> Callable[[Any], bytes]:
         return TradeBatchWriter(codec).encode
     encode = codec.encode
     return lambda record: encode(record.to_avro())
+

@@ -1,14 +1,15 @@
-"""ClickHouse sink: the raw trade archive, final candles and their indicators, inserted as column batches.
+"""ClickHouse sink: every record type with a table (``schemas.registry``), inserted as column batches.
 
-Both tables are ReplacingMergeTree (infra/sql/clickhouse/0001_init.sql), so idempotency comes from
-the engine: a replayed batch adds duplicate rows that merges collapse, and queries that must be exact
-before merges use FINAL or argMax (examples in infra/sql/clickhouse/examples.sql). ``candles`` uses
-``revision`` as the version column, so a later revision of a window wins; ``technical_metrics``
-(infra/sql/clickhouse/0002_technical_metrics.sql) uses ``candle_revision``, and among equal versions
-the last inserted row wins, which is the record a revision of an earlier window recomputed.
+Tables are ReplacingMergeTree(version), ordered by the type's ``table_key``, so idempotency comes
+from the engine: a replayed batch adds duplicate rows that merges collapse, and queries that must be
+exact before merges use FINAL or argMax (examples in infra/sql/clickhouse/examples.sql). The highest
+version of a key wins, and among equal versions the last inserted: a later revision of a candle
+wins, and so does the indicators record a revision of an earlier window recomputed. Rows are the
+record's fields (``sinks.base.layout_of``); times travel as integers in the column's precision.
 
-Only final candles are stored: in-progress candles are realtime state that is superseded within
-a second, which Redis serves; writing them here would add rows that exist only to be merged away.
+Only final records of types with an ``is_final`` field are stored: in-progress candles are realtime
+state that is superseded within a second, which Redis serves; writing them here would add rows that
+exist only to be merged away.
 
 The same code serves a ClickHouse server (``CLICKHOUSE_URL``) and embedded chdb (``chdb:///path``).
 chdb hosts one engine per process, so clients on one path must be shared; :func:`connect` is the
@@ -24,7 +25,8 @@ from clickhouse_connect.driver import exceptions as ch_errors
 from clickhouse_connect.driver.client import Client
 
 from schemas.models import Candle
-from sinks.base import CANDLE_COLUMNS, DataRejected, Sink, SinkBatch, candle_columns, indicator_columns, trade_columns
+from sinks.base import DataRejected, Sink, SinkBatch, columns_of, layout_of, stored_types
+from streams.settings import Settings
 
 # Server error codes that mean "this data can never be inserted", as opposed to an unavailable
 # server: TYPE_MISMATCH, CANNOT_PARSE_*, TOO_LARGE_STRING_SIZE, INCORRECT_DATA,
@@ -39,7 +41,6 @@ def connect(dsn: str, **options: Any) -> Client:
 
 class ClickHouseSink(Sink):
     name = "clickhouse"
-    topics = ("ticks", "candles", "indicators")
 
     def __init__(self, client: Client, *, owns_client: bool = False) -> None:
         self._client = client
@@ -47,18 +48,19 @@ class ClickHouseSink(Sink):
         self._contexts: dict[str, Any] = {}
 
     @classmethod
-    def from_dsn(cls, dsn: str) -> ClickHouseSink:
-        return cls(connect(dsn), owns_client=True)
+    def record_types(cls, settings: Settings) -> tuple[str, ...]:
+        return stored_types()
 
     def write(self, batch: SinkBatch) -> None:
-        trades = trade_columns(batch.trade_batches)
-        if trades["ts"]:
-            self._insert("trades", trades)
-        finals = batch.final_candles()
-        if finals:
-            self._insert("candles", candle_columns(finals))
-        if batch.indicators:
-            self._insert("technical_metrics", indicator_columns(batch.indicators))
+        inserts = []
+        for name, records in batch.records.items():  # every table validated before anything is inserted
+            layout = layout_of(name) if records else None
+            if layout is not None:
+                cols = layout.to_columns(records)
+                if cols[layout.names[0]]:
+                    inserts.append((layout.table, cols))
+        for table, cols in inserts:
+            self._insert(table, cols)
 
     def _insert(self, table: str, columns: dict[str, list[Any]]) -> None:
         # Insert contexts cache the table's column types, saving a DESCRIBE per insert.
@@ -82,7 +84,7 @@ class ClickHouseSink(Sink):
 
 
 _RECENT_CANDLES = f"""
-SELECT {", ".join(f"toUnixTimestamp64Milli({c})" if c in ("open_time", "close_time") else f"`{c}`" for c in CANDLE_COLUMNS)}
+SELECT {", ".join(f"toUnixTimestamp64Milli({c})" if c in ("open_time", "close_time") else f"`{c}`" for c in columns_of("candle"))}
 FROM candles FINAL
 WHERE exchange = {{exchange:String}} AND symbol = {{symbol:String}} AND `interval` = {{interval:String}}
   AND open_time < fromUnixTimestamp64Milli({{before:Int64}}, 'UTC')

@@ -4,14 +4,16 @@ Files are ``infra/sql/<store>/NNNN_name.sql``, applied in version order and reco
 ``schema_migrations`` table of that store, so a re-run applies only what is new.
 
 PostgreSQL has two flavours. A file in ``infra/sql/postgres/timescale/`` is the TimescaleDB variant
-of its version: when the extension is available it replaces the plain file of the same version (if
-any); otherwise the plain file is applied, or, with no plain file, the version is recorded as
-``skipped`` and applied on a later run once TimescaleDB is there. ``schema_migrations.variant`` says
-which flavour each version got. TimescaleDB files use ``{{name}}`` placeholders filled from
-:data:`TIMESCALE_PARAMS`, so chunk sizes and policies are set in one place.
+of its version: in TimescaleDB mode (``TIMESCALE``, decided by :mod:`sinks.timescale`) it replaces
+the plain file of the same version (if any); otherwise the plain file is applied, or, with no plain
+file, the version is recorded as ``skipped``. Converting a plain database (``TIMESCALE=on``)
+applies the skipped versions and re-applies those that have a TimescaleDB file, with
+``migrate_data``, in the same single transaction as everything else. ``schema_migrations.variant``
+says which flavour each version got. TimescaleDB files use ``{{name}}`` placeholders filled from
+:data:`TIMESCALE_PARAMS`, so chunk sizes are set in one place.
 
 ClickHouse DDL is not transactional: its migrations must be re-runnable (``IF NOT EXISTS``) in case
-one fails halfway. PostgreSQL runs each migration in a transaction under an advisory lock.
+one fails halfway. PostgreSQL runs a whole migration run in one transaction under an advisory lock.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ from typing import Any
 import psycopg
 import structlog
 
-from streams.settings import PROJECT_ROOT
+from sinks.timescale import Mode, decide, hypertables_in, policy_statements, read_facts
+from streams.settings import PROJECT_ROOT, Settings
 
 log = structlog.get_logger(__name__)
 
@@ -32,17 +35,12 @@ SQL_ROOT = PROJECT_ROOT / "infra" / "sql"
 _FILE_RE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 _PARAM_RE = re.compile(r"\{\{(\w+)\}\}")
 _LOCK_KEY = 0x7469636B  # "tick": serialises concurrent `tickflow migrate` runs on one database
-MIN_TIMESCALE = (2, 13)  # create_hypertable(..., by_range(...)) appeared in 2.13
 
-# TimescaleDB layout and policies. Trades are high-volume: small chunks, compressed after a week,
-# dropped after 90 days (ClickHouse keeps the full archive). Candles are small and kept forever;
-# compression waits a month so revisions and replays land on row-store chunks.
+# TimescaleDB layout: trades are high-volume (small chunks), candles small. Compression and
+# retention are opt-in settings applied after the migrations (sinks.timescale.policy_statements).
 TIMESCALE_PARAMS: dict[str, str] = {
     "trades_chunk_interval": "1 day",
     "candles_chunk_interval": "7 days",
-    "trades_compress_after": "7 days",
-    "candles_compress_after": "30 days",
-    "trades_retention": "90 days",
     "cagg_refresh_every": "15 minutes",
 }
 
@@ -150,23 +148,42 @@ def discover(store: str, *, timescale: bool = False, root: Path = SQL_ROOT) -> l
 # ClickHouse
 
 
-def _ch_applied(client: Any) -> set[str]:
+_ENGINE_RE = re.compile(r"\bENGINE\s*=\s*(Replacing|Summing|Aggregating|Collapsing|VersionedCollapsing)?MergeTree\b", re.I)
+
+
+def replicated_engines(sql: str) -> str:
+    """The statement with MergeTree-family engines made Replicated (pure). In a database of the
+    Replicated engine, DDL reaches every replica and a Replicated table without arguments takes the
+    database's default Keeper path, so the same migrations serve one server and a cluster."""
+    return _ENGINE_RE.sub(lambda m: f"ENGINE = Replicated{m.group(1) or ''}MergeTree", sql)
+
+
+def _ch_replicated(client: Any) -> bool:
+    rows = client.query("SELECT engine FROM system.databases WHERE name = currentDatabase()").result_rows
+    return bool(rows) and rows[0][0] == "Replicated"
+
+
+def _ch_applied(client: Any, adapt: Any) -> set[str]:
     client.command(
-        "CREATE TABLE IF NOT EXISTS schema_migrations (version String, name String, "
-        "applied_at DateTime64(3, 'UTC') DEFAULT now64(3)) ENGINE = ReplacingMergeTree ORDER BY version"
+        adapt(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (version String, name String, "
+            "applied_at DateTime64(3, 'UTC') DEFAULT now64(3)) ENGINE = ReplacingMergeTree ORDER BY version"
+        )
     )
     return {row[0] for row in client.query("SELECT version FROM schema_migrations FINAL").result_rows}
 
 
 def migrate_clickhouse(client: Any, *, root: Path = SQL_ROOT) -> list[str]:
-    """Apply pending ClickHouse migrations through a clickhouse-connect client; return their versions."""
-    applied = _ch_applied(client)
+    """Apply pending ClickHouse migrations through a clickhouse-connect client; return their versions.
+    In a Replicated database (a cluster) the tables are made Replicated (:func:`replicated_engines`)."""
+    adapt = replicated_engines if _ch_replicated(client) else (lambda sql: sql)
+    applied = _ch_applied(client, adapt)
     done = []
     for mig in discover("clickhouse", root=root):
         if mig.version in applied:
             continue
         for stmt in mig.statements(backslash_escapes=True):
-            client.command(stmt)
+            client.command(adapt(stmt))
         client.insert("schema_migrations", [[mig.version, mig.name]], column_names=["version", "name"])
         log.info("migration applied", store="clickhouse", version=mig.version, name=mig.name)
         done.append(mig.version)
@@ -184,65 +201,68 @@ CREATE TABLE IF NOT EXISTS schema_migrations (
 )"""
 
 
-def _version_tuple(v: str) -> tuple[int, ...]:
-    return tuple(int(x) for x in re.findall(r"\d+", v)[:2])
+@dataclass(frozen=True, slots=True)
+class PostgresResult:
+    applied: list[str]  # versions applied by this run
+    report: str  # the TimescaleDB mode and why, for ``tickflow migrate``
+    policies: list[str]  # policy statements run (TimescaleDB mode)
 
 
-def timescale_version(conn: psycopg.Connection[Any]) -> str | None:
-    """Make TimescaleDB usable if the server offers it; return its version, or None for plain mode.
-
-    Offered means listed in ``pg_available_extensions``. Creating it can still fail (not in
-    ``shared_preload_libraries``, no privilege); that, or a version older than MIN_TIMESCALE, falls
-    back to plain PostgreSQL with a warning rather than failing the migration.
-    """
-    row = conn.execute("SELECT default_version, installed_version FROM pg_available_extensions WHERE name = 'timescaledb'").fetchone()
-    if row is None:
-        return None
-    if row[1] is None:
-        try:
-            with conn.transaction():
-                conn.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
-        except psycopg.Error as exc:
-            log.warning("timescaledb offered but not usable; using plain PostgreSQL", error=str(exc).strip())
-            return None
-    version = conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'timescaledb'").fetchone()[0]  # type: ignore[index]
-    if _version_tuple(version) < MIN_TIMESCALE:
-        log.warning("timescaledb too old; using plain PostgreSQL", version=version, minimum=".".join(map(str, MIN_TIMESCALE)))
-        return None
-    return str(version)
+def postgres_options(settings: Settings) -> dict[str, Any]:
+    """The migration options that come from settings: mode and opt-in policies."""
+    return {"timescale": settings.timescale, "compression": settings.timescale_compression, "retention": settings.timescale_trades_retention or None}
 
 
-def migrate_postgres(conninfo: str, *, timescale: bool | None = None, root: Path = SQL_ROOT) -> list[str]:
-    """Apply pending PostgreSQL migrations; return the versions applied now.
+def migrate_postgres(
+    conninfo: str, *, timescale: Mode | bool | None = "auto", compression: bool = False, retention: str | None = None, root: Path = SQL_ROOT
+) -> list[str]:
+    """Apply pending PostgreSQL migrations; return the versions applied now (see :func:`run_postgres_migrations`)."""
+    return run_postgres_migrations(conninfo, timescale=timescale, compression=compression, retention=retention, root=root).applied
 
-    ``timescale``: None detects the extension, False forces plain PostgreSQL, True requires it.
-    """
+
+def run_postgres_migrations(
+    conninfo: str, *, timescale: Mode | bool | None = "auto", compression: bool = False, retention: str | None = None, root: Path = SQL_ROOT
+) -> PostgresResult:
+    """Apply pending PostgreSQL migrations in the mode ``timescale`` (auto/on/off; True/False/None
+    mean on/off/auto) decides, in one transaction under an advisory lock, then make the TimescaleDB
+    policies match ``compression`` and ``retention``. TimescaleError, with nothing changed, when
+    the mode cannot be had."""
+    mode: Mode = {True: "on", False: "off", None: "auto"}.get(timescale, timescale)  # type: ignore[arg-type, call-overload]
     with psycopg.connect(conninfo, autocommit=True) as conn:
         conn.execute("SELECT pg_advisory_lock(%s)", (_LOCK_KEY,))
         try:
-            return _migrate_postgres(conn, timescale, root)
+            return _migrate_postgres(conn, mode, compression, retention, root)
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s)", (_LOCK_KEY,))
 
 
-def _migrate_postgres(conn: psycopg.Connection[Any], timescale: bool | None, root: Path) -> list[str]:
+def _query(conn: psycopg.Connection[Any]) -> Any:
+    return lambda sql, params: conn.execute(sql, params or None).fetchall()
+
+
+def _migrate_postgres(conn: psycopg.Connection[Any], mode: Mode, compression: bool, retention: str | None, root: Path) -> PostgresResult:
     conn.execute(_PG_TABLE)
-    ts_version = None if timescale is False else timescale_version(conn)
-    if timescale and ts_version is None:
-        raise RuntimeError("TimescaleDB was required but is not available on this server")
-    log.info("postgres migrations", timescaledb=ts_version or "absent")
     recorded = dict(conn.execute("SELECT version, variant FROM schema_migrations").fetchall())
-    done = []
-    for mig in discover("postgres", timescale=ts_version is not None, root=root):
-        if recorded.get(mig.version, "skipped") != "skipped":
-            continue
-        if mig.path is None:
-            if mig.version not in recorded:
-                conn.execute("INSERT INTO schema_migrations (version, name, variant) VALUES (%s, %s, 'skipped')", (mig.version, mig.name))
-                log.info("migration skipped until timescaledb is available", version=mig.version, name=mig.name)
-            continue
-        variant = "timescaledb" if mig.timescale else "postgres"
-        with conn.transaction():
+    ts_files = [m for m in discover("postgres", timescale=True, root=root) if m.timescale]
+    pending_ts = [m for m in ts_files if recorded.get(m.version) in (None, "skipped", "postgres")]
+    candidates = [pair for m in pending_ts for pair in hypertables_in("\n".join(m.statements(TIMESCALE_PARAMS)))]
+    plan = decide(mode, read_facts(_query(conn), recorded, candidates))
+    log.info("postgres migrations", mode=mode, timescale=plan.timescale, report=plan.report)
+    done: list[str] = []
+    policies: list[str] = []
+    with conn.transaction():  # one transaction: a failure leaves the database as it was, never half-converted
+        if plan.create_extension:
+            conn.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
+        for mig in discover("postgres", timescale=plan.timescale, root=root):
+            state = recorded.get(mig.version)
+            if state not in (None, "skipped") and not (plan.timescale and mig.timescale and state == "postgres"):
+                continue
+            if mig.path is None:
+                if state is None:
+                    conn.execute("INSERT INTO schema_migrations (version, name, variant) VALUES (%s, %s, 'skipped')", (mig.version, mig.name))
+                    log.info("migration skipped until timescaledb mode", version=mig.version, name=mig.name)
+                continue
+            variant = "timescaledb" if mig.timescale else "postgres"
             for stmt in mig.statements(TIMESCALE_PARAMS):
                 conn.execute(stmt)
             conn.execute(
@@ -250,6 +270,153 @@ def _migrate_postgres(conn: psycopg.Connection[Any], timescale: bool | None, roo
                 "ON CONFLICT (version) DO UPDATE SET name = EXCLUDED.name, variant = EXCLUDED.variant, applied_at = now()",
                 (mig.version, mig.name, variant),
             )
-        log.info("migration applied", store="postgres", version=mig.version, name=mig.name, variant=variant)
-        done.append(mig.version)
-    return done
+            log.info("migration applied", store="postgres", version=mig.version, name=mig.name, variant=variant)
+            done.append(mig.version)
+        if plan.timescale:
+            info = conn.execute(
+                "SELECT hypertable_name, compression_enabled FROM timescaledb_information.hypertables WHERE hypertable_schema = current_schema()"
+            ).fetchall()
+            hyper = {name for name, _ in info}
+            compressed = {name for name, enabled in info if enabled}
+            for sql, params in policy_statements(hyper, compressed, compression=compression, retention=retention):
+                conn.execute(sql, params or None)
+                policies.append(sql % tuple(repr(p) for p in params) if params else sql)
+    return PostgresResult(done, plan.report, policies)
+
+
+# Checks: every record type with a table has it, in both stores
+
+
+class SchemaMismatch(RuntimeError):
+    """A record type's table is missing or differs from its layout: its migration is missing or wrong."""
+
+
+# Column types that hold a field of each Avro kind (outer Nullable/LowCardinality removed in ClickHouse).
+_CH_KINDS = {
+    "string": re.compile(r"^(String|FixedString\(\d+\)|Enum(8|16)\(.*\))$"),
+    "bytes": re.compile(r"^(String|FixedString\(\d+\))$"),
+    "int": re.compile(r"^U?Int(8|16|32|64|128|256)$"),
+    "long": re.compile(r"^U?Int(64|128|256)$"),
+    "float": re.compile(r"^(Float32|Float64|Decimal.*)$"),
+    "double": re.compile(r"^(Float64|Decimal.*)$"),
+    "boolean": re.compile(r"^(Bool|UInt8)$"),
+}
+_PG_KINDS = {
+    "string": {"text", "character varying", "character"},
+    "bytes": {"bytea"},
+    "int": {"integer", "bigint", "numeric"},
+    "long": {"bigint", "numeric"},
+    "float": {"real", "double precision", "numeric"},
+    "double": {"double precision", "numeric"},
+    "boolean": {"boolean"},
+}
+_CH_WRAPPER = re.compile(r"^(Nullable|LowCardinality)\((.*)\)$")
+
+
+def _layouts() -> list[Any]:
+    from schemas.registry import RECORDS
+    from sinks.base import layout_of
+
+    return [layout for name in RECORDS if (layout := layout_of(name)) is not None]
+
+
+def _raise(store: str, problems: list[str]) -> None:
+    if problems:
+        raise SchemaMismatch(f"{store} tables do not match the record registry (is a migration missing?):\n- " + "\n- ".join(problems))
+
+
+def _ch_type(declared: str) -> tuple[str, bool]:
+    """The base type of a ClickHouse column type and whether it is Nullable."""
+    nullable = False
+    while m := _CH_WRAPPER.match(declared):
+        nullable |= m.group(1) == "Nullable"
+        declared = m.group(2)
+    return declared, nullable
+
+
+def check_clickhouse(client: Any) -> None:
+    """Raise SchemaMismatch unless every registry type with a table has it in ClickHouse: a
+    ReplacingMergeTree ordered by ``table_key`` with ``version`` as its version, and a column per
+    field of the type's layout that can hold it (times as DateTime64 of the field's precision)."""
+    columns: dict[str, dict[str, str]] = {}
+    for table, name, declared in client.query("SELECT table, name, type FROM system.columns WHERE database = currentDatabase()").result_rows:
+        columns.setdefault(table, {})[name] = declared
+    tables = {r[0]: r[1:] for r in client.query("SELECT name, engine, engine_full, sorting_key FROM system.tables WHERE database = currentDatabase()").result_rows}
+    problems = []
+    for layout in _layouts():
+        rt, where = layout.record_type, f"{layout.table} (record type {layout.record_type.name})"
+        if layout.table not in tables:
+            problems.append(f"{where}: no such table")
+            continue
+        engine, engine_full, sorting_key = tables[layout.table]
+        if "ReplacingMergeTree" not in engine:
+            problems.append(f"{where}: engine {engine}, not ReplacingMergeTree")
+        else:
+            m = re.search(r"ReplacingMergeTree(?:\((.*?)\))?", engine_full)
+            args = [a.strip(" `'\"") for a in (m.group(1) or "").split(",")] if m else [""]
+            if rt.version is not None and args[-1] != rt.version:
+                problems.append(f"{where}: ReplacingMergeTree needs version column {rt.version}, has {m.group(0) if m else engine}")
+        if [k.strip(" `") for k in sorting_key.split(",")] != list(rt.table_key):
+            problems.append(f"{where}: ORDER BY ({sorting_key}), the registry's table_key is ({', '.join(rt.table_key)})")
+        have = columns.get(layout.table, {})
+        for col in layout.columns:
+            if col.name not in have:
+                problems.append(f"{where}: no column {col.name}")
+                continue
+            base, nullable = _ch_type(have[col.name])
+            if col.per_ms:
+                m = re.match(r"^DateTime64\((\d+)", base)
+                ok = m is not None and int(m.group(1)) == (3 if col.per_ms == 1 else 6)
+                wanted = f"DateTime64({3 if col.per_ms == 1 else 6}, ...)"
+            else:
+                ok, wanted = bool(_CH_KINDS[col.kind].match(base)), f"a type for Avro {col.kind}"
+            if not ok:
+                problems.append(f"{where}: column {col.name} is {have[col.name]}, needs {wanted}")
+            if col.nullable and not nullable:
+                problems.append(f"{where}: column {col.name} must be Nullable (the field is optional)")
+    _raise("ClickHouse", problems)
+
+
+_PG_COLUMNS = """
+SELECT table_name, column_name, data_type, is_nullable = 'YES'
+FROM information_schema.columns WHERE table_schema = current_schema()"""
+_PG_UNIQUE = """
+SELECT t.relname, array_agg(a.attname::text)
+FROM pg_index i
+JOIN pg_class t ON t.oid = i.indrelid
+JOIN pg_attribute a ON a.attrelid = t.oid AND a.attnum = ANY (i.indkey)
+WHERE i.indisunique AND t.relnamespace = current_schema()::regnamespace
+GROUP BY i.indexrelid, t.relname"""
+
+
+def check_postgres(conninfo: str) -> None:
+    """Raise SchemaMismatch unless every registry type with a table has it in PostgreSQL: a unique
+    key on the layout's ``unique_key`` (the upsert's conflict target) and a column per field that can
+    hold it (times as timestamptz)."""
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        columns: dict[str, dict[str, tuple[str, bool]]] = {}
+        for table, name, data_type, nullable in conn.execute(_PG_COLUMNS).fetchall():
+            columns.setdefault(table, {})[name] = (data_type, nullable)
+        unique: dict[str, list[set[str]]] = {}
+        for table, cols in conn.execute(_PG_UNIQUE).fetchall():
+            unique.setdefault(table, []).append(set(cols))
+    problems = []
+    for layout in _layouts():
+        where = f"{layout.table} (record type {layout.record_type.name})"
+        have = columns.get(layout.table)
+        if have is None:
+            problems.append(f"{where}: no such table")
+            continue
+        if set(layout.unique_key) not in unique.get(layout.table, []):
+            problems.append(f"{where}: no primary key or unique index on ({', '.join(layout.unique_key)})")
+        for col in layout.columns:
+            if col.name not in have:
+                problems.append(f"{where}: no column {col.name}")
+                continue
+            data_type, nullable = have[col.name]
+            wanted = {"timestamp with time zone"} if col.per_ms else _PG_KINDS[col.kind]
+            if data_type not in wanted:
+                problems.append(f"{where}: column {col.name} is {data_type}, needs one of {', '.join(sorted(wanted))}")
+            if col.nullable and not nullable:
+                problems.append(f"{where}: column {col.name} must allow NULL (the field is optional)")
+    _raise("PostgreSQL", problems)

@@ -1,20 +1,22 @@
-"""PostgreSQL / TimescaleDB sink: trades, final candles and indicators, upserted in one transaction per batch.
+"""PostgreSQL / TimescaleDB sink: every record type with a table, upserted in one transaction per batch.
 
 Rows are COPYed (binary) into session temp tables, then moved with one ``INSERT ... SELECT`` per
 table, so a batch costs a handful of round trips whatever its size. Times travel as integers and
 become ``timestamptz`` in SQL by exact integer arithmetic, avoiding float rounding on the way.
 
-Only final candles are stored: in-progress ones change several times a second and matter only
-until their window closes, so they go to Redis; storing them here would multiply write volume for
-rows that are overwritten anyway. A later revision of a final candle (a late trade within the grace
-period) replaces the stored row; an older or equal revision is ignored, so replays are harmless.
-Trades are keyed by (exchange, symbol, trade_id, ts) and inserted with ``ON CONFLICT DO NOTHING``.
+The upsert follows the registry (``schemas.registry``) on the key of :attr:`TableLayout.unique_key`:
 
-Indicators (``technical_metrics``) are keyed like candles but replaced by a newer *or equal*
-``candle_revision``: a revision of one window makes the engine recompute the records of the later
-windows, which keep their own (unchanged) candle revision, and those recomputed values must win.
-Records of one window arrive in Kafka order, so the last one stored is the newest; a replay writes
-the same sequence again and ends in the same state. An older candle revision is ignored.
+- with a ``version`` column, within a batch the highest version of a key wins, then the last in
+  Kafka order; against the table a strictly higher version replaces the stored row, so replays and
+  older versions are ignored (a later revision of a final candle replaces it). With
+  ``equal_version_replaces`` an equal version replaces it too: indicators, where a revision of one
+  window recomputes the records of the later windows, which keep their own candle revision and must
+  win. Records of one key arrive in Kafka order, so a replay ends in the same state. That is what
+  ClickHouse's ReplacingMergeTree(version) keeps; without the flag the two stores can differ only
+  on two different records of one key and version, which a deterministic producer never makes.
+- without one (trades), the first row of a key stays: ``ON CONFLICT DO NOTHING``.
+
+Only final records of types with an ``is_final`` field are stored (see ``sinks.base``).
 """
 
 from __future__ import annotations
@@ -25,78 +27,49 @@ import psycopg
 from psycopg_pool import ConnectionPool
 
 from schemas.models import Candle
-from sinks.base import (
-    CANDLE_COLUMNS,
-    INDICATOR_COLUMNS,
-    TRADE_COLUMNS,
-    DataRejected,
-    Sink,
-    SinkBatch,
-    candle_columns,
-    indicator_columns,
-    trade_columns,
-)
+from sinks.base import DataRejected, Sink, SinkBatch, TableLayout, columns_of, layout_of, stored_types
+from streams.settings import Settings
 
-_STAGE_TRADES = """
-CREATE TEMP TABLE IF NOT EXISTS stage_trades (
-    exchange text, symbol text, trade_id text, ts bigint, price float8, amount float8, side text
-) ON COMMIT DELETE ROWS"""
-_TRADE_TYPES = ["text", "text", "text", "int8", "float8", "float8", "text"]
-_INSERT_TRADES = """
-INSERT INTO trades (exchange, symbol, trade_id, ts, price, amount, side)
-SELECT exchange, symbol, trade_id, TIMESTAMPTZ 'epoch' + ts * INTERVAL '1 microsecond', price, amount, side
-FROM stage_trades
-ON CONFLICT DO NOTHING"""
-
-_STAGE_CANDLES = """
-CREATE TEMP TABLE IF NOT EXISTS stage_candles (
-    seq int8, exchange text, symbol text, "interval" text, open_time int8, close_time int8,
-    open float8, high float8, low float8, close float8, volume float8, quote_volume float8,
-    trade_count int8, vwap float8, taker_buy_volume float8, first_trade_id text, last_trade_id text,
-    is_final bool, revision int4
-) ON COMMIT DELETE ROWS"""
-_CANDLE_TYPES = ["int8", "text", "text", "text", "int8", "int8"] + ["float8"] * 6 + ["int8", "float8", "float8", "text", "text", "bool", "int4"]
-_KEY = 'exchange, symbol, "interval", open_time'
-_KEY_COLUMNS = {"exchange", "symbol", "interval", "open_time"}
-_TIMES = {"open_time", "close_time"}
+_STAGE_TYPES = {"string": "text", "bytes": "bytea", "int": "int4", "long": "int8", "float": "float4", "double": "float8", "boolean": "bool"}
+_UNITS = {1: "millisecond", 1000: "microsecond"}
 
 
-def _quoted(column: str) -> str:
-    return '"interval"' if column == "interval" else column
+def _q(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
 
 
-def _upsert(table: str, stage: str, columns: tuple[str, ...], version: str, replaces: str) -> str:
-    """``INSERT ... SELECT`` from a staging table: within a batch the highest ``version`` of a key
-    wins, then the last in Kafka order (``seq``); against the table a row is replaced when its
-    ``version`` stands in relation ``replaces`` to the new one. Integer ms times become timestamptz."""
-    select = ", ".join(f"TIMESTAMPTZ 'epoch' + {c} * INTERVAL '1 millisecond' AS {c}" if c in _TIMES else _quoted(c) for c in columns)
-    update = ", ".join(f"{c} = EXCLUDED.{c}" for c in columns if c not in _KEY_COLUMNS)
-    return f"""
-INSERT INTO {table} ({", ".join(map(_quoted, columns))})
-SELECT DISTINCT ON ({_KEY}) {select}
-FROM {stage}
-ORDER BY {_KEY}, {version} DESC, seq DESC
-ON CONFLICT ({_KEY}) DO UPDATE SET {update}
-WHERE {table}.{version} {replaces} EXCLUDED.{version}"""
+class _TableSQL:
+    """The staging table and the upsert of one table layout."""
 
-
-# Against the table only a strictly higher revision replaces a stored candle.
-_INSERT_CANDLES = _upsert("candles", "stage_candles", CANDLE_COLUMNS, "revision", "<")
-
-
-_STAGE_INDICATORS = f"""
-CREATE TEMP TABLE IF NOT EXISTS stage_indicators (
-    seq int8, exchange text, symbol text, "interval" text, open_time int8, close float8, candle_revision int4,
-    {", ".join(f"{c} float8" for c in INDICATOR_COLUMNS[6:])}
-) ON COMMIT DELETE ROWS"""
-_INDICATOR_TYPES = ["int8", "text", "text", "text", "int8", "float8", "int4"] + ["float8"] * (len(INDICATOR_COLUMNS) - 6)
-# A newer or equal candle revision replaces the row (see the module docstring).
-_INSERT_INDICATORS = _upsert("technical_metrics", "stage_indicators", INDICATOR_COLUMNS, "candle_revision", "<=")
+    def __init__(self, layout: TableLayout) -> None:
+        rt = layout.record_type
+        self.layout = layout
+        self.seq = rt.version is not None  # versioned rows keep their Kafka order for ties
+        self.stage = f"stage_{layout.table}"
+        staged = [("seq", "int8")] if self.seq else []
+        staged += [(c.name, "int8" if c.per_ms else _STAGE_TYPES[c.kind]) for c in layout.columns]
+        self.stage_names = tuple(n for n, _ in staged)
+        self.types = [t for _, t in staged]
+        self.create = f"CREATE TEMP TABLE IF NOT EXISTS {_q(self.stage)} ({', '.join(f'{_q(n)} {t}' for n, t in staged)}) ON COMMIT DELETE ROWS"
+        select = ", ".join(
+            f"TIMESTAMPTZ 'epoch' + {_q(c.name)} * INTERVAL '1 {_UNITS[c.per_ms]}' AS {_q(c.name)}" if c.per_ms else _q(c.name) for c in layout.columns
+        )
+        table, cols = _q(layout.table), ", ".join(map(_q, layout.names))
+        if rt.version is None:
+            self.insert = f"INSERT INTO {table} ({cols}) SELECT {select} FROM {_q(self.stage)} ON CONFLICT DO NOTHING"
+            return
+        key = ", ".join(map(_q, layout.unique_key))
+        version = _q(rt.version)
+        update = ", ".join(f"{_q(n)} = EXCLUDED.{_q(n)}" for n in layout.names if n not in layout.unique_key)
+        action = f"DO UPDATE SET {update} WHERE {table}.{version} {'<=' if rt.equal_version_replaces else '<'} EXCLUDED.{version}" if update else "DO NOTHING"
+        self.insert = (
+            f"INSERT INTO {table} ({cols}) SELECT DISTINCT ON ({key}) {select} FROM {_q(self.stage)} "
+            f"ORDER BY {key}, {version} DESC, seq DESC ON CONFLICT ({key}) {action}"
+        )
 
 
 class PostgresSink(Sink):
     name = "postgres"
-    topics = ("ticks", "candles", "indicators")
 
     def __init__(self, conninfo: str, *, connect_timeout: float = 10.0) -> None:
         # One connection is enough for one writer; the pool re-establishes it after a server restart.
@@ -109,26 +82,38 @@ class PostgresSink(Sink):
             name="tickflow-postgres-sink",
             open=True,
         )
+        self._sql: dict[str, _TableSQL] = {}
+
+    @classmethod
+    def record_types(cls, settings: Settings) -> tuple[str, ...]:
+        return stored_types()
+
+    def _table(self, name: str) -> _TableSQL | None:
+        layout = layout_of(name)
+        if layout is None:
+            return None
+        sql = self._sql.get(name)
+        if sql is None or sql.layout is not layout:
+            sql = self._sql[name] = _TableSQL(layout)
+        return sql
 
     def write(self, batch: SinkBatch) -> None:
-        trades = trade_columns(batch.trade_batches)
-        candles = candle_columns(batch.final_candles())
-        indicators = indicator_columns(batch.indicators)
-        if not trades["ts"] and not candles["open_time"] and not indicators["open_time"]:
+        work = []
+        for name, records in batch.records.items():  # every table validated before anything is sent
+            sql = self._table(name) if records else None
+            if sql is not None:
+                cols = sql.layout.to_columns(records)
+                n = len(cols[sql.layout.names[0]])
+                if n:
+                    work.append((sql, cols, n))
+        if not work:
             return
         try:
             with self._pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
-                if trades["ts"]:
-                    _copy(cur, _STAGE_TRADES, "stage_trades", TRADE_COLUMNS, _TRADE_TYPES, zip(*trades.values(), strict=True))
-                    cur.execute(_INSERT_TRADES)
-                if candles["open_time"]:
-                    rows = zip(range(len(candles["open_time"])), *candles.values(), strict=True)
-                    _copy(cur, _STAGE_CANDLES, "stage_candles", ("seq", *CANDLE_COLUMNS), _CANDLE_TYPES, rows)
-                    cur.execute(_INSERT_CANDLES)
-                if indicators["open_time"]:
-                    rows = zip(range(len(indicators["open_time"])), *indicators.values(), strict=True)
-                    _copy(cur, _STAGE_INDICATORS, "stage_indicators", ("seq", *INDICATOR_COLUMNS), _INDICATOR_TYPES, rows)
-                    cur.execute(_INSERT_INDICATORS)
+                for sql, cols, n in work:
+                    rows = zip(range(n), *cols.values(), strict=True) if sql.seq else zip(*cols.values(), strict=True)
+                    _copy(cur, sql.create, sql.stage, sql.stage_names, sql.types, rows)
+                    cur.execute(sql.insert)
         except (psycopg.DataError, psycopg.IntegrityError) as exc:
             raise DataRejected(f"{type(exc).__name__}: {str(exc).strip()}") from exc
 
@@ -138,15 +123,22 @@ class PostgresSink(Sink):
 
 def _copy(cur: psycopg.Cursor[Any], create: str, table: str, columns: tuple[str, ...], types: list[str], rows: Any) -> None:
     cur.execute(create)
-    cols = ", ".join(f'"{c}"' for c in columns)
-    with cur.copy(f"COPY {table} ({cols}) FROM STDIN (FORMAT BINARY)") as copy:
+    with cur.copy(f"COPY {_q(table)} ({', '.join(map(_q, columns))}) FROM STDIN (FORMAT BINARY)") as copy:
         copy.set_types(types)
         for row in rows:
             copy.write_row(row)
 
 
+_CANDLE_COLUMNS = columns_of("candle")
+_TIMES = {"open_time", "close_time"}
+
+
+def _quoted(column: str) -> str:
+    return '"interval"' if column == "interval" else column
+
+
 _RECENT_CANDLES = f"""
-SELECT {", ".join(f"(extract(epoch FROM {c}) * 1000)::int8" if c in _TIMES else _quoted(c) for c in CANDLE_COLUMNS)}
+SELECT {", ".join(f"(extract(epoch FROM {c}) * 1000)::int8" if c in _TIMES else _quoted(c) for c in _CANDLE_COLUMNS)}
 FROM candles
 WHERE exchange = %s AND symbol = %s AND "interval" = %s AND open_time < TIMESTAMPTZ 'epoch' + %s * INTERVAL '1 millisecond'
 ORDER BY open_time DESC

@@ -27,18 +27,21 @@ from dataclasses import dataclass
 from typing import Any
 
 import structlog
-from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, IsolationLevel, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, Consumer, ConsumerGroupTopicPartitions, IsolationLevel, KafkaError, KafkaException, Message, TopicPartition
 from confluent_kafka.admin import AdminClient, OffsetSpec
 from prometheus_client import Counter, Gauge, Histogram
 from tenacity import RetryCallState, RetryError, Retrying, retry_if_exception, retry_if_exception_type, wait_exponential
 
 from schemas.codec import codec_for
 from schemas.models import DeadLetter
-from sinks.base import TOPICS, DataRejected, Sink, SinkBatch
+from schemas.registry import record_type, topic_of
+from sinks.base import DataRejected, Sink, SinkBatch
 from sinks.clickhouse import ClickHouseSink, connect
-from sinks.migrations import migrate_clickhouse, migrate_postgres
+from sinks.migrations import check_clickhouse, check_postgres, migrate_clickhouse, migrate_postgres, postgres_options
 from sinks.postgres import PostgresSink
 from sinks.redis import RedisSink
+from sinks.telemetry import BROKER_UP, RETRIES, STORE_UP, Written, observe_written, set_partition_lag
+from streams.observability import received_header
 from streams.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -51,6 +54,7 @@ WRITE_SECONDS = Histogram(
     buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
 ERRORS = Counter("tickflow_sink_errors_total", "Sink failures: write (retried), rejected, undecodable, commit", ["sink", "kind"])
+ERROR_KINDS = ("write", "rejected", "undecodable", "commit")
 LAG = Gauge("tickflow_sink_lag", "Records in the sink's topics not yet committed by its consumer group", ["sink"])
 
 
@@ -149,9 +153,12 @@ class SinkRunner:
         self._wait = wait_exponential(multiplier=backoff_initial_s, max=backoff_max_s)
         self._component = f"sink-{sink.name}"
         self._log = log.bind(sink=sink.name)
+        for kind in ERROR_KINDS:  # every series from the start: rate() and alerts see 0, not "no data"
+            ERRORS.labels(sink.name, kind)
+        RETRIES.labels(sink.name)
         self._batch_s = getattr(settings, sink.batch_ms_setting) / 1000
-        self._specs = {topic_name(settings, t): TOPICS[t] for t in sink.topics_for(settings)}
-        self._codecs = {topic: codec_for(spec.schema, topic, settings.schema_registry_url) for topic, spec in self._specs.items()}
+        self._types = {topic_of(settings, name): record_type(name) for name in sink.record_types(settings)}
+        self._codecs = {topic: codec_for(rt.schema, topic, settings.schema_registry_url) for topic, rt in self._types.items()}
         conf = {
             "bootstrap.servers": settings.bootstrap,
             "group.id": self.group_id,
@@ -165,8 +172,8 @@ class SinkRunner:
         self._consumer = Consumer(conf)
         # Metadata and end offsets go through an admin client: on the consumer's own connection a
         # request queues behind the fetch long-poll (up to fetch.wait.max.ms per partition queried).
-        self._lag: GroupLag | None = GroupLag({k: v for k, v in conf.items() if k not in _CONSUMER_ONLY}, self.group_id, list(self._specs))
-        self._consumer.subscribe(list(self._specs), on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_revoke)
+        self._lag: GroupLag | None = GroupLag({k: v for k, v in conf.items() if k not in _CONSUMER_ONLY}, self.group_id, list(self._types))
+        self._consumer.subscribe(list(self._types), on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_revoke)
         self._pending: list[_Record] = []
         self._to_commit: dict[tuple[str, int], int] = {}
         self._next_commit = 0.0
@@ -213,7 +220,13 @@ class SinkRunner:
 
     def lag(self) -> int:
         """Records in the sink's topics not yet committed by its group (KafkaException if unreachable)."""
-        total = sum(max(high - done, 0) for high, done in self._partition_state().values())
+        try:
+            state = self._partition_state()
+        except KafkaException:
+            BROKER_UP.labels(self._component).set(0)
+            raise
+        BROKER_UP.labels(self._component).set(1)
+        total = set_partition_lag(self.group_id, state)
         LAG.labels(self.sink.name).set(total)
         return total
 
@@ -279,11 +292,11 @@ class SinkRunner:
             if err.code() != KafkaError._PARTITION_EOF:
                 self._log.warning("consumer error", error=str(err))
             return None
-        spec = self._specs[msg.topic()]
+        rt = self._types[msg.topic()]
         try:
-            return _Record(msg, spec.to_batch(self._codecs[msg.topic()].decode(msg.value())))
+            return _Record(msg, SinkBatch.decoded(rt, self._codecs[msg.topic()].decode(msg.value())))
         except Exception as exc:  # any failure to read the bytes is the record's fault
-            return _Record(msg, None, f"undecodable {spec.schema} record: {exc}")
+            return _Record(msg, None, f"undecodable {rt.schema} record: {exc}")
 
     # -- write
 
@@ -324,6 +337,8 @@ class SinkRunner:
     def _write_retrying(self, batch: SinkBatch, records: list[_Record]) -> None:
         def before_sleep(state: RetryCallState) -> None:
             ERRORS.labels(self.sink.name, "write").inc()
+            RETRIES.labels(self.sink.name).inc()
+            STORE_UP.labels(self.sink.name).set(0)
             exc = state.outcome.exception() if state.outcome else None
             first, last = records[0].msg, records[-1].msg
             self._log.warning(
@@ -344,8 +359,19 @@ class SinkRunner:
                     started = time.perf_counter()
                     self.sink.write(batch)
                     WRITE_SECONDS.labels(self.sink.name).observe(time.perf_counter() - started)
+            STORE_UP.labels(self.sink.name).set(1)
+            observe_written(self.sink.name, self._written(records), time.time_ns() // 1000)
         except RetryError as exc:
             raise _Stopped from exc
+
+    @staticmethod
+    def _written(records: list[_Record]) -> list[Written]:
+        out = []
+        for r in records:
+            if r.part is not None:
+                kind, ts = r.msg.timestamp()
+                out.append(Written(r.part, ts if kind != TIMESTAMP_NOT_AVAILABLE else None, received_header(r.msg.headers())))
+        return out
 
     def _send_dead_letter(self, rec: _Record, reason: str) -> None:
         msg = rec.msg
@@ -437,6 +463,7 @@ class SinkRunner:
         except KafkaException as exc:
             self._log.warning("offsets unknown; not drained yet", error=str(exc))
             return False
+        set_partition_lag(self.group_id, state)
         behind = {k for k, (high, done) in state.items() if high > done}
         if behind:
             assigned = {(tp.topic, tp.partition) for tp in self._consumer.assignment()}
@@ -462,14 +489,9 @@ def sink_group_id(settings: Settings, name: str) -> str:
     return f"{settings.app_id}-sink-{name}"
 
 
-def topic_name(settings: Settings, kind: str) -> str:
-    return getattr(settings, TOPICS[kind].settings_attr)
-
-
 def sink_lag(settings: Settings, name: str) -> GroupLag:
     """The lag of sink ``name``'s group, readable from any process."""
-    topics = [topic_name(settings, t) for t in SINKS[name].topics_for(settings)]
-    return GroupLag({"bootstrap.servers": settings.bootstrap}, sink_group_id(settings, name), topics)
+    return GroupLag({"bootstrap.servers": settings.bootstrap}, sink_group_id(settings, name), list(SINKS[name].topics_for(settings)))
 
 
 def configured_sinks(settings: Settings) -> list[str]:
@@ -478,17 +500,20 @@ def configured_sinks(settings: Settings) -> list[str]:
 
 
 def open_sinks(settings: Settings, *, migrate: bool = True, only: str | None = None) -> list[Sink]:
-    """The configured sinks (or just ``only``), their stores migrated first."""
+    """The configured sinks (or just ``only``), their stores migrated first and then checked to hold
+    every registry type's table (SchemaMismatch names what a missing migration left out)."""
     names = [n for n in configured_sinks(settings) if only is None or n == only]
     sinks: list[Sink] = []
     if "clickhouse" in names:
         client = connect(settings.clickhouse_dsn)
         if migrate:
             migrate_clickhouse(client)
+            check_clickhouse(client)
         sinks.append(ClickHouseSink(client, owns_client=True))
     if "postgres" in names:
         if migrate:
-            migrate_postgres(settings.database_url)  # type: ignore[arg-type]
+            migrate_postgres(settings.database_url, **postgres_options(settings))  # type: ignore[arg-type]
+            check_postgres(settings.database_url)  # type: ignore[arg-type]
         sinks.append(PostgresSink(settings.database_url))  # type: ignore[arg-type]
     if "redis" in names:
         sinks.append(RedisSink(settings.redis_url))  # type: ignore[arg-type]

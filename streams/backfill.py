@@ -284,7 +284,7 @@ class CandleOutput:
             chunk = candles[i : i + size]
             for sink in self._sinks:
                 try:
-                    sink.write(SinkBatch(candles=chunk))
+                    sink.write(SinkBatch(candle=chunk))
                 except Exception as exc:  # noqa: BLE001 - down or refusing, the store cannot take the backfill
                     raise BackfillError(f"{sink.name} write failed: {type(exc).__name__}: {exc}") from exc
             for c in chunk:

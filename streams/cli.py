@@ -339,19 +339,40 @@ def backfill(
 
 @app.command()
 def migrate() -> None:
-    """Apply the versioned SQL migrations to ClickHouse and PostgreSQL/TimescaleDB.
+    """Apply the versioned SQL migrations to ClickHouse and PostgreSQL/TimescaleDB, then check that
+    every record type with a table has it, with a column per field (exit 1 naming what is missing).
+
+    Prints the TimescaleDB mode (TIMESCALE=auto|on|off) and why; exits 1, changing nothing, when
+    the mode cannot be had (the message says what to set).
 
     Example: DATABASE_URL=postgresql://localhost/tickflow tickflow migrate
     """
     from sinks.clickhouse import connect
-    from sinks.migrations import migrate_clickhouse, migrate_postgres
+    from sinks.migrations import SchemaMismatch, check_clickhouse, check_postgres, migrate_clickhouse, postgres_options, run_postgres_migrations
+    from sinks.timescale import TimescaleError
 
     settings = get_settings()
     client = connect(settings.clickhouse_dsn)
-    console.print(f"clickhouse: applied {migrate_clickhouse(client) or 'nothing new'}")
-    client.close()
-    if settings.database_url:
-        console.print(f"postgres: applied {migrate_postgres(settings.database_url) or 'nothing new'}")
+    try:
+        console.print(f"clickhouse: applied {migrate_clickhouse(client) or 'nothing new'}")
+        check_clickhouse(client)
+        if settings.database_url:
+            try:
+                result = run_postgres_migrations(settings.database_url, **postgres_options(settings))
+            except TimescaleError as exc:
+                console.print(f"[red]postgres: not migrated:[/] {exc}", highlight=False, soft_wrap=True)
+                raise typer.Exit(1) from None
+            console.print(f"postgres: {result.report}", highlight=False, soft_wrap=True)
+            console.print(f"postgres: applied {result.applied or 'nothing new'}")
+            for statement in result.policies:
+                console.print(f"postgres: policy {statement}", highlight=False, soft_wrap=True)
+            check_postgres(settings.database_url)
+    except SchemaMismatch as exc:
+        console.print(f"[red]{exc}[/]", highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from exc
+    finally:
+        client.close()
+    console.print("every registered table is in place")
 
 
 @app.command()

@@ -12,6 +12,7 @@ import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import orjson
 import structlog
@@ -20,7 +21,7 @@ from schemas.codec import AvroCodec, codec_for
 from schemas.models import DeadLetter, TradeBatch
 from schemas.registry import record_type, topic_of
 from schemas.wire import TradeBatchWriter
-from streams.observability import BATCHES_OUT, RECORDS_IN, TRADES_IN
+from streams.observability import BATCHES_OUT, RECORDS_IN, SYMBOL_LAST_RECEIPT, TRADES_IN
 from streams.producer import TickProducer
 from streams.settings import Settings
 from streams.sources.base import BadInput, Record, Source, now_us, trade_problem
@@ -67,6 +68,7 @@ async def run_ingest(
     topic = settings.topic_ticks
     last_report = time.monotonic()
     codecs: dict[str, tuple[str, AvroCodec]] = {}
+    receipt_gauges: dict[str, Any] = {}  # SYMBOL_LAST_RECEIPT children by key: labels() per batch is costly
     try:
         await asyncio.get_running_loop().run_in_executor(None, producer.connect, topic)
         async for item in source.stream():
@@ -99,6 +101,10 @@ async def run_ingest(
                 stats.batches += 1
                 TRADES_IN.labels(source_name).inc(len(batch.trades))
                 BATCHES_OUT.labels(topic).inc()
+                gauge = receipt_gauges.get(batch.key)
+                if gauge is None:
+                    gauge = receipt_gauges[batch.key] = SYMBOL_LAST_RECEIPT.labels(batch.exchange, batch.symbol)
+                gauge.set(batch.received_at / 1e6)
             if stats.batches % 64 == 0:
                 await asyncio.sleep(0)
             if on_progress and time.monotonic() - last_report >= 1.0:

@@ -33,7 +33,7 @@ from sinks.redis import LiveFanout
 from sinks.runner import SinkRunner, configured_sinks, open_sinks, sink_lag
 from streams.broker import EmbeddedBroker
 from streams.ingest import IngestStats, run_ingest
-from streams.observability import configure_logging, serve_metrics
+from streams.observability import configure_logging, role_port_offset, serve_metrics
 from streams.producer import TickProducer
 from streams.runtime import AgentRunner, LiveRoute, Runtime
 from streams.settings import Settings
@@ -139,9 +139,9 @@ class SinkProcesses:
         self.stop = ctx.Event()
         self.procs: dict[str, BaseProcess] = {}
         self._ready: dict[str, EventT] = {}
-        for i, name in enumerate(names):
+        for name in names:
             ready = ctx.Event()
-            port = settings.metrics_port + 1 + i if settings.metrics_port else 0
+            port = settings.metrics_port + role_port_offset(f"sink-{name}") if settings.metrics_port else 0
             proc = ctx.Process(target=_sink_process, args=(settings, name, self.stop, ready, os.getpid(), port), name=f"tickflow-sink-{name}", daemon=True)
             proc.start()
             self.procs[name] = proc

@@ -14,7 +14,7 @@ from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from schemas.codec import codec_for
 from schemas.models import DeadLetter
-from streams.observability import BYTES_OUT, DLQ_RECORDS, PRODUCE_LATENCY
+from streams.observability import BYTES_OUT, DLQ_RECORDS, PRODUCE_LATENCY, dead_letter_class
 from streams.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -63,15 +63,17 @@ class TickProducer:
         if latency is not None:
             PRODUCE_LATENCY.observe(latency)
 
-    def produce(self, topic: str, key: str | bytes | None, value: bytes, partition: int | None = None) -> None:
+    def produce(
+        self, topic: str, key: str | bytes | None, value: bytes, partition: int | None = None, headers: list[tuple[str, bytes]] | None = None
+    ) -> None:
         if self._errors:
             self.check()
         while True:
             try:
                 if partition is None:
-                    self._producer.produce(topic, value, key, on_delivery=self._on_delivery)
+                    self._producer.produce(topic, value, key, on_delivery=self._on_delivery, headers=headers)
                 else:
-                    self._producer.produce(topic, value, key, partition, on_delivery=self._on_delivery)
+                    self._producer.produce(topic, value, key, partition, on_delivery=self._on_delivery, headers=headers)
                 break
             except BufferError:  # local queue full: let deliveries drain
                 self._producer.poll(0.05)
@@ -86,7 +88,7 @@ class TickProducer:
 
     def dead_letter(self, letter: DeadLetter) -> None:
         """Send a rejected input to the dead-letter topic with its reason and original bytes."""
-        DLQ_RECORDS.labels(letter.component).inc()
+        DLQ_RECORDS.labels(letter.component, dead_letter_class(letter.reason)).inc()
         log.warning("dead-lettered", component=letter.component, reason=letter.reason, topic=letter.source_topic, partition=letter.source_partition, offset=letter.source_offset)
         self.produce(self.settings.topic_dlq, letter.key, self._dlq_codec.encode(letter.to_avro()))
 

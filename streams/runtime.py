@@ -43,6 +43,7 @@ from schemas.models import DeadLetter
 from schemas.registry import RecordType, record_type, topic_of
 from schemas.wire import encoder_for
 from streams.checkpoint import CheckpointStore, encode_checkpoint
+from streams.observability import RECEIVED_HEADER, received_header
 from streams.settings import Settings
 from streams.topics import state_topic
 
@@ -84,6 +85,7 @@ class PartitionState:
     offsets: dict[str, int]  # input topic -> next offset expected
     quiet_since: float | None = None  # monotonic time since when nothing was unread, None while input waits
     changed: bool = False  # state or position moved since the last checkpoint
+    receipt_us: int | None = None  # ingest receipt of the newest input read: what a timer's outputs are timed from
 
 
 @dataclass
@@ -96,9 +98,10 @@ class _Input:
 @dataclass
 class LiveRoute:
     """Where realtime-only records (``RecordType.realtime``) go: a callable that publishes them
-    (the Redis fan-out the shell passes in) and/or their topic."""
+    (the Redis fan-out the shell passes in, given the record and the newest ingest receipt behind
+    it, for the realtime latency metric) and/or their topic."""
 
-    publish: Callable[[Any], None] | None = None
+    publish: Callable[[Any, int | None], None] | None = None
     to_topic: bool = False
 
 
@@ -320,6 +323,8 @@ class AgentRunner:
                 continue
             key = msg.key()
             received = getattr(model, "received_at", None)
+            if received is None:
+                received = received_header(msg.headers())
             if received is not None:
                 newest_receipt = received
             records.append(Inbound(inp.rtype.name, key.decode(errors="replace") if key is not None else None, model, offset))
@@ -330,6 +335,7 @@ class AgentRunner:
             return
         self._records.inc(len(records))
         if newest_receipt is not None:
+            ps.receipt_us = newest_receipt
             self._input_delay.observe(max(_now_us() - newest_receipt, 0) / 1e6)
         try:
             outputs = list(ps.logic.on_batch(records))
@@ -345,21 +351,22 @@ class AgentRunner:
                 except Exception as one:  # noqa: BLE001
                     self._log.exception("record failed in the agent's logic")
                     self._dead_letter(raw[rec.offset], f"{self.name} failed on this record: {type(one).__name__}: {one}")
-        self._emit(outputs, raw)
+        self._emit(outputs, raw, newest_receipt)
         self._batch_s.observe(time.perf_counter() - started)
 
-    def _emit(self, outputs: Iterable[Emit | Reject], raw: dict[int, Message] | None = None) -> None:
+    def _emit(self, outputs: Iterable[Emit | Reject], raw: dict[int, Message] | None = None, received_us: int | None = None) -> None:
+        headers = None if received_us is None else [(RECEIVED_HEADER, str(received_us).encode())]
         counts = self._out_counts
         for out in outputs:
             if type(out) is Emit:
                 topic, encode, realtime = self._outputs[out.record]
                 if realtime:
                     if self.live.publish is not None:
-                        self.live.publish(out.value)
+                        self.live.publish(out.value, received_us)
                     if not self.live.to_topic:
                         counts[out.record] = counts.get(out.record, 0) + 1
                         continue
-                self.producer.produce(topic, out.key, encode(out.value))
+                self.producer.produce(topic, out.key, encode(out.value), headers=headers)
                 counts[out.record] = counts.get(out.record, 0) + 1
             else:
                 msg = raw.get(out.offset) if raw else None
@@ -383,7 +390,7 @@ class AgentRunner:
             outputs = list(ps.logic.on_timer(now, quiet))
             if outputs:
                 ps.changed = True
-                self._emit(outputs)
+                self._emit(outputs, None, ps.receipt_us)
         self._flush_out_counts()
 
     def _caught_up(self, consumer: Consumer, partition: int, ps: PartitionState) -> bool:
@@ -466,7 +473,7 @@ class AgentRunner:
             outputs = list(ps.logic.on_timer(now, math.inf))
             if outputs:
                 ps.changed = True
-                self._emit(outputs)
+                self._emit(outputs, None, ps.receipt_us)
         self.write_checkpoints()
 
 

@@ -26,6 +26,13 @@ class Settings(BaseSettings):
     clickhouse_url: str | None = Field(None, description="ClickHouse server (http://user:pass@host:8123/db); unset = embedded chdb in TICKFLOW_DATA_DIR/clickhouse")
     database_url: str | None = Field("postgresql://127.0.0.1:5432/test", description="PostgreSQL/TimescaleDB for the postgres sink; empty = sink off")
     redis_url: str | None = Field("redis://127.0.0.1:6379/0", description="Redis for realtime fan-out; empty = sink off")
+    timescale: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="TimescaleDB mode of DATABASE_URL: on = required (a plain database is converted), off = plain PostgreSQL, "
+        "auto = TimescaleDB on a fresh database whose server preloads it, else the mode the database was migrated in",
+    )
+    timescale_compression: bool = Field(False, description="TimescaleDB mode: compress trades after 7 days, candles and indicators after 30")
+    timescale_trades_retention: str = Field("", description="TimescaleDB mode: drop trade chunks older than this interval (e.g. '90 days'); empty = keep all")
     tickflow_data_dir: Path = Field(Path("./data"), description="Local state: embedded ClickHouse, snapshots")
     ccxt_options: dict[str, Any] = Field(default_factory=dict, description='JSON merged into ccxt exchange options, e.g. {"defaultType": "future"}')
     ccxt_url_overrides: dict[str, Any] = Field(default_factory=dict, description="JSON deep-merged into ccxt exchange.urls (a proxy, a testnet, a local fake)")

@@ -24,12 +24,14 @@ from agents.indicators import IndicatorEngine
 from schemas.codec import AvroCodec
 from schemas.models import Candle, DeadLetter
 from streams.backfill import backfill, open_exchange, parse_time
-from sinks.base import INDICATOR_COLUMNS
+from sinks.base import columns_of
 from streams.settings import Settings
 from tests.conftest import REPO
 from tests.fake_exchange import FakeBinance, xrpeth_klines_1m
 from tests.kafka_util import read_topic
 from tests.test_candles_e2e import CANDLE_COLS, drop_database, env_for, fresh_database, pg_indicators, tickflow
+
+INDICATOR_COLUMNS = columns_of("indicators")
 
 DAY_MS = 86_400_000
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

@@ -55,7 +55,7 @@ def emitted(out: list[Emit | Reject]) -> list[Indicators]:
 def test_a_new_series_is_seeded_from_the_store_so_ma200_is_valid_at_once(database: str) -> None:
     series = daily(synthetic(301))
     sink = PostgresSink(database)
-    sink.write(SinkBatch(candles=series[:300]))
+    sink.write(SinkBatch(candle=series[:300]))
     sink.close()
     history = PostgresCandleHistory(database)
     logic = logic_with(history)
@@ -93,7 +93,7 @@ def test_a_known_series_is_not_read_again() -> None:
 def test_warm_start_reads_only_candles_before_the_first_one_seen(database: str) -> None:
     series = daily(synthetic(60))
     sink = PostgresSink(database)
-    sink.write(SinkBatch(candles=series))  # a previous run stored the whole series
+    sink.write(SinkBatch(candle=series))  # a previous run stored the whole series
     sink.close()
     history = PostgresCandleHistory(database)
     past = history.before("binance", "BTC/USDT", "1d", series[40].open_time, 25)

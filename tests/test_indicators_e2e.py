@@ -15,9 +15,11 @@ import pytest
 
 from agents.indicators import VALUE_FIELDS, IndicatorEngine
 from schemas.models import Candle, Indicators
-from sinks.base import INDICATOR_COLUMNS
+from sinks.base import columns_of
 from streams.settings import Settings
 from tests.test_candles_e2e import CANDLE_COLS, drop_database, env_for, fresh_database, tickflow, xrp_ticks  # noqa: F401
+
+INDICATOR_COLUMNS = columns_of("indicators")
 
 pytestmark = pytest.mark.integration
 

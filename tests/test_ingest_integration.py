@@ -32,7 +32,7 @@ async def test_tardis_replay_lands_in_ticks_once_and_in_order(topics) -> None:
     partitions = {m.partition() for m in records}
     assert len(partitions) == 1, "all trades of a symbol must land in one partition"
     assert {m.key() for m in records} == {b"binance-futures:BTCUSDT"}
-    trades = [t for m in records for t in TradeBatch.from_avro(codec.decode(m.value())).trades]
+    trades = [Trade._make(t) for m in records for t in TradeBatch.from_avro(codec.decode(m.value())).trades]
     ids = [int(t.trade_id) for t in trades]
     assert len(ids) == 9999 and len(set(ids)) == 9999
     assert ids == list(range(ids[0], ids[0] + 9999)), "trades out of order or missing"
@@ -93,6 +93,6 @@ async def test_malformed_inputs_all_dead_lettered_while_good_trades_flow(topics)
     assert orjson.loads(rejected_trade.payload)["symbol"] == "BAD/USDT"
 
     codec = AvroCodec("tickflow.TradeBatch")
-    good = [t for m in read_topic(topics, topics.topic_ticks) for t in TradeBatch.from_avro(codec.decode(m.value())).trades]
+    good = [t for m in read_topic(topics, topics.topic_ticks) for t in map(Trade._make, TradeBatch.from_avro(codec.decode(m.value())).trades)]
     assert len(good) == source.good
     assert all(t.price > 0 and t.trade_id.isdigit() for t in good)

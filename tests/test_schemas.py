@@ -41,8 +41,15 @@ SYMBOLS = ["BTC/USDT", "", "比特币/USDT", "ÄÖÜ€/EUR", "🚀MOON/USDT", "
 
 
 def same(a: object, b: object) -> bool:
-    """Exact equality, NaN and the sign of zero included (repr of a float round-trips its bits)."""
-    return repr(a) == repr(b)
+    """Exact equality, NaN and the sign of zero included (repr of a float round-trips its bits).
+    A decoded batch's trades are plain tuples in Trade's field order: compared as tuples."""
+
+    def plain(x: object) -> object:
+        if isinstance(x, TradeBatch):
+            return (x.exchange, x.symbol, x.received_at, [tuple(t) for t in x.trades])
+        return x
+
+    return repr(plain(a)) == repr(plain(b))
 
 
 # ---------------------------------------------------------------------------- fake Schema Registry

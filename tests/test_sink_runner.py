@@ -11,15 +11,19 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka.admin import NewTopic
 from prometheus_client import REGISTRY
 
 from schemas.codec import AvroCodec
 from schemas.models import Candle, DeadLetter, Trade, TradeBatch
-from sinks.base import DataRejected, Sink, SinkBatch, candle_columns
+from schemas.registry import topic_of
+from sinks.base import DataRejected, Sink, SinkBatch, layout_of
 from sinks.migrations import migrate_postgres
 from sinks.postgres import PostgresSink
 from sinks.runner import SinkRunner
+from streams import topics as streams_topics
 from streams.settings import Settings
+from tests import throwaway_record
 
 pytestmark = pytest.mark.integration
 
@@ -32,7 +36,10 @@ class MemorySink(Sink):
     """Keeps what it is given; fails the first ``fail_first`` writes; validates like the real stores."""
 
     name = "memory"
-    topics = ("ticks", "candles")
+
+    @classmethod
+    def record_types(cls, settings: Settings) -> tuple[str, ...]:
+        return ("trade_batch", "candle")
 
     def __init__(self, fail_first: int = 0, on_fail=None) -> None:  # noqa: ANN001
         self.trades: list[tuple[str, str, Trade]] = []
@@ -47,9 +54,9 @@ class MemorySink(Sink):
             if self.on_fail:
                 self.on_fail()
             raise ConnectionError("store down")
-        candle_columns(batch.candles)  # DataRejected for unstorable candles
-        self.trades.extend((b.exchange, b.symbol, t) for b in batch.trade_batches for t in b.trades)
-        self.candles.extend(batch.candles)
+        layout_of("candle").to_columns(batch.of("candle"))  # DataRejected for unstorable candles
+        self.trades.extend((b.exchange, b.symbol, t) for b in batch.of("trade_batch") for t in map(Trade._make, b.trades))
+        self.candles.extend(batch.of("candle"))
 
     def close(self) -> None:
         pass
@@ -229,7 +236,7 @@ def test_data_rejected_outside_a_single_record_is_bisected(topics: Settings, run
 
     class Picky(MemorySink):
         def write(self, batch: SinkBatch) -> None:
-            if any(b.symbol == "ETH/USDT" and t.trade_id == "15" for b in batch.trade_batches for t in b.trades):
+            if any(b.symbol == "ETH/USDT" and t[0] == "15" for b in batch.of("trade_batch") for t in b.trades):
                 raise DataRejected("trade 15 is cursed")
             super().write(batch)
 
@@ -254,3 +261,51 @@ def test_each_sink_batches_for_its_own_setting(topics: Settings, runner_factory)
     from sinks.redis import RedisSink
 
     assert RedisSink.batch_ms_setting == "redis_sink_batch_ms"
+
+
+def test_a_new_record_type_flows_from_its_topic_and_bad_rows_are_dead_lettered(
+    topics: Settings, runner_factory, letters: list[DeadLetter], monkeypatch: pytest.MonkeyPatch  # noqa: ANN001
+) -> None:
+    """A registry type with a table and its DDL, nothing else: the PostgreSQL sink consumes its topic,
+    keeps the highest version of each row, and dead-letters the records the store cannot take."""
+    admin_url = os.environ.get("TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/test")
+    try:
+        admin = psycopg.connect(admin_url, autocommit=True, connect_timeout=3)
+    except psycopg.OperationalError as exc:
+        pytest.skip(f"PostgreSQL unreachable: {exc}")
+    rt = throwaway_record.register(monkeypatch)
+    settings = settings_for(topics)
+    kafka_admin = streams_topics.admin(settings)
+    topic = topic_of(settings, rt.name)  # the isolated name of the run, as every sink and agent reads it
+    kafka_admin.create_topics([NewTopic(topic, 2, settings.replication_factor)])[topic].result(timeout=30)
+    name = f"tickflow_test_{uuid.uuid4().hex[:10]}"
+    with admin:
+        admin.execute(f"CREATE DATABASE {name}")
+    url = psycopg.conninfo.make_conninfo(admin_url, dbname=name)
+    try:
+        migrate_postgres(url)
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(throwaway_record.postgres_ddl(rt.table))
+        G = throwaway_record.Gauge  # noqa: N806
+        gauge = AvroCodec(rt.schema)
+        good = [G("x", s, "1m", T0 + m * 60_000, float(v), version=v) for s in ("A", "B") for m in range(3) for v in (1, 3, 2)]
+        unstorable = gauge.encode(G("x", "A", "1m", T0, 1.0, label="nul\x00", version=9).to_avro())
+        garbage = b"\x00\x00\x00\x27\x0fnot avro"
+        items = [(topic, rt.key(g).encode(), gauge.encode(g.to_avro())) for g in good]
+        produce(settings, items[:4] + [(topic, b"x:A", unstorable), (topic, b"x:A", garbage)] + items[4:])
+        sink = PostgresSink(url)
+        try:
+            runner_factory(sink, settings).run_until_drained(idle_s=0.5, timeout_s=60)
+        finally:
+            sink.close()
+        with psycopg.connect(url) as conn:
+            stored = conn.execute(f"SELECT symbol, (extract(epoch FROM ts) * 1000)::int8, value, version, label FROM {rt.table} ORDER BY symbol, ts").fetchall()
+        assert stored == [(s, T0 + m * 60_000, 3.0, 3, None) for s in ("A", "B") for m in range(3)]
+        by_payload = {dl.payload: dl for dl in letters}
+        assert set(by_payload) == {unstorable, garbage}
+        assert by_payload[unstorable].reason == "rejected by postgres: test_gauge label contains a NUL character"
+        assert by_payload[garbage].reason.startswith("undecodable tickflow.test.Gauge record")
+        assert all(dl.source_topic == topic and dl.key == b"x:A" for dl in letters)
+    finally:
+        with psycopg.connect(admin_url, autocommit=True) as admin:
+            admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")

@@ -15,13 +15,14 @@ import psycopg
 import pytest
 
 from schemas.models import Candle, Trade, TradeBatch
-from sinks.base import DataRejected, SinkBatch, candle_columns
+from sinks.base import DataRejected, SinkBatch, layout_of
 from sinks.clickhouse import ClickHouseCandleHistory, ClickHouseSink, connect
-from sinks.migrations import discover, migrate_clickhouse, migrate_postgres, split_statements
+from sinks.migrations import SchemaMismatch, check_clickhouse, check_postgres, discover, migrate_clickhouse, migrate_postgres, split_statements
 from sinks.postgres import PostgresCandleHistory, PostgresSink
 from sinks.redis import RedisSink
 from sinks.runner import open_sinks
 from streams.settings import Settings
+from tests import throwaway_record
 
 T0 = 1_700_000_040_000  # ms, a minute boundary
 ADMIN_URL = os.environ.get("TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/test")
@@ -99,7 +100,7 @@ def test_example_queries_run(client) -> None:  # noqa: ANN001
 
 
 def test_same_batch_twice_gives_the_same_rows(sink: ClickHouseSink, client, exchange: str) -> None:  # noqa: ANN001
-    batch = SinkBatch([trade(exchange, i) for i in range(20)], [candle(exchange), candle(exchange, T0 + 60_000)])
+    batch = SinkBatch(trade_batch=[trade(exchange, i) for i in range(20)], candle=[candle(exchange), candle(exchange, T0 + 60_000)])
     sink.write(batch)
     first = ch_trades(client, exchange), ch_candles(client, exchange)
     sink.write(batch)
@@ -110,21 +111,21 @@ def test_same_batch_twice_gives_the_same_rows(sink: ClickHouseSink, client, exch
 
 
 def test_revision_newer_wins_older_ignored(sink: ClickHouseSink, client, exchange: str) -> None:  # noqa: ANN001
-    sink.write(SinkBatch(candles=[candle(exchange, revision=1, close=1.0)]))
-    sink.write(SinkBatch(candles=[candle(exchange, revision=0, close=0.0)]))
+    sink.write(SinkBatch(candle=[candle(exchange, revision=1, close=1.0)]))
+    sink.write(SinkBatch(candle=[candle(exchange, revision=0, close=0.0)]))
     assert [(r[-1], r[8]) for r in ch_candles(client, exchange)] == [(1, 1.0)]
-    sink.write(SinkBatch(candles=[candle(exchange, revision=3, close=3.0), candle(exchange, revision=2, close=2.0)]))
+    sink.write(SinkBatch(candle=[candle(exchange, revision=3, close=3.0), candle(exchange, revision=2, close=2.0)]))
     assert [(r[-1], r[8]) for r in ch_candles(client, exchange)] == [(3, 3.0)]
 
 
 def test_in_progress_candles_are_not_stored(sink: ClickHouseSink, client, exchange: str) -> None:  # noqa: ANN001
-    sink.write(SinkBatch(candles=[candle(exchange, final=False), candle(exchange, T0 + 120_000)]))
+    sink.write(SinkBatch(candle=[candle(exchange, final=False), candle(exchange, T0 + 120_000)]))
     assert [(r[3], r[16]) for r in ch_candles(client, exchange)] == [(T0 + 120_000, True)]
 
 
 def test_exact_times_and_nullable_columns(sink: ClickHouseSink, client, exchange: str) -> None:  # noqa: ANN001
     c = candle(exchange, revision=1)
-    sink.write(SinkBatch([trade(exchange, 7)], [c]))
+    sink.write(SinkBatch(trade_batch=[trade(exchange, 7)], candle=[c]))
     (t,) = trade(exchange, 7).trades
     assert ch_trades(client, exchange) == [(exchange, "BTC/USDT", t.trade_id, t.ts, t.price, t.amount, t.side)]
     assert ch_candles(client, exchange) == [
@@ -134,9 +135,9 @@ def test_exact_times_and_nullable_columns(sink: ClickHouseSink, client, exchange
 
 def test_unstorable_values_are_rejected(sink: ClickHouseSink, client, exchange: str) -> None:  # noqa: ANN001
     with pytest.raises(DataRejected, match="outside the storable range"):
-        sink.write(SinkBatch([TradeBatch(exchange, "X", 0, [Trade("1", 10**19, 1.0, 1.0, "buy")])]))
+        sink.write(SinkBatch(trade_batch=[TradeBatch(exchange, "X", 0, [Trade("1", 10**19, 1.0, 1.0, "buy")])]))
     with pytest.raises(DataRejected, match="revision"):
-        sink.write(SinkBatch(candles=[candle(exchange, revision=-1)]))
+        sink.write(SinkBatch(candle=[candle(exchange, revision=-1)]))
     assert ch_candles(client, exchange) == []
 
 
@@ -161,12 +162,12 @@ def pg_url() -> Iterator[str]:
 def test_clickhouse_and_postgres_hold_the_same_rows(sink: ClickHouseSink, client, exchange: str, pg_url: str) -> None:  # noqa: ANN001
     batches = [
         SinkBatch(
-            [trade(exchange, i) for i in range(30)] + [trade(exchange, 3), trade(exchange, 2, symbol="ETH/USDT")],
-            [candle(exchange, revision=0), candle(exchange, T0 + 60_000, final=False), candle(exchange, T0, interval="5m")],
+            trade_batch=[trade(exchange, i) for i in range(30)] + [trade(exchange, 3), trade(exchange, 2, symbol="ETH/USDT")],
+            candle=[candle(exchange, revision=0), candle(exchange, T0 + 60_000, final=False), candle(exchange, T0, interval="5m")],
         ),
         SinkBatch(
-            [trade(exchange, i) for i in range(25, 40)],
-            [candle(exchange, revision=2, close=99.0), candle(exchange, revision=1, close=98.0), candle(exchange, T0 + 60_000)],
+            trade_batch=[trade(exchange, i) for i in range(25, 40)],
+            candle=[candle(exchange, revision=2, close=99.0), candle(exchange, revision=1, close=98.0), candle(exchange, T0 + 60_000)],
         ),
     ]
     pg = PostgresSink(pg_url)
@@ -192,11 +193,11 @@ def test_clickhouse_and_postgres_hold_the_same_rows(sink: ClickHouseSink, client
 
 def test_client_side_type_errors_become_data_rejected(sink: ClickHouseSink, client, exchange: str) -> None:  # noqa: ANN001
     """Past the shared checks, a value the column type cannot hold is still a rejection, not a retry."""
-    cols = candle_columns([candle(exchange)])
+    cols = layout_of("candle").to_columns([candle(exchange)])
     cols["revision"] = [2**40]  # UInt32 column
     with pytest.raises(DataRejected, match="revision"):
         sink._insert("candles", cols)
-    sink.write(SinkBatch(candles=[candle(exchange)]))  # the cached insert context still works
+    sink.write(SinkBatch(candle=[candle(exchange)]))  # the cached insert context still works
     assert len(ch_candles(client, exchange)) == 1
 
 
@@ -205,7 +206,7 @@ def test_open_sinks_migrates_and_opens_every_configured_store(client, data_dir: 
     sinks = open_sinks(settings)
     try:
         assert [type(s) for s in sinks] == [ClickHouseSink, PostgresSink, RedisSink]
-        sinks[0].write(SinkBatch(candles=[candle(exchange)]))  # same engine as the module's client
+        sinks[0].write(SinkBatch(candle=[candle(exchange)]))  # same engine as the module's client
         assert len(ch_candles(client, exchange)) == 1
         with psycopg.connect(pg_url) as conn:
             assert conn.execute("SELECT count(*) FROM schema_migrations").fetchone() == (5,)
@@ -225,9 +226,9 @@ def test_warm_start_history_reads_the_same_candles_as_postgres(client, exchange:
         candle(exchange, T0 - T0 % day + i * day, interval="1d", close=100.0 + i, revision=i % 3) for i in range(60)
     ]
     stale = [candle(exchange, c.open_time, interval="1d", close=1.0, revision=0) for c in series if c.revision]
-    ClickHouseSink(client).write(SinkBatch(candles=stale))
-    ClickHouseSink(client).write(SinkBatch(candles=series))
-    PostgresSink(pg_url).write(SinkBatch(candles=stale + series))
+    ClickHouseSink(client).write(SinkBatch(candle=stale))
+    ClickHouseSink(client).write(SinkBatch(candle=series))
+    PostgresSink(pg_url).write(SinkBatch(candle=stale + series))
     ch, pg = ClickHouseCandleHistory(client=client), PostgresCandleHistory(pg_url)
     want = series[15:40]
     assert ch.before(exchange, "BTC/USDT", "1d", series[40].open_time, 25) == want
@@ -235,3 +236,81 @@ def test_warm_start_history_reads_the_same_candles_as_postgres(client, exchange:
     assert ch.before(exchange, "BTC/USDT", "1d", series[0].open_time, 25) == []
     ch.close()
     pg.close()
+
+
+# ------------------------------------------------------------------ any registry type, no sink code
+
+
+def test_every_registry_table_is_in_both_stores_after_migrating(client, pg_url: str) -> None:  # noqa: ANN001
+    """A record type with a table whose migration is missing (or wrong) fails here, naming it."""
+    check_clickhouse(client)
+    check_postgres(pg_url)
+
+
+def test_a_missing_or_wrong_table_fails_the_check_loudly(client, pg_url: str, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+    rt = throwaway_record.register(monkeypatch)
+    with pytest.raises(SchemaMismatch, match=f"{rt.table} \\(record type test_gauge\\): no such table"):
+        check_clickhouse(client)
+    with pytest.raises(SchemaMismatch, match=f"{rt.table} \\(record type test_gauge\\): no such table"):
+        check_postgres(pg_url)
+    # a table that lost a field, keeps the optional one NOT NULL and stores its ms time at µs precision
+    client.command(
+        throwaway_record.clickhouse_ddl(rt.table).replace("ts DateTime64(3, 'UTC')", "ts DateTime64(6, 'UTC')").replace(", flag Bool", "")
+    )
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(throwaway_record.postgres_ddl(rt.table).replace("label text", "label text NOT NULL").replace("PRIMARY KEY", "UNIQUE"))
+        conn.execute(f"ALTER TABLE {rt.table} DROP CONSTRAINT {rt.table}_exchange_symbol_interval_ts_key")
+    try:
+        with pytest.raises(SchemaMismatch) as ch:
+            check_clickhouse(client)
+        assert "no column flag" in str(ch.value) and "column ts is DateTime64(6, 'UTC'), needs DateTime64(3, ...)" in str(ch.value)
+        with pytest.raises(SchemaMismatch) as pg:
+            check_postgres(pg_url)
+        assert "column label must allow NULL" in str(pg.value) and "no primary key or unique index on (exchange, symbol, interval, ts)" in str(pg.value)
+    finally:
+        client.command(f"DROP TABLE {rt.table}")
+
+
+def test_a_new_record_type_is_stored_in_both_stores_without_sink_code(
+    sink: ClickHouseSink, client, exchange: str, pg_url: str, monkeypatch: pytest.MonkeyPatch  # noqa: ANN001
+) -> None:
+    """Only the registry entry and the tables: both stores take it, keep the highest version, agree."""
+    rt = throwaway_record.register(monkeypatch)
+    client.command(throwaway_record.clickhouse_ddl(rt.table))
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(throwaway_record.postgres_ddl(rt.table))
+    check_clickhouse(client)
+    check_postgres(pg_url)
+    G = throwaway_record.Gauge  # noqa: N806
+    batches = [
+        [G(exchange, "A", "1m", T0, 1.0, version=1), G(exchange, "A", "1m", T0, 0.5, version=0), G(exchange, "B", "1m", T0, 7.0, T0 * 1000 + 123, "x", True)],
+        [G(exchange, "A", "1m", T0, 2.0, T0 * 1000 + 1, "newer", True, version=2), G(exchange, "A", "1m", T0 + 60_000, 3.0, version=5)],
+        [G(exchange, "A", "1m", T0, 0.0, version=1)],  # older than the stored version: ignored
+    ]
+    pg = PostgresSink(pg_url)
+    try:
+        for records in batches + batches[:1]:  # a replay changes nothing
+            sink.write(SinkBatch(test_gauge=records))
+            pg.write(SinkBatch(test_gauge=records))
+        with psycopg.connect(pg_url) as conn:
+            pg_rows = conn.execute(throwaway_record.POSTGRES_ROWS.format(table=rt.table)).fetchall()
+        ch_rows = client.query(throwaway_record.CLICKHOUSE_ROWS.format(table=rt.table)).result_rows
+        assert pg_rows == [
+            (exchange, "A", "1m", T0, 2.0, T0 * 1000 + 1, "newer", True, 2),
+            (exchange, "A", "1m", T0 + 60_000, 3.0, None, None, False, 5),
+            (exchange, "B", "1m", T0, 7.0, T0 * 1000 + 123, "x", True, 0),
+        ]
+        assert ch_rows == pg_rows
+        for bad, why in (
+            (G(exchange, "A", "1m", 10**16, 1.0), "test_gauge ts \\(ms\\) 10000000000000000 is outside the storable range"),
+            (G(exchange, "A", "1m", T0, 1.0, seen_at=-(10**19)), "seen_at \\(µs\\)"),
+            (G(exchange, "A", "1m", T0, 1.0, label="a\x00b"), "test_gauge label contains a NUL"),
+            (G(exchange, "A", "1m", T0, 1.0, version=-1), "test_gauge version outside 0..2147483647"),
+        ):
+            for store in (sink, pg):
+                with pytest.raises(DataRejected, match=why):
+                    store.write(SinkBatch(test_gauge=[G(exchange, "C", "1m", T0, 1.0), bad]))
+        assert client.query(throwaway_record.CLICKHOUSE_ROWS.format(table=rt.table)).result_rows == pg_rows  # nothing half-written
+    finally:
+        pg.close()
+        client.command(f"DROP TABLE {rt.table}")

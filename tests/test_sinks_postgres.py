@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -13,8 +12,7 @@ import pytest
 
 from schemas.models import Candle, Trade, TradeBatch
 from sinks.base import DataRejected, SinkBatch
-from sinks import migrations
-from sinks.migrations import TIMESCALE_PARAMS, discover, migrate_postgres, split_statements, timescale_version
+from sinks.migrations import migrate_postgres, split_statements
 from sinks.postgres import PostgresSink
 
 ADMIN_URL = os.environ.get("TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/test")
@@ -75,43 +73,6 @@ def test_migrations_are_idempotent_and_record_the_plain_choice(pg_url: str) -> N
     assert {"trades", "candles", "candles_1h_from_1m", "technical_metrics", "news_scored", "fear_greed", "sentiment_aggregates", "schema_migrations"} <= tables
 
 
-def test_timescale_is_not_detected_here(pg_url: str) -> None:
-    with psycopg.connect(pg_url, autocommit=True) as conn:
-        if conn.execute("SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'").fetchone():
-            pytest.skip("this server offers TimescaleDB")
-        assert timescale_version(conn) is None
-    with pytest.raises(RuntimeError, match="TimescaleDB was required"):
-        migrate_postgres(pg_url, timescale=True)
-
-
-def test_timescale_migrations_parse_into_the_expected_statements() -> None:
-    """TimescaleDB is not installed here: check what would run, placeholders filled, in order."""
-    migs = discover("postgres", timescale=True)
-    assert [(m.version, m.timescale) for m in migs] == [("0001", False), ("0002", True), ("0003", True), ("0004", True), ("0006", True)]
-    stmts = [s for m in migs for s in m.statements(TIMESCALE_PARAMS)]
-    assert not [s for s in stmts if "{{" in s]
-    joined = "\n".join(stmts)
-    assert re.findall(r"SELECT (\w+)\(", joined) == [
-        "create_hypertable",
-        "create_hypertable",
-        "add_compression_policy",
-        "add_compression_policy",
-        "add_retention_policy",
-        "add_continuous_aggregate_policy",
-        "create_hypertable",
-        "add_compression_policy",
-        "create_hypertable",
-        "create_hypertable",
-    ]
-    assert "by_range('ts', INTERVAL '1 day')" in joined
-    assert "by_range('open_time', INTERVAL '7 days')" in joined
-    assert "timescaledb.compress_segmentby = 'exchange, symbol, \"interval\"'" in joined
-    assert "drop_after => INTERVAL '90 days'" in joined
-    assert "WITH (timescaledb.continuous, timescaledb.materialized_only = false)" in joined
-    (cagg,) = [s for s in stmts if "CREATE MATERIALIZED VIEW" in s]
-    assert cagg.endswith("WITH NO DATA")  # WITH DATA would be illegal inside the migration transaction
-
-
 def test_split_statements_respects_quotes_comments_and_dollar_bodies() -> None:
     sql = "-- a; comment\nSELECT 'x;y', \"a;b\";\n/* ; */ DO $$ BEGIN PERFORM 1; END $$;\n;  -- trailing\n"
     assert split_statements(sql) == ["-- a; comment\nSELECT 'x;y', \"a;b\"", "/* ; */ DO $$ BEGIN PERFORM 1; END $$"]
@@ -119,7 +80,7 @@ def test_split_statements_respects_quotes_comments_and_dollar_bodies() -> None:
 
 
 def test_same_batch_twice_gives_the_same_rows(sink: PostgresSink, pg_url: str) -> None:
-    batch = SinkBatch([trade(i) for i in range(20)], [candle(), candle(T0 + 60_000)])
+    batch = SinkBatch(trade_batch=[trade(i) for i in range(20)], candle=[candle(), candle(T0 + 60_000)])
     sink.write(batch)
     first = rows(pg_url, "SELECT * FROM trades ORDER BY trade_id"), rows(pg_url, "SELECT * FROM candles ORDER BY open_time")
     sink.write(batch)
@@ -128,14 +89,14 @@ def test_same_batch_twice_gives_the_same_rows(sink: PostgresSink, pg_url: str) -
 
 
 def test_trades_are_deduplicated_within_and_across_batches(sink: PostgresSink, pg_url: str) -> None:
-    sink.write(SinkBatch([trade(1), trade(1), trade(2)]))
-    sink.write(SinkBatch([trade(2), trade(3), trade(1, symbol="ETH/USDT")]))
+    sink.write(SinkBatch(trade_batch=[trade(1), trade(1), trade(2)]))
+    sink.write(SinkBatch(trade_batch=[trade(2), trade(3), trade(1, symbol="ETH/USDT")]))
     got = rows(pg_url, "SELECT symbol, trade_id FROM trades ORDER BY symbol, trade_id")
     assert got == [("BTC/USDT", "1001"), ("BTC/USDT", "1002"), ("BTC/USDT", "1003"), ("ETH/USDT", "1001")]
 
 
 def test_times_and_values_are_exact(sink: PostgresSink, pg_url: str) -> None:
-    sink.write(SinkBatch([trade(3)], [candle()]))
+    sink.write(SinkBatch(trade_batch=[trade(3)], candle=[candle()]))
     (ts, price, amount, side), = rows(pg_url, "SELECT ts, price, amount, side FROM trades")
     (t,) = trade(3).trades
     assert ts == datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=t.ts)
@@ -145,32 +106,32 @@ def test_times_and_values_are_exact(sink: PostgresSink, pg_url: str) -> None:
 
 
 def test_revision_upsert_newer_wins_older_and_equal_ignored(sink: PostgresSink, pg_url: str) -> None:
-    sink.write(SinkBatch(candles=[candle(revision=1, close=1.0)]))
-    sink.write(SinkBatch(candles=[candle(revision=0, close=0.0)]))  # older: ignored
+    sink.write(SinkBatch(candle=[candle(revision=1, close=1.0)]))
+    sink.write(SinkBatch(candle=[candle(revision=0, close=0.0)]))  # older: ignored
     assert rows(pg_url, "SELECT revision, close FROM candles") == [(1, 1.0)]
-    sink.write(SinkBatch(candles=[candle(revision=1, close=9.0)]))  # equal: ignored
+    sink.write(SinkBatch(candle=[candle(revision=1, close=9.0)]))  # equal: ignored
     assert rows(pg_url, "SELECT revision, close FROM candles") == [(1, 1.0)]
-    sink.write(SinkBatch(candles=[candle(revision=3, close=3.0), candle(revision=2, close=2.0)]))  # newest in batch wins
+    sink.write(SinkBatch(candle=[candle(revision=3, close=3.0), candle(revision=2, close=2.0)]))  # newest in batch wins
     assert rows(pg_url, "SELECT revision, close FROM candles") == [(3, 3.0)]
 
 
 def test_in_progress_candles_are_not_stored(sink: PostgresSink, pg_url: str) -> None:
-    sink.write(SinkBatch(candles=[candle(final=False), candle(T0 + 60_000, final=False), candle(T0 + 120_000)]))
+    sink.write(SinkBatch(candle=[candle(final=False), candle(T0 + 60_000, final=False), candle(T0 + 120_000)]))
     assert rows(pg_url, "SELECT (extract(epoch FROM open_time) * 1000)::bigint, is_final FROM candles") == [(T0 + 120_000, True)]
 
 
 def test_hourly_rollup_view(sink: PostgresSink, pg_url: str) -> None:
     hour = 1_699_999_200_000  # 2023-11-14T22:00Z
-    sink.write(SinkBatch(candles=[candle(hour + i * 60_000, close=100.0 + i) for i in (2, 0, 1)] + [candle(hour + 3_600_000)]))
+    sink.write(SinkBatch(candle=[candle(hour + i * 60_000, close=100.0 + i) for i in (2, 0, 1)] + [candle(hour + 3_600_000)]))
     got = rows(pg_url, "SELECT (extract(epoch FROM bucket) * 1000)::bigint, open, high, low, close, volume, trade_count FROM candles_1h_from_1m ORDER BY bucket")
     assert got == [(hour, 100.0, 102.0, 99.5, 102.0, 9.0, 21), (hour + 3_600_000, 100.0, 102.0, 99.5, 101.0, 3.0, 7)]
 
 
 def test_unstorable_values_are_rejected_not_retried(sink: PostgresSink, pg_url: str) -> None:
     with pytest.raises(DataRejected, match="outside the storable range"):
-        sink.write(SinkBatch(candles=[candle(10**16)]))
+        sink.write(SinkBatch(candle=[candle(10**16)]))
     with pytest.raises(DataRejected, match="NUL"):
-        sink.write(SinkBatch([TradeBatch("binance", "BTC/USDT", 0, [Trade("1\x00", T0 * 1000, 1.0, 1.0, "buy")])]))
+        sink.write(SinkBatch(trade_batch=[TradeBatch("binance", "BTC/USDT", 0, [Trade("1\x00", T0 * 1000, 1.0, 1.0, "buy")])]))
     assert rows(pg_url, "SELECT count(*) FROM trades") == [(0,)]
 
 
@@ -180,9 +141,9 @@ def test_a_constraint_violation_in_the_database_is_data_rejected(sink: PostgresS
     bad = candle()
     bad.low = 1e9
     with pytest.raises(DataRejected, match="CheckViolation"):
-        sink.write(SinkBatch([trade(1)], [bad]))
+        sink.write(SinkBatch(trade_batch=[trade(1)], candle=[bad]))
     assert rows(pg_url, "SELECT count(*) FROM trades") == [(0,)]  # one transaction: nothing half-written
-    sink.write(SinkBatch([trade(1)], [candle()]))  # the connection is usable afterwards
+    sink.write(SinkBatch(trade_batch=[trade(1)], candle=[candle()]))  # the connection is usable afterwards
     assert rows(pg_url, "SELECT count(*) FROM trades") == [(1,)]
 
 
@@ -191,28 +152,7 @@ def test_store_down_is_an_ordinary_error(pg_url: str) -> None:
     down = PostgresSink(psycopg.conninfo.make_conninfo(pg_url, port=1), connect_timeout=0.5)
     try:
         with pytest.raises(Exception) as info:
-            down.write(SinkBatch([trade(1)]))
+            down.write(SinkBatch(trade_batch=[trade(1)]))
         assert not isinstance(info.value, DataRejected)
     finally:
         down.close()
-
-
-def test_timescale_only_versions_wait_until_the_extension_appears(pg_url: str, tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
-    """Variant choice on fake migrations: plain first, then the skipped TimescaleDB-only version once 'available'."""
-    folder = tmp_path / "postgres"
-    (folder / "timescale").mkdir(parents=True)
-    (folder / "0001_a.sql").write_text("CREATE TABLE a (x int);")
-    (folder / "timescale" / "0002_b.sql").write_text("CREATE TABLE b (keep text DEFAULT '{{trades_retention}}'); INSERT INTO b DEFAULT VALUES;")
-    (folder / "0003_c.sql").write_text("CREATE VIEW c AS SELECT 'plain' AS flavour;")
-    (folder / "timescale" / "0003_c.sql").write_text("CREATE VIEW c AS SELECT 'timescale' AS flavour;")
-    assert migrate_postgres(pg_url, root=tmp_path) == ["0001", "0003"]
-    monkeypatch.setattr(migrations, "timescale_version", lambda conn: "2.17.0")
-    assert migrate_postgres(pg_url, root=tmp_path) == ["0002"]
-    assert migrate_postgres(pg_url, root=tmp_path) == []
-    assert rows(pg_url, "SELECT version, variant FROM schema_migrations ORDER BY version") == [
-        ("0001", "postgres"),
-        ("0002", "timescaledb"),
-        ("0003", "postgres"),
-    ]
-    assert rows(pg_url, "SELECT flavour FROM c") == [("plain",)]
-    assert rows(pg_url, "SELECT keep FROM b") == [("90 days",)]

@@ -15,8 +15,10 @@ from prometheus_client import REGISTRY
 from agents.indicators import VALUE_FIELDS
 from schemas.models import Candle, Indicators
 from sinks.base import DataRejected, SinkBatch
-from sinks.redis import LiveFanout, RedisSink, candle_json, interval_seconds, latest_per_key, snapshot_ttl
+from schemas.registry import record_type
+from sinks.redis import Channel, LiveFanout, RedisSink, candle_json, interval_seconds, latest_per_key, snapshot_ttl
 from streams.settings import Settings
+from tests import throwaway_record
 
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 T0 = 1_700_000_040_000
@@ -62,7 +64,7 @@ def test_every_candle_is_published_in_order(sink: RedisSink, r: redis.Redis, exc
     channel = f"candles:{exchange}:BTC/USDT:1m"
     pubsub.subscribe(channel)
     assert pubsub.get_message(timeout=2)["type"] == "subscribe"
-    sink.write(SinkBatch(candles=[candle(exchange, close=1.0), candle(exchange, close=2.0, final=True), candle(exchange, T0 + 60_000, close=3.0)]))
+    sink.write(SinkBatch(candle=[candle(exchange, close=1.0), candle(exchange, close=2.0, final=True), candle(exchange, T0 + 60_000, close=3.0)]))
     got = []
     deadline = time.monotonic() + 5
     while len(got) < 3 and time.monotonic() < deadline:
@@ -77,7 +79,7 @@ def test_every_candle_is_published_in_order(sink: RedisSink, r: redis.Redis, exc
 
 
 def test_latest_snapshot_and_ttl(sink: RedisSink, r: redis.Redis, exchange: str) -> None:
-    sink.write(SinkBatch(candles=[candle(exchange, close=1.0), candle(exchange, close=2.0), candle(exchange, interval="1h", close=5.0)]))
+    sink.write(SinkBatch(candle=[candle(exchange, close=1.0), candle(exchange, close=2.0), candle(exchange, interval="1h", close=5.0)]))
     assert latest(r, exchange)["close"] == 2.0
     assert 170 <= r.ttl(f"latest:candles:{exchange}:BTC/USDT:1m") <= 180
     assert 3 * 3600 - 10 <= r.ttl(f"latest:candles:{exchange}:BTC/USDT:1h") <= 3 * 3600
@@ -85,17 +87,18 @@ def test_latest_snapshot_and_ttl(sink: RedisSink, r: redis.Redis, exchange: str)
 
 
 def test_revision_of_an_older_window_does_not_replace_the_snapshot(sink: RedisSink, r: redis.Redis, exchange: str) -> None:
-    sink.write(SinkBatch(candles=[candle(exchange, T0 + 60_000, close=7.0), candle(exchange, T0, close=1.0, final=True, revision=1)]))
+    sink.write(SinkBatch(candle=[candle(exchange, T0 + 60_000, close=7.0), candle(exchange, T0, close=1.0, final=True, revision=1)]))
     assert latest(r, exchange)["open_time"] == T0 + 60_000  # within one batch
-    sink.write(SinkBatch(candles=[candle(exchange, T0, close=2.0, final=True, revision=2)]))
+    sink.write(SinkBatch(candle=[candle(exchange, T0, close=2.0, final=True, revision=2)]))
     assert latest(r, exchange)["close"] == 7.0  # across batches
-    sink.write(SinkBatch(candles=[candle(exchange, T0 + 60_000, close=8.0, final=True)]))
+    sink.write(SinkBatch(candle=[candle(exchange, T0 + 60_000, close=8.0, final=True)]))
     assert latest(r, exchange)["close"] == 8.0  # same window, later in order: replaces
 
 
 def test_latest_per_key_prefers_newest_window_then_batch_order(exchange: str) -> None:
     cs = [candle(exchange, T0 + 60_000, close=1.0), candle(exchange, T0), candle(exchange, T0 + 60_000, close=2.0), candle(exchange, interval="5m")]
-    assert latest_per_key(cs) == {f"{exchange}:BTC/USDT:1m": 2, f"{exchange}:BTC/USDT:5m": 3}
+    ch = Channel(record_type("candle"))
+    assert latest_per_key(ch, cs, [ch.channel(c) for c in cs]) == {f"candles:{exchange}:BTC/USDT:1m": 2, f"candles:{exchange}:BTC/USDT:5m": 3}
 
 
 def test_intervals_and_ttl() -> None:
@@ -109,9 +112,9 @@ def test_intervals_and_ttl() -> None:
 
 def test_unusable_candle_is_rejected(sink: RedisSink, r: redis.Redis, exchange: str) -> None:
     with pytest.raises(DataRejected, match="interval"):
-        sink.write(SinkBatch(candles=[candle(exchange, interval="weird")]))
+        sink.write(SinkBatch(candle=[candle(exchange, interval="weird")]))
     with pytest.raises(DataRejected):
-        sink.write(SinkBatch(candles=[candle(exchange, 10**18)]))
+        sink.write(SinkBatch(candle=[candle(exchange, 10**18)]))
     assert latest(r, exchange) is None
 
 
@@ -146,19 +149,19 @@ def test_indicators_are_published_and_snapshotted(sink: RedisSink, r: redis.Redi
 
 def test_an_update_never_hides_the_final_candle_of_its_window(sink: RedisSink, r: redis.Redis, exchange: str) -> None:
     """Finals and in-progress updates come from two topics, so an update can arrive after its final."""
-    sink.write(SinkBatch(candles=[candle(exchange, final=True, close=105.0), candle(exchange, close=104.0)]))
+    sink.write(SinkBatch(candle=[candle(exchange, final=True, close=105.0), candle(exchange, close=104.0)]))
     assert (latest(r, exchange)["is_final"], latest(r, exchange)["close"]) == (True, 105.0)
-    sink.write(SinkBatch(candles=[candle(exchange, close=103.0)]))
+    sink.write(SinkBatch(candle=[candle(exchange, close=103.0)]))
     assert (latest(r, exchange)["is_final"], latest(r, exchange)["close"]) == (True, 105.0)
-    sink.write(SinkBatch(candles=[candle(exchange, T0 + 60_000, close=106.0)]))  # the next window's update does replace it
+    sink.write(SinkBatch(candle=[candle(exchange, T0 + 60_000, close=106.0)]))  # the next window's update does replace it
     assert (latest(r, exchange)["is_final"], latest(r, exchange)["open_time"]) == (False, T0 + 60_000)
 
 
 def test_a_redis_that_lost_the_script_gets_it_again(sink: RedisSink, r: redis.Redis, exchange: str) -> None:
     """A restarted (or flushed) Redis has no scripts: the next write loads it and still lands."""
-    sink.write(SinkBatch(candles=[candle(exchange, close=1.0)]))
+    sink.write(SinkBatch(candle=[candle(exchange, close=1.0)]))
     r.script_flush()
-    sink.write(SinkBatch(candles=[candle(exchange, T0 + 60_000, close=2.0)]))
+    sink.write(SinkBatch(candle=[candle(exchange, T0 + 60_000, close=2.0)]))
     assert latest(r, exchange)["close"] == 2.0
 
 
@@ -168,7 +171,8 @@ def test_a_redis_that_lost_the_script_gets_it_again(sink: RedisSink, r: redis.Re
 def test_sink_reads_candles_live_only_when_updates_do_not_come_from_the_worker() -> None:
     assert RedisSink.topics_for(Settings(candle_updates="redis")) == ("candles", "indicators")
     assert RedisSink.topics_for(Settings(candle_updates="both")) == ("candles", "indicators")
-    assert RedisSink.topics_for(Settings(candle_updates="kafka")) == ("candles", "candle_updates", "indicators")
+    assert RedisSink.topics_for(Settings(candle_updates="kafka")) == ("candles", "indicators", "candles-live")
+    assert RedisSink.record_types(Settings(candle_updates="kafka")) == ("candle", "indicators", "live_candles")
 
 
 def _offer_and_settle(fanout: LiveFanout, *batches: list[Candle]) -> None:
@@ -182,7 +186,7 @@ def test_live_fanout_publishes_in_order_and_keeps_the_final_snapshot(sink: Redis
     pubsub.subscribe(f"candles:{exchange}:BTC/USDT:1m", f"candles:{exchange}:BTC/USDT:5m")
     while (pubsub.get_message(timeout=1.0) or {}).get("type") != "subscribe":
         pass
-    sink.write(SinkBatch(candles=[candle(exchange, close=90.0, final=True)]))
+    sink.write(SinkBatch(candle=[candle(exchange, close=90.0, final=True)]))
     assert pubsub.get_message(timeout=2.0)["type"] == "subscribe"  # the second channel's confirmation
     assert orjson.loads(pubsub.get_message(timeout=2.0)["data"])["close"] == 90.0
 
@@ -209,3 +213,41 @@ def test_live_fanout_drops_and_counts_while_redis_is_away_and_never_raises() -> 
     _offer_and_settle(fanout, [candle("away")])  # within the backoff: dropped without trying
     assert dropped() - before == 3
     fanout.close()
+
+
+# ------------------------------------------------------------------ any registry type with a channel
+
+
+def test_a_new_record_type_is_published_and_snapshotted_without_sink_code(r: redis.Redis, exchange: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    throwaway_record.register(monkeypatch)
+    assert "test_gauge" in RedisSink.record_types(Settings())
+    G = throwaway_record.Gauge  # noqa: N806
+    channel = f"gauges:{exchange}:BTC/USDT:5m"
+    pubsub = r.pubsub()
+    pubsub.subscribe(channel)
+    assert pubsub.get_message(timeout=2)["type"] == "subscribe"
+    sink = RedisSink(REDIS_URL)
+    try:
+        sink.write(SinkBatch(test_gauge=[G(exchange, "BTC/USDT", "5m", T0 + 300_000, 2.0), G(exchange, "BTC/USDT", "5m", T0, 1.0, T0 * 1000 + 7, "late", version=3)]))
+        got = []
+        deadline = time.monotonic() + 5
+        while len(got) < 2 and time.monotonic() < deadline:
+            msg = pubsub.get_message(timeout=1)
+            if msg and msg["type"] == "message":
+                got.append(orjson.loads(msg["data"]))
+        assert got[1] == {
+            "exchange": exchange, "symbol": "BTC/USDT", "interval": "5m", "ts": T0, "value": 1.0, "seen_at": T0 * 1000 + 7, "label": "late",
+            "flag": False, "version": 3, "ts_iso": "2023-11-14T22:14:00.000Z", "seen_at_iso": "2023-11-14T22:14:00.000007Z",
+        }
+        assert (got[0]["value"], got[0]["seen_at_iso"]) == (2.0, None)
+        snapshot = orjson.loads(r.get(f"latest:{channel}"))
+        assert snapshot["ts"] == T0 + 300_000  # the newest window, not the last published
+        assert 3 * 300 - 10 <= r.ttl(f"latest:{channel}") <= 3 * 300
+        sink.write(SinkBatch(test_gauge=[G(exchange, "BTC/USDT", "5m", T0, 9.0)]))  # an older window, a later batch
+        assert orjson.loads(r.get(f"latest:{channel}"))["value"] == 2.0
+        with pytest.raises(DataRejected, match="interval"):
+            sink.write(SinkBatch(test_gauge=[G(exchange, "BTC/USDT", "weird", T0, 1.0)]))
+    finally:
+        sink.close()
+        pubsub.close()
+        r.delete(f"latest:{channel}")

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Make the local PostgreSQL and Redis the tests need reachable: install the Debian packages when
-# missing, start the servers when down. Idempotent; skips a service whose URL points elsewhere.
+# missing, start the servers when down; install Prometheus (promtool and the server the alert and
+# scrape tests run) when missing. Idempotent; skips a service whose URL points elsewhere.
 set -euo pipefail
 
 pg_up() { pg_isready -h 127.0.0.1 -p 5432 -q 2>/dev/null; }
@@ -39,4 +40,11 @@ if ! redis_up; then
   for _ in $(seq 1 50); do redis_up && break; sleep 0.1; done
   redis_up || { echo "Redis did not start" >&2; exit 1; }
 fi
-echo "services: PostgreSQL and Redis reachable on 127.0.0.1"
+if ! command -v promtool >/dev/null 2>&1 || ! command -v prometheus >/dev/null 2>&1; then
+  echo "installing Prometheus"; apt_install --no-install-recommends prometheus
+  # The package starts a server on :9090 where systemd runs; the tests start their own on free ports.
+  if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet prometheus 2>/dev/null; then
+    $SUDO systemctl disable --now prometheus >/dev/null 2>&1 || true
+  fi
+fi
+echo "services: PostgreSQL and Redis reachable on 127.0.0.1; promtool $(promtool --version 2>&1 | awk 'NR==1{print $3}')"

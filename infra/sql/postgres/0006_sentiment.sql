@@ -16,9 +16,8 @@ CREATE TABLE IF NOT EXISTS news_scored (
     text text,
     url text,
     engagement double precision,
-    PRIMARY KEY (source, item_id)
+    PRIMARY KEY (source, item_id, ts)  -- an item keeps its time; the same key as the TimescaleDB variant
 );
-CREATE INDEX IF NOT EXISTS news_scored_ts ON news_scored (ts);
 
 CREATE TABLE IF NOT EXISTS fear_greed (
     day timestamptz PRIMARY KEY,

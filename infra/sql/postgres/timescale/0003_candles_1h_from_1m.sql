@@ -4,6 +4,9 @@
 -- inside the migration's transaction; the policy does the first refresh. A NULL start_offset
 -- lets the policy materialize replays of old data too (refreshes only touch invalidated buckets).
 
+-- A database converted from plain PostgreSQL has the plain view of 0003 under this name.
+DROP VIEW IF EXISTS candles_1h_from_1m;
+
 CREATE MATERIALIZED VIEW IF NOT EXISTS candles_1h_from_1m
 WITH (timescaledb.continuous, timescaledb.materialized_only = false) AS
 SELECT exchange,

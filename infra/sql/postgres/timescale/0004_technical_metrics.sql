@@ -1,4 +1,5 @@
--- TimescaleDB variant of 0004: the same table as a hypertable chunked and compressed like candles.
+-- TimescaleDB variant of 0004: the same table as a hypertable chunked like candles. On a plain
+-- database being converted the table exists already: migrate_data moves its rows.
 
 CREATE TABLE IF NOT EXISTS technical_metrics (
     exchange text NOT NULL,
@@ -37,11 +38,3 @@ CREATE TABLE IF NOT EXISTS technical_metrics (
 
 SELECT create_hypertable('technical_metrics', by_range('open_time', INTERVAL '{{candles_chunk_interval}}'),
                          if_not_exists => TRUE, migrate_data => TRUE);
-
-ALTER TABLE technical_metrics SET (
-    timescaledb.compress,
-    timescaledb.compress_segmentby = 'exchange, symbol, "interval"',
-    timescaledb.compress_orderby = 'open_time'
-);
-
-SELECT add_compression_policy('technical_metrics', compress_after => INTERVAL '{{candles_compress_after}}', if_not_exists => TRUE);
