@@ -57,14 +57,14 @@ def latency_samples(written: Iterable[Written], now_us: int) -> Iterator[Sample]
 
     for w in written:
         produced = None if w.produced_ms is None or w.produced_ms <= 0 else age(w.produced_ms * 1000)
-        for b in w.part.trade_batches:
+        for b in w.part.of("trade_batch"):
             if not b.trades:
                 continue
             yield Sample("trade", "exchange", age(max(t.ts for t in b.trades)))
             yield Sample("trade", "receipt", age(b.received_at))
             if produced is not None:
                 yield Sample("trade", "produced", produced)
-        for c in w.part.candles:
+        for c in w.part.of("candle"):
             record = "candle" if c.is_final else "candle_update"
             if c.is_final:
                 yield Sample(record, "exchange", age((c.close_time + 1) * 1000))
@@ -72,7 +72,7 @@ def latency_samples(written: Iterable[Written], now_us: int) -> Iterator[Sample]
                 yield Sample(record, "receipt", age(w.received_us))
             if produced is not None:
                 yield Sample(record, "produced", produced)
-        for i in w.part.indicators:
+        for i in w.part.of("indicators"):
             try:
                 window_end_ms = i.open_time + interval_seconds(i.interval) * 1000
             except ValueError:

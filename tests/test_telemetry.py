@@ -67,10 +67,10 @@ def test_latency_samples_per_origin() -> None:
     forming = Candle("x", "BTC/USDT", "1m", 1_700_000_100_000, 1_700_000_159_999, 1, 1, 1, 1, 1, 1, 1)
     ind = Indicators("x", "BTC/USDT", "1m", 1_700_000_040_000, 1.0)
     written = [
-        Written(SinkBatch(trade_batches=[trades]), produced_ms=(now - 10_000) // 1000, received_us=None),
-        Written(SinkBatch(candles=[final, forming]), produced_ms=None, received_us=now - 70_000),
+        Written(SinkBatch(trade_batch=[trades]), produced_ms=(now - 10_000) // 1000, received_us=None),
+        Written(SinkBatch(candle=[final, forming]), produced_ms=None, received_us=now - 70_000),
         Written(SinkBatch(indicators=[ind]), produced_ms=0, received_us=None),
-        Written(SinkBatch(trade_batches=[TradeBatch("x", "E", now, [])]), produced_ms=None, received_us=None),
+        Written(SinkBatch(trade_batch=[TradeBatch("x", "E", now, [])]), produced_ms=None, received_us=None),
     ]
     got = list(latency_samples(written, now))
     assert got == [
@@ -83,14 +83,14 @@ def test_latency_samples_per_origin() -> None:
         Sample("indicators", "exchange", 0.0),
     ]
     future = TradeBatch("x", "F", now + S, [Trade("1", now + S, 1.0, 1.0)])
-    assert {s.seconds for s in latency_samples([Written(SinkBatch(trade_batches=[future]), None, None)], now)} == {0.0}
+    assert {s.seconds for s in latency_samples([Written(SinkBatch(trade_batch=[future]), None, None)], now)} == {0.0}
 
 
 def test_observed_latency_lands_in_the_sla_bucket() -> None:
     now = 1_700_000_000 * S
     batch = TradeBatch("x", "BTC/USDT", now - 80_000, [Trade("1", now - 80_000, 1.0, 1.0)])
     labels = {"store": "teststore", "record": "trade", "origin": "receipt"}
-    observe_written("teststore", [Written(SinkBatch(trade_batches=[batch]), None, None)], now)
+    observe_written("teststore", [Written(SinkBatch(trade_batch=[batch]), None, None)], now)
     assert REGISTRY.get_sample_value("tickflow_e2e_latency_seconds_bucket", {**labels, "le": "0.1"}) == 1
     assert REGISTRY.get_sample_value("tickflow_e2e_latency_seconds_bucket", {**labels, "le": "0.075"}) == 0
 
