@@ -1,9 +1,11 @@
 """Sentiment end to end: `tickflow ingest` of Fear & Greed, then `tickflow run --source news:...`
-until drained; the `sentiment` topic's newest version of each window equals the pure logic's."""
+until drained; the `sentiment` topic's newest version of each window equals the pure logic's, and
+`tickflow sql` reads the same rows from ClickHouse."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 
 import pytest
@@ -63,6 +65,14 @@ def test_news_run_until_drained_gives_the_logics_windows_with_fear_greed(topics:
     # Every article once: the file lists 60 of its 2,636 rows again under another keyword (same url).
     assert sum(a.items for (asset, interval, _), a in got.items() if asset == "MARKET" and interval == "1d") == len({i.value.item_id for i in items}) == 2576
     assert all(a.fear_greed_value is not None for (_, interval, _), a in got.items() if interval == "1d")
+
+    # The ClickHouse sink stored the same newest versions (ReplacingMergeTree(revision), FINAL).
+    out = tickflow("sql", "SELECT asset, interval, toUnixTimestamp64Milli(window_start) AS start, items, mean_score, fear_greed_value, revision "
+                   "FROM sentiment_aggregates FINAL", "--format", "json", env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    stored = {(r["asset"], r["interval"], int(r["start"])): (int(r["items"]), float(r["mean_score"]), r["fear_greed_value"], int(r["revision"]))
+              for r in map(json.loads, filter(None, out.stdout.splitlines()))}
+    assert stored == {k: (v.items, v.mean_score, v.fear_greed_value, v.revision) for k, v in got.items()}
 
 
 def test_ingest_sends_bad_news_rows_to_the_dead_letter_topic_with_the_reason(topics: Settings, tmp_path: Path) -> None:
