@@ -14,7 +14,7 @@ import yaml
 
 from agents.registry import AGENTS
 from schemas.registry import topic_of
-from sinks.runner import SINKS, sink_group_id, topic_name
+from sinks.runner import SINKS, sink_group_id
 from streams.cli import app
 from streams.observability import ROLE_METRICS_PORTS
 from streams.settings import Settings
@@ -155,7 +155,7 @@ def test_keda_scales_on_the_real_consumer_groups_and_topics() -> None:
     settings = Settings(app_id=config["APP_ID"])
     groups = {f"{settings.app_id}-{spec.name}": {topic_of(settings, i) for i in spec.inputs} for spec in AGENTS}
     for sink in SINKS:
-        groups[sink_group_id(settings, sink)] = {topic_name(settings, t) for t in SINKS[sink].topics_for(settings)}
+        groups[sink_group_id(settings, sink)] = set(SINKS[sink].topics_for(settings))  # physical topic names
     scaled = [d for d in docs if d["kind"] == "ScaledObject"]
     assert {d["spec"]["scaleTargetRef"]["name"] for d in scaled} >= {"worker", "sink-clickhouse", "sink-postgres", "sink-redis"}
     for obj in scaled:
