@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from agents.candle_agent import CANDLES
 from agents.indicator_agent import INDICATORS
+from agents.onchain_agent import ONCHAIN
 from agents.sentiment_agent import SPEC as SENTIMENT
 from agents.spec import AgentSpec
 
-AGENTS: tuple[AgentSpec, ...] = (CANDLES, INDICATORS, SENTIMENT)
+AGENTS: tuple[AgentSpec, ...] = (CANDLES, INDICATORS, ONCHAIN, SENTIMENT)
 
 
 def agent_spec(name: str) -> AgentSpec:

@@ -17,7 +17,7 @@ import time
 from benchmarks import bench_ingest, bench_pipeline
 from benchmarks.common import broker, call_entry, console, in_fresh_process, quiet_logs, section
 
-EXTERNAL = ("benchmarks.bench_candle_core", "benchmarks.bench_indicators", "benchmarks.bench_sentiment")
+EXTERNAL = ("benchmarks.bench_candle_core", "benchmarks.bench_indicators", "benchmarks.bench_onchain", "benchmarks.bench_sentiment")
 
 
 def external(module: str) -> None:

@@ -7,6 +7,7 @@ epoch, as on the wire. Keeping them integers avoids datetime conversions on the 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
+from datetime import date
 from operator import attrgetter, itemgetter
 from typing import Any, NamedTuple
 
@@ -226,6 +227,165 @@ class Indicators:
 _INDICATORS_FIELDS = fields(Indicators)
 _INDICATORS_NAMES = tuple(f.name for f in _INDICATORS_FIELDS)
 _indicators_values = attrgetter(*_INDICATORS_NAMES)
+
+
+# On-chain records. A day is the millisecond of its UTC midnight, like every time in tickflow.
+
+DAY_MS = 86_400_000
+
+
+def day_ms(d: date) -> int:
+    """The UTC midnight of ``d`` in ms since the epoch."""
+    return (d.toordinal() - _EPOCH_ORDINAL) * DAY_MS
+
+
+_EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
+
+
+@dataclass(slots=True)
+class OnchainDay:
+    """A provider's daily figures of one asset (Coin Metrics community CSV row); None = not given."""
+
+    asset: str
+    day: int  # ms, UTC midnight
+    source: str
+    price_usd: float | None = None
+    market_cap_usd: float | None = None
+    realized_cap_usd: float | None = None
+    supply_native: float | None = None
+    transfer_value_adj_usd: float | None = None
+    active_addresses: float | None = None
+    tx_count: float | None = None
+    fees_native: float | None = None
+    transfer_volume_native: float | None = None
+
+    @property
+    def key(self) -> str:
+        return self.asset
+
+    def to_avro(self) -> dict[str, Any]:
+        return {f: getattr(self, f) for f in _ONCHAIN_DAY_NAMES}
+
+    @classmethod
+    def from_avro(cls, d: dict[str, Any]) -> OnchainDay:
+        return cls(**{f: d[f] for f in _ONCHAIN_DAY_NAMES})
+
+
+_ONCHAIN_DAY_NAMES = tuple(f.name for f in fields(OnchainDay))
+
+
+class OnchainInput(NamedTuple):
+    value: int | None  # satoshis; None = unresolved
+    address: str | None = None
+    created_time: int | None = None  # seconds, time of the block that created the spent output
+
+
+class OnchainOutput(NamedTuple):
+    value: int  # satoshis
+    address: str | None = None
+
+
+class OnchainTx(NamedTuple):
+    txid: str
+    coinbase: bool
+    inputs: list[OnchainInput]
+    outputs: list[OnchainOutput]
+
+
+@dataclass(slots=True)
+class OnchainBlock:
+    """One block, inputs resolved to what they spend where the node could say."""
+
+    asset: str
+    height: int
+    hash: str
+    prev_hash: str | None
+    time: int  # seconds
+    txs: list[OnchainTx] = field(default_factory=list)
+
+    @property
+    def key(self) -> str:
+        return self.asset
+
+    def to_avro(self) -> dict[str, Any]:
+        return {
+            "asset": self.asset,
+            "height": self.height,
+            "hash": self.hash,
+            "prev_hash": self.prev_hash,
+            "time": self.time,
+            "txs": [
+                {
+                    "txid": t.txid,
+                    "coinbase": t.coinbase,
+                    "inputs": [{"value": v, "address": a, "created_time": c} for v, a, c in t.inputs],
+                    "outputs": [{"value": v, "address": a} for v, a in t.outputs],
+                }
+                for t in self.txs
+            ],
+        }
+
+    @classmethod
+    def from_avro(cls, d: dict[str, Any]) -> OnchainBlock:
+        txs = [
+            OnchainTx(
+                t["txid"],
+                t["coinbase"],
+                [OnchainInput(i["value"], i["address"], i["created_time"]) for i in t["inputs"]],
+                [OnchainOutput(o["value"], o["address"]) for o in t["outputs"]],
+            )
+            for t in d["txs"]
+        ]
+        return cls(d["asset"], d["height"], d["hash"], d["prev_hash"], d["time"], txs)
+
+
+@dataclass(slots=True)
+class OnchainMetric:
+    """On-chain metrics of one asset, UTC day and source; None where an input is missing."""
+
+    asset: str
+    day: int  # ms, UTC midnight
+    source: str
+    revision: int = 0
+    price_usd: float | None = None
+    market_cap_usd: float | None = None
+    realized_cap_usd: float | None = None
+    mvrv: float | None = None
+    nupl: float | None = None
+    realized_price_usd: float | None = None
+    nvt: float | None = None
+    nvt_90d: float | None = None
+    volatility_30d: float | None = None
+    active_addresses: float | None = None
+    active_addresses_7d: float | None = None
+    active_addresses_30d: float | None = None
+    tx_count: int | None = None
+    fees_native: float | None = None
+    transfer_volume_native: float | None = None
+    sopr: float | None = None
+    sopr_coverage: float | None = None
+    exchange_inflow_native: float | None = None
+    exchange_outflow_native: float | None = None
+    exchange_netflow_native: float | None = None
+    exchange_flows: str | None = None  # JSON {entity: [inflow, outflow]}
+    block_count: int | None = None
+    first_height: int | None = None
+    last_height: int | None = None
+
+    @property
+    def key(self) -> str:
+        return self.asset
+
+    def to_avro(self) -> dict[str, Any]:
+        return dict(zip(_ONCHAIN_METRIC_NAMES, _onchain_metric_values(self), strict=True))
+
+    @classmethod
+    def from_avro(cls, d: dict[str, Any]) -> OnchainMetric:
+        return cls(**{f: d[f] for f in _ONCHAIN_METRIC_NAMES})
+
+
+_ONCHAIN_METRIC_NAMES = tuple(f.name for f in fields(OnchainMetric))
+_onchain_metric_values = attrgetter(*_ONCHAIN_METRIC_NAMES)
 
 
 @dataclass(slots=True)

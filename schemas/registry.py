@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from schemas.models import Candle, DeadLetter, FearGreed, Indicators, LateTrade, LiveCandles, NewsScored, SentimentAggregate, TradeBatch
+from schemas.models import Candle, DeadLetter, FearGreed, Indicators, LateTrade, LiveCandles, NewsScored, OnchainBlock, OnchainDay, OnchainMetric, SentimentAggregate, TradeBatch
 
 
 @dataclass(frozen=True)
@@ -73,6 +73,21 @@ RECORDS: dict[str, RecordType] = {
             # In-progress candles matter until their window closes: an hour of them is plenty.
             topic_config={"retention.ms": str(3_600_000)}, realtime=True,
             description="A symbol's forming candle of every interval (CANDLE_UPDATES=kafka|both)",
+        ),
+        RecordType(
+            "onchain_day", "tickflow.OnchainDay", OnchainDay, "onchain-days", "topic_onchain_days", 7, _key,
+            description="A provider's daily on-chain figures of one asset (coinmetrics: source)",
+        ),
+        RecordType(
+            "onchain_block", "tickflow.OnchainBlock", OnchainBlock, "onchain-blocks", "topic_onchain_blocks", 8, _key,
+            # A block of a busy chain is a few MB of Avro.
+            topic_config={"max.message.bytes": str(16_000_000)},
+            description="Blocks of a UTXO chain with resolved inputs (bitcoind: and replay --format bitcoind-json sources)",
+        ),
+        RecordType(
+            "onchain_metric", "tickflow.OnchainMetric", OnchainMetric, "onchain_metrics", "topic_onchain_metrics", 9, _key,
+            table="onchain_metrics", table_key=("asset", "day", "source"), version="revision", time_column="day",
+            channel="onchain:{asset}", description="On-chain metrics per asset, UTC day and source, revised as data arrives",
         ),
         RecordType(
             "news_scored", "tickflow.NewsScored", NewsScored, "news", "topic_news", 10, _key,

@@ -13,20 +13,25 @@ exist only to be merged away.
 
 The same code serves a ClickHouse server (``CLICKHOUSE_URL``) and embedded chdb (``chdb:///path``).
 chdb hosts one engine per process, so clients on one path must be shared; :func:`connect` is the
-one place clients are made.
+one place clients are made. The process that has embedded chdb open answers other processes' read
+queries (``query_server``, :mod:`sinks.query`).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import clickhouse_connect
 from clickhouse_connect.driver import exceptions as ch_errors
 from clickhouse_connect.driver.client import Client
+from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_fixed
 
 from schemas.models import Candle
 from sinks.base import DataRejected, Sink, SinkBatch, columns_of, layout_of, stored_types
 from streams.settings import Settings
+
+if TYPE_CHECKING:
+    from sinks.query import QueryServer
 
 # Server error codes that mean "this data can never be inserted", as opposed to an unavailable
 # server: TYPE_MISMATCH, CANNOT_PARSE_*, TOO_LARGE_STRING_SIZE, INCORRECT_DATA,
@@ -39,12 +44,24 @@ def connect(dsn: str, **options: Any) -> Client:
     return clickhouse_connect.get_client(dsn=dsn, **options)
 
 
+def open_store(dsn: str, *, wait_s: float = 15.0) -> Client:
+    """The sink's client. Embedded chdb may be open for a moment in another process (``tickflow
+    sql`` opens it for one query when no sink runs): wait for it rather than fail."""
+    if not dsn.startswith("chdb://"):
+        return connect(dsn)
+    retrying = Retrying(retry=retry_if_exception_type(ch_errors.ClickHouseError), stop=stop_after_delay(wait_s), wait=wait_fixed(0.5), reraise=True)
+    return retrying(connect, dsn)
+
+
 class ClickHouseSink(Sink):
     name = "clickhouse"
 
-    def __init__(self, client: Client, *, owns_client: bool = False) -> None:
+    def __init__(self, client: Client, *, owns_client: bool = False, query_server: QueryServer | None = None) -> None:
+        """``query_server`` answers other processes' queries on the embedded store for as long as
+        the sink has it open (nobody else can open it meanwhile); the sink stops it on close."""
         self._client = client
         self._owns_client = owns_client
+        self._query_server = query_server
         self._contexts: dict[str, Any] = {}
 
     @classmethod
@@ -79,6 +96,9 @@ class ClickHouseSink(Sink):
             raise
 
     def close(self) -> None:
+        if self._query_server is not None:
+            self._query_server.close()
+            self._query_server = None
         if self._owns_client:
             self._client.close()
 

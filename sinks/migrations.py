@@ -42,6 +42,7 @@ TIMESCALE_PARAMS: dict[str, str] = {
     "trades_chunk_interval": "1 day",
     "candles_chunk_interval": "7 days",
     "cagg_refresh_every": "15 minutes",
+    "onchain_chunk_interval": "365 days",
 }
 
 

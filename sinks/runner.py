@@ -36,9 +36,10 @@ from schemas.codec import codec_for
 from schemas.models import DeadLetter
 from schemas.registry import record_type, topic_of
 from sinks.base import DataRejected, Sink, SinkBatch
-from sinks.clickhouse import ClickHouseSink, connect
+from sinks.clickhouse import ClickHouseSink, open_store
 from sinks.migrations import check_clickhouse, check_postgres, migrate_clickhouse, migrate_postgres, postgres_options
 from sinks.postgres import PostgresSink
+from sinks.query import QueryServer
 from sinks.redis import RedisSink
 from sinks.telemetry import BROKER_UP, RETRIES, STORE_UP, Written, observe_written, set_partition_lag
 from streams.observability import received_header
@@ -183,7 +184,8 @@ class SinkRunner:
     # -- public API
 
     def run(self, stop: threading.Event) -> None:
-        """Consume, write and commit until ``stop`` is set; a batch that cannot be written then stays uncommitted."""
+        """Consume, write and commit until ``stop`` is set, then commit everything written; a batch
+        that cannot be written then stays uncommitted."""
         self._stop = stop
         next_lag = 0.0
         try:
@@ -192,6 +194,8 @@ class SinkRunner:
                 if time.monotonic() >= next_lag:
                     self._update_lag()
                     next_lag = time.monotonic() + LAG_EVERY_S
+            self._flush(commit=True)
+            self._log.info("stopped; written records committed")
         except _Stopped:
             self._log.warning("stopped with an unwritten batch; it will be consumed again", records=len(self._pending))
 
@@ -505,11 +509,19 @@ def open_sinks(settings: Settings, *, migrate: bool = True, only: str | None = N
     names = [n for n in configured_sinks(settings) if only is None or n == only]
     sinks: list[Sink] = []
     if "clickhouse" in names:
-        client = connect(settings.clickhouse_dsn)
-        if migrate:
-            migrate_clickhouse(client)
-            check_clickhouse(client)
-        sinks.append(ClickHouseSink(client, owns_client=True))
+        dsn = settings.clickhouse_dsn
+        client = open_store(dsn)
+        # Embedded chdb is open in one process only: from now on this one answers `tickflow sql`.
+        server = QueryServer(dsn).start() if dsn.startswith("chdb://") else None
+        try:
+            if migrate:
+                migrate_clickhouse(client)
+                check_clickhouse(client)
+        except BaseException:
+            if server is not None:
+                server.close()
+            raise
+        sinks.append(ClickHouseSink(client, owns_client=True, query_server=server))
     if "postgres" in names:
         if migrate:
             migrate_postgres(settings.database_url, **postgres_options(settings))  # type: ignore[arg-type]

@@ -60,7 +60,7 @@ def latency_samples(written: Iterable[Written], now_us: int) -> Iterator[Sample]
         for b in w.part.of("trade_batch"):
             if not b.trades:
                 continue
-            yield Sample("trade", "exchange", age(max(t[1] for t in b.trades)))  # decoded trades are plain tuples in Trade order: ts second
+            yield Sample("trade", "exchange", age(max(t[1] for t in b.trades)))  # TradeRow: ts is the second field
             yield Sample("trade", "receipt", age(b.received_at))
             if produced is not None:
                 yield Sample("trade", "produced", produced)

@@ -20,21 +20,55 @@ app = typer.Typer(help="tickflow: crypto trades to candles, indicators and signa
 console = Console(stderr=True)
 
 
-def _setup(settings: Settings) -> None:
-    from streams.observability import configure_logging, serve_metrics
+def _setup(settings: Settings, role: str, port: int | None = None, *, command: str | None = None) -> Settings:
+    """Logging, and /metrics on the role's port (``--metrics-port``, else METRICS_PORT, else the
+    role's default); a taken port ends the command with one line saying what to change.
+
+    Returns the settings with the port chosen, which ``tickflow run`` hands to its sink processes.
+    """
+    from streams.observability import MetricsPortInUse, configure_logging, metrics_port, serve_metrics
 
     configure_logging(settings.log_level, settings.log_format)
-    serve_metrics(settings.metrics_port)
+    if port is not None:
+        settings = settings.model_copy(update={"metrics_port": port})
+    try:
+        url = serve_metrics(metrics_port(role, settings.metrics_port), role=f"tickflow {command or role.replace('-', ' ')}")
+    except MetricsPortInUse as exc:
+        console.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+    if url:
+        console.print(f"metrics on {url}", highlight=False)
+    return settings
+
+
+def _sigterm_as_ctrl_c() -> None:
+    """Until an asyncio loop handles the stop signals itself, SIGTERM unwinds like Ctrl-C, so an
+    embedded broker and sink processes started so far are stopped rather than orphaned."""
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
 
 
 def open_source(spec: str, settings: Settings, *, symbols: list[str], fmt: str | None, speed: str, rate: float | None, limit: int | None, exchange: str | None):
-    """Build the source named by ``--source``: synthetic, replay:PATH or ccxt:EXCHANGE."""
+    """Build the source named by ``--source``: synthetic, replay:PATH, ccxt:EXCHANGE, coinmetrics:PATH or bitcoind:URL.
+
+    For the on-chain sources ``--symbols`` names the asset (default: the Coin Metrics file's name; btc).
+    """
     kind, _, arg = spec.partition(":")
     if kind == "synthetic":
         from streams.sources.synthetic import SyntheticSource
 
         max_ms = settings.batch_max_ms if rate else settings.unpaced_batch_max_ms
         return SyntheticSource(symbols=symbols or 10, rate=rate, limit=limit, exchange=exchange or "synthetic", max_trades=settings.batch_max_trades, max_ms=max_ms)
+    if kind == "replay" and fmt == "bitcoind-json":
+        from streams.sources.bitcoind_replay import BitcoindReplaySource
+
+        if not arg:
+            raise typer.BadParameter("replay needs a path: --source replay:PATH --format bitcoind-json")
+        try:
+            return BitcoindReplaySource(arg, asset=(symbols[0] if symbols else "btc").lower())
+        except FileNotFoundError as exc:
+            raise typer.BadParameter(str(exc)) from None
     if kind == "replay":
         from streams.sources.replay import ReplaySource, parse_source_speed
 
@@ -49,9 +83,34 @@ def open_source(spec: str, settings: Settings, *, symbols: list[str], fmt: str |
         if not arg or not symbols:
             raise typer.BadParameter("ccxt needs an exchange and symbols: --source ccxt:binance --symbols BTC/USDT,ETH/USDT")
         return CcxtSource(arg, symbols, exchange_options=settings.ccxt_options, url_overrides=settings.ccxt_url_overrides)
+    if kind == "coinmetrics":
+        from streams.sources.coinmetrics import CoinMetricsSource
+
+        if not arg:
+            raise typer.BadParameter("coinmetrics needs a path: --source coinmetrics:../shared/data/coinmetrics_onchain/btc.csv")
+        try:
+            return CoinMetricsSource(arg, asset=symbols[0] if symbols else None)
+        except FileNotFoundError as exc:
+            raise typer.BadParameter(str(exc)) from None
+    if kind == "bitcoind":
+        from streams.sources.bitcoind import BitcoindSource
+
+        if not arg:
+            raise typer.BadParameter("bitcoind needs the node's RPC URL: --source bitcoind:http://127.0.0.1:8332")
+        return BitcoindSource(
+            arg,
+            state_dir=settings.tickflow_data_dir / "bitcoind",
+            asset=(symbols[0] if symbols else "btc").lower(),
+            start_height=settings.bitcoind_start_height,
+            poll_s=settings.bitcoind_poll_s,
+            confirmations=settings.bitcoind_confirmations,
+            user=settings.bitcoind_rpc_user,
+            password=settings.bitcoind_rpc_password,
+            cookie_file=settings.bitcoind_cookie_file,
+        )
     if kind in ("news", "social", "rss", "feargreed"):
         return _sentiment_source(kind, arg, settings)
-    raise typer.BadParameter(f"unknown source {spec!r}: use synthetic, replay:PATH, ccxt:EXCHANGE, news:PATH, social:PATH, rss:URL, feargreed:PATH or feargreed:api")
+    raise typer.BadParameter(f"unknown source {spec!r}: use synthetic, replay:PATH, ccxt:EXCHANGE, coinmetrics:PATH, bitcoind:URL, news:PATH, social:PATH, rss:URL, feargreed:PATH or feargreed:api")
 
 
 def _sentiment_source(kind: str, arg: str, settings: Settings):  # noqa: ANN202
@@ -79,35 +138,54 @@ def _symbols(text: str | None) -> list[str]:
     return [s.strip() for s in (text or "").split(",") if s.strip()]
 
 
-SourceOpt = Annotated[str, typer.Option("--source", help="synthetic | replay:PATH | ccxt:EXCHANGE | news:PATH | social:PATH | rss:URL | feargreed:PATH | feargreed:api")]
+SourceOpt = Annotated[str, typer.Option("--source", help="synthetic | replay:PATH | ccxt:EXCHANGE | coinmetrics:PATH | bitcoind:URL | news:PATH | social:PATH | rss:URL | feargreed:PATH | feargreed:api")]
 SymbolsOpt = Annotated[Optional[str], typer.Option("--symbols", help="Comma-separated symbols (ccxt: BTC/USDT,ETH/USDT; synthetic: names)")]
-FormatOpt = Annotated[Optional[str], typer.Option("--format", help="Replay format; detected when omitted: binance-trades, binance-aggtrades, tardis, ccxt-json, binance-ws")]
+FormatOpt = Annotated[Optional[str], typer.Option("--format", help="Replay format; detected when omitted: binance-trades, binance-aggtrades, tardis, ccxt-json, binance-ws; bitcoind-json (recorded node RPC responses, a file, folder or glob)")]
 SpeedOpt = Annotated[str, typer.Option("--speed", help="Replay speed: 1x, 10x, ... or max")]
 RateOpt = Annotated[Optional[float], typer.Option("--rate", help="Synthetic trades per second (omit for as fast as possible)")]
 LimitOpt = Annotated[Optional[int], typer.Option("--limit", help="Synthetic: stop after this many trades")]
 ExchangeOpt = Annotated[Optional[str], typer.Option("--exchange", help="Replay: exchange name when the file has none; synthetic: the exchange its trades name (default synthetic)")]
+MetricsPortOpt = Annotated[
+    Optional[int],
+    typer.Option("--metrics-port", help="Prometheus /metrics port (default METRICS_PORT, else this command's own: see README); 0 = off", show_default=False),
+]
 
 
 @app.command()
-def broker(port: Annotated[Optional[int], typer.Option(help="Port (default BROKER_PORT, 9092)")] = None) -> None:
-    """Run the embedded Kafka-compatible broker (Tansu) on 127.0.0.1 until stopped.
+def broker(
+    port: Annotated[Optional[int], typer.Option(help="Port (default BROKER_PORT, 9092)")] = None,
+    metrics_port: MetricsPortOpt = None,
+) -> None:
+    """Run the embedded Kafka-compatible broker (Tansu) on 127.0.0.1 until stopped (SIGTERM or Ctrl-C
+    stop Tansu too). Its memory is the metric tickflow_embedded_broker_resident_bytes (port 9113).
 
     Example: tickflow broker --port 9092
     """
+    import threading
+
     from streams.broker import EmbeddedBroker
+    from streams.shutdown import stop_on_signals
     from streams.topics import ensure_topics
 
-    settings = get_settings()
-    _setup(settings)
-    b = EmbeddedBroker(port or settings.broker_port)
-    with b:
+    settings = _setup(get_settings(), "broker", metrics_port)
+    stop = threading.Event()
+    stop_on_signals(stop.set)
+    b = EmbeddedBroker(port or settings.broker_port, log_file=settings.tickflow_data_dir / "tansu.log")
+    settings.tickflow_data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        b.start()
+    except (RuntimeError, TimeoutError) as exc:
+        console.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+    try:
         ensure_topics(settings.model_copy(update={"kafka_bootstrap": b.bootstrap}))
-        console.print(f"broker on {b.bootstrap}: export KAFKA_BOOTSTRAP={b.bootstrap}; Ctrl-C stops it")
-        try:
-            while b.proc and b.proc.poll() is None:
-                time.sleep(0.5)
-        except KeyboardInterrupt:
-            pass
+        console.print(f"broker on {b.bootstrap}: export KAFKA_BOOTSTRAP={b.bootstrap}; Ctrl-C or SIGTERM stops it", highlight=False, soft_wrap=True)
+        while not stop.wait(0.5):
+            if b.proc is None or b.proc.poll() is not None:
+                console.print(f"[red]error:[/] tansu exited with code {b.proc.returncode if b.proc else '?'} (log: {b.log_file})", highlight=False)
+                raise typer.Exit(1)
+    finally:
+        b.stop()
 
 
 @app.command()
@@ -119,31 +197,48 @@ def ingest(
     rate: RateOpt = 1000.0,
     limit: LimitOpt = None,
     exchange: ExchangeOpt = None,
+    metrics_port: MetricsPortOpt = None,
 ) -> None:
-    """Run a source into the ticks topic (KAFKA_BOOTSTRAP must point at a broker).
+    """Run a source into the ticks topic (KAFKA_BOOTSTRAP must point at a broker) until it ends or
+    is stopped (SIGTERM, Ctrl-C); every trade read is then delivered before it exits.
 
     Example: tickflow ingest --source replay:trades.csv.gz --speed 10x
     Example: tickflow ingest --source feargreed:../shared/data/fear_greed/fear_greed_index_scofieldchen.csv
     """
     from streams.ingest import IngestStats, run_ingest
     from streams.producer import TickProducer
+    from streams.shutdown import STOP_SIGNALS
     from streams.topics import ensure_topics
 
-    settings = get_settings()
-    _setup(settings)
+    settings = _setup(get_settings(), "ingest", metrics_port)
     if not settings.kafka_bootstrap:
         raise typer.BadParameter("KAFKA_BOOTSTRAP is not set: start `tickflow broker` and export it, or use `tickflow run`")
     ensure_topics(settings)
     src = open_source(source, settings, symbols=_symbols(symbols), fmt=fmt, speed=speed, rate=rate, limit=limit, exchange=exchange)
 
-    def progress(s: IngestStats) -> None:
-        other = f"  {s.records:,} other records" if s.records else ""
-        console.print(f"[bold]{s.trades:,}[/] trades  {s.rate:,.0f} trades/s  {s.batches:,} batches{other}  {s.rejected:,} errors", highlight=False)
+    seen: list[IngestStats] = []
 
-    try:
-        asyncio.run(run_ingest(src, TickProducer(settings), settings, source_name=source.partition(":")[0], on_progress=progress))
-    except KeyboardInterrupt:
-        pass
+    def progress(s: IngestStats) -> None:
+        seen[:] = [s]
+        records = f"  {s.records:,} records" if s.records else ""
+        console.print(f"[bold]{s.trades:,}[/] trades  {s.rate:,.0f} trades/s  {s.batches:,} batches{records}  {s.rejected:,} errors", highlight=False)
+
+    async def main() -> None:
+        producer = TickProducer(settings)
+        task = asyncio.create_task(run_ingest(src, producer, settings, source_name=source.partition(":")[0], on_progress=progress))
+        loop = asyncio.get_running_loop()
+        for sig in STOP_SIGNALS:
+            loop.add_signal_handler(sig, task.cancel)  # run_ingest closes the source and flushes the producer
+        try:
+            await task
+        except asyncio.CancelledError:  # run_ingest flushed the producer on its way out
+            if seen:
+                progress(seen[0])
+            console.print("stopped: every trade read is delivered")
+        finally:
+            producer.close()
+
+    asyncio.run(main())
 
 
 def _summary(status) -> Group:  # noqa: ANN001
@@ -196,6 +291,7 @@ def run(
     until_drained: Annotated[bool, typer.Option("--until-drained", help="Exit 0 once the source is done and every sink has written everything")] = False,
     no_source: Annotated[bool, typer.Option("--no-source", help="Run worker and sinks only")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", help="No live summary")] = False,
+    metrics_port: MetricsPortOpt = None,
 ) -> None:
     """Run the whole path: embedded broker if KAFKA_BOOTSTRAP is unset, a source, the candle worker, the sinks.
 
@@ -204,8 +300,8 @@ def run(
     """
     from streams.pipeline import DrainStalled, RunStatus, SinkFailed, kafka, run_pipeline
 
-    settings = get_settings()
-    _setup(settings)
+    settings = _setup(get_settings(), "worker", metrics_port, command="run")  # the worker's port; its sinks at theirs
+    _sigterm_as_ctrl_c()
     status = RunStatus()
 
     async def main(s: Settings) -> None:
@@ -223,54 +319,67 @@ def run(
     try:
         with kafka(settings) as s:
             asyncio.run(main(s))
+    except KeyboardInterrupt:
+        console.print("stopped while starting")
+        return
     except (DrainStalled, SinkFailed) as exc:
         console.print(f"[red]{'not drained' if isinstance(exc, DrainStalled) else 'sink failed'}:[/] {exc}")
         raise typer.Exit(1) from exc
     if until_drained and status.ingest is not None:
-        other = f", {status.ingest.records:,} other records (news, Fear & Greed)" if status.ingest.records else ""
-        console.print(f"drained: {status.ingest.trades:,} trades{other}, {status.ingest.rejected:,} rejected")
+        records = f", {status.ingest.records:,} other records (on-chain, news, Fear & Greed)" if status.ingest.records else ""
+        console.print(f"drained: {status.ingest.trades:,} trades{records}, {status.ingest.rejected:,} rejected")
 
 
 @app.command()
-def worker() -> None:
-    """Run the agents (candles, indicators, ...) alone; several workers share the partitions through each agent's consumer group.
+def worker(metrics_port: MetricsPortOpt = None) -> None:
+    """Run the agents (candles, indicators, ...) alone; several workers share the partitions through
+    each agent's consumer group. SIGTERM or Ctrl-C stop it cleanly, with every agent's state checkpointed.
 
     Example: KAFKA_BOOTSTRAP=kafka:9092 tickflow worker
     """
     from streams.pipeline import kafka, run_pipeline
 
-    settings = get_settings()
-    _setup(settings)
-    with kafka(settings) as s:
-        asyncio.run(run_pipeline(s, source=None, source_name="-", until_drained=False, sinks_enabled=False))
+    settings = _setup(get_settings(), "worker", metrics_port)
+    _sigterm_as_ctrl_c()
+    try:
+        with kafka(settings) as s:
+            asyncio.run(run_pipeline(s, source=None, source_name="-", until_drained=False, sinks_enabled=False))
+    except KeyboardInterrupt:
+        console.print("stopped while starting")
 
 
 @app.command()
-def sink(name: Annotated[str, typer.Argument(help="clickhouse | postgres | redis")]) -> None:
-    """Run one sink alone (its own consumer group).
+def sink(name: Annotated[str, typer.Argument(help="clickhouse | postgres | redis")], metrics_port: MetricsPortOpt = None) -> None:
+    """Run one sink alone (its own consumer group). SIGTERM or Ctrl-C stop it once its batch is
+    written and committed. The ClickHouse sink on embedded chdb answers `tickflow sql` for others.
 
     Example: KAFKA_BOOTSTRAP=kafka:9092 tickflow sink clickhouse
     """
     import threading
 
-    from sinks.runner import SinkRunner, open_sinks
+    from sinks.runner import SINKS, SinkRunner, open_sinks
     from streams.producer import TickProducer
+    from streams.shutdown import stop_on_signals
 
+    if name not in SINKS:
+        raise typer.BadParameter(f"unknown sink {name!r}: use {', '.join(SINKS)}")
     settings = get_settings()
-    _setup(settings)
     if not settings.kafka_bootstrap:
         raise typer.BadParameter("KAFKA_BOOTSTRAP is not set")
+    settings = _setup(settings, f"sink-{name}", metrics_port)
+    stop = threading.Event()
+    stop_on_signals(stop.set)
     chosen = open_sinks(settings, only=name)
     if not chosen:
         raise typer.BadParameter(f"sink {name!r} is not configured (clickhouse, postgres with DATABASE_URL, redis with REDIS_URL)")
-    stop = threading.Event()
-    runner = SinkRunner(chosen[0], settings, dead_letter=TickProducer(settings).dead_letter_durably)
+    producer = TickProducer(settings)
+    runner = SinkRunner(chosen[0], settings, dead_letter=producer.dead_letter_durably)
     try:
         runner.run(stop)
-    except KeyboardInterrupt:
-        stop.set()
     finally:
         runner.close()
+        chosen[0].close()
+        producer.close()
 
 
 @app.command()
@@ -347,12 +456,20 @@ def migrate() -> None:
 
     Example: DATABASE_URL=postgresql://localhost/tickflow tickflow migrate
     """
+    from clickhouse_connect.driver.exceptions import ClickHouseError
+    from rich.markup import escape
+
     from sinks.clickhouse import connect
     from sinks.migrations import SchemaMismatch, check_clickhouse, check_postgres, migrate_clickhouse, postgres_options, run_postgres_migrations
     from sinks.timescale import TimescaleError
 
     settings = get_settings()
-    client = connect(settings.clickhouse_dsn)
+    try:
+        client = connect(settings.clickhouse_dsn)
+    except ClickHouseError as exc:
+        held = " (another process has it open; a running ClickHouse sink migrated it when it started)" if settings.clickhouse_dsn.startswith("chdb://") else ""
+        console.print(f"[red]cannot open ClickHouse{held}:[/] {escape(str(exc).strip())}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
     try:
         console.print(f"clickhouse: applied {migrate_clickhouse(client) or 'nothing new'}")
         check_clickhouse(client)
@@ -398,29 +515,26 @@ def sql(
     query: Annotated[str, typer.Argument(help="A ClickHouse SQL query")],
     fmt: Annotated[str, typer.Option("--format", help="table | csv | json")] = "table",
 ) -> None:
-    """Query the ClickHouse store (embedded chdb by default, CLICKHOUSE_URL for a server).
+    """Query the ClickHouse store, read-only: a server at CLICKHOUSE_URL, or the embedded chdb store,
+    through the running ClickHouse sink when there is one (`make run`, `tickflow sink clickhouse`).
 
     Example: tickflow sql "SELECT interval, count() FROM candles FINAL GROUP BY interval"
     """
     import csv
 
-    from clickhouse_connect.driver.exceptions import ClickHouseError
+    from rich.markup import escape
 
-    from sinks.clickhouse import connect
+    from sinks.query import QueryError
+    from sinks.query import query as run_query
 
     if fmt not in ("table", "csv", "json"):
         raise typer.BadParameter(f"--format must be table, csv or json, not {fmt!r}")
-    settings = get_settings()
     try:
-        client = connect(settings.clickhouse_dsn)
-        try:
-            result = client.query(query)
-        finally:
-            client.close()
-    except ClickHouseError as exc:
-        console.print(f"[red]query failed:[/] {str(exc).strip()}", markup=True, highlight=False)
-        raise typer.Exit(1) from exc
-    cols, rows = result.column_names, result.result_rows
+        result = run_query(get_settings(), query)
+    except QueryError as exc:
+        console.print(f"[red]query failed:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+    cols, rows = result.column_names, result.rows
     if fmt == "json":
         for row in rows:
             print(json.dumps(dict(zip(cols, row, strict=True)), default=str))

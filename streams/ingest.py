@@ -4,6 +4,9 @@ Bad input is split off here, once for every source: unparsable lines come from t
 ``BadInput``; trades that parse but make no sense (NaN or non-positive price or amount, absurd
 timestamps) are rejected one by one. Both go to the dead-letter topic with the reason; the good
 trades of the same batch still flow.
+
+Sources of other record types yield ``Record``s (validated by the source), produced to the topic of
+their registry type with its codec. The trade path pays one ``isinstance`` per batch for it.
 """
 
 from __future__ import annotations
@@ -33,8 +36,8 @@ log = structlog.get_logger(__name__)
 class IngestStats:
     trades: int = 0
     batches: int = 0
-    records: int = 0  # records of other types (news, Fear & Greed)
     rejected: int = 0
+    records: int = 0  # Records of other types (on-chain rows, blocks)
     started: float = field(default_factory=time.monotonic)
 
     @property
@@ -66,8 +69,8 @@ async def run_ingest(
     writer = TradeBatchWriter(codec or codec_for("tickflow.TradeBatch", settings.topic_ticks, settings.schema_registry_url))
     stats = IngestStats()
     topic = settings.topic_ticks
+    encoders: dict[str, tuple[str, AvroCodec]] = {}
     last_report = time.monotonic()
-    codecs: dict[str, tuple[str, AvroCodec]] = {}
     receipt_gauges: dict[str, Any] = {}  # SYMBOL_LAST_RECEIPT children by key: labels() per batch is costly
     try:
         await asyncio.get_running_loop().run_in_executor(None, producer.connect, topic)
@@ -77,19 +80,12 @@ async def run_ingest(
                 producer.dead_letter(DeadLetter("ingest", item.reason, item.payload, now_us() // 1000))
                 continue
             if isinstance(item, Record):
-                if item.record not in codecs:
-                    rt = record_type(item.record)
-                    out_topic = topic_of(settings, item.record)
-                    codecs[item.record] = (out_topic, codec_for(rt.schema, out_topic, settings.schema_registry_url))
-                out_topic, codec = codecs[item.record]
-                producer.produce(out_topic, item.key, codec.encode(item.value.to_avro()))
+                await _produce_record(item, producer, settings, encoders)
                 stats.records += 1
                 RECORDS_IN.labels(source_name, item.record).inc()
-                if stats.records % 64 == 0:
-                    await asyncio.sleep(0)
-                    if on_progress and time.monotonic() - last_report >= 1.0:
-                        last_report = time.monotonic()
-                        on_progress(stats)
+                if on_progress and time.monotonic() - last_report >= 1.0:
+                    last_report = time.monotonic()
+                    on_progress(stats)
                 continue
             batch, bad = split_batch(item, now_us())
             for reason, raw in bad:
@@ -117,3 +113,20 @@ async def run_ingest(
         on_progress(stats)
     log.info("ingest finished", trades=stats.trades, batches=stats.batches, records=stats.records, rejected=stats.rejected)
     return stats
+
+
+async def _produce_record(item: Record, producer: TickProducer, settings: Settings, encoders: dict[str, tuple[str, AvroCodec]]) -> None:
+    """Produce a non-trade record to its type's topic; with ``on_delivered``, wait for the broker first."""
+    enc = encoders.get(item.record)
+    if enc is None:
+        rt = record_type(item.record)
+        topic = topic_of(settings, item.record)
+        enc = encoders[item.record] = (topic, codec_for(rt.schema, topic, settings.schema_registry_url))
+    topic, codec = enc
+    producer.produce(topic, item.key, codec.encode(item.value.to_avro()))
+    BATCHES_OUT.labels(topic).inc()
+    if item.on_delivered is not None:
+        await asyncio.get_running_loop().run_in_executor(None, producer.flush)
+        item.on_delivered()
+    else:
+        await asyncio.sleep(0)

@@ -15,8 +15,8 @@ from prometheus_client.registry import Collector
 
 TRADES_IN = Counter("tickflow_trades_in_total", "Trades accepted from sources", ["source"])
 BATCHES_OUT = Counter("tickflow_batches_produced_total", "TradeBatch records produced", ["topic"])
+RECORDS_IN = Counter("tickflow_source_records_total", "Records other than trades (on-chain rows, blocks, news items, Fear & Greed days) accepted from sources", ["source", "record"])
 BYTES_OUT = Counter("tickflow_bytes_produced_total", "Bytes produced", ["topic"])
-RECORDS_IN = Counter("tickflow_records_in_total", "Records other than trades accepted from sources (news, Fear & Greed)", ["source", "record"])
 DLQ_RECORDS = Counter(
     "tickflow_dlq_records_total", "Records sent to the dead-letter topic, by component and reason class (dead_letter_class)", ["component", "reason"]
 )
@@ -155,11 +155,32 @@ def role_port_offset(role: str) -> int:
     return ROLE_METRICS_PORTS[role] - ROLE_METRICS_PORTS["worker"]
 
 
+def metrics_port(role: str, configured: int | None) -> int:
+    """The port ``role`` serves /metrics on: ``configured`` (``--metrics-port`` or ``METRICS_PORT``,
+    0 = off) or the role's default."""
+    return ROLE_METRICS_PORTS[role] if configured is None else configured
+
+
+class MetricsPortInUse(RuntimeError):
+    """The metrics port is taken, most often by the same role already running."""
+
+
 _metrics_started: set[int] = set()
 
 
-def serve_metrics(port: int) -> None:
-    """Serve /metrics once per process; port 0 turns it off."""
-    if port and port not in _metrics_started:
-        start_http_server(port, addr="0.0.0.0")
+def serve_metrics(port: int, *, role: str = "this command") -> str | None:
+    """Serve /metrics once per process and return its URL; port 0 turns it off (None).
+
+    Raises :class:`MetricsPortInUse`, naming the settings to change, when the port is taken.
+    """
+    if not port:
+        return None
+    if port not in _metrics_started:
+        try:
+            start_http_server(port, addr="0.0.0.0")
+        except OSError as exc:
+            raise MetricsPortInUse(
+                f"metrics port {port} of {role} is in use ({exc.strerror}): set --metrics-port or METRICS_PORT to a free port, or 0 to turn metrics off"
+            ) from None
         _metrics_started.add(port)
+    return f"http://127.0.0.1:{port}/metrics"

@@ -33,10 +33,11 @@ from sinks.redis import LiveFanout
 from sinks.runner import SinkRunner, configured_sinks, open_sinks, sink_lag
 from streams.broker import EmbeddedBroker
 from streams.ingest import IngestStats, run_ingest
-from streams.observability import configure_logging, role_port_offset, serve_metrics
+from streams.observability import MetricsPortInUse, configure_logging, metrics_port, role_port_offset, serve_metrics
 from streams.producer import TickProducer
 from streams.runtime import AgentRunner, LiveRoute, Runtime
 from streams.settings import Settings
+from streams.shutdown import STOP_SIGNALS, stop_on_signals
 from streams.sources.base import Source
 from streams.topics import ensure_topics, end_offsets
 
@@ -94,11 +95,20 @@ class SinkFailed(RuntimeError):
     """A sink process ended on its own: its store could not be opened or migrated, or it crashed."""
 
 
-def _sink_process(settings: Settings, name: str, stop: EventT, ready: EventT, parent: int, metrics_port: int) -> None:
-    """Entry of one sink's process: open and migrate its store, then consume until ``stop``."""
+def _sink_process(settings: Settings, name: str, ready: EventT, parent: int, metrics_port: int) -> None:
+    """Entry of one sink's process: open and migrate its store, then consume until SIGTERM (from the
+    parent's ``close`` or anyone else); its last batch is then written and committed."""
     configure_logging(settings.log_level, settings.log_format)
-    serve_metrics(metrics_port)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's Ctrl-C reaches the parent, which sets ``stop``
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's Ctrl-C reaches the parent, which stops the sinks
+    stop = threading.Event()
+    stop_on_signals(stop.set, (signal.SIGTERM,))
+    try:
+        url = serve_metrics(metrics_port, role=f"the {name} sink of tickflow run")
+    except MetricsPortInUse as exc:
+        log.error(str(exc), sink=name)
+        raise SystemExit(1) from None
+    if url:
+        log.info("sink metrics", sink=name, url=url)
     if name in BATCH_SINKS:
         # The stores are written in batches of up to SINK_BATCH_MS: when the cores are contended,
         # the realtime path (the broker, the worker, Redis) gets them first. 19 rather than 10:
@@ -126,41 +136,53 @@ def _exit_with_parent(parent: int) -> None:
 
 
 class SinkProcesses:
-    """Each sink in its own process, stopped together.
+    """Each sink in its own process, stopped together by SIGTERM.
+
+    Not by a shared multiprocessing event: a child that died while waiting on one leaves the
+    parent's ``set`` waiting forever for it to wake.
 
     Decoding every record and the stores' client libraries would otherwise share one interpreter
     lock with the agents and the source, which is what the realtime path's latency pays for.
     The parent watches each sink's consumer-group lag through an admin client. Sink metrics are
-    served on ``METRICS_PORT`` + 1, + 2, ... in configuration order.
+    served on each sink role's port (ClickHouse 9110, PostgreSQL 9111, Redis 9112), shifted as far as
+    ``METRICS_PORT`` shifts the main process from 9108.
     """
 
     def __init__(self, settings: Settings, names: list[str]) -> None:
         ctx = multiprocessing.get_context("spawn")
-        self.stop = ctx.Event()
+        self._closing = False
         self.procs: dict[str, BaseProcess] = {}
         self._ready: dict[str, EventT] = {}
+        base = metrics_port("worker", settings.metrics_port)
         for name in names:
             ready = ctx.Event()
-            port = settings.metrics_port + role_port_offset(f"sink-{name}") if settings.metrics_port else 0
-            proc = ctx.Process(target=_sink_process, args=(settings, name, self.stop, ready, os.getpid(), port), name=f"tickflow-sink-{name}", daemon=True)
+            port = base + role_port_offset(f"sink-{name}") if base else 0
+            proc = ctx.Process(target=_sink_process, args=(settings, name, ready, os.getpid(), port), name=f"tickflow-sink-{name}", daemon=True)
             proc.start()
             self.procs[name] = proc
             self._ready[name] = ready
         self._lag = {name: sink_lag(settings, name) for name in names}
 
-    def wait_ready(self, timeout: float = 120.0) -> None:
-        """Block until every sink has opened and migrated its store (SinkFailed if one ends first)."""
+    def wait_ready(self, timeout: float = 120.0, stop: threading.Event | None = None) -> None:
+        """Block until every sink has opened and migrated its store (SinkFailed if one ends first),
+        or until ``stop`` is set."""
         deadline = time.monotonic() + timeout
         for name, ready in self._ready.items():
             while not ready.wait(0.2):
-                self.check()
+                if self.check() or (stop is not None and stop.is_set()):
+                    return
                 if time.monotonic() > deadline:
                     raise SinkFailed(f"sink {name} not ready within {timeout:.0f} s")
 
-    def check(self) -> None:
+    def check(self) -> str | None:
+        """The name of a sink stopped on request (SIGTERM to its process, exit code 0), if any;
+        SinkFailed when one ended any other way. Exits after ``close`` are expected."""
         for name, proc in self.procs.items():
-            if proc.exitcode is not None and not self.stop.is_set():
+            if proc.exitcode is not None and not self._closing:
+                if proc.exitcode == 0:
+                    return name
                 raise SinkFailed(f"sink {name} exited with code {proc.exitcode} (its log above says why)")
+        return None
 
     def lags(self) -> dict[str, int | None]:
         out: dict[str, int | None] = {}
@@ -172,11 +194,14 @@ class SinkProcesses:
         return out
 
     def close(self) -> None:
-        self.stop.set()
+        self._closing = True
+        for proc in self.procs.values():
+            if proc.exitcode is None:
+                proc.terminate()  # SIGTERM: the sink writes and commits its batch, then exits 0
         for proc in self.procs.values():
             proc.join(timeout=30)
             if proc.is_alive():
-                proc.terminate()
+                proc.kill()
                 proc.join(timeout=5)
         self._lag.clear()  # their admin clients disconnect now, before an embedded broker stops
 
@@ -256,27 +281,42 @@ async def run_pipeline(
     say: Callable[[str], None] = print,
     status: RunStatus | None = None,
 ) -> RunStatus:
-    """Run the agents, the sinks and optionally a source until stopped, or until drained."""
+    """Run the agents, the sinks and optionally a source until stopped (SIGTERM, SIGINT, or a sink's
+    process stopped with SIGTERM), or until drained. A stop lets every part finish and commit its work."""
     status = status or RunStatus()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def requested(sig: signal.Signals) -> None:
+        log.info("stop requested", signal=sig.name)
+        stop.set()
+
+    for sig in STOP_SIGNALS:
+        with contextlib.suppress(NotImplementedError, RuntimeError):  # not the main thread: the caller stops it
+            loop.add_signal_handler(sig, requested, sig)
     producer = TickProducer(settings)
     sink_processes = None
     if sinks_enabled:
         settings = reachable_services(settings, say)
         sink_processes = SinkProcesses(settings, configured_sinks(settings))
         status.sinks = sink_processes
+        stopping = threading.Event()
+        waiting = asyncio.create_task(stop.wait())
+        waiting.add_done_callback(lambda _: stopping.set())
         try:
             # The stores are migrated before any agent runs: warm starts read the candle store.
-            await asyncio.get_running_loop().run_in_executor(None, sink_processes.wait_ready)
+            await loop.run_in_executor(None, sink_processes.wait_ready, 120.0, stopping)
         except BaseException:
             sink_processes.close()
             raise
+        finally:
+            waiting.cancel()
+        if stop.is_set() or sink_processes.check():
+            await loop.run_in_executor(None, sink_processes.close)
+            await loop.run_in_executor(None, producer.close)
+            return status
     runtime, fanout = build_runtime(settings, producer)
     status.runtime = runtime
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
     runtime.start()
     try:
         # The source starts once the agents have their partitions: a live source's first seconds
@@ -305,7 +345,8 @@ async def run_pipeline(
                     status.source_done = True
                     done, _ = await asyncio.wait([stopped, watch], return_when=asyncio.FIRST_COMPLETED)
                 if watch in done:
-                    watch.result()  # raises SinkFailed or the agent's error
+                    name = watch.result()  # raises SinkFailed or the agent's error
+                    log.info("a sink process was stopped: stopping the run", sink=name)
             finally:
                 for task in (stopped, watch, ingest_task):
                     if task is not None and not task.done():
@@ -320,11 +361,12 @@ async def run_pipeline(
     return status
 
 
-async def _watch(sinks: SinkProcesses | None, runtime: Runtime) -> None:
-    """Raise when a sink process ends on its own or an agent stopped on an error; else run forever."""
+async def _watch(sinks: SinkProcesses | None, runtime: Runtime) -> str:
+    """Return the name of a sink process stopped on request; raise SinkFailed when one ends any
+    other way, or the error of an agent that stopped on one; else run forever."""
     while True:
-        if sinks is not None:
-            sinks.check()
+        if sinks is not None and (name := sinks.check()):
+            return name
         runtime.check()
         await asyncio.sleep(1.0)
 
@@ -347,7 +389,8 @@ async def _drain(settings: Settings, runtime: Runtime, sinks: SinkProcesses | No
     last: dict[str, int | None] = {}
     since = time.monotonic()
     while not stop.is_set():
-        sinks.check()
+        if name := sinks.check():
+            raise SinkFailed(f"sink {name} was stopped before the run drained")
         lags = await loop.run_in_executor(None, sinks.lags)
         if all(v == 0 for v in lags.values()):
             settled_since = settled_since or time.monotonic()

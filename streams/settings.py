@@ -46,6 +46,9 @@ class Settings(BaseSettings):
     topic_late_trades: str = "late-trades"
     topic_candles_state: str = Field("candles-state", description="The candle agent's checkpoints (any agent: TOPIC_<AGENT>_STATE, default <agent>-state)")
     topic_indicators_state: str = "indicators-state"
+    topic_onchain_days: str = Field("onchain-days", description="Provider on-chain rows (coinmetrics: source), key asset")
+    topic_onchain_blocks: str = Field("onchain-blocks", description="Blocks with resolved inputs (bitcoind: source), key asset")
+    topic_onchain_metrics: str = Field("onchain_metrics", description="On-chain metrics per asset, day and source")
     topic_suffix: str = Field("", description="Appended to the default name of every topic without a setting of its own (isolated runs on a shared broker)")
     topic_news: str = Field("news", description="Scored headlines, RSS entries and posts (news_scored)")
     topic_sentiment: str = Field("sentiment", description="Sentiment aggregates per asset and window")
@@ -104,10 +107,24 @@ class Settings(BaseSettings):
     indicator_history: int = Field(64, description="Recent candles per series a revision or late candle can still change")
     indicator_warm_start_bars: int = Field(1000, description="Stored candles seeding a new series (PostgreSQL, else a ClickHouse server); 0 = off")
 
+    # On-chain
+    onchain_exchange_addresses: Path | None = Field(None, description="CSV of labelled addresses, `address,entity` per line, for exchange in/outflows; unset = flows null")
+    onchain_keep_days: int = Field(2, description="Newest UTC days whose blocks the on-chain agent keeps one by one: how far back a reorg can revise a day")
+    bitcoind_rpc_user: str | None = Field(None, description="bitcoind JSON-RPC user (with BITCOIND_RPC_PASSWORD); unset = the cookie file")
+    bitcoind_rpc_password: str | None = Field(None, description="bitcoind JSON-RPC password")
+    bitcoind_cookie_file: Path | None = Field(None, description="bitcoind .cookie file; unset = ~/.bitcoin/.cookie when no user is set")
+    bitcoind_start_height: int = Field(0, description="First block height the bitcoind: source reads when it has no saved position")
+    bitcoind_poll_s: float = Field(5.0, description="How often the bitcoind: source asks for a new tip once caught up")
+    bitcoind_confirmations: int = Field(0, description="Blocks this far below the tip are read; 0 = the tip itself (reorgs then revise days)")
+
     # Operations
     log_level: str = "INFO"
     log_format: str = Field("json", description="json or console")
-    metrics_port: int = Field(9108, description="Prometheus /metrics port; 0 = off")
+    metrics_port: int | None = Field(
+        None,
+        description="Prometheus /metrics port; unset = the role's own (worker and run 9108, ingest 9109, sinks clickhouse 9110, "
+        "postgres 9111, redis 9112, broker 9113); 0 = off",
+    )
     app_id: str = Field("tickflow", description="Prefix of every consumer group (agents: {app_id}-{agent}, sinks: {app_id}-sink-{name})")
     session_timeout_s: float = 8.0
     drain_stall_s: float = Field(120.0, description="--until-drained fails when an agent makes no progress this long")

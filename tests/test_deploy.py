@@ -155,7 +155,7 @@ def test_keda_scales_on_the_real_consumer_groups_and_topics() -> None:
     settings = Settings(app_id=config["APP_ID"])
     groups = {f"{settings.app_id}-{spec.name}": {topic_of(settings, i) for i in spec.inputs} for spec in AGENTS}
     for sink in SINKS:
-        groups[sink_group_id(settings, sink)] = set(SINKS[sink].topics_for(settings))  # physical topic names
+        groups[sink_group_id(settings, sink)] = set(SINKS[sink].topics_for(settings))
     scaled = [d for d in docs if d["kind"] == "ScaledObject"]
     assert {d["spec"]["scaleTargetRef"]["name"] for d in scaled} >= {"worker", "sink-clickhouse", "sink-postgres", "sink-redis"}
     for obj in scaled:

@@ -30,7 +30,25 @@ from typing import Any
 import pytest
 
 from schemas.codec import LOCAL_IDS, SCHEMA_DIR, AvroCodec, DecodeError, SchemaRegistry, load_schema
-from schemas.models import Candle, DeadLetter, FearGreed, Indicators, LateTrade, LiveCandles, NewsScored, SentimentAggregate, Trade, TradeBatch
+from schemas.models import (
+    Candle,
+    DeadLetter,
+    FearGreed,
+    Indicators,
+    LateTrade,
+    LiveCandles,
+    NewsScored,
+    OnchainBlock,
+    OnchainDay,
+    OnchainInput,
+    OnchainMetric,
+    OnchainOutput,
+    OnchainTx,
+    SentimentAggregate,
+    Trade,
+    day_ms,
+    TradeBatch,
+)
 from streams.settings import Settings
 
 TB = "tickflow.TradeBatch"
@@ -192,6 +210,36 @@ def indicators() -> list[Indicators]:
     ]
 
 
+def onchain_days() -> list[OnchainDay]:
+    from datetime import date
+
+    return [
+        OnchainDay("btc", day_ms(date(2009, 1, 3)), "coinmetrics"),
+        OnchainDay("eth", day_ms(date(2020, 7, 27)), "coinmetrics", 320.5, 3.6e10, None, 1.1e8, 5e8, 5e5, 1e6, 1234.5, 7e6),
+        OnchainDay("", -86_400_000, "x", 0.0, 5e-324, 1.7976931348623157e308),
+    ]
+
+
+def onchain_blocks() -> list[OnchainBlock]:
+    return [
+        OnchainBlock("btc", 0, "0" * 64, None, 1231006505, [OnchainTx("t", True, [], [OnchainOutput(5_000_000_000, "1A1z")])]),
+        OnchainBlock("btc", 2**40, "f" * 64, "e" * 64, 2**33, [
+            OnchainTx("a", False, [OnchainInput(None), OnchainInput(2_100_000_000_000_000, "比特币", 1), OnchainInput(0, None, None)], [OnchainOutput(0), OnchainOutput(1, "")]),
+        ]),
+        OnchainBlock("", 1, "", "", 1, []),
+    ]
+
+
+def onchain_metrics() -> list[OnchainMetric]:
+    from datetime import date
+
+    return [
+        OnchainMetric("btc", day_ms(date(2020, 7, 27)), "coinmetrics"),
+        OnchainMetric("btc", day_ms(date(2010, 4, 10)), "bitcoind", 2**31 - 1, *([1.5] * 12), 2**63 - 1, 0.0, 150.0, 1.0, 0.75, 1.0, 2.0, -1.0, '{"x":[1.0,2.0]}', 3, 50000, 50002),
+        OnchainMetric("", 2**62, "", 0, float("inf"), -0.0),
+    ]
+
+
 RECORDS = {
     "tickflow.TradeBatch": (TradeBatch, trade_batches()),
     "tickflow.Candle": (Candle, candles()),
@@ -201,6 +249,9 @@ RECORDS = {
 }
 if (SCHEMA_DIR / "tickflow.Indicators.avsc").exists():
     RECORDS["tickflow.Indicators"] = (Indicators, indicators())
+    RECORDS["tickflow.OnchainDay"] = (OnchainDay, onchain_days())
+    RECORDS["tickflow.OnchainBlock"] = (OnchainBlock, onchain_blocks())
+    RECORDS["tickflow.OnchainMetric"] = (OnchainMetric, onchain_metrics())
 RECORDS["tickflow.NewsScored"] = (NewsScored, [
     NewsScored("news", "https://x.test/a", 1_648_796_400_000, "Bitcoin nears 19 million coins", "positive", 0.4123, "BTC", "lr-1", 1_700_000_000_000_000),
     NewsScored("social", "1534", 1_654_614_334_000, "gm ☀️ $sol", "neutral", -0.0, "", "lr-1", 1, "text", "https://t.co/x", 869.0),

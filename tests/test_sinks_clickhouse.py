@@ -84,11 +84,11 @@ def ch_candles(client, exchange: str) -> list[tuple]:  # noqa: ANN001
 
 def test_migrations_are_idempotent(client) -> None:  # noqa: ANN001
     assert migrate_clickhouse(client) == []
-    assert sorted(client.query("SELECT version, name FROM schema_migrations FINAL").result_rows) == [("0001", "init"), ("0002", "technical_metrics"), ("0006", "sentiment")]
+    assert sorted(client.query("SELECT version, name FROM schema_migrations FINAL").result_rows) == [("0001", "init"), ("0002", "technical_metrics"), ("0005", "onchain_metrics"), ("0006", "sentiment")]
     engines = dict(client.query("SELECT name, engine FROM system.tables WHERE database = currentDatabase()").result_rows)
     assert engines["trades"] == engines["candles"] == engines["technical_metrics"] == "ReplacingMergeTree"
+    assert [m.version for m in discover("clickhouse")] == ["0001", "0002", "0005", "0006"]  # examples.sql is not a migration
     assert engines["sentiment_aggregates"] == engines["news_scored"] == engines["fear_greed"] == "ReplacingMergeTree"
-    assert [m.version for m in discover("clickhouse")] == ["0001", "0002", "0006"]  # examples.sql is not a migration
 
 
 def test_example_queries_run(client) -> None:  # noqa: ANN001

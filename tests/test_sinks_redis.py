@@ -169,10 +169,10 @@ def test_a_redis_that_lost_the_script_gets_it_again(sink: RedisSink, r: redis.Re
 
 
 def test_sink_reads_candles_live_only_when_updates_do_not_come_from_the_worker() -> None:
-    assert RedisSink.topics_for(Settings(candle_updates="redis")) == ("candles", "indicators", "sentiment")
-    assert RedisSink.topics_for(Settings(candle_updates="both")) == ("candles", "indicators", "sentiment")
-    assert RedisSink.topics_for(Settings(candle_updates="kafka")) == ("candles", "indicators", "sentiment", "candles-live")
-    assert RedisSink.record_types(Settings(candle_updates="kafka")) == ("candle", "indicators", "sentiment_aggregate", "live_candles")
+    assert RedisSink.topics_for(Settings(candle_updates="redis")) == ("candles", "indicators", "onchain_metrics", "sentiment")
+    assert RedisSink.topics_for(Settings(candle_updates="both")) == ("candles", "indicators", "onchain_metrics", "sentiment")
+    assert RedisSink.topics_for(Settings(candle_updates="kafka")) == ("candles", "indicators", "onchain_metrics", "sentiment", "candles-live")
+    assert RedisSink.record_types(Settings(candle_updates="kafka")) == ("candle", "indicators", "onchain_metric", "sentiment_aggregate", "live_candles")
 
 
 def _offer_and_settle(fanout: LiveFanout, *batches: list[Candle]) -> None:

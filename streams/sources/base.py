@@ -4,7 +4,8 @@ A source of another record type (news, Fear & Greed) yields :class:`Record`: the
 its type, the partition key and the model; ingest writes it to that type's topic.
 
 A source never raises on bad data: it yields ``BadInput`` with the original bytes and the reason,
-and the ingest loop sends that to the dead-letter topic and goes on.
+and the ingest loop sends that to the dead-letter topic and goes on. Sources of other record types
+(on-chain rows and blocks) yield ``Record``s, which go to the topic of their registry type.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import heapq
 import itertools
 import math
 import time
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,11 +34,16 @@ class BadInput:
 
 @dataclass(slots=True)
 class Record:
-    """A record of any registered type (``schemas.registry``), for its own topic."""
+    """A record of any registered type (``schemas.registry`` name), for its topic under ``key``.
+
+    ``on_delivered``, when set, is called once the broker has the record (and everything before
+    it): a source that resumes from its own saved position saves it there, never ahead of the log.
+    """
 
     record: str
     key: str
     value: Any
+    on_delivered: Callable[[], None] | None = None
 
 
 SourceItem = TradeBatch | BadInput | Record

@@ -1,0 +1,82 @@
+"""The on-chain agent: ``onchain-days`` and ``onchain-blocks`` -> ``onchain_metrics``, around
+:class:`agents.onchain.OnchainMetrics`.
+
+Both inputs are keyed by asset, so an asset's provider rows (whose prices SOPR needs) and its
+blocks meet in one partition's state. A record the metrics refuse (nonsense figures, a reorg or a
+block reaching into a day already final) is rejected with the reason, never fatal.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import structlog
+from prometheus_client import Counter
+
+from agents.onchain import OnchainError, OnchainMetrics, read_labels
+from agents.spec import AgentContext, AgentSpec, Emit, Inbound, Output, Reject
+
+log = structlog.get_logger(__name__)
+
+ONCHAIN_IN = Counter("tickflow_onchain_inputs_total", "Records read by the on-chain agent", ["record"])
+ONCHAIN_OUT = Counter("tickflow_onchain_metrics_total", "On-chain metric rows emitted (first versions and revisions)", ["source"])
+
+
+def exchange_labels(settings: object) -> dict[str, str]:
+    """The ``address,entity`` CSV named by ONCHAIN_EXCHANGE_ADDRESSES, or none."""
+    path = getattr(settings, "onchain_exchange_addresses", None)
+    if not path:
+        return {}
+    with open(path, encoding="utf-8") as f:
+        return read_labels(f)
+
+
+class OnchainLogic:
+    """One partition's on-chain state: the provider series and kept blocks of the assets it owns."""
+
+    def __init__(self, ctx: AgentContext | None = None, *, labels: dict[str, str] | None = None, keep_days: int | None = None) -> None:
+        settings = ctx.settings if ctx is not None else None
+        if labels is None:
+            labels = exchange_labels(settings) if settings is not None else {}
+        if keep_days is None:
+            keep_days = getattr(settings, "onchain_keep_days", 2)
+        self.metrics = OnchainMetrics(labels, keep_days)
+
+    def on_batch(self, records: Sequence[Inbound]) -> Iterable[Output]:
+        out: list[Output] = []
+        metrics = self.metrics
+        for rec in records:
+            ONCHAIN_IN.labels(rec.record).inc()
+            try:
+                if rec.record == "onchain_day":
+                    rows = metrics.add_day(rec.value)
+                elif rec.record == "onchain_block":
+                    rows = metrics.add_block(rec.value)
+                else:
+                    out.append(Reject(rec.offset, f"the on-chain agent does not read {rec.record!r} records"))
+                    continue
+            except OnchainError as exc:
+                out.append(Reject(rec.offset, str(exc)))
+                continue
+            for row in rows:
+                ONCHAIN_OUT.labels(row.source).inc()
+                out.append(Emit("onchain_metric", row.asset, row))
+        return out
+
+    def on_timer(self, now: float, quiet_s: float) -> Iterable[Output]:
+        return ()
+
+    def snapshot(self) -> bytes:
+        return self.metrics.snapshot()
+
+    def restore(self, data: bytes) -> None:
+        self.metrics.restore(data)
+
+
+ONCHAIN = AgentSpec(
+    name="onchain",
+    inputs=("onchain_day", "onchain_block"),
+    outputs=("onchain_metric",),
+    logic=OnchainLogic,
+    description="On-chain metrics (MVRV, NUPL, realized price, NVT, volatility, addresses, fees, flows, SOPR) per asset and UTC day",
+)

@@ -1,0 +1,128 @@
+"""A local Bitcoin Core JSON-RPC server that plays recorded responses (../shared/data/bitcoin_onchain_sample).
+
+It answers ``getblockcount`` (the tip the test sets), ``getblockhash``, ``getblock <hash> 2``
+(verbosity 3 fails with -8, as on nodes older than Core 25, so the source falls back), ``getblockheader``
+and ``getrawtransaction <txid> true``, single or batched, with HTTP basic auth. A test makes a
+reorg by replacing the block at a height (:meth:`FakeBitcoind.put_block`).
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+from streams.broker import free_port
+from streams.sources.bitcoin_json import kind_of, unwrap
+
+
+class FakeBitcoind:
+    def __init__(self, folder: Path, *, user: str = "rpc", password: str = "secret") -> None:
+        self.blocks: dict[str, dict[str, Any]] = {}  # hash -> getblock 2 result
+        self.by_height: dict[int, str] = {}
+        self.raw: dict[str, dict[str, Any]] = {}
+        for f in sorted(folder.glob("*rpc_response*.json")):
+            r = unwrap(json.loads(f.read_text()))
+            if kind_of(r) == "block" and r["tx"]:
+                self.put_block(r)
+            elif kind_of(r) == "tx":
+                self.raw[r["txid"]] = r
+        self.tip = max(self.by_height)
+        self.auth = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+        self.calls: list[str] = []
+        self.warming_up = 0  # answer this many calls with error -28 (the node is starting)
+        self.port = free_port()
+        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), self._handler())
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/"
+
+    def put_block(self, block: dict[str, Any]) -> None:
+        self.blocks[block["hash"]] = block
+        self.by_height[block["height"]] = block["hash"]
+
+    def fork(self, height: int, tag: str) -> dict[str, Any]:
+        """A copy of the block at ``height`` with another hash (a competing block), put in place."""
+        b = copy.deepcopy(self.blocks[self.by_height[height]])
+        b["hash"] = (tag * 64)[:64]
+        b["time"] += 1
+        self.put_block(b)
+        return b
+
+    def extend(self, tag: str) -> dict[str, Any]:
+        """A new tip on top of the current one (a copy of it with a coinbase only)."""
+        top = self.blocks[self.by_height[self.tip]]
+        b = copy.deepcopy(top)
+        b.update(hash=(tag * 64)[:64], height=self.tip + 1, previousblockhash=top["hash"], time=top["time"] + 600, tx=top["tx"][:1], nTx=1)
+        self.put_block(b)
+        self.tip += 1
+        return b
+
+    def _answer(self, call: dict[str, Any]) -> dict[str, Any]:
+        method, params = call.get("method"), call.get("params") or []
+        self.calls.append(method)
+        result: Any = None
+        error = None
+        if self.warming_up > 0:
+            self.warming_up -= 1
+            return {"result": None, "error": {"code": -28, "message": "Loading block index..."}, "id": call.get("id")}
+        if method == "getblockcount":
+            result = self.tip
+        elif method == "getblockhash":
+            result = self.by_height.get(params[0]) if params[0] <= self.tip else None
+            if result is None:
+                error = {"code": -8, "message": "Block height out of range"}
+        elif method in ("getblock", "getblockheader"):
+            verbosity = params[1] if len(params) > 1 else 1
+            b = self.blocks.get(params[0])
+            if b is None:
+                error = {"code": -5, "message": "Block not found"}
+            elif method == "getblock" and verbosity == 3:
+                error = {"code": -8, "message": "Verbosity was 3, must be 0, 1 or 2"}
+            else:
+                result = b if method == "getblock" else {k: v for k, v in b.items() if k != "tx"}
+        elif method == "getrawtransaction":
+            result = self.raw.get(params[0])
+            if result is None:
+                error = {"code": -5, "message": "No such mempool or blockchain transaction. Use -txindex"}
+        else:
+            error = {"code": -32601, "message": "Method not found"}
+        return {"result": result, "error": error, "id": call.get("id")}
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                return
+
+            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                if self.headers.get("Authorization") != fake.auth:
+                    self.send_response(401)
+                    self.end_headers()
+                    return
+                req = json.loads(body)
+                reply = [fake._answer(c) for c in req] if isinstance(req, list) else fake._answer(req)
+                data = json.dumps(reply).encode()
+                self.send_response(200 if isinstance(req, list) or reply["error"] is None else 500)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        return Handler
+
+    def __enter__(self) -> FakeBitcoind:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
