@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 
-from benchmarks import bench_ingest, bench_pipeline
+from benchmarks import bench_gateway, bench_ingest, bench_pipeline
 from benchmarks.common import broker, call_entry, console, in_fresh_process, quiet_logs, section
 
 EXTERNAL = ("benchmarks.bench_candle_core", "benchmarks.bench_indicators", "benchmarks.bench_onchain", "benchmarks.bench_sentiment")
@@ -43,6 +43,7 @@ def main() -> None:
     with broker() as bootstrap:
         section(bench_ingest.run, bootstrap)
         section(bench_pipeline.run, bootstrap)
+    section(bench_gateway.run)
     console.rule(f"done in {time.monotonic() - started:.0f} s")
 
 

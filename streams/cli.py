@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -279,6 +281,24 @@ def _summary(status) -> Group:  # noqa: ANN001
     return Group(t)
 
 
+def _start_gateway(settings: Settings) -> subprocess.Popen[bytes] | None:
+    """`tickflow serve` beside the pipeline (GATEWAY_ENABLED=false: not), logging to TICKFLOW_DATA_DIR/gateway.log.
+
+    It reads PostgreSQL: embedded chdb is held by the ClickHouse sink's process, so without
+    DATABASE_URL (and without a ClickHouse server) it is not started."""
+    if not settings.gateway_enabled:
+        return None
+    if not settings.database_url and not settings.clickhouse_url:
+        console.print("[yellow]gateway not started: it needs DATABASE_URL (keys, queries) or a ClickHouse server[/]")
+        return None
+    settings.tickflow_data_dir.mkdir(parents=True, exist_ok=True)
+    log_file = (settings.tickflow_data_dir / "gateway.log").open("ab")
+    proc = subprocess.Popen([sys.executable, "-m", "streams", "serve"], stdout=log_file, stderr=log_file, env={**os.environ, "LOG_FORMAT": "json"})
+    url = f"http://{settings.gateway_host}:{settings.gateway_port}/"
+    console.print(f"gateway on {url} (dashboard; API docs {url}docs; log {settings.tickflow_data_dir / 'gateway.log'}); a key: tickflow keys create --name dashboard", highlight=False)
+    return proc
+
+
 @app.command()
 def run(
     source: SourceOpt = "synthetic",
@@ -316,6 +336,7 @@ def run(
                 live.update(_summary(status))
         await task
 
+    gateway = None if until_drained else _start_gateway(settings)
     try:
         with kafka(settings) as s:
             asyncio.run(main(s))
@@ -325,6 +346,13 @@ def run(
     except (DrainStalled, SinkFailed) as exc:
         console.print(f"[red]{'not drained' if isinstance(exc, DrainStalled) else 'sink failed'}:[/] {exc}")
         raise typer.Exit(1) from exc
+    finally:
+        if gateway is not None:
+            gateway.terminate()
+            try:
+                gateway.wait(10)
+            except subprocess.TimeoutExpired:
+                gateway.kill()
     if until_drained and status.ingest is not None:
         records = f", {status.ingest.records:,} other records (on-chain, news, Fear & Greed)" if status.ingest.records else ""
         console.print(f"drained: {status.ingest.trades:,} trades{records}, {status.ingest.rejected:,} rejected")
@@ -568,6 +596,93 @@ def subscribe(pattern: Annotated[str, typer.Argument(help="Redis channel pattern
                 print(f"{msg['channel'].decode()} {msg['data'].decode()}", flush=True)
     except KeyboardInterrupt:
         pass
+
+
+@app.command()
+def serve(
+    host: Annotated[Optional[str], typer.Option("--host", help="Listen address (default GATEWAY_HOST, 127.0.0.1)")] = None,
+    port: Annotated[Optional[int], typer.Option("--port", help="Port (default GATEWAY_PORT, 8000)")] = None,
+) -> None:
+    """Run the gateway: WebSocket rooms (/ws), the query API (/api/v1, docs at /docs), the dashboard (/) and /metrics.
+
+    Reads PostgreSQL when DATABASE_URL is set (else ClickHouse), Redis for rooms, snapshots and the L2 cache.
+    API keys: tickflow keys create --name NAME.
+
+    Example: tickflow serve --host 0.0.0.0 --port 8000
+    """
+    from streams.gateway.server import serve as run_server
+    from streams.observability import configure_logging
+
+    settings = get_settings()
+    configure_logging(settings.log_level, settings.log_format)
+    h, p = host or settings.gateway_host, port or settings.gateway_port
+    if settings.database_url:
+        from sinks.migrations import migrate_postgres
+
+        migrate_postgres(settings.database_url)  # api_keys and the tables it reads
+    console.print(f"gateway on http://{h}:{p}/  (API docs http://{h}:{p}/docs, metrics http://{h}:{p}/metrics)", highlight=False)
+    run_server(settings, h, p)
+
+
+keys_app = typer.Typer(help="API keys of the gateway, stored in PostgreSQL as salted hashes.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+
+
+def _key_store():  # noqa: ANN202
+    from sinks.migrations import migrate_postgres
+    from streams.gateway.auth import KeyStore
+
+    settings = get_settings()
+    if not settings.database_url:
+        raise typer.BadParameter("DATABASE_URL is empty: keys live in PostgreSQL")
+    migrate_postgres(settings.database_url)
+    return KeyStore(settings.database_url)
+
+
+@keys_app.command("create")
+def keys_create(
+    name: Annotated[str, typer.Option("--name", help="Unique name of the key, e.g. dashboard")],
+    scopes: Annotated[str, typer.Option("--scopes", help="Comma-separated: read (query API), stream (WebSocket)")] = "read,stream",
+    rate_limit: Annotated[Optional[float], typer.Option("--rate-limit", help="Requests/s for this key (default GATEWAY_RATE_LIMIT; 0 = unlimited)")] = None,
+) -> None:
+    """Create an API key; only its salted hash is stored, so the key is shown once, alone on the last line.
+
+    Example: tickflow keys create --name dashboard --scopes read,stream
+    """
+    from streams.gateway.auth import parse_scopes
+
+    try:
+        chosen = parse_scopes(scopes)
+        key = _key_store().create(name, chosen, rate_limit)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    console.print(f"key {name!r} created with scopes {','.join(chosen)}; it is shown once:", highlight=False)
+    print(key, flush=True)
+
+
+@keys_app.command("list")
+def keys_list() -> None:
+    """List keys (names, scopes, limits, dates; never the keys).
+
+    Example: tickflow keys list
+    """
+    t = Table("name", "key id", "scopes", "rate limit", "created", "last used", "revoked")
+    for k in _key_store().list():
+        fmt = lambda d: d.strftime("%Y-%m-%d %H:%M") if d else "-"  # noqa: E731
+        t.add_row(k["name"], k["key_id"], ",".join(k["scopes"]), "default" if k["rate_limit"] is None else f"{k['rate_limit']:g}/s", fmt(k["created_at"]), fmt(k["last_used_at"]), fmt(k["revoked_at"]))
+    Console().print(t)
+
+
+@keys_app.command("revoke")
+def keys_revoke(name: Annotated[str, typer.Argument(help="Name of the key")]) -> None:
+    """Revoke a key: refused by every gateway within GATEWAY_KEY_CACHE_S (30 s).
+
+    Example: tickflow keys revoke dashboard
+    """
+    if not _key_store().revoke(name):
+        console.print(f"[red]no active key named {name!r}[/]", highlight=False)
+        raise typer.Exit(1)
+    console.print(f"key {name!r} revoked", highlight=False)
 
 
 sentiment_app = typer.Typer(help="Score text sentiment and rebuild the sentiment model.", no_args_is_help=True)

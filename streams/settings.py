@@ -117,6 +117,27 @@ class Settings(BaseSettings):
     bitcoind_poll_s: float = Field(5.0, description="How often the bitcoind: source asks for a new tip once caught up")
     bitcoind_confirmations: int = Field(0, description="Blocks this far below the tip are read; 0 = the tip itself (reorgs then revise days)")
 
+    # Gateway (`tickflow serve`)
+    gateway_enabled: bool = Field(True, description="tickflow run starts the gateway too (false: it does not)")
+    gateway_host: str = Field("127.0.0.1", description="Address the gateway listens on")
+    gateway_port: int = Field(8000, description="Gateway HTTP and WebSocket port; /metrics is served there too")
+    gateway_store: Literal["auto", "postgres", "clickhouse"] = Field(
+        "auto", description="Store the query API reads: auto = PostgreSQL when DATABASE_URL is set, else ClickHouse"
+    )
+    gateway_rate_limit: float = Field(50.0, description="Requests per second per API key (bursts of twice that); a key's own limit overrides it; 0 = unlimited")
+    gateway_key_cache_s: float = Field(30.0, description="How long a checked key is remembered: a revoked key stops working within this time")
+    gateway_cache: bool = Field(True, description="false: every query reads the store (benchmarks of the uncached path, debugging)")
+    gateway_cache_size: int = Field(10_000, description="L1 query cache entries per process")
+    gateway_cache_ttl_s: float = Field(60.0, description="L1 entry lifetime; closes and revisions invalidate sooner")
+    gateway_l2_ttl_s: int = Field(300, description="L2 (Redis) entry lifetime; closes and revisions invalidate sooner")
+    gateway_warm_top: int = Field(20, description="Hottest requests re-run at start and after their series closes a candle")
+    gateway_ws_queue: int = Field(1000, description="Messages queued per WebSocket client; more and the client is closed as slow (4008)")
+    gateway_ws_history: int = Field(1000, description="Messages kept per room for clients that reconnect with their last sequence")
+    gateway_ws_max_rooms: int = Field(100, description="Rooms one WebSocket connection may join")
+    gateway_ws_room_idle_s: float = Field(60.0, description="A room without clients keeps its subscription and history this long")
+    gateway_heartbeat_s: float = Field(15.0, description="Heartbeat message period on every WebSocket")
+    gateway_pipeline_metrics: str = Field("", description="Comma-separated /metrics URLs the dashboard's health panel reads; empty = METRICS_PORT and the next four ports on 127.0.0.1")
+
     # Operations
     log_level: str = "INFO"
     log_format: str = Field("json", description="json or console")

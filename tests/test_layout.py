@@ -10,11 +10,16 @@ PACKAGES = ("streams", "agents", "schemas", "sinks")
 
 
 def imports() -> dict[str, set[str]]:
-    """Each project module's imports of project modules, function-level ones included."""
+    """Each project module's imports of project modules, function-level ones included (not those
+    made for type checkers only, under ``if TYPE_CHECKING:``)."""
     mods = {".".join(p.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__"): p for pkg in PACKAGES for p in (REPO / pkg).rglob("*.py")}
     graph: dict[str, set[str]] = {m: set() for m in mods}
     for m, path in mods.items():
-        for node in ast.walk(ast.parse(path.read_text())):
+        tree = ast.parse(path.read_text())
+        typing_only = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If) and getattr(node.test, "id", None) == "TYPE_CHECKING" for b in node.body for n in ast.walk(b)}
+        for node in ast.walk(tree):
+            if id(node) in typing_only:
+                continue
             if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
                 targets = [f"{node.module}.{a.name}" for a in node.names] + [node.module]
             elif isinstance(node, ast.Import):

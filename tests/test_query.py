@@ -32,7 +32,7 @@ from streams.settings import Settings
 configure_logging("WARNING")
 (sink,) = open_sinks(Settings(tickflow_data_dir=sys.argv[1], database_url="", redis_url=""))
 trades = [Trade(str(i), (%d + i * 1000) * 1000, 100.0 + i, 1.0, "buy") for i in range(5)]
-sink.write(SinkBatch([TradeBatch("x", "BTC/USDT", 0, trades[:3]), TradeBatch("x", "ETH/USDT", 0, trades[3:])]))
+sink.write(SinkBatch(trade_batch=[TradeBatch("x", "BTC/USDT", 0, trades[:3]), TradeBatch("x", "ETH/USDT", 0, trades[3:])]))
 print("ready", flush=True)
 sys.stdin.readline()
 sink.close()

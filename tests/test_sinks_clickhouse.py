@@ -209,7 +209,7 @@ def test_open_sinks_migrates_and_opens_every_configured_store(client, data_dir: 
         sinks[0].write(SinkBatch(candle=[candle(exchange)]))  # same engine as the module's client
         assert len(ch_candles(client, exchange)) == 1
         with psycopg.connect(pg_url) as conn:
-            assert conn.execute("SELECT count(*) FROM schema_migrations").fetchone() == (6,)
+            assert conn.execute("SELECT count(*) FROM schema_migrations").fetchone() == (7,)  # 0001-0006 and 0008
     finally:
         for s in sinks:
             s.close()

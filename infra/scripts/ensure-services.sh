@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Make the local PostgreSQL and Redis the tests need reachable: install the Debian packages when
 # missing, start the servers when down; install Prometheus (promtool and the server the alert and
-# scrape tests run) when missing. Idempotent; skips a service whose URL points elsewhere.
+# scrape tests run), Chromium (the dashboard test) and wrk (the gateway benchmark) when missing.
+# Idempotent; skips a service whose URL points elsewhere.
 set -euo pipefail
 
 pg_up() { pg_isready -h 127.0.0.1 -p 5432 -q 2>/dev/null; }
@@ -47,4 +48,10 @@ if ! command -v promtool >/dev/null 2>&1 || ! command -v prometheus >/dev/null 2
     $SUDO systemctl disable --now prometheus >/dev/null 2>&1 || true
   fi
 fi
+# Debian's Chromium for the dashboard's browser test (playwright drives it; its own browser download is not used)
+if ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/null 2>&1; then
+  echo "installing Chromium (dashboard test)"; apt_install chromium || echo "Chromium not installed: the dashboard test will skip" >&2
+fi
+# wrk, the HTTP load generator of the gateway benchmark
+command -v wrk >/dev/null 2>&1 || { echo "installing wrk (gateway benchmark)"; apt_install wrk || echo "wrk not installed: make bench skips the query-load rows" >&2; }
 echo "services: PostgreSQL and Redis reachable on 127.0.0.1; promtool $(promtool --version 2>&1 | awk 'NR==1{print $3}')"

@@ -1,0 +1,23 @@
+"""Run the gateway under uvicorn: the one place its server options are set."""
+
+from __future__ import annotations
+
+import uvicorn
+
+from streams.gateway.app import create_app
+from streams.settings import Settings
+
+WS_MAX_BYTES = 64 * 1024  # larger client frames are refused by the server (close 1009) before parsing
+
+
+def config(settings: Settings, host: str, port: int) -> uvicorn.Config:
+    """uvicorn with httptools and websockets; protocol-level pings find dead clients within 40 s."""
+    return uvicorn.Config(
+        create_app(settings), host=host, port=port, log_config=None, access_log=False, lifespan="on",
+        http="httptools", ws="websockets-sansio", ws_max_size=WS_MAX_BYTES, ws_ping_interval=20.0, ws_ping_timeout=20.0,
+        loop="uvloop", backlog=4096, timeout_keep_alive=30,
+    )
+
+
+def serve(settings: Settings, host: str, port: int) -> None:
+    uvicorn.Server(config(settings, host, port)).run()
