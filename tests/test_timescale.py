@@ -14,7 +14,7 @@ from sinks.migrations import TIMESCALE_PARAMS, discover, migrate_postgres, run_p
 from sinks.timescale import CatalogFacts, TableFacts, TimescaleError, decide, hypertables_in, policy_statements, preload_instruction, read_facts
 from tests.test_sinks_postgres import pg_url, rows  # noqa: F401  (fixture)
 
-PLAIN_DB = {"0001": "postgres", "0002": "skipped", "0003": "postgres", "0004": "postgres", "0005": "postgres", "0006": "postgres"}
+PLAIN_DB = {"0001": "postgres", "0002": "skipped", "0003": "postgres", "0004": "postgres", "0005": "postgres", "0006": "postgres", "0008": "postgres"}
 TS_DB = {"0001": "postgres", "0002": "timescaledb", "0003": "timescaledb", "0004": "timescaledb", "0005": "timescaledb", "0006": "timescaledb"}
 
 
@@ -168,7 +168,7 @@ def no_timescale(pg_url: str) -> Iterator[str]:  # noqa: F811
 
 def test_off_and_auto_migrate_plain_and_report_it(no_timescale: str) -> None:
     first = run_postgres_migrations(no_timescale, timescale="auto")
-    assert first.applied == ["0001", "0003", "0004", "0005", "0006"] and first.policies == []
+    assert first.applied == ["0001", "0003", "0004", "0005", "0006", "0008"] and first.policies == []
     assert first.report == "TIMESCALE=auto: plain PostgreSQL (no timescaledb extension on this server)"
     again = run_postgres_migrations(no_timescale, timescale="off")
     assert (again.applied, again.report) == ([], "TIMESCALE=off: plain PostgreSQL")
