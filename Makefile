@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+QUIX_VENV := .venv-quix
+QUIX_STAMP := $(QUIX_VENV)/.installed
 PYTEST_ARGS ?=
 
 .PHONY: install run test bench services clean
@@ -15,6 +17,12 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# Quix Streams, the benchmark's comparison, needs an older confluent-kafka than tickflow: its own venv.
+$(QUIX_STAMP): benchmarks/quix-requirements.txt
+	test -x $(QUIX_VENV)/bin/python || $(PYTHON) -m venv $(QUIX_VENV)
+	$(QUIX_VENV)/bin/pip install -q -r benchmarks/quix-requirements.txt
+	touch $(QUIX_STAMP)
+
 services:
 	bash infra/scripts/ensure-services.sh
 
@@ -24,8 +32,8 @@ run: install services
 test: install services
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-bench: install services
+bench: install services $(QUIX_STAMP)
 	$(BIN)/python -m benchmarks
 
 clean:
-	rm -rf $(VENV) data .pytest_cache
+	rm -rf $(VENV) $(QUIX_VENV) data .pytest_cache

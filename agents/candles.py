@@ -42,31 +42,14 @@ candles that became final with it; symbols in the order the book first saw them.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from schemas.intervals import MINUTE_MS, parse_interval
 from schemas.models import Candle, LateTrade, Trade
 
-MINUTE_MS = 60_000
-INTERVAL_MS: dict[str, int] = {
-    "1m": MINUTE_MS,
-    "3m": 3 * MINUTE_MS,
-    "5m": 5 * MINUTE_MS,
-    "15m": 15 * MINUTE_MS,
-    "30m": 30 * MINUTE_MS,
-    "1h": 60 * MINUTE_MS,
-    "2h": 120 * MINUTE_MS,
-    "4h": 240 * MINUTE_MS,
-    "6h": 360 * MINUTE_MS,
-    "8h": 480 * MINUTE_MS,
-    "12h": 720 * MINUTE_MS,
-    "1d": 1440 * MINUTE_MS,
-}
-_UNIT_MS = {"s": 1000, "m": MINUTE_MS, "h": 60 * MINUTE_MS, "d": 1440 * MINUTE_MS}
-_INTERVAL_RE = re.compile(r"^([1-9][0-9]*)([smhd])$")
 SNAPSHOT_VERSION = 2  # 2: trade ids as runs (TradeIds); 1 (plain id lists) still restores
 
 # "No time yet" sentinels are ints so that snapshots stay plain JSON.
@@ -78,19 +61,6 @@ _INF = float("inf")
 # (µs); for higher windows they are the open times (ms) of the first/last traded minute.
 O_KEY, O_PX, O_ID, C_KEY, C_PX, C_ID, HI, LO, VOL, QUOTE, COUNT, BUY, HAS, FLAT, REV, IDS = range(16)
 _CORE = 13  # slots 0..12 are what the hot loop keeps in local variables
-
-
-def parse_interval(s: str) -> int:
-    """Milliseconds of an interval like ``"5m"``; epoch-aligned windows need a whole number of minutes."""
-    if s in INTERVAL_MS:
-        return INTERVAL_MS[s]
-    m = _INTERVAL_RE.match(s) if isinstance(s, str) else None
-    if m is None:
-        raise ValueError(f"unknown interval {s!r}: use <n>m, <n>h or <n>d (weeks and months are not epoch-aligned)")
-    ms = int(m.group(1)) * _UNIT_MS[m.group(2)]
-    if ms % MINUTE_MS:
-        raise ValueError(f"interval {s!r} is not a multiple of 1m")
-    return ms
 
 
 @dataclass(frozen=True)

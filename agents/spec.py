@@ -1,4 +1,4 @@
-"""The agent contract: what an agent is, without any Kafka, Faust or store in it.
+"""The agent contract: what an agent is, without any Kafka, consumer or store in it.
 
 An agent is a pure, partitioned state machine (compare bytewax's ``StatefulBatchLogic`` and Quix
 Streams' state layer). The runtime (``streams.runtime``) owns everything else: consuming its input

@@ -196,7 +196,7 @@ def run() -> None:
         migrate_postgres(db)
         sink = PostgresSink(db)
         t0 = 1_700_000_040_000
-        sink.write(SinkBatch(candles=[Candle("bench", "BENCHUSDT", "1m", t0 + i * 60_000, t0 + i * 60_000 + 59_999, 100.0, 101.0, 99.0, 100.5, 2.0, 200.0, 9, is_final=True) for i in range(500)]))
+        sink.write(SinkBatch(candle=[Candle("bench", "BENCHUSDT", "1m", t0 + i * 60_000, t0 + i * 60_000 + 59_999, 100.0, 101.0, 99.0, 100.5, 2.0, 200.0, 9, is_final=True) for i in range(500)]))
         sink.close()
         key = KeyStore(db).create("bench", ("read", "stream"), rate_limit=0.0)
 

@@ -2,10 +2,10 @@
 
 Every update computes all 25 values (SMA x2, EMA x4, RSI, MACD x3, Bollinger x3, ATR, STOCH x2, OBV,
 WMA, ADX, +DI, -DI, CCI, WILLR, MFI, ROC), keeps the revision history and builds the
-``Indicators`` record. The agent figure adds what the worker does around the engine for each
-``candles`` record (Avro decode, offset bookkeeping, Avro encode of the output, produce to a
-producer that keeps nothing), beside a baseline that only decodes the same records. Faust's own
-per-record cost (about 11,500 records/s per worker, see bench_pipeline) comes on top of both.
+``Indicators`` record. The agent figure adds what the runtime does around the logic for each
+``candles`` record (Avro decode into the model, the logic's batch call, Avro encode of the
+outputs), beside a baseline that only decodes the same records; the consumer's own cost per record
+(see bench_pipeline) comes on top of both.
 Candles are generated and encoded before timing; figures are medians of the runs.
 
     .venv/bin/python -m benchmarks.bench_indicators [--candles 100000] [--runs 5]

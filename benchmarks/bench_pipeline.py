@@ -1,19 +1,20 @@
 """Pipeline benchmarks: candle agent throughput, end-to-end drain time, Redis latency, candle state size.
 
-a. Candle agent trades/s on one worker: 1M synthetic trades (100 symbols, ``generate_trades`` at
-   20,000 trades/s of event time, cut by ``MicroBatcher`` at 500 trades or ``batch_max_ms``: the
-   default 50 ms, and 1000 ms as a replay would be set up) are produced once per batching into a
-   fresh ticks topic; each run starts a Faust app with the candle agent in a fresh process and times
-   first record to the last offset of every partition processed. The table says how many trades a
-   record carries. Baseline: a confluent-kafka consumer that only decodes the same records.
+a. Candle worker trades/s beside Quix Streams: synthetic trades (100 symbols, ``generate_trades``
+   at 20,000 trades/s of event time) as one trade per record, as records of 19 trades (what the
+   live ``batch_max_ms`` gives at that rate) and of 220 (what ``unpaced_batch_max_ms`` gives),
+   produced once per shape into a fresh ticks topic on a fresh broker. Per shape, tickflow's candle
+   worker (``common.candle_worker_seconds``, a fresh process a run), a Quix Streams app doing the
+   same 1m OHLCV (``benchmarks/quix_app.py`` in ``.venv-quix``) and a confluent-kafka consumer that
+   only decodes the records, each timed from its first record to the last offset of every partition.
 b. End to end: ``run_pipeline(until_drained=True)`` with an unpaced ``SyntheticSource``, fresh data
    dir (embedded ClickHouse), fresh PostgreSQL database and fresh topics; first trade pulled from the
    source to the moment every sink's group is committed to the end (last candle durable).
    Baseline: the same source through ``run_ingest`` alone (no worker, no sinks).
 c. Latency from trade receipt to the in-progress 1m candle on Redis at 20,000 trades/s (see
    :func:`latencies` for the method), for the default ``candle_update_ms`` (also with the Redis
-   sink alone, the store sinks off, and that way through the Redis sink) and for 100 ms (the
-   default until session 7), and at 100 trades/s with 10 ms, where nothing queues (``--full`` adds
+   sink alone, the store sinks off, and that way through the Redis sink) and for 100 ms, and at
+   100 trades/s with 10 ms, where nothing queues (``--full`` adds
    100 ms with the Redis sink alone, and 1,000 trades/s). Also printed: the cores each part used while the source
    ran (broker, worker, ingest, each sink, PostgreSQL, Redis).
 d. Memory per open (symbol, interval) window of a ``CandleBook`` (tracemalloc) and checkpoint size,
@@ -49,8 +50,10 @@ import orjson
 
 from benchmarks.common import (
     BROKERS,
+    FETCH_QUEUE_BACKOFF_MS,
     broker,
     broker_name,
+    candle_worker_seconds,
     console,
     cores_used,
     fmt_rate,
@@ -83,6 +86,7 @@ FLOOR_RATE = 100.0  # trades/s low enough that nothing queues anywhere: the late
 START_US = 1_700_000_000_000_000
 DEFAULT_UPDATE_MS: int = Settings.model_fields["candle_update_ms"].default
 DEFAULT_BATCH_MS: int = Settings.model_fields["batch_max_ms"].default
+DEFAULT_BATCH_TRADES: int = Settings.model_fields["batch_max_trades"].default
 REPLAY_BATCH_MS: int = Settings.model_fields["unpaced_batch_max_ms"].default
 DEFAULT_PG = Settings.model_fields["database_url"].default
 
@@ -90,14 +94,17 @@ DEFAULT_PG = Settings.model_fields["database_url"].default
 # ------------------------------------------------------------------ a. candle agent throughput
 
 
-def prepare_ticks(bootstrap: str, data_dir: Path, trades: int, batch_max_ms: int = DEFAULT_BATCH_MS) -> tuple[Settings, dict[int, int], int, float]:
+def prepare_ticks(
+    bootstrap: str, data_dir: Path, trades: int, batch_max_ms: int = DEFAULT_BATCH_MS, batch_max_trades: int = DEFAULT_BATCH_TRADES,
+    start_us: int = START_US,
+) -> tuple[Settings, dict[int, int], int, float]:
     """Produce ``trades`` synthetic trades as TradeBatch records; (settings, ends, records, prepare seconds)."""
-    settings = fresh_settings(bootstrap, data_dir, batch_max_ms=batch_max_ms)
+    settings = fresh_settings(bootstrap, data_dir, batch_max_ms=batch_max_ms, batch_max_trades=batch_max_trades)
     started = time.perf_counter()
     batcher = MicroBatcher("bench", settings.batch_max_trades, settings.batch_max_ms)
     codec = AvroCodec("tickflow.TradeBatch")
     records = []
-    for symbol, trade in generate_trades(SYMBOLS, limit=trades, start_us=START_US, event_rate=EVENT_RATE):
+    for symbol, trade in generate_trades(SYMBOLS, limit=trades, start_us=start_us, event_rate=EVENT_RATE):
         for batch in batcher.add(symbol, trade):
             records.append((batch.key, codec.encode(batch.to_avro())))
     records.extend((b.key, codec.encode(b.to_avro())) for b in batcher.flush())
@@ -109,55 +116,8 @@ def prepare_ticks(bootstrap: str, data_dir: Path, trades: int, batch_max_ms: int
     return settings, ends, len(records), prepare_s
 
 
-def agent_run(bootstrap: str, ticks: str, ends: dict[int, int], timeout_s: float) -> float:
-    """Seconds from the candle agent's first record to its last offset of every partition (fresh process)."""
-    quiet_logs()
-    with tempfile.TemporaryDirectory(prefix="tickflow-bench-agent-") as tmp:
-        settings = fresh_settings(bootstrap, Path(tmp), ticks=ticks)
-        return candle_agent_seconds(settings, ends, timeout_s)
-
-
-def candle_agent_seconds(settings: Settings, ends: dict[int, int], timeout_s: float) -> float:
-    """The candle agent on the runtime (streams.runtime.AgentRunner), as ``tickflow worker`` runs it,
-    timed from its first batch to the batch that reaches the end of every ``ends`` partition."""
-    import threading
-
-    from agents.candle_agent import CANDLES
-    from streams.producer import TickProducer
-    from streams.runtime import AgentRunner, LiveRoute
-
-    producer = TickProducer(settings)
-    runner = AgentRunner(CANDLES, settings, producer, live=LiveRoute(to_topic=False))
-    want = {(settings.topic_ticks, p): hi for p, hi in ends.items() if hi > 0}
-    marks: dict[str, float] = {}
-    done = threading.Event()
-    handle = runner._handle  # noqa: SLF001 - the one hook on each batch
-
-    def timed_handle(msgs: list) -> None:
-        marks.setdefault("first", time.perf_counter())
-        handle(msgs)
-        pos = runner.positions()
-        if all(pos.get(tp, 0) >= hi for tp, hi in want.items()):
-            marks.setdefault("last", time.perf_counter())
-            done.set()
-
-    runner._handle = timed_handle  # type: ignore[method-assign]  # noqa: SLF001
-    stop = threading.Event()
-    runner.start(stop)
-    try:
-        if not done.wait(timeout_s):
-            raise TimeoutError(f"candle agent did not reach the end within {timeout_s:.0f} s")
-        if runner.error is not None:
-            raise RuntimeError(f"candle agent failed: {runner.error!r}")
-    finally:
-        stop.set()
-        runner.join(60)
-        producer.close()
-    return marks["last"] - marks["first"]
-
-
 def decode_run(bootstrap: str, ticks: str, ends: dict[int, int], timeout_s: float) -> float:
-    """Baseline: a plain consumer loop that only decodes the records (AvroCodec + TradeBatch)."""
+    """Baseline: a plain confluent-kafka consumer loop that only decodes the records (AvroCodec + TradeBatch)."""
     from confluent_kafka import Consumer
 
     codec = AvroCodec("tickflow.TradeBatch")
@@ -168,6 +128,7 @@ def decode_run(bootstrap: str, ticks: str, ends: dict[int, int], timeout_s: floa
             "auto.offset.reset": "earliest",
             "enable.auto.commit": False,
             "session.timeout.ms": 8000,
+            "fetch.queue.backoff.ms": FETCH_QUEUE_BACKOFF_MS,
         }
     )
     consumer.subscribe([ticks])
@@ -192,43 +153,84 @@ def decode_run(bootstrap: str, ticks: str, ends: dict[int, int], timeout_s: floa
         consumer.close()
 
 
-def bench_agent(bootstrap: str, trades: int, runs: int, baseline_runs: int, batch_ms: tuple[int, ...]) -> None:
-    """One input per ``batch_max_ms``: how many trades a record carries decides the rate, since
-    Faust costs tens of µs per record whatever its size (78 µs with a no-op agent on machine 4)."""
+@dataclass(frozen=True)
+class Shape:
+    """How many trades a ``ticks`` record carries. Records close on the count alone (their event-time
+    limit is never reached), so every run of a shape has the same records."""
+
+    name: str
+    trades_per_record: int
+    trades: int
+
+
+SHAPES = (
+    Shape("one trade per record (as most exchange bridges publish)", 1, 60_000),
+    # What batch_max_ms=50 and unpaced_batch_max_ms=1000 give at 20,000 trades/s over 100 symbols.
+    Shape(f"live-sized batches (batch_max_ms={DEFAULT_BATCH_MS})", 19, 150_000),
+    Shape(f"replay-sized batches (unpaced_batch_max_ms={REPLAY_BATCH_MS})", 220, 150_000),
+)
+NEVER_MS = 3_600_000  # an event-time limit no shape's run reaches
+# The trades start half a second before a minute boundary and span 3 s or more of event time, so
+# every run closes a minute of every symbol (lateness and grace: 2 s) and emits its candles: the
+# window close is part of the work measured.
+SHAPE_START_US = START_US - START_US % 60_000_000 + 59_500_000
+
+
+def candle_worker_1m(bootstrap: str, ticks: str, ends: dict[int, int], timeout_s: float) -> float:
+    """The candle worker building 1m candles only, as the Quix app does."""
+    return candle_worker_seconds(bootstrap, ticks, ends, timeout_s, candle_intervals="1m")
+
+
+def bench_agent(bootstrap: str, shapes: tuple[Shape, ...], runs: int) -> None:
+    """The candle worker beside Quix Streams and a decode-only consumer, per shape of record, on the
+    same topic of the same broker (a new broker per shape)."""
+    from benchmarks.quix import quix_run, quix_version
+
     t = table(
-        f"a. Candle agent, one worker: {trades:,} synthetic trades, {SYMBOLS} symbols, {EVENT_RATE:,.0f} trades/s of event time, records "
-        f"closed at {Settings.model_fields['batch_max_trades'].default} trades or batch_max_ms of event time (input built and produced once per row, not timed)",
-        "measure",
-        "batch_max_ms",
+        f"a. 1m OHLCV candles, one worker/app: synthetic trades, {SYMBOLS} symbols, {EVENT_RATE:,.0f} trades/s of event time, "
+        f"TradeBatch records on {broker_name(bootstrap)} (input built and produced once per shape, not timed); tickflow with candle_intervals=1m; "
+        f"Quix Streams {quix_version()}: decode, expand to trades, tumbling 1m window per key (open, high, low, close, volume, count), closed windows emitted",
+        "shape",
+        "trades",
         "records",
         "trades/record",
+        "consumer",
         "trades/s (median)",
         "runs",
         "min-max",
-        "agent / baseline",
+        "vs Quix",
+        "vs decode-only",
     )
     notes: list[str] = []
-    for ms in batch_ms:
+    closed: list[str] = []  # closed 1m candles the Quix app emitted, per shape
+    for shape in shapes:
         with tempfile.TemporaryDirectory(prefix="tickflow-bench-ticks-") as tmp, run_broker(bootstrap) as row_broker:
-            settings, ends, records, _ = prepare_ticks(row_broker, Path(tmp), trades, ms)
-            timeout = max(120.0, trades / 5_000)
-            framework = repeat(runs, agent_run, row_broker, settings.topic_ticks, ends, timeout, timeout_s=timeout + 60)
-            baseline = repeat(baseline_runs, decode_run, row_broker, settings.topic_ticks, ends, timeout, fresh=False)
-        f_rates = [trades / s for s in framework.ok]
-        b_rates = [trades / s for s in baseline.ok]
-        label = f"{ms} (paced/live default)" if ms == DEFAULT_BATCH_MS else f"{ms} (unpaced replay default)" if ms == REPLAY_BATCH_MS else str(ms)
-        per = f"{trades / records:.1f}"
-        t.add_row("Faust candle agent (decode, CandleBook, outputs, checkpoints)", label, f"{records:,}", per, fmt_rate(median(f_rates)), str(len(f_rates)), spread(f_rates), fmt_ratio(median(f_rates), median(b_rates)))
-        t.add_row("  baseline: confluent-kafka consumer, decode only", label, f"{records:,}", per, fmt_rate(median(b_rates)), str(len(b_rates)), spread(b_rates), "1.00x")
-        notes += [n for n in (framework.note(f"candle agent ({ms} ms)"), baseline.note(f"decode baseline ({ms} ms)")) if n]
+            settings, ends, records, _ = prepare_ticks(row_broker, Path(tmp), shape.trades, NEVER_MS, shape.trades_per_record, SHAPE_START_US)
+            timeout = max(120.0, shape.trades / 2_000)
+            ticks = settings.topic_ticks
+            tickflow = repeat(runs, candle_worker_1m, row_broker, ticks, ends, timeout, timeout_s=timeout + 60)
+            quix = repeat(runs, quix_run, row_broker, ticks, ends, timeout, fresh=False)
+            baseline = repeat(runs, decode_run, row_broker, ticks, ends, timeout, fresh=False)
+        rates = {"tickflow": [shape.trades / s for s in tickflow.ok], "quix": [shape.trades / s for s, _ in quix.ok], "decode": [shape.trades / s for s in baseline.ok]}
+        closed.append(f"{shape.trades_per_record}: {median([n for _, n in quix.ok]):,.0f}" if quix.ok else f"{shape.trades_per_record}: -")
+        q, d = median(rates["quix"]), median(rates["decode"])
+        per = f"{shape.trades / records:.1f}"
+        for label, name in (("tickflow candle worker", "tickflow"), ("Quix Streams", "quix"), ("confluent-kafka, decode only", "decode")):
+            r = rates[name]
+            t.add_row(
+                shape.name if name == "tickflow" else "", f"{shape.trades:,}", f"{records:,}", per, label,
+                fmt_rate(median(r)), str(len(r)), spread(r), fmt_ratio(median(r), q), fmt_ratio(median(r), d),
+            )  # fmt: skip
+        notes += [n for n in (tickflow.note(f"tickflow ({shape.name})"), quix.note(f"Quix ({shape.name})"), baseline.note(f"decode ({shape.name})")) if n]
     console.print(t)
     for note in notes:
         console.print(note)
     console.print(
-        f"   target >= 300,000 trades/s per worker. A replay at full speed (as here) closes records at unpaced_batch_max_ms={REPLAY_BATCH_MS} of "
-        f"event time by default; a paced replay or synthetic feed uses batch_max_ms={DEFAULT_BATCH_MS}, where at this event rate a record carries "
-        "a few trades for most of the 100 (Zipf-weighted) symbols and Faust's per-record cost dominates. The candles are the same."
-        + (f" {runs} agent run{'s' if runs > 1 else ''} per row: fewer runs rather than fewer trades (--full: 3 runs)." if runs < 3 else "")
+        "   each run is a new process (tickflow) or a new app and consumer group (Quix), timed from its first record to the last offset of every "
+        "partition; both consumers' librdkafka fetch.queue.backoff.ms is 1 (its 1000 ms default throttles a consumer of small records). "
+        "tickflow's worker also deduplicates trade ids, keeps VWAP and taker volume, checkpoints and publishes in-progress candles. "
+        f"Closed 1m candles the Quix app emitted a run, by trades/record: {', '.join(closed)} (the input crosses a minute boundary). "
+        f"Targets: one trade per record >= 1.5x Quix; live batches >= 300,000 trades/s; replay batches >= 10x Quix."
     )
 
 
@@ -271,7 +273,7 @@ class PipelineRun:
     source_done: float
     agent_caught_up: float  # the candle agent has processed every ticks record
     drained: float  # every sink's group committed to the end: the last candle is durable
-    startup: float  # run_pipeline called -> first trade pulled (sinks, migrations, Faust join)
+    startup: float  # run_pipeline called -> first trade pulled (sinks, migrations, consumer-group join)
     trades: int
     rows: dict[str, int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
@@ -393,7 +395,7 @@ def bench_e2e(bootstrap: str, trades: int, runs: int) -> None:
     console.print(
         f"   milestones (median s after the first trade): source done {median([r.source_done for r in results]):.1f}, "
         f"candle agent caught up {median([r.agent_caught_up for r in results]):.1f}, sinks drained {median([r.drained for r in results]):.1f}; "
-        f"startup before the first trade (sinks, migrations, Faust join) {median([r.startup for r in results]):.1f} s, not counted. "
+        f"startup before the first trade (sinks, migrations, consumer-group join) {median([r.startup for r in results]):.1f} s, not counted. "
         f"Last run's stores: {', '.join(f'{k} {v:,}' for k, v in rows.items())}"
         + (f"; [red]MISMATCH[/] {', '.join(lost)}" if lost else "")
         + (f"; notes: {'; '.join(sorted({n for r in results for n in r.notes}))}" if any(r.notes for r in results) else "")
@@ -501,7 +503,7 @@ def latency_run(
     bootstrap: str, rate: float, seconds: float, update_ms: int, warmup_s: float, stores: bool = True, updates: str = "redis", settle_s: float = 120.0
 ) -> LatencyRun:
     """One run in the production layout: the paced source in its own process (``tickflow ingest``),
-    the Faust worker in this one and each sink in its own (``run_pipeline`` without a source), a
+    the worker (agents) in this one and each sink in its own (``run_pipeline`` without a source), a
     Redis subscriber on the 1m channels in another. Without ``stores`` only the Redis sink runs: the
     realtime path alone, as when ClickHouse and PostgreSQL are written from other hosts.
 
@@ -629,7 +631,7 @@ def bench_latency(bootstrap: str, scenarios: list[tuple[float, int, int, bool, s
     t = table(
         f"c. Trade receipt -> its in-progress 1m candle on Redis: paced synthetic source, {SYMBOLS} symbols, {seconds:.0f} s of input per run, "
         f"broker: {broker_name(bootstrap)}, "
-        f"production layout: the source in its own process (tickflow ingest), the Faust worker in another, each sink in its own (candle_updates={default['candle_updates'].default}, "
+        f"production layout: the source in its own process (tickflow ingest), the worker in another, each sink in its own (candle_updates={default['candle_updates'].default}, "
         f"consumer_fetch_wait_ms={default['consumer_fetch_wait_ms'].default}; target p99 <= 50 ms at 20,000 trades/s)",
         "trades/s asked",
         "candle_update_ms",
@@ -676,10 +678,10 @@ def bench_latency(bootstrap: str, scenarios: list[tuple[float, int, int, bool, s
         "   method: a source wrapper in the ingest process notes each batch's receipt (time.monotonic when the ingest loop gets it) and last trade id; "
         "a Redis subscriber in a process of its own notes each in-progress 1m message's arrival and last_trade_id; a batch's "
         "latency is the arrival of the first message of its symbol whose last_trade_id reaches the batch's last trade, weighted by "
-        f"the batch's trades; batches received before the first update + {warmup_s:.0f} s (Faust join) are left out. There is no "
+        f"the batch's trades; batches received before the first update + {warmup_s:.0f} s (consumer-group join) are left out. There is no "
         "separate baseline: candle_update_ms (throttle) is the floor the pipeline adds on purpose. "
         f"A busy symbol's update waits for its throttle, so the p99 of a steady stream cannot be below about candle_update_ms, whatever the "
-        f"pipeline does: 100 ms, the default until session 7, is measured beside the default {DEFAULT_UPDATE_MS} ms. At 20,000 trades/s the source "
+        f"pipeline does: 100 ms is measured beside the default {DEFAULT_UPDATE_MS} ms. At 20,000 trades/s the source "
         "sends a record per symbol about every 50 ms, so at 25 ms every record's update goes out at once. "
         f"At {FLOOR_RATE:,.0f} trades/s nothing queues: that row is what the layout itself adds (the broker hop from ingest to the worker, "
         "about one consumer_fetch_wait_ms on Tansu, which holds every fetch for its full wait; the worker's call to Redis; the processes). "
@@ -769,20 +771,16 @@ def bench_memory(runs: int) -> None:
 
 @dataclass(frozen=True)
 class Plan:
-    """Sizes of the pipeline benchmarks. The defaults keep ``make bench`` near eight minutes on two
-    cores: each pipeline run costs a fresh process, about 6 s of startup (Faust join) and a drain
-    tail, whatever its size, and one 1M-trade agent run about 10 s per batching, so the agent gets one
-    run per batching (fewer runs, never fewer trades). Latency is measured at the target's 20,000 trades/s (the Redis sink alone, first, then all sinks) and at
+    """Sizes of the pipeline benchmarks. The defaults keep ``make bench`` near ten minutes on two
+    cores: each pipeline run costs a fresh process, about 6 s of startup (consumer-group join) and a drain
+    tail, whatever its size; a Quix Streams run about 5 s of its own (topic creation, group join).
+    Latency is measured at the target's 20,000 trades/s (the Redis sink alone, first, then all sinks) and at
     ``FLOOR_RATE``, where nothing queues; the realtime path alone and the floor also with updates through the Redis sink
-    (``CANDLE_UPDATES=kafka``), the layout before the worker published them itself. ``--full`` uses 3 agent runs, 200k trades end to end, 15 s latency
-    runs, and adds latency at 1,000 trades/s. The realtime path alone, the target's row, runs before the store
-    sinks' rows: right after them it measured slower on machine 9 (p99 67 ms after three every-sink runs,
-    40 ms in six runs of its own), though no process was still busy; the cause was not found."""
+    (``CANDLE_UPDATES=kafka``). ``--full`` uses 5 throughput runs, 200k trades end to end, 15 s latency
+    runs, and adds latency at 1,000 trades/s."""
 
-    agent_trades: int = 1_000_000
-    agent_batch_ms: tuple[int, ...] = (DEFAULT_BATCH_MS, REPLAY_BATCH_MS)
-    agent_runs: int = 1
-    baseline_runs: int = 3
+    shapes: tuple[Shape, ...] = SHAPES
+    agent_runs: int = 3
     e2e_trades: int = 20_000
     e2e_runs: int = 3
     latency_s: float = 8.0
@@ -794,7 +792,7 @@ class Plan:
 
 
 FULL = Plan(
-    agent_runs=3,
+    agent_runs=5,
     e2e_trades=200_000,
     latency_s=15.0,
     latency=(
@@ -807,7 +805,7 @@ FULL = Plan(
 
 # One run of everything, same sizes: for iterating on a change, not for reporting.
 QUICK = Plan(
-    baseline_runs=1,
+    agent_runs=1,
     e2e_runs=1,
     latency=(
         (EVENT_RATE, DEFAULT_UPDATE_MS, 1, False, "redis"), (EVENT_RATE, DEFAULT_UPDATE_MS, 1, True, "redis"), (EVENT_RATE, DEFAULT_UPDATE_MS, 1, False, "kafka"),
@@ -819,7 +817,7 @@ QUICK = Plan(
 
 def run(bootstrap: str, plan: Plan = Plan(), only: str = "abcd") -> None:
     if "a" in only:
-        section(bench_agent, bootstrap, plan.agent_trades, plan.agent_runs, plan.baseline_runs, plan.agent_batch_ms)
+        section(bench_agent, bootstrap, plan.shapes, plan.agent_runs)
     if "b" in only:
         section(bench_e2e, bootstrap, plan.e2e_trades, plan.e2e_runs)
     if "c" in only:

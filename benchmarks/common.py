@@ -119,6 +119,9 @@ def table(title: str, *columns: str) -> Table:
 
 
 BROKERS = ("tansu", "mock")
+# librdkafka waits this long before fetching again for a partition whose queue it just filled; its
+# 1000 ms default throttles a consumer of many small records. Every benchmark consumer sets it.
+FETCH_QUEUE_BACKOFF_MS = 1
 MOCK_PARTITIONS = 4  # the partitions librdkafka's mock cluster gives a topic it creates on first use
 _MOCK_ENV = "TICKFLOW_BENCH_MOCK_CLUSTER"  # its address, inherited by the benchmark's fresh processes
 _TANSU_ENV = "TICKFLOW_BENCH_TANSU"  # the address of broker()'s own Tansu: runs then start one each
@@ -165,7 +168,7 @@ def run_broker(bootstrap: str) -> Iterator[str]:
 
     Every run creates topics of its own, and Tansu's work per request grows with the topics it
     holds: 20 runs' worth more (about 180 topics) took it from 0.55 to 0.77 cores at 20,000
-    trades/s and the latency p99 from 27 to 47 ms (machine 8). Runs on one long-lived Tansu
+    trades/s and the latency p99 from 27 to 47 ms on two cores. Runs on one long-lived Tansu
     measured the broker's history, not the pipeline; ``tickflow run`` starts a new broker
     every time. KAFKA_BOOTSTRAP and the mock cluster are used as they are.
     """
@@ -306,6 +309,59 @@ def fresh_pg_database(admin_url: str | None) -> Iterator[str | None]:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+def candle_worker_seconds(bootstrap: str, ticks: str, ends: dict[int, int], timeout_s: float, **overrides: Any) -> float:
+    """Seconds from tickflow's candle worker's first ``ticks`` record to the last offset of every
+    partition, on fresh output topics and app id (``overrides``: Settings fields). Call it in a fresh
+    process (:func:`repeat`): the worker keeps process-wide state.
+
+    Every throughput benchmark starts the candle worker here and nowhere else: when the worker's
+    consumer path changes, this one function follows it.
+    """
+    quiet_logs()
+    with tempfile.TemporaryDirectory(prefix="tickflow-bench-worker-") as tmp:
+        settings = fresh_settings(bootstrap, Path(tmp), ticks=ticks, **overrides)
+        return _candle_worker(settings, ends, timeout_s)
+
+
+def _candle_worker(settings: Settings, ends: dict[int, int], timeout_s: float) -> float:
+    """The candle agent on the runtime (streams.runtime.AgentRunner), as ``tickflow worker`` runs it,
+    timed from its first batch to the batch that reaches the end of every ``ends`` partition."""
+    import threading
+
+    from agents.candle_agent import CANDLES
+    from streams.producer import TickProducer
+    from streams.runtime import AgentRunner, LiveRoute
+
+    producer = TickProducer(settings)
+    runner = AgentRunner(CANDLES, settings, producer, live=LiveRoute(to_topic=False))
+    want = {(settings.topic_ticks, p): hi for p, hi in ends.items() if hi > 0}
+    marks: dict[str, float] = {}
+    done = threading.Event()
+    handle = runner._handle  # noqa: SLF001 - the one hook on each batch
+
+    def timed_handle(msgs: list[Any]) -> None:
+        marks.setdefault("first", time.perf_counter())
+        handle(msgs)
+        pos = runner.positions()
+        if all(pos.get(tp, 0) >= hi for tp, hi in want.items()):
+            marks.setdefault("last", time.perf_counter())
+            done.set()
+
+    runner._handle = timed_handle  # type: ignore[method-assign]  # noqa: SLF001
+    stop = threading.Event()
+    runner.start(stop)
+    try:
+        if not done.wait(timeout_s):
+            raise TimeoutError(f"candle worker did not reach the end within {timeout_s:.0f} s")
+        if runner.error is not None:
+            raise RuntimeError(f"candle worker failed: {runner.error!r}")
+    finally:
+        stop.set()
+        runner.join(60)
+        producer.close()
+    return marks["last"] - marks["first"]
+
+
 def call_entry(module: str, entry: str) -> None:
     """``module.entry()`` with an empty command line (for another benchmark's argparse main)."""
     sys.argv = [module]
@@ -354,7 +410,7 @@ def _reason(exc: BaseException) -> str:
 def in_fresh_process(fn: Callable[..., T], *args: Any, timeout_s: float = 600.0) -> T:
     """Run ``fn(*args)`` in a new interpreter and return its result.
 
-    Embedded chdb allows one data path per process, and Faust, prometheus-client and librdkafka keep
+    Embedded chdb allows one data path per process, and prometheus-client and librdkafka keep
     process-wide state, so every pipeline run gets its own process. A run longer than ``timeout_s``
     is killed (TimeoutError) after its stacks went to stderr.
     """

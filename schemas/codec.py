@@ -1,7 +1,8 @@
 """Avro encoding in the Confluent wire format: magic byte 0, 4-byte big-endian schema id, body.
 
 Schema ids come from a Confluent-compatible Schema Registry when one is configured (the schema is
-registered under ``<topic>-value`` at start) and otherwise from ``LOCAL_IDS``, a fixed table that
+registered under ``<topic>-value`` at start, through confluent-kafka's ``SchemaRegistryClient``) and
+otherwise from ``LOCAL_IDS``, a fixed table that
 never reuses an id. Readers resolve the writer's schema by id and read into their own schema, which
 is how Avro schema evolution works: new fields must be optional with a default.
 """
@@ -18,14 +19,14 @@ from typing import Any
 
 import fastavro
 import fastavro.schema
-import httpx
+from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
+from confluent_kafka.schema_registry.error import SchemaRegistryError
 
 from schemas.registry import LOCAL_IDS  # fixed ids for running without a Schema Registry
 
 SCHEMA_DIR = Path(__file__).resolve().parent
 MAGIC = 0
 _HEADER = struct.Struct(">bI")
-
 
 
 class DecodeError(ValueError):
@@ -54,47 +55,39 @@ def parse(schema: dict[str, Any]) -> Any:
     return fastavro.parse_schema(_strip_logical(copy.deepcopy(schema)))
 
 
-class SchemaRegistry:
-    """Minimal client of the Confluent Schema Registry REST API (register, fetch by id)."""
-
-    def __init__(self, url: str, timeout: float = 10.0) -> None:
-        self._http = httpx.Client(base_url=url.rstrip("/"), timeout=timeout)
-        self._by_id: dict[int, dict[str, Any]] = {}
-
-    def register(self, subject: str, schema: dict[str, Any]) -> int:
-        r = self._http.post(
-            f"/subjects/{subject}/versions",
-            json={"schema": json.dumps(schema)},
-            headers={"Content-Type": "application/vnd.schemaregistry.v1+json"},
-        )
-        r.raise_for_status()
-        schema_id = int(r.json()["id"])
-        self._by_id[schema_id] = schema
-        return schema_id
-
-    def get(self, schema_id: int) -> dict[str, Any]:
-        if schema_id not in self._by_id:
-            r = self._http.get(f"/schemas/ids/{schema_id}")
-            if r.status_code == 404:
-                raise DecodeError(f"schema id {schema_id} not in registry")
-            r.raise_for_status()
-            try:
-                self._by_id[schema_id] = json.loads(r.json()["schema"])
-            except ValueError as exc:  # e.g. a Protobuf schema: the record is not Avro
-                raise DecodeError(f"schema id {schema_id} is not an Avro schema: {exc}") from exc
-        return self._by_id[schema_id]
-
-
 @lru_cache
-def _registry(url: str) -> SchemaRegistry:
-    return SchemaRegistry(url)
+def registry_client(url: str) -> SchemaRegistryClient:
+    """One confluent-kafka Schema Registry client per URL (it caches schemas by id and subject)."""
+    return SchemaRegistryClient({"url": url})
+
+
+def register(registry: SchemaRegistryClient, subject: str, schema: dict[str, Any]) -> int:
+    """The id of ``schema`` under ``subject``: registered if new, the existing id if unchanged."""
+    return registry.register_schema(subject, Schema(json.dumps(schema), "AVRO"))
+
+
+def fetch(registry: SchemaRegistryClient, schema_id: int) -> dict[str, Any]:
+    """The Avro schema with ``schema_id``. An id the registry does not have, or a schema that is not
+    Avro, is the record's fault (DecodeError); an unreachable registry raises as it is."""
+    try:
+        found = registry.get_schema(schema_id)
+    except SchemaRegistryError as exc:
+        if exc.http_status_code == 404:
+            raise DecodeError(f"schema id {schema_id} not in registry") from exc
+        raise
+    if (found.schema_type or "AVRO") != "AVRO":
+        raise DecodeError(f"schema id {schema_id} is not an Avro schema: a {found.schema_type} schema")
+    try:
+        return json.loads(found.schema_str)
+    except ValueError as exc:
+        raise DecodeError(f"schema id {schema_id} is not an Avro schema: {exc}") from exc
 
 
 def codec_for(name: str, topic: str, registry_url: str | None) -> AvroCodec:
     """The codec every producer and agent uses for ``topic``: schemas registered under
     ``<topic>-value`` and writer ids resolved through the registry when ``registry_url`` is set
     (one shared client per URL), else the fixed local ids."""
-    return AvroCodec(name, topic=topic, registry=_registry(registry_url) if registry_url else None)
+    return AvroCodec(name, topic=topic, registry=registry_client(registry_url) if registry_url else None)
 
 
 class AvroCodec:
@@ -105,7 +98,7 @@ class AvroCodec:
         name: str,
         *,
         topic: str | None = None,
-        registry: SchemaRegistry | None = None,
+        registry: SchemaRegistryClient | None = None,
         schema: dict[str, Any] | None = None,
         schema_id: int | None = None,
     ) -> None:
@@ -115,7 +108,7 @@ class AvroCodec:
         if schema_id is not None:
             self.schema_id = schema_id
         elif registry is not None:
-            self.schema_id = registry.register(f"{topic or name}-value", self.schema)
+            self.schema_id = register(registry, f"{topic or name}-value", self.schema)
         else:
             self.schema_id = LOCAL_IDS[name]
         self._parsed = parse(self.schema)
@@ -138,7 +131,7 @@ class AvroCodec:
         writer = self._writers.get(schema_id)
         if writer is None:
             if self._registry is not None:
-                schema = self._registry.get(schema_id)  # an unreachable registry raises: not the record's fault
+                schema = fetch(self._registry, schema_id)  # an unreachable registry raises: not the record's fault
                 try:
                     writer = parse(schema)
                 except Exception as exc:  # fastavro raises several types on schemas it cannot parse

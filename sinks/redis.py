@@ -23,7 +23,6 @@ snapshot of its window's final record. Pub/sub is at-least-once: a replay re-pub
 
 from __future__ import annotations
 
-import re
 import string
 import threading
 import time
@@ -39,6 +38,7 @@ import redis
 import structlog
 from prometheus_client import Counter
 
+from schemas.intervals import interval_ms
 from schemas.models import Candle, LiveCandles
 from schemas.registry import RECORDS, RecordType, record_type
 from sinks.base import Column, DataRejected, Sink, SinkBatch, avro_columns
@@ -53,8 +53,6 @@ LIVE_DROP_REASONS = ("redis down", "unencodable")
 for _reason in LIVE_DROP_REASONS:  # every series from the start: rate() sees 0, not "no data"
     LIVE_DROPPED.labels(_reason)
 
-_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400, "M": 31 * 86400}
-_INTERVAL_RE = re.compile(r"^(\d+)([smhdwM])$")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 MIN_TTL_S = 60
 CHUNK = 500  # records per script call: one call blocks Redis while it runs
@@ -99,17 +97,9 @@ return n
 """
 
 
-def interval_seconds(interval: str) -> int:
-    """Length of a candle interval such as ``1m``, ``4h``, ``1d``, ``1w`` (``M`` counts 31 days)."""
-    m = _INTERVAL_RE.match(interval)
-    if not m or int(m.group(1)) == 0:
-        raise ValueError(f"unknown candle interval {interval!r}")
-    return int(m.group(1)) * _UNIT_S[m.group(2)]
-
-
 @lru_cache(maxsize=64)
 def snapshot_ttl(interval: str) -> int:
-    return max(3 * interval_seconds(interval), MIN_TTL_S)
+    return max(3 * interval_ms(interval) // 1000, MIN_TTL_S)
 
 
 @lru_cache(maxsize=8192)

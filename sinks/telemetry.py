@@ -24,7 +24,7 @@ from typing import NamedTuple
 from prometheus_client import Counter, Gauge
 
 from sinks.base import SinkBatch
-from sinks.redis import interval_seconds
+from schemas.intervals import interval_ms
 from streams.observability import E2E_LATENCY
 
 CONSUMER_LAG = Gauge(
@@ -74,7 +74,7 @@ def latency_samples(written: Iterable[Written], now_us: int) -> Iterator[Sample]
                 yield Sample(record, "produced", produced)
         for i in w.part.of("indicators"):
             try:
-                window_end_ms = i.open_time + interval_seconds(i.interval) * 1000
+                window_end_ms = i.open_time + interval_ms(i.interval)
             except ValueError:
                 window_end_ms = None
             if window_end_ms is not None:

@@ -25,6 +25,7 @@ import structlog
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, stop_never
 
 from schemas.codec import codec_for
+from schemas.intervals import interval_ms
 from schemas.models import Candle
 from sinks.base import SinkBatch
 from streams.producer import TickProducer
@@ -86,7 +87,7 @@ async def fetch_ohlcv_history(
     ccxt's unified OHLCV has no quote volume or trade count, so those are 0 here. ``on_page`` gets
     the open time the next page starts from, for progress.
     """
-    step_ms = int(exchange.parse_timeframe(timeframe) * 1000)
+    step_ms = interval_ms(timeframe)
     params = {} if until_ms is None else {"until": until_ms}
     rows: list[list[Any]] = []
     since = since_ms
@@ -193,14 +194,12 @@ def timeframe_problem(exchange: Any, timeframe: str) -> str | None:
     known = list(getattr(exchange, "timeframes", None) or {})
     if known and timeframe not in known:
         return f"{exchange.id} has no {timeframe!r} candles; it has {', '.join(known)}"
-    try:
-        seconds = exchange.parse_timeframe(timeframe)
-    except Exception:  # noqa: BLE001 - ccxt raises ValueError or NotSupported for malformed timeframes
-        seconds = 0
-    if seconds <= 0:
-        return f"{timeframe!r} is not an interval like 1m, 1h or 1d"
-    if timeframe[-1] in "My":
+    if timeframe[-1:] in ("M", "y"):
         return f"{timeframe!r}: calendar months and years have no fixed length; use 1w or shorter"
+    try:
+        interval_ms(timeframe)
+    except ValueError:
+        return f"{timeframe!r} is not an interval like 1m, 1h or 1d"
     return None
 
 
@@ -229,7 +228,7 @@ async def backfill(
     every symbol. The still-open current window is never written: it would be stored as final.
     ``on_progress(symbol, windows done, windows in range)`` follows the paging.
     """
-    step_ms = int(exchange.parse_timeframe(timeframe) * 1000)
+    step_ms = interval_ms(timeframe)
     results = []
     for symbol in symbols:
         problem = symbol_problem(exchange, symbol)

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Iterator
 from multiprocessing.process import BaseProcess
 from multiprocessing.synchronize import Event as EventT
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import psycopg
 import redis
@@ -26,7 +26,6 @@ from confluent_kafka import KafkaException
 
 from agents.registry import AGENTS
 from agents.spec import CandleHistory
-from schemas.models import Candle
 from sinks.clickhouse import ClickHouseCandleHistory
 from sinks.postgres import PostgresCandleHistory
 from sinks.redis import LiveFanout
@@ -112,7 +111,7 @@ def _sink_process(settings: Settings, name: str, ready: EventT, parent: int, met
     if name in BATCH_SINKS:
         # The stores are written in batches of up to SINK_BATCH_MS: when the cores are contended,
         # the realtime path (the broker, the worker, Redis) gets them first. 19 rather than 10:
-        # with every sink on two cores the latency p99 went from 85-159 to 50-125 ms (machine 8).
+        # with every sink on two cores the latency p99 is 50-125 ms at nice 19, 85-159 at nice 10.
         os.nice(BATCH_SINK_NICENESS)
     threading.Thread(target=_exit_with_parent, args=(parent,), name="parent-watch", daemon=True).start()
     (sink,) = open_sinks(settings, only=name)
@@ -211,10 +210,8 @@ class RunStatus:
     """What the live summary shows."""
 
     ingest: IngestStats | None = None
-    source_done: bool = False
     runtime: Runtime | None = None
     sinks: SinkProcesses | None = None
-    started: float = field(default_factory=time.monotonic)
 
 
 class DrainStalled(RuntimeError):
@@ -333,7 +330,6 @@ async def run_pipeline(
         if until_drained:
             if ingest_task is not None:
                 status.ingest = await ingest_task
-            status.source_done = True
             await _drain(settings, runtime, sink_processes, stop)
         else:
             stopped = asyncio.create_task(stop.wait())
@@ -342,7 +338,6 @@ async def run_pipeline(
                 done, _ = await asyncio.wait([stopped, watch, *([ingest_task] if ingest_task else [])], return_when=asyncio.FIRST_COMPLETED)
                 if ingest_task in done:
                     status.ingest = ingest_task.result()
-                    status.source_done = True
                     done, _ = await asyncio.wait([stopped, watch], return_when=asyncio.FIRST_COMPLETED)
                 if watch in done:
                     name = watch.result()  # raises SinkFailed or the agent's error

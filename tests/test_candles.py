@@ -8,7 +8,8 @@ from collections import defaultdict
 import orjson
 import pytest
 
-from agents.candles import IDS, INTERVAL_MS, BookOutput, CandleBook, CandleConfig, TradeIds, parse_interval
+from agents.candles import IDS, BookOutput, CandleBook, CandleConfig, TradeIds
+from schemas.intervals import INTERVAL_MS, interval_ms, parse_interval
 from schemas.models import Candle, Trade
 
 D = 1_704_067_200_000  # 2024-01-01 00:00:00 UTC, ms
@@ -66,6 +67,13 @@ def test_parse_interval():
     for bad in ("", "1w", "1M", "0m", "90s", "5", "m5", "1.5h", "-1m"):
         with pytest.raises(ValueError):
             parse_interval(bad)
+
+
+def test_interval_ms_knows_weeks_and_months_too():
+    assert [interval_ms(i) // 1000 for i in ("1s", "1m", "15m", "4h", "1d", "1w", "1M")] == [1, 60, 900, 14400, 86400, 604800, 31 * 86400]
+    for bad in ("", "0m", "minute", "1y", "m5"):
+        with pytest.raises(ValueError):
+            interval_ms(bad)
 
 
 def test_config_validation():

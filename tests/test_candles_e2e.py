@@ -1,7 +1,7 @@
 """Candles end to end on Tansu + chdb + PostgreSQL + Redis, and the SIGKILL restart test.
 
 The pipeline runs as the real ``tickflow`` command in subprocesses, configured by environment
-variables, so these tests cover the CLI, the Faust worker, checkpoints and every sink.
+variables, so these tests cover the CLI, the worker (agent runtime), checkpoints and every sink.
 """
 
 from __future__ import annotations

@@ -55,7 +55,7 @@ def stored(pg_url: str, exchange: str, symbol: str) -> list:
     cs = candles(exchange, symbol, 30) + candles(exchange, symbol, 6, "5m")
     sink = PostgresSink(pg_url)
     try:
-        sink.write(SinkBatch(candles=cs, indicators=indicators_of(cs[:30])))
+        sink.write(SinkBatch(candle=cs, indicators=indicators_of(cs[:30])))
     finally:
         sink.close()
     return cs
@@ -197,10 +197,10 @@ def test_cache_hits_and_a_closed_candle_invalidates(gateway: str, keys: dict[str
     # a new final candle: stored, then published as the Redis sink does; the next answer includes it
     new = candles(exchange, symbol, 31)[-1]
     sink = PostgresSink(pg_url)
-    sink.write(SinkBatch(candles=[new]))
+    sink.write(SinkBatch(candle=[new]))
     sink.close()
     rs = RedisSink(REDIS_URL)
-    rs.write(SinkBatch(candles=[new]))
+    rs.write(SinkBatch(candle=[new]))
     rs.close()
     for _ in range(100):
         rows = get(gateway, "/api/v1/candles", keys["all"], **params).json()["rows"]
@@ -214,7 +214,7 @@ def test_latest_and_series(gateway: str, keys: dict[str, str], exchange: str, sy
     live = candles(exchange, symbol, 40)[-1]
     live.is_final = False
     rs = RedisSink(REDIS_URL)
-    rs.write(SinkBatch(candles=[live]))
+    rs.write(SinkBatch(candle=[live]))
     rs.close()
     body = get(gateway, f"/api/v1/latest/{symbol}", keys["all"]).json()
     assert body["candles"][0]["open_time"] == live.open_time and body["candles"][0]["is_final"] is False
@@ -288,7 +288,7 @@ def test_bad_websocket_input_gets_clear_errors_and_the_gateway_stays_up(gateway:
                 (b"not json", "bad_json"), (b"[1,2]", "bad_message"), (b'{"op":"dance"}', "bad_op"),
                 (b'{"op":"subscribe"}', "bad_message"), (b'{"op":"subscribe","room":"trades:X"}', "bad_room"),
                 (b'{"op":"subscribe","room":"candles:a:b:c:d:e"}', "bad_room"), (b'{"op":"subscribe","room":"candles:\\"x:1m"}', "bad_room"),
-                (b'{"op":"subscribe","room":"onchain:BTC"}', "bad_room"), (b'{"op":"unsubscribe","room":"candles:Q:1m"}', "not_subscribed"),
+                (b'{"op":"subscribe","room":"onchain:BTC:1m"}', "bad_room"), (b'{"op":"unsubscribe","room":"candles:Q:1m"}', "not_subscribed"),
                 (orjson.dumps({"op": "subscribe", "room": "x" * 5000}), "too_large"),
             ):
                 await ws.send(frame)

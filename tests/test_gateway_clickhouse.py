@@ -31,7 +31,8 @@ def gateway_side(data_dir: str, pg_url: str, symbol: str) -> None:
     from sinks.migrations import migrate_clickhouse
     from streams.gateway.app import create_app
     from streams.gateway.auth import KeyStore
-    from streams.gateway.store import ClickHouseStore, client_query
+    from sinks.query import QueryServer
+    from streams.gateway.store import ClickHouseStore, store_query
     from streams.settings import Settings
 
     settings = Settings(tickflow_data_dir=Path(data_dir), database_url=pg_url, redis_url=REDIS_URL, metrics_port=0)
@@ -39,12 +40,13 @@ def gateway_side(data_dir: str, pg_url: str, symbol: str) -> None:
     migrate_clickhouse(client)
     cs = candles("gwch", symbol, 20)
     sink = ClickHouseSink(client)
-    sink.write(SinkBatch(candles=cs, indicators=indicators_of(cs)))
+    sink.write(SinkBatch(candle=cs, indicators=indicators_of(cs)))
     revised = cs[-1]
     revised.revision, revised.close = 1, 999.0
-    sink.write(SinkBatch(candles=[revised]))  # FINAL must show only this revision
+    sink.write(SinkBatch(candle=[revised]))  # FINAL must show only this revision
     key = KeyStore(pg_url).create("ch", ("read",))
-    app = create_app(settings, ClickHouseStore(client_query(settings.clickhouse_dsn)))
+    QueryServer(settings.clickhouse_dsn).start()  # as the ClickHouse sink does: the gateway reads through sinks.query
+    app = create_app(settings, ClickHouseStore(store_query(settings)))
 
     async def go() -> dict:
         gw = app.state.gateway

@@ -38,7 +38,7 @@ def site() -> Iterator[tuple[str, str, list]]:
     with pg_database() as url:
         cs = candles(exchange, symbol, 30)
         sink = PostgresSink(url)
-        sink.write(SinkBatch(candles=cs, indicators=indicators_of(cs)))
+        sink.write(SinkBatch(candle=cs, indicators=indicators_of(cs)))
         sink.close()
         key = KeyStore(url).create("dash", ("read", "stream"))
         settings = Settings(database_url=url, redis_url=REDIS_URL, metrics_port=0, gateway_pipeline_metrics="http://127.0.0.1:1/metrics")

@@ -9,7 +9,7 @@ from schemas.registry import RECORDS
 from streams.gateway import health
 from streams.gateway.auth import KeyInfo, RateLimiter, TokenBucket, hash_secret, new_key, parse_scopes, split_key
 from streams.gateway.protocol import MAX_FRAME_BYTES, ProtocolError, parse_command
-from streams.gateway.query import DATASETS, QueryError, Unavailable, build_sql, parse_request, source_of
+from streams.gateway.query import DATASETS, Dataset, QueryError, Unavailable, build_sql, parse_request, source_of
 from streams.gateway.rooms import RoomError, RoomHistory, channel_templates, message_frame, parse_room
 
 TEMPLATES = channel_templates(RECORDS.values())
@@ -29,7 +29,7 @@ def test_rooms_map_onto_the_registry_channels() -> None:
 @pytest.mark.parametrize(
     ("name", "says"),
     [
-        ("", "non-empty"), (7, "non-empty"), ("trades:BTC", "unknown room kind"), ("onchain:BTC", "no record type publishes"),
+        ("", "non-empty"), (7, "non-empty"), ("trades:BTC", "unknown room kind"),
         ("candles:BTCUSDT", "expected candles:{symbol}:{interval}"), ("candles:a:b:c:d", "expected"),
         ("candles:BTC USDT:1m", "part"), ("candles:[a-z]:1m", "part"), ("candles:" + "A" * 200, "longer than"),
     ],
@@ -100,8 +100,9 @@ def test_query_parameters_and_sql() -> None:
     sql, _ = build_sql(src, req, "postgres")
     assert "FINAL" not in sql and '"interval" = %(f_interval)s' in sql
     assert req.cache_key == parse_request("candles", {"limit": "2", "end": "1704067260000", "interval": "1m", "start": "1704067200000", "symbol": "BTCUSDT"}, src.columns).cache_key
-    with pytest.raises(Unavailable, match="onchain_metrics"):
-        source_of(DATASETS["onchain"], RECORDS.values())
+    with pytest.raises(Unavailable, match="no_such_table"):
+        source_of(Dataset("gauges", "no_such_table", ("symbol",)), RECORDS.values())
+    assert source_of(DATASETS["onchain"], RECORDS.values()).time_column == "day"
     for params, parameter in [
         ({"interval": "1m"}, "symbol"), ({"symbol": "X", "interval": "0m"}, "interval"), ({"symbol": "X", "interval": "1m", "limit": "0"}, "limit"),
         ({"symbol": "X", "interval": "1m", "start": "5", "end": "5"}, "start"), ({"symbol": "X;", "interval": "1m"}, "symbol"),

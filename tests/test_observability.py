@@ -18,7 +18,7 @@ logging.getLogger("aiokafka").debug("below the level, dropped")
 try:
     raise ValueError("boom")
 except ValueError:
-    logging.getLogger("faust").exception("library failure")
+    logging.getLogger("confluent_kafka").exception("library failure")
 """
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True)
     lines = [json.loads(line) for line in done.stderr.splitlines()]  # raises on any non-JSON line

@@ -25,11 +25,13 @@ import struct
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import urlsplit
 from typing import Any
 
 import pytest
+from confluent_kafka.schema_registry import SchemaRegistryClient
 
-from schemas.codec import LOCAL_IDS, SCHEMA_DIR, AvroCodec, DecodeError, SchemaRegistry, load_schema
+from schemas.codec import LOCAL_IDS, SCHEMA_DIR, AvroCodec, DecodeError, load_schema
 from schemas.models import (
     Candle,
     DeadLetter,
@@ -91,16 +93,18 @@ class FakeRegistry:
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:  # noqa: N802 - http.server's naming
-                fake.requests.append(("POST", self.path))
-                parts = self.path.strip("/").split("/")
+                path = urlsplit(self.path).path
+                fake.requests.append(("POST", path))
+                parts = path.strip("/").split("/")
                 if len(parts) != 3 or parts[0] != "subjects" or parts[2] != "versions":
                     return self._reply(404, {"error_code": 404, "message": "not found"})
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 self._reply(200, {"id": fake.add(parts[1], body["schema"])})
 
             def do_GET(self) -> None:  # noqa: N802
-                fake.requests.append(("GET", self.path))
-                parts = self.path.strip("/").split("/")
+                path = urlsplit(self.path).path
+                fake.requests.append(("GET", path))
+                parts = path.strip("/").split("/")
                 if len(parts) == 3 and parts[:2] == ["schemas", "ids"] and parts[2].isdigit() and int(parts[2]) in fake.schemas:
                     return self._reply(200, fake.schemas[int(parts[2])])
                 self._reply(404, {"error_code": 40403, "message": "Schema not found"})
@@ -425,8 +429,8 @@ def test_v2_round_trip_with_its_own_schema() -> None:
 
 def test_old_reader_reads_new_writer_through_the_registry(registry: FakeRegistry) -> None:
     """The v1 reader has never seen the v2 id: it fetches the writer schema and skips the new field."""
-    writer = AvroCodec(TB, topic="ticks", registry=SchemaRegistry(registry.url), schema=trade_batch_v2())
-    reader = AvroCodec(TB, registry=SchemaRegistry(registry.url), schema_id=LOCAL_IDS[TB])
+    writer = AvroCodec(TB, topic="ticks", registry=SchemaRegistryClient({"url": registry.url}), schema=trade_batch_v2())
+    reader = AvroCodec(TB, registry=SchemaRegistryClient({"url": registry.url}), schema_id=LOCAL_IDS[TB])
     data = writer.encode(v2_record())
     assert struct.unpack(">I", data[1:5])[0] == writer.schema_id
     back = reader.decode(data)
@@ -448,8 +452,8 @@ def test_new_reader_reads_old_writer_with_the_default() -> None:
 
 
 def test_new_reader_reads_old_writer_through_the_registry(registry: FakeRegistry) -> None:
-    old = AvroCodec(TB, topic="ticks", registry=SchemaRegistry(registry.url))
-    new = AvroCodec(TB, registry=SchemaRegistry(registry.url), schema=trade_batch_v2(), schema_id=V2_ID)
+    old = AvroCodec(TB, topic="ticks", registry=SchemaRegistryClient({"url": registry.url}))
+    new = AvroCodec(TB, registry=SchemaRegistryClient({"url": registry.url}), schema=trade_batch_v2(), schema_id=V2_ID)
     original = trade_batches()[1]
     back = new.decode(old.encode(original.to_avro()))
     assert [t["venue_seq"] for t in back["trades"]] == [None] * len(original.trades)
@@ -476,7 +480,7 @@ def test_codec_registers_under_topic_value(registry: FakeRegistry, monkeypatch: 
     monkeypatch.setenv("SCHEMA_REGISTRY_URL", registry.url)
     url = Settings().schema_registry_url
     assert url == registry.url
-    client = SchemaRegistry(url)
+    client = SchemaRegistryClient({"url": url})
     ticks = AvroCodec(TB, topic="ticks-x", registry=client)
     candles_ = AvroCodec("tickflow.Candle", topic="candles-x", registry=client)
     unnamed = AvroCodec("tickflow.DeadLetter", registry=client)
@@ -490,13 +494,13 @@ def test_codec_registers_under_topic_value(registry: FakeRegistry, monkeypatch: 
     data = ticks.encode(trade_batches()[1].to_avro())
     assert data[:5] == struct.pack(">bI", 0, ticks.schema_id)
     assert ticks.schema_id not in LOCAL_IDS.values()
-    again = AvroCodec(TB, topic="ticks-x", registry=SchemaRegistry(url))
+    again = AvroCodec(TB, topic="ticks-x", registry=SchemaRegistryClient({"url": url}))
     assert again.schema_id == ticks.schema_id, "registering an unchanged schema keeps its id"
 
 
 def test_reader_resolves_an_unseen_writer_id(registry: FakeRegistry) -> None:
-    writer = AvroCodec("tickflow.Candle", topic="candles", registry=SchemaRegistry(registry.url))
-    reader = AvroCodec("tickflow.Candle", registry=SchemaRegistry(registry.url), schema_id=LOCAL_IDS["tickflow.Candle"])
+    writer = AvroCodec("tickflow.Candle", topic="candles", registry=SchemaRegistryClient({"url": registry.url}))
+    reader = AvroCodec("tickflow.Candle", registry=SchemaRegistryClient({"url": registry.url}), schema_id=LOCAL_IDS["tickflow.Candle"])
     assert registry.gets(writer.schema_id) == 0
     for c in candles():
         assert same(Candle.from_avro(reader.decode(writer.encode(c.to_avro()))), c)
@@ -504,7 +508,7 @@ def test_reader_resolves_an_unseen_writer_id(registry: FakeRegistry) -> None:
 
 
 def test_id_missing_from_the_registry_is_a_decode_error(registry: FakeRegistry) -> None:
-    reader = AvroCodec(TB, registry=SchemaRegistry(registry.url), schema_id=LOCAL_IDS[TB])
+    reader = AvroCodec(TB, registry=SchemaRegistryClient({"url": registry.url}), schema_id=LOCAL_IDS[TB])
     with pytest.raises(DecodeError, match="not in registry"):
         reader.decode(struct.pack(">bI", 0, 4242) + valid_bytes(TB)[5:])
 
@@ -519,7 +523,7 @@ def test_id_missing_from_the_registry_is_a_decode_error(registry: FakeRegistry) 
 def test_non_avro_writer_schema_is_a_decode_error(registry: FakeRegistry, text: str, schema_type: str) -> None:
     """Another producer's Protobuf or JSON-Schema record on the topic is bad input, not a crash."""
     schema_id = registry.add("ticks-value", text, schema_type)
-    reader = AvroCodec(TB, registry=SchemaRegistry(registry.url), schema_id=LOCAL_IDS[TB])
+    reader = AvroCodec(TB, registry=SchemaRegistryClient({"url": registry.url}), schema_id=LOCAL_IDS[TB])
     with pytest.raises(DecodeError, match=f"schema id {schema_id}"):
         reader.decode(struct.pack(">bI", 0, schema_id) + b"\x02a")
 

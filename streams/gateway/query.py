@@ -22,7 +22,7 @@ from typing import Any
 
 import orjson
 
-from sinks.redis import interval_seconds
+from schemas.intervals import interval_ms
 
 MAX_LIMIT = 10_000
 DEFAULT_LIMIT = 500
@@ -44,7 +44,7 @@ DATASETS: dict[str, Dataset] = {
     for d in (
         Dataset("candles", "candles", ("symbol", "interval")),
         Dataset("indicators", "technical_metrics", ("symbol", "interval")),
-        Dataset("onchain", "onchain_metrics", ("asset",), ("chain", "metric")),
+        Dataset("onchain", "onchain_metrics", ("asset",), ("source",)),
         Dataset("sentiment", "sentiment_aggregates", ("asset",), ("source",)),
         Dataset("signals", "signals", ("symbol",), ("exchange", "interval", "strategy")),
     )
@@ -134,7 +134,7 @@ def parse_request(dataset: str, params: Mapping[str, str], columns: Sequence[str
             raise QueryError(name, f"{name}={value!r}: letters, digits, '/', '_', '.', '-', at most 64")
         if name == "interval":
             try:
-                interval_seconds(value)
+                interval_ms(value)
             except ValueError:
                 raise QueryError("interval", f"interval={value!r} is not an interval such as 1m, 5m, 1h, 1d") from None
         filters.append((name, value))
@@ -155,13 +155,16 @@ def parse_request(dataset: str, params: Mapping[str, str], columns: Sequence[str
 def build_sql(src: Source, req: Request, dialect: str) -> tuple[str, dict[str, Any]]:
     """One SELECT for ``dialect`` (``postgres`` or ``clickhouse``), newest first, with its parameters."""
     q = (lambda c: f'"{c}"') if dialect == "postgres" else (lambda c: f"`{c}`")
+    # PostgreSQL binds psycopg's %(name)s; ClickHouse binds server-side {name:Type} (sinks.query).
     if dialect == "postgres":
         as_time = "TIMESTAMPTZ 'epoch' + %({})s * INTERVAL '1 millisecond'"
+        text = "%({})s"
     else:
-        as_time = "fromUnixTimestamp64Milli(toInt64(%({})s), 'UTC')"
+        as_time = "fromUnixTimestamp64Milli({{{}:Int64}}, 'UTC')"
+        text = "{{{}:String}}"
     where, params = [], {}
     for col, value in req.filters:
-        where.append(f"{q(col)} = %(f_{col})s")
+        where.append(f"{q(col)} = {text.format(f'f_{col}')}")
         params[f"f_{col}"] = value
     t = q(src.time_column)
     if req.start is not None:

@@ -10,7 +10,6 @@ time on its own thread (chdb runs one query at a time per process anyway).
 from __future__ import annotations
 
 import asyncio
-import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
@@ -68,14 +67,14 @@ class ClickHouseStore:
 
     def __init__(self, query: QueryFn) -> None:
         self._query = query
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="gateway-clickhouse")
+        self._pool = ThreadPoolExecutor(4, thread_name_prefix="gateway-clickhouse")  # sinks.query is thread-safe
 
     async def fetch(self, sql: str, params: dict[str, Any]) -> Rows:
-        from clickhouse_connect.driver.exceptions import DatabaseError
+        from sinks.query import QueryError
 
         try:
             return await asyncio.get_running_loop().run_in_executor(self._pool, self._query, sql, params)
-        except DatabaseError as exc:
+        except QueryError as exc:
             if f"Code: {CLICKHOUSE_UNKNOWN_TABLE}." in str(exc) or "UNKNOWN_TABLE" in str(exc):
                 raise MissingTable(str(exc).strip().splitlines()[0]) from None
             raise
@@ -87,19 +86,16 @@ class ClickHouseStore:
         self._pool.shutdown(wait=False)
 
 
-def client_query(dsn: str) -> QueryFn:
-    """A ``query`` function on a clickhouse-connect client of ``dsn`` (a server, or embedded chdb)."""
-    from sinks.clickhouse import connect
+def store_query(settings: Settings) -> QueryFn:
+    """A ``query`` function on the ClickHouse store through :mod:`sinks.query`: a server directly, or
+    embedded chdb through the process that owns it."""
+    from sinks.query import query
 
-    client = connect(dsn)
-    lock = threading.Lock()
+    def run(sql: str, params: dict[str, Any]) -> Rows:
+        result = query(settings, sql, params)
+        return list(result.column_names), list(result.rows)
 
-    def query(sql: str, params: dict[str, Any]) -> Rows:
-        with lock:
-            result = client.query(sql, parameters=params or None)
-            return list(result.column_names), list(result.result_rows)
-
-    return query
+    return run
 
 
 async def open_store(settings: Settings) -> Store:
@@ -112,4 +108,4 @@ async def open_store(settings: Settings) -> Store:
         store = PostgresStore(settings.database_url)
         await store.open()
         return store
-    return ClickHouseStore(client_query(settings.clickhouse_dsn))
+    return ClickHouseStore(store_query(settings))
