@@ -17,7 +17,13 @@ import time
 from benchmarks import bench_gateway, bench_ingest, bench_pipeline
 from benchmarks.common import broker, call_entry, console, in_fresh_process, quiet_logs, section
 
-EXTERNAL = ("benchmarks.bench_candle_core", "benchmarks.bench_indicators", "benchmarks.bench_onchain", "benchmarks.bench_backtest")
+EXTERNAL = (
+    "benchmarks.bench_candle_core",
+    "benchmarks.bench_indicators",
+    "benchmarks.bench_onchain",
+    "benchmarks.bench_sentiment",
+    "benchmarks.bench_backtest",
+)
 
 
 def external(module: str) -> None:

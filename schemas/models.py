@@ -476,3 +476,92 @@ class TradeIntent:
 
 
 _INTENT_NAMES = tuple(f.name for f in fields(TradeIntent))
+
+
+@dataclass(slots=True)
+class NewsScored:
+    """One news headline, RSS entry or social post with its sentiment, scored at ingest.
+
+    Scored where it enters, so the log keeps what the model said then: a replay gives the same
+    aggregates even after ``tickflow sentiment train`` ships another model (``model`` names it).
+    """
+
+    source: str  # news | rss | social
+    item_id: str  # url, guid or post id; a hash of the text when the source has none
+    ts: int  # ms, publication time (event time)
+    title: str
+    label: str  # negative | neutral | positive
+    score: float  # [-1, 1]
+    assets: str  # tickers named, ";"-separated; "" = market-wide
+    model: str
+    received_at: int  # µs, wall clock at ingest (as TradeBatch: the runtime measures input delay from it)
+    text: str | None = None
+    url: str | None = None
+    engagement: float | None = None  # retweets, likes...: weighs the item in weighted_score
+
+    @property
+    def key(self) -> str:
+        """Every item goes to one partition (key ``market``): the news flow is small, and one place
+        sees all of an asset's items and the day's Fear & Greed."""
+        return "market"
+
+    def to_avro(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_avro(cls, d: dict[str, Any]) -> NewsScored:
+        return cls(**d)
+
+
+@dataclass(slots=True)
+class FearGreed:
+    """The Crypto Fear & Greed index of one UTC day (alternative.me)."""
+
+    day: int  # ms, 00:00 UTC of the day
+    value: int  # 0-100
+    classification: str  # Extreme Fear | Fear | Neutral | Greed | Extreme Greed
+    source: str  # file name or "api"
+    received_at: int  # µs, wall clock at ingest
+
+    @property
+    def key(self) -> str:
+        return "market"  # co-partitioned with news_scored
+
+    def to_avro(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_avro(cls, d: dict[str, Any]) -> FearGreed:
+        return cls(**d)
+
+
+@dataclass(slots=True)
+class SentimentAggregate:
+    """Sentiment of one asset (or ``MARKET``, every item) over one 1h or 1d event-time window."""
+
+    asset: str
+    interval: str  # 1h | 1d
+    window_start: int  # ms
+    window_end: int  # ms, last millisecond of the window
+    items: int
+    mean_score: float
+    positive_share: float
+    negative_share: float
+    neutral_share: float
+    engagement: float  # sum over the items that carry engagement
+    weighted_score: float | None  # engagement-weighted mean score; None when no item has engagement
+    fear_greed_value: int | None
+    fear_greed_class: str | None
+    is_final: bool
+    revision: int = 0
+
+    @property
+    def key(self) -> str:
+        return f"{self.asset}:{self.interval}"
+
+    def to_avro(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_avro(cls, d: dict[str, Any]) -> SentimentAggregate:
+        return cls(**d)

@@ -14,7 +14,22 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from schemas.models import Candle, DeadLetter, Indicators, LateTrade, LiveCandles, OnchainBlock, OnchainDay, OnchainMetric, Signal, TradeBatch, TradeIntent
+from schemas.models import (
+    Candle,
+    DeadLetter,
+    FearGreed,
+    Indicators,
+    LateTrade,
+    LiveCandles,
+    NewsScored,
+    OnchainBlock,
+    OnchainDay,
+    OnchainMetric,
+    SentimentAggregate,
+    Signal,
+    TradeBatch,
+    TradeIntent,
+)
 
 
 @dataclass(frozen=True)
@@ -88,6 +103,22 @@ RECORDS: dict[str, RecordType] = {
             "onchain_metric", "tickflow.OnchainMetric", OnchainMetric, "onchain_metrics", "topic_onchain_metrics", 9, _key,
             table="onchain_metrics", table_key=("asset", "day", "source"), version="revision", time_column="day",
             channel="onchain:{asset}", description="On-chain metrics per asset, UTC day and source, revised as data arrives",
+        ),
+        RecordType(
+            "news_scored", "tickflow.NewsScored", NewsScored, "news", "topic_news", 10, _key,
+            table="news_scored", table_key=("source", "item_id"), time_column="ts",
+            description="Headlines, RSS entries and posts with their sentiment, scored at ingest",
+        ),
+        RecordType(
+            "sentiment_aggregate", "tickflow.SentimentAggregate", SentimentAggregate, "sentiment", "topic_sentiment", 11, _key,
+            table="sentiment_aggregates", table_key=("asset", "interval", "window_start"), version="revision",
+            time_column="window_start", channel="sentiment:{asset}",
+            description="Sentiment per asset (and MARKET) per 1h and 1d window, with the day's Fear & Greed",
+        ),
+        RecordType(
+            "fear_greed", "tickflow.FearGreed", FearGreed, "fear-greed", "topic_fear_greed", 12, _key,
+            table="fear_greed", table_key=("day",), time_column="day",
+            description="The Crypto Fear & Greed index of each UTC day",
         ),
         RecordType(
             "signal", "tickflow.Signal", Signal, "signals", "topic_signals", 13, _key,

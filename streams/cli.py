@@ -16,7 +16,7 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 
-from streams.settings import Settings, get_settings
+from streams.settings import PROJECT_ROOT, Settings, get_settings
 
 app = typer.Typer(help="tickflow: crypto trades to candles, indicators and signals, event-sourced on Kafka.", no_args_is_help=True, add_completion=False)
 console = Console(stderr=True)
@@ -132,14 +132,37 @@ def open_source(spec: str, settings: Settings, *, symbols: list[str], fmt: str |
             password=settings.bitcoind_rpc_password,
             cookie_file=settings.bitcoind_cookie_file,
         )
-    raise typer.BadParameter(f"unknown source {spec!r}: use synthetic, replay:PATH, ccxt:EXCHANGE, coinmetrics:PATH or bitcoind:URL")
+    if kind in ("news", "social", "rss", "feargreed"):
+        return _sentiment_source(kind, arg, settings)
+    raise typer.BadParameter(f"unknown source {spec!r}: use synthetic, replay:PATH, ccxt:EXCHANGE, coinmetrics:PATH, bitcoind:URL, news:PATH, social:PATH, rss:URL, feargreed:PATH or feargreed:api")
+
+
+def _sentiment_source(kind: str, arg: str, settings: Settings):  # noqa: ANN202
+    """news:PATH, social:PATH, rss:URL, feargreed:PATH and feargreed:api."""
+    if not arg:
+        raise typer.BadParameter(f"{kind} needs an argument: --source {kind}:{'URL' if kind == 'rss' else 'PATH'}")
+    if kind == "feargreed":
+        from streams.sources.feargreed import FearGreedApiSource, FearGreedFileSource
+
+        return FearGreedApiSource(settings.fear_greed_api_url, settings.fear_greed_poll_s) if arg == "api" else FearGreedFileSource(arg)
+    from agents.sentiment_model import settings_scorer
+
+    scorer = settings_scorer(settings)
+    if kind == "rss":
+        from streams.sources.rss import RssSource
+
+        return RssSource(arg, scorer, settings.rss_state_path or settings.tickflow_data_dir / "rss-state.json", settings.rss_poll_s)
+    from streams.sources.news import NewsSource
+    from streams.sources.social import SocialSource
+
+    return (NewsSource if kind == "news" else SocialSource)(arg, scorer)
 
 
 def _symbols(text: str | None) -> list[str]:
     return [s.strip() for s in (text or "").split(",") if s.strip()]
 
 
-SourceOpt = Annotated[str, typer.Option("--source", help="synthetic | replay:PATH | ccxt:EXCHANGE | coinmetrics:PATH | bitcoind:URL")]
+SourceOpt = Annotated[str, typer.Option("--source", help="synthetic | replay:PATH | ccxt:EXCHANGE | coinmetrics:PATH | bitcoind:URL | news:PATH | social:PATH | rss:URL | feargreed:PATH | feargreed:api")]
 SymbolsOpt = Annotated[Optional[str], typer.Option("--symbols", help="Comma-separated symbols (ccxt: BTC/USDT,ETH/USDT; synthetic: names)")]
 FormatOpt = Annotated[Optional[str], typer.Option("--format", help="Replay format; detected when omitted: binance-trades, binance-aggtrades, tardis, ccxt-json, binance-ws; bitcoind-json (recorded node RPC responses, a file, folder or glob)")]
 SpeedOpt = Annotated[str, typer.Option("--speed", help="Replay speed: 1x, 10x, ... or max")]
@@ -204,6 +227,7 @@ def ingest(
     is stopped (SIGTERM, Ctrl-C); every trade read is then delivered before it exits.
 
     Example: tickflow ingest --source replay:trades.csv.gz --speed 10x
+    Example: tickflow ingest --source feargreed:../shared/data/fear_greed/fear_greed_index_scofieldchen.csv
     """
     from streams.ingest import IngestStats, run_ingest
     from streams.producer import TickProducer
@@ -314,6 +338,7 @@ def run(
     """Run the whole path: embedded broker if KAFKA_BOOTSTRAP is unset, a source, the candle worker, the sinks.
 
     Example: tickflow run --source replay:../shared/data/tardis_binance_futures_btcusdt/tardis_trades_binance-futures_BTCUSDT_2020-02-22.csv --until-drained
+    Example: tickflow run --source news:../shared/data/crypto_news/crypto_news_finbert_ds4a.csv --until-drained
     """
     from streams.pipeline import DrainStalled, RunStatus, SinkFailed, kafka, run_pipeline
 
@@ -352,7 +377,7 @@ def run(
             except subprocess.TimeoutExpired:
                 gateway.kill()
     if until_drained and status.ingest is not None:
-        records = f", {status.ingest.records:,} other records (on-chain)" if status.ingest.records else ""
+        records = f", {status.ingest.records:,} other records (on-chain, news, Fear & Greed)" if status.ingest.records else ""
         console.print(f"drained: {status.ingest.trades:,} trades{records}, {status.ingest.rejected:,} rejected")
 
 
@@ -735,6 +760,58 @@ def backtest(
     )
     for p in paths.values():
         console.print(f"  {p}", highlight=False)
+
+
+sentiment_app = typer.Typer(help="Score text sentiment and rebuild the sentiment model.", no_args_is_help=True)
+app.add_typer(sentiment_app, name="sentiment")
+
+
+@sentiment_app.command("score")
+def sentiment_score() -> None:
+    """Score one text per stdin line; print CSV label,score,assets (assets ';'-separated, empty = market-wide), one line per input line, in order.
+
+    Example: echo 'Bitcoin surges past $70K as ETF inflows jump' | tickflow sentiment score
+    """
+    import csv
+
+    from agents.sentiment_model import settings_scorer
+
+    scorer = settings_scorer(get_settings())
+    out = csv.writer(sys.stdout, lineterminator="\n")
+    for line in sys.stdin:
+        s = scorer.score(line.rstrip("\r\n"))
+        out.writerow((s.label, f"{s.score:.4f}", ";".join(s.assets)))
+
+
+@sentiment_app.command("train")
+def sentiment_train(
+    data_dir: Annotated[Path, typer.Option("--data-dir", help="Folder holding crypto_news/ (the shared data)")] = PROJECT_ROOT.parent / "shared" / "data",
+    out: Annotated[Optional[Path], typer.Option("--out", help="Model file to write (default: the shipped one, agents/models/sentiment.json.gz)")] = None,
+    evaluate: Annotated[Optional[list[Path]], typer.Option("--eval", help="Labelled text the model never trains on (text@label lines or CSV text,label): macro-F1 printed")] = None,
+    folds: Annotated[int, typer.Option("--folds", help="Cross-validation folds for the report; 0 = no report")] = 5,
+) -> None:
+    """Rebuild the sentiment model from the shared labelled headlines and report its macro-F1.
+
+    Example: tickflow sentiment train --eval /tmp/Sentences_50Agree.txt
+    """
+    from agents.sentiment_model import MODEL_PATH, TRAIN_L2, default_lexicon, read_labelled, save_model, shared_examples, train_default, weighted
+    from agents.sentiment_training import cross_dataset, cross_validate, evaluate as f1_on
+
+    if not (data_dir / "crypto_news").is_dir():
+        raise typer.BadParameter(f"{data_dir}/crypto_news not found: pass --data-dir")
+    model = train_default(data_dir)
+    size = save_model(model, out or MODEL_PATH)
+    console.print(f"model {model.meta['id']}: {model.meta['vocabulary']:,} n-grams from {model.meta['examples']:,} texts, {size:,} bytes -> {out or MODEL_PATH}")
+    lex = default_lexicon()
+    for path in evaluate or []:
+        examples = list(read_labelled(path))
+        console.print(f"macro-F1 on {path} ({len(examples):,} texts, never trained on): {f1_on(model, lex, examples):.3f}")
+    if folds:
+        examples = weighted(shared_examples(data_dir))
+        for name, f1 in cross_validate(examples, lex, folds=folds, l2=TRAIN_L2).items():
+            console.print(f"{folds}-fold cross-validated macro-F1 on {name}: {f1:.3f}")
+        for (train, test), f1 in cross_dataset(examples, lex, l2=TRAIN_L2).items():
+            console.print(f"trained on {train} only, macro-F1 on {test}: {f1:.3f}")
 
 
 def main() -> None:

@@ -52,6 +52,9 @@ class Settings(BaseSettings):
     topic_onchain_blocks: str = Field("onchain-blocks", description="Blocks with resolved inputs (bitcoind: source), key asset")
     topic_onchain_metrics: str = Field("onchain_metrics", description="On-chain metrics per asset, day and source")
     topic_suffix: str = Field("", description="Appended to the default name of every topic without a setting of its own (isolated runs on a shared broker)")
+    topic_news: str = Field("news", description="Scored headlines, RSS entries and posts (news_scored)")
+    topic_sentiment: str = Field("sentiment", description="Sentiment aggregates per asset and window")
+    topic_fear_greed: str = Field("fear-greed", description="The daily Crypto Fear & Greed index")
     ticks_partitions: int = Field(8, description="Partitions of ticks; derived topics use the same count")
     replication_factor: int = 1
 
@@ -68,6 +71,17 @@ class Settings(BaseSettings):
         description="How long producers gather a partition's records into one request (librdkafka sends a request per partition): "
         "fewer requests for the broker, up to that much more latency per hop",
     )
+
+    # Sentiment
+    sentiment_model_path: Path | None = Field(None, description="Sentiment model file; unset = the one shipped in agents/models")
+    sentiment_assets: dict[str, list[str]] = Field(default_factory=dict, description='JSON added to the asset table: {"PEPE": ["pepe"]} (ticker -> names)')
+    sentiment_lateness_ms: int = Field(300_000, description="Out-of-orderness allowed to news: watermark = newest item time - this")
+    sentiment_grace_ms: int = Field(172_800_000, description="A final sentiment window is still revised by items up to this late")
+    sentiment_idle_timeout_s: float = Field(10.0, description="Quiet time after which open sentiment windows close")
+    rss_poll_s: float = Field(60.0, description="Seconds between polls of an rss: feed")
+    rss_state_path: Path | None = Field(None, description="Where rss: keeps seen links and ETags across restarts; unset = TICKFLOW_DATA_DIR/rss-state.json")
+    fear_greed_api_url: str = Field("https://api.alternative.me/fng/", description="The Fear & Greed JSON API read by feargreed:api")
+    fear_greed_poll_s: float = Field(3600.0, description="Seconds between polls of feargreed:api; 0 = read once and stop")
 
     # Candles
     candle_intervals: str = Field("1m,5m,15m,1h,4h,1d", description="Intervals built by the candle agent")

@@ -35,15 +35,18 @@ from schemas.codec import LOCAL_IDS, SCHEMA_DIR, AvroCodec, DecodeError, load_sc
 from schemas.models import (
     Candle,
     DeadLetter,
+    FearGreed,
     Indicators,
     LateTrade,
     LiveCandles,
+    NewsScored,
     OnchainBlock,
     OnchainDay,
     OnchainInput,
     OnchainMetric,
     OnchainOutput,
     OnchainTx,
+    SentimentAggregate,
     Signal,
     Trade,
     day_ms,
@@ -255,6 +258,15 @@ if (SCHEMA_DIR / "tickflow.Indicators.avsc").exists():
     RECORDS["tickflow.OnchainDay"] = (OnchainDay, onchain_days())
     RECORDS["tickflow.OnchainBlock"] = (OnchainBlock, onchain_blocks())
     RECORDS["tickflow.OnchainMetric"] = (OnchainMetric, onchain_metrics())
+RECORDS["tickflow.NewsScored"] = (NewsScored, [
+    NewsScored("news", "https://x.test/a", 1_648_796_400_000, "Bitcoin nears 19 million coins", "positive", 0.4123, "BTC", "lr-1", 1_700_000_000_000_000),
+    NewsScored("social", "1534", 1_654_614_334_000, "gm ☀️ $sol", "neutral", -0.0, "", "lr-1", 1, "text", "https://t.co/x", 869.0),
+])
+RECORDS["tickflow.FearGreed"] = (FearGreed, [FearGreed(1_517_443_200_000, 30, "Fear", "fear_greed.csv", 1_700_000_000_000_000)])
+RECORDS["tickflow.SentimentAggregate"] = (SentimentAggregate, [
+    SentimentAggregate("BTC", "1h", 1_648_796_400_000, 1_648_799_999_999, 3, 0.125, 1 / 3, 1 / 3, 1 / 3, 0.0, None, None, None, True, 0),
+    SentimentAggregate("MARKET", "1d", 1_648_771_200_000, 1_648_857_599_999, 2**40, -1.0, 0.0, 1.0, 0.0, 1e9, -0.5, 12, "Extreme Fear", True, 2**31 - 1),
+])
 
 
 def signals() -> list[Signal]:

@@ -166,10 +166,10 @@ def test_a_redis_that_lost_the_script_gets_it_again(sink: RedisSink, r: redis.Re
 
 
 def test_sink_reads_candles_live_only_when_updates_do_not_come_from_the_worker() -> None:
-    assert RedisSink.topics_for(Settings(candle_updates="redis")) == ("candles", "indicators", "onchain_metrics", "signals")
-    assert RedisSink.topics_for(Settings(candle_updates="both")) == ("candles", "indicators", "onchain_metrics", "signals")
-    assert RedisSink.topics_for(Settings(candle_updates="kafka")) == ("candles", "indicators", "onchain_metrics", "signals", "candles-live")
-    assert RedisSink.record_types(Settings(candle_updates="kafka")) == ("candle", "indicators", "onchain_metric", "signal", "live_candles")
+    assert RedisSink.topics_for(Settings(candle_updates="redis")) == ("candles", "indicators", "onchain_metrics", "sentiment", "signals")
+    assert RedisSink.topics_for(Settings(candle_updates="both")) == ("candles", "indicators", "onchain_metrics", "sentiment", "signals")
+    assert RedisSink.topics_for(Settings(candle_updates="kafka")) == ("candles", "indicators", "onchain_metrics", "sentiment", "signals", "candles-live")
+    assert RedisSink.record_types(Settings(candle_updates="kafka")) == ("candle", "indicators", "onchain_metric", "sentiment_aggregate", "signal", "live_candles")
 
 
 def _offer_and_settle(fanout: LiveFanout, *batches: list[Candle]) -> None:

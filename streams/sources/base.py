@@ -1,5 +1,8 @@
 """The source contract: an async iterator of ``TradeBatch``es (and ``BadInput`` it could not parse).
 
+A source of another record type (news, Fear & Greed) yields :class:`Record`: the registry name of
+its type, the partition key and the model; ingest writes it to that type's topic.
+
 A source never raises on bad data: it yields ``BadInput`` with the original bytes and the reason,
 and the ingest loop sends that to the dead-letter topic and goes on. Sources of other record types
 (on-chain rows and blocks) yield ``Record``s, which go to the topic of their registry type.
