@@ -44,15 +44,15 @@ def tansu_binary() -> Path:
 PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent() -> object:
-    """A ``preexec_fn`` that has the kernel SIGKILL the child when the thread that started it ends
+def die_with_parent(signum: int = signal.SIGKILL) -> object:
+    """A ``preexec_fn`` that has the kernel send ``signum`` to the child when the thread that started it ends
     (Linux; None elsewhere): Tansu runs in a session of its own, so a killed parent (SIGKILL, the
     OOM killer) would otherwise leave it holding the port. Only from the main thread, whose end is
     the process's."""
     if not sys.platform.startswith("linux") or threading.current_thread() is not threading.main_thread():
         return None
     prctl = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True).prctl  # resolved before the fork
-    return lambda: prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    return lambda: prctl(PR_SET_PDEATHSIG, signum)
 
 
 def port_open(host: str, port: int) -> bool:
@@ -89,7 +89,7 @@ class EmbeddedBroker:
             stdout=out,
             stderr=out,
             start_new_session=True,
-            preexec_fn=_die_with_parent(),  # noqa: PLW1509 - one prctl call between fork and exec
+            preexec_fn=die_with_parent(),  # noqa: PLW1509 - one prctl call between fork and exec
         )
         deadline = time.monotonic() + timeout
         while not port_open("127.0.0.1", self.port):

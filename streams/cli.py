@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -315,7 +316,13 @@ def _start_gateway(settings: Settings) -> subprocess.Popen[bytes] | None:
         return None
     settings.tickflow_data_dir.mkdir(parents=True, exist_ok=True)
     log_file = (settings.tickflow_data_dir / "gateway.log").open("ab")
-    proc = subprocess.Popen([sys.executable, "-m", "streams", "serve"], stdout=log_file, stderr=log_file, env={**os.environ, "LOG_FORMAT": "json"})
+    from streams.broker import die_with_parent
+
+    # SIGTERM from the kernel if `tickflow run` is killed outright: an orphan would keep port 8000.
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streams", "serve"], stdout=log_file, stderr=log_file, env={**os.environ, "LOG_FORMAT": "json"},
+        preexec_fn=die_with_parent(signal.SIGTERM),  # noqa: PLW1509 - one prctl call between fork and exec
+    )
     url = f"http://{settings.gateway_host}:{settings.gateway_port}/"
     console.print(f"gateway on {url} (dashboard; API docs {url}docs; log {settings.tickflow_data_dir / 'gateway.log'}); a key: tickflow keys create --name dashboard", highlight=False)
     return proc

@@ -67,7 +67,7 @@ class ClickHouseStore:
 
     def __init__(self, query: QueryFn) -> None:
         self._query = query
-        self._pool = ThreadPoolExecutor(4, thread_name_prefix="gateway-clickhouse")  # sinks.query is thread-safe
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="gateway-clickhouse")
 
     async def fetch(self, sql: str, params: dict[str, Any]) -> Rows:
         from sinks.query import QueryError
