@@ -81,7 +81,7 @@ class IndicatorLogic:
                     self._warm_start(candle)
                 emitted = engine.process(candle)
             except IndicatorError as exc:
-                out.append(Reject(rec.offset, exc.reason))
+                out.append(Reject(rec.offset, exc.reason, rec.record))
                 continue
             if not emitted:
                 STALE.inc()

@@ -53,10 +53,10 @@ class OnchainLogic:
                 elif rec.record == "onchain_block":
                     rows = metrics.add_block(rec.value)
                 else:
-                    out.append(Reject(rec.offset, f"the on-chain agent does not read {rec.record!r} records"))
+                    out.append(Reject(rec.offset, f"the on-chain agent does not read {rec.record!r} records", rec.record))
                     continue
             except OnchainError as exc:
-                out.append(Reject(rec.offset, str(exc)))
+                out.append(Reject(rec.offset, str(exc), rec.record))
                 continue
             for row in rows:
                 ONCHAIN_OUT.labels(row.source).inc()

@@ -78,7 +78,7 @@ class SentimentLogic:
             elif r.record == "news_scored":
                 out.extend(self._item(r))
             else:
-                out.append(Reject(r.offset, f"sentiment agent does not read {r.record!r} records"))
+                out.append(Reject(r.offset, f"sentiment agent does not read {r.record!r} records", r.record))
         out.extend(self._close_due())
         return out
 
@@ -115,12 +115,12 @@ class SentimentLogic:
     def _item(self, r: Inbound) -> list[Output]:
         item: NewsScored = r.value
         if not -1.0 <= item.score <= 1.0 or item.label not in ("positive", "negative", "neutral"):
-            return [Reject(r.offset, f"bad sentiment label {item.label!r} or score {item.score!r}")]
+            return [Reject(r.offset, f"bad sentiment label {item.label!r} or score {item.score!r}", r.record)]
         ident = f"{item.source}:{item.item_id}"
         if ident in self.seen:
             return []
         if self.watermark is not None and item.ts - item.ts % 3_600_000 + 3_600_000 <= self.watermark - self.grace_ms:
-            return [Reject(r.offset, f"item at {item.ts} is older than the grace period: watermark {self.watermark}, grace {self.grace_ms} ms")]
+            return [Reject(r.offset, f"item at {item.ts} is older than the grace period: watermark {self.watermark}, grace {self.grace_ms} ms", r.record)]
         self.seen[ident] = item.ts
         out: list[Output] = []
         assets = [MARKET, *(a for a in item.assets.split(";") if a)]

@@ -116,7 +116,7 @@ class SignalLogic:
                         history.insert(i, item)
                         del history[:-_CONTEXT_KEEP]
             else:
-                out.append(Reject(r.offset, f"the signals agent does not read {r.record!r} records"))
+                out.append(Reject(r.offset, f"the signals agent does not read {r.record!r} records", r.record))
         return out
 
     def on_timer(self, now: float, quiet_s: float) -> Iterable[Output]:

@@ -14,12 +14,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 
-@dataclass(frozen=True, slots=True)
-class Inbound:
-    """One decoded input record. ``record`` is the registry name of its type (``"trade_batch"``)."""
+class Inbound(NamedTuple):
+    """One decoded input record. ``record`` is the registry name of its type (``"trade_batch"``).
+    Tuples, not dataclasses: one is made per input record and per output, and a frozen dataclass
+    cost five times as much to build."""
 
     record: str
     key: str | None
@@ -28,8 +29,7 @@ class Inbound:
     received_us: int | None = None  # wall clock at ingest receipt, when the record carries it
 
 
-@dataclass(frozen=True, slots=True)
-class Emit:
+class Emit(NamedTuple):
     """An output record: ``record`` names its registry type, which fixes topic, schema and stores."""
 
     record: str
@@ -37,13 +37,14 @@ class Emit:
     value: Any
 
 
-@dataclass(frozen=True, slots=True)
-class Reject:
+class Reject(NamedTuple):
     """An input record the logic refuses for good: the runtime dead-letters its original bytes
-    with ``reason`` and goes on."""
+    with ``reason`` and goes on. An agent of several input topics names the record's type too
+    (offsets of two topics can be equal)."""
 
     offset: int
     reason: str
+    record: str | None = None
 
 
 Output = Emit | Reject

@@ -305,7 +305,7 @@ class AgentRunner:
     def _handle_partition(self, partition: int, ps: PartitionState, msgs: list[Message]) -> None:
         started = time.perf_counter()
         records: list[Inbound] = []
-        raw: dict[int, Message] = {}
+        raw: dict[tuple[str, int], Message] = {}  # (record type, offset): offsets of two input topics can be equal
         offsets = ps.offsets
         newest_receipt = None
         for msg in msgs:
@@ -327,8 +327,9 @@ class AgentRunner:
                 received = received_header(msg.headers())
             if received is not None:
                 newest_receipt = received
-            records.append(Inbound(inp.rtype.name, key.decode(errors="replace") if key is not None else None, model, offset))
-            raw[offset] = msg
+            name = inp.rtype.name
+            records.append(Inbound(name, key.decode(errors="replace") if key is not None else None, model, offset))
+            raw[name, offset] = msg
         ps.changed = True
         ps.quiet_since = None
         if not records:
@@ -341,7 +342,7 @@ class AgentRunner:
             outputs = list(ps.logic.on_batch(records))
         except Exception as exc:  # noqa: BLE001 - a record the logic did not foresee must not stop the agent
             if len(records) == 1:
-                self._dead_letter(raw[records[0].offset], f"{self.name} failed on this record: {type(exc).__name__}: {exc}")
+                self._dead_letter(raw[records[0].record, records[0].offset], f"{self.name} failed on this record: {type(exc).__name__}: {exc}")
                 return
             # One at a time, to find the culprit; the others go through as usual.
             outputs = []
@@ -350,11 +351,11 @@ class AgentRunner:
                     outputs += ps.logic.on_batch([rec])
                 except Exception as one:  # noqa: BLE001
                     self._log.exception("record failed in the agent's logic")
-                    self._dead_letter(raw[rec.offset], f"{self.name} failed on this record: {type(one).__name__}: {one}")
+                    self._dead_letter(raw[rec.record, rec.offset], f"{self.name} failed on this record: {type(one).__name__}: {one}")
         self._emit(outputs, raw, newest_receipt)
         self._batch_s.observe(time.perf_counter() - started)
 
-    def _emit(self, outputs: Iterable[Emit | Reject], raw: dict[int, Message] | None = None, received_us: int | None = None) -> None:
+    def _emit(self, outputs: Iterable[Emit | Reject], raw: dict[tuple[str, int], Message] | None = None, received_us: int | None = None) -> None:
         headers = None if received_us is None else [(RECEIVED_HEADER, str(received_us).encode())]
         counts = self._out_counts
         for out in outputs:
@@ -369,7 +370,12 @@ class AgentRunner:
                 self.producer.produce(topic, out.key, encode(out.value), headers=headers)
                 counts[out.record] = counts.get(out.record, 0) + 1
             else:
-                msg = raw.get(out.offset) if raw else None
+                msg = None
+                if raw:
+                    if out.record is not None:
+                        msg = raw.get((out.record, out.offset))
+                    else:
+                        msg = next((m for (_, offset), m in raw.items() if offset == out.offset), None)
                 if msg is not None:
                     self._dead_letter(msg, out.reason)
                 else:
