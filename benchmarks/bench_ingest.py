@@ -1,10 +1,10 @@
 """Ingest throughput: synthetic trades validated, Avro-encoded and produced into Kafka (Tansu).
 
-The framework number is ``streams.ingest.run_ingest`` with a ``TickProducer``, fed from memory (a
+The framework number is ``streams.ingest.run_ingest`` with a ``RecordProducer``, fed from memory (a
 source that yields pre-built batches, so generating trades is not timed), up to the final flush
 (every record acknowledged). Baselines measured in the same run split its cost: validation alone
 (``split_batch``), encoding alone (``TradeBatchWriter``, what ingest uses, and fastavro's generic
-``AvroCodec.encode`` it replaced), and producing the pre-encoded bytes with the same ``TickProducer``
+``AvroCodec.encode`` it replaced), and producing the pre-encoded bytes with the same ``RecordProducer``
 settings. ``encode + produce`` is the writer and produce baselines back to back, i.e. what ingest
 would cost with nothing else.
 
@@ -23,7 +23,7 @@ from schemas.codec import AvroCodec
 from schemas.models import Trade, TradeBatch
 from schemas.wire import TradeBatchWriter
 from streams.ingest import run_ingest, split_batch
-from streams.producer import TickProducer
+from streams.producer import RecordProducer
 from streams.sources.base import Source, SourceItem, now_us
 from streams.sources.synthetic import generate_trades
 
@@ -83,7 +83,7 @@ def run(bootstrap: str, runs: int = 3, cheap_runs: int = 5) -> None:
         def produce() -> float:
             with run_broker(bootstrap) as own:
                 settings = fresh_settings(own, data_dir)
-                producer = TickProducer(settings)
+                producer = RecordProducer(settings)
 
                 def go() -> None:
                     for key, value in encoded:
@@ -98,7 +98,7 @@ def run(bootstrap: str, runs: int = 3, cheap_runs: int = 5) -> None:
         def ingest() -> float:
             with run_broker(bootstrap) as own:
                 settings = fresh_settings(own, data_dir)
-                producer = TickProducer(settings)
+                producer = RecordProducer(settings)
                 try:
                     return timed(lambda: asyncio.run(run_ingest(MemorySource(batches), producer, settings, codec=codec, source_name="bench")))
                 finally:
@@ -122,7 +122,7 @@ def run(bootstrap: str, runs: int = 3, cheap_runs: int = 5) -> None:
         "min-max",
         "run_ingest vs it",
     )
-    t.add_row("run_ingest + TickProducer (framework)", fmt_rate(ingest_rate), str(runs), spread(rate["ingest"]), "1.00x")
+    t.add_row("run_ingest + RecordProducer (framework)", fmt_rate(ingest_rate), str(runs), spread(rate["ingest"]), "1.00x")
     t.add_row("baseline: validate only (split_batch)", fmt_rate(median(rate["validate"])), str(cheap_runs), spread(rate["validate"]), fmt_ratio(ingest_rate, median(rate["validate"])))
     t.add_row("baseline: encode only (TradeBatchWriter)", fmt_rate(median(rate["encode"])), str(cheap_runs), spread(rate["encode"]), fmt_ratio(ingest_rate, median(rate["encode"])))
     t.add_row("  for comparison: fastavro (AvroCodec.encode)", fmt_rate(median(rate["fastavro"])), str(cheap_runs), spread(rate["fastavro"]), fmt_ratio(ingest_rate, median(rate["fastavro"])))

@@ -356,13 +356,13 @@ def e2e_run(bootstrap: str, trades: int) -> PipelineRun:
 def ingest_only_run(bootstrap: str, trades: int) -> float:
     """Baseline: the same unpaced source through run_ingest only; first pull -> every record acknowledged."""
     from streams.ingest import run_ingest
-    from streams.producer import TickProducer
+    from streams.producer import RecordProducer
 
     quiet_logs()
     with tempfile.TemporaryDirectory(prefix="tickflow-bench-ingest-only-") as tmp, run_broker(bootstrap) as own:
         settings = fresh_settings(own, Path(tmp))
         source = TimedSource(_synthetic(settings, limit=trades, rate=None, exchange=f"bench{tag()}"))
-        asyncio.run(run_ingest(source, TickProducer(settings), settings, source_name="synthetic"))
+        asyncio.run(run_ingest(source, RecordProducer(settings), settings, source_name="synthetic"))
         assert source.first is not None
         return time.monotonic() - source.first
 
@@ -483,7 +483,7 @@ def _ingest(settings: Settings, rate: float, seconds: float, exchange: str, star
     """The paced source in a process of its own, as ``tickflow ingest`` runs in production: returns
     each batch's (symbol, last trade id, receipt time, trades) and the source's first and last moments."""
     from streams.ingest import run_ingest
-    from streams.producer import TickProducer
+    from streams.producer import RecordProducer
 
     quiet_logs()
     batches: list[tuple[str, int, float, int]] = []
@@ -491,7 +491,7 @@ def _ingest(settings: Settings, rate: float, seconds: float, exchange: str, star
     def on_batch(batch: TradeBatch, at: float) -> None:
         batches.append((batch.symbol, int(batch.trades[-1].trade_id), at, len(batch.trades)))
 
-    producer = TickProducer(settings)
+    producer = RecordProducer(settings)
     start.wait()
     source = TimedSource(_synthetic(settings, limit=None, rate=rate, exchange=exchange), on_batch, seconds)
     asyncio.run(run_ingest(source, producer, settings, source_name="synthetic"))

@@ -329,10 +329,10 @@ def _candle_worker(settings: Settings, ends: dict[int, int], timeout_s: float) -
     import threading
 
     from agents.candle_agent import CANDLES
-    from streams.producer import TickProducer
+    from streams.producer import RecordProducer
     from streams.runtime import AgentRunner, LiveRoute
 
-    producer = TickProducer(settings)
+    producer = RecordProducer(settings)
     runner = AgentRunner(CANDLES, settings, producer, live=LiveRoute(to_topic=False))
     want = {(settings.topic_ticks, p): hi for p, hi in ends.items() if hi > 0}
     marks: dict[str, float] = {}

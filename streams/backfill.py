@@ -28,7 +28,7 @@ from schemas.codec import codec_for
 from schemas.intervals import interval_ms
 from schemas.models import Candle
 from sinks.base import SinkBatch
-from streams.producer import TickProducer
+from streams.producer import RecordProducer
 from streams.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -273,7 +273,7 @@ class CandleOutput:
             hint = " (DATABASE_URL= turns PostgreSQL off)" if settings.database_url else ""
             raise BackfillError(f"cannot open the candle stores{hint}: {type(exc).__name__}: {exc}") from exc
         self._settings = settings
-        self._producer: TickProducer | None = TickProducer(settings)
+        self._producer: RecordProducer | None = RecordProducer(settings)
         self._codec = codec_for("tickflow.Candle", settings.topic_candles, settings.schema_registry_url)
 
     def write(self, candles: list[Candle]) -> None:

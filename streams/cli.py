@@ -231,7 +231,7 @@ def ingest(
     Example: tickflow ingest --source feargreed:../shared/data/fear_greed/fear_greed_index_scofieldchen.csv
     """
     from streams.ingest import IngestStats, run_ingest
-    from streams.producer import TickProducer
+    from streams.producer import RecordProducer
     from streams.shutdown import STOP_SIGNALS
     from streams.topics import ensure_topics
 
@@ -249,7 +249,7 @@ def ingest(
         console.print(f"[bold]{s.trades:,}[/] trades  {s.rate:,.0f} trades/s  {s.batches:,} batches{records}  {s.rejected:,} errors", highlight=False)
 
     async def main() -> None:
-        producer = TickProducer(settings)
+        producer = RecordProducer(settings)
         task = asyncio.create_task(run_ingest(src, producer, settings, source_name=source.partition(":")[0], on_progress=progress))
         loop = asyncio.get_running_loop()
         for sig in STOP_SIGNALS:
@@ -417,7 +417,7 @@ def sink(name: Annotated[str, typer.Argument(help="clickhouse | postgres | redis
     import threading
 
     from sinks.runner import SINKS, SinkRunner, open_sinks
-    from streams.producer import TickProducer
+    from streams.producer import RecordProducer
     from streams.shutdown import stop_on_signals
 
     if name not in SINKS:
@@ -431,7 +431,7 @@ def sink(name: Annotated[str, typer.Argument(help="clickhouse | postgres | redis
     chosen = open_sinks(settings, only=name)
     if not chosen:
         raise typer.BadParameter(f"sink {name!r} is not configured (clickhouse, postgres with DATABASE_URL, redis with REDIS_URL)")
-    producer = TickProducer(settings)
+    producer = RecordProducer(settings)
     runner = SinkRunner(chosen[0], settings, dead_letter=producer.dead_letter_durably)
     try:
         runner.run(stop)

@@ -25,7 +25,7 @@ from schemas.models import DeadLetter, TradeBatch
 from schemas.registry import record_type, topic_of
 from schemas.wire import TradeBatchWriter
 from streams.observability import BATCHES_OUT, RECORDS_IN, SYMBOL_LAST_RECEIPT, TRADES_IN
-from streams.producer import TickProducer
+from streams.producer import RecordProducer
 from streams.settings import Settings
 from streams.sources.base import BadInput, Record, Source, now_us, trade_problem
 
@@ -59,7 +59,7 @@ def split_batch(batch: TradeBatch, now: int) -> tuple[TradeBatch, list[tuple[str
 
 async def run_ingest(
     source: Source,
-    producer: TickProducer,
+    producer: RecordProducer,
     settings: Settings,
     *,
     codec: AvroCodec | None = None,
@@ -115,7 +115,7 @@ async def run_ingest(
     return stats
 
 
-async def _produce_record(item: Record, producer: TickProducer, settings: Settings, encoders: dict[str, tuple[str, AvroCodec]]) -> None:
+async def _produce_record(item: Record, producer: RecordProducer, settings: Settings, encoders: dict[str, tuple[str, AvroCodec]]) -> None:
     """Produce a non-trade record to its type's topic; with ``on_delivered``, wait for the broker first."""
     enc = encoders.get(item.record)
     if enc is None:

@@ -33,7 +33,7 @@ from sinks.runner import SinkRunner, configured_sinks, open_sinks, sink_lag
 from streams.broker import EmbeddedBroker
 from streams.ingest import IngestStats, run_ingest
 from streams.observability import MetricsPortInUse, configure_logging, metrics_port, role_port_offset, serve_metrics
-from streams.producer import TickProducer
+from streams.producer import RecordProducer
 from streams.runtime import AgentRunner, LiveRoute, Runtime
 from streams.settings import Settings
 from streams.shutdown import STOP_SIGNALS, stop_on_signals
@@ -115,7 +115,7 @@ def _sink_process(settings: Settings, name: str, ready: EventT, parent: int, met
         os.nice(BATCH_SINK_NICENESS)
     threading.Thread(target=_exit_with_parent, args=(parent,), name="parent-watch", daemon=True).start()
     (sink,) = open_sinks(settings, only=name)
-    producer = TickProducer(settings)
+    producer = RecordProducer(settings)
     runner = SinkRunner(sink, settings, dead_letter=producer.dead_letter_durably)
     ready.set()
     try:
@@ -231,7 +231,7 @@ def open_history(settings: Settings) -> CandleHistory | None:
     return None
 
 
-def build_runtime(settings: Settings, producer: TickProducer, *, agents: list[str] | None = None) -> tuple[Runtime, LiveFanout | None]:
+def build_runtime(settings: Settings, producer: RecordProducer, *, agents: list[str] | None = None) -> tuple[Runtime, LiveFanout | None]:
     """Every registered agent (or those named) on the runtime, with the stores and the fan-out they use."""
     fanout = LiveFanout(settings.redis_url) if settings.redis_url and settings.candle_updates != "kafka" else None
     live = LiveRoute(publish=fanout.publish if fanout is not None else None, to_topic=settings.candle_updates != "redis" or fanout is None)
@@ -293,7 +293,7 @@ async def run_pipeline(
     for sig in STOP_SIGNALS:
         with contextlib.suppress(NotImplementedError, RuntimeError):  # not the main thread: the caller stops it
             loop.add_signal_handler(sig, requested, sig)
-    producer = TickProducer(settings)
+    producer = RecordProducer(settings)
     sink_processes = None
     if sinks_enabled:
         settings = reachable_services(settings, say)

@@ -29,7 +29,9 @@ class DeliveryError(RuntimeError):
     """The broker did not accept a record after the producer's own retries."""
 
 
-class TickProducer:
+class RecordProducer:
+    """The one producer of every tickflow topic: ingest's trades, agents' outputs and checkpoints, dead letters."""
+
     def __init__(self, settings: Settings, **overrides: Any) -> None:
         self.settings = settings
         conf = {

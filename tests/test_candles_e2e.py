@@ -25,7 +25,7 @@ from schemas.codec import AvroCodec
 from schemas.models import LiveCandles
 from sinks.redis import candle_json
 from streams.ingest import run_ingest
-from streams.producer import TickProducer
+from streams.producer import RecordProducer
 from streams.settings import Settings
 from streams.sources.formats import iter_trades
 from streams.sources.replay import ReplaySource
@@ -118,7 +118,7 @@ def xrp_ticks(topics: Settings) -> Settings:
 
     path = data_path(*XRP)
     small = topics.model_copy(update={"batch_max_trades": 5})
-    stats = asyncio.run(run_ingest(ReplaySource(path, max_trades=5, max_ms=50), TickProducer(small), small))
+    stats = asyncio.run(run_ingest(ReplaySource(path, max_trades=5, max_ms=50), RecordProducer(small), small))
     assert stats.trades == 12_477
     return topics
 

@@ -10,7 +10,7 @@ import pytest
 from schemas.codec import AvroCodec
 from schemas.models import DeadLetter, Trade, TradeBatch
 from streams.ingest import run_ingest
-from streams.producer import TickProducer
+from streams.producer import RecordProducer
 from streams.sources.base import BadInput, Source
 from streams.sources.replay import ReplaySource
 from tests.conftest import data_path
@@ -23,7 +23,7 @@ TARDIS = ("tardis_binance_futures_btcusdt", "tardis_trades_binance-futures_BTCUS
 
 async def test_tardis_replay_lands_in_ticks_once_and_in_order(topics) -> None:
     path = data_path(*TARDIS)
-    stats = await run_ingest(ReplaySource(path), TickProducer(topics), topics)
+    stats = await run_ingest(ReplaySource(path), RecordProducer(topics), topics)
     assert stats.trades == 9999 and stats.rejected == 0
 
     codec = AvroCodec("tickflow.TradeBatch")
@@ -76,7 +76,7 @@ class MixedSource(Source):
 
 async def test_malformed_inputs_all_dead_lettered_while_good_trades_flow(topics) -> None:
     source = MixedSource()
-    stats = await run_ingest(source, TickProducer(topics), topics)
+    stats = await run_ingest(source, RecordProducer(topics), topics)
     assert stats.rejected == 10_000
     assert stats.trades == source.good
 

@@ -12,7 +12,7 @@ import pytest
 import redis
 
 from streams.ingest import run_ingest
-from streams.producer import TickProducer
+from streams.producer import RecordProducer
 from streams.settings import Settings
 from streams.sources.bitcoind_replay import BitcoindReplaySource
 from streams.sources.coinmetrics import CoinMetricsSource
@@ -30,7 +30,7 @@ DAY_2020_07_27, DAY_2010_04_10 = 1_595_808_000_000, 1_270_857_600_000
 
 def ingest(settings: Settings, *sources) -> None:  # noqa: ANN002
     async def run() -> None:
-        producer = TickProducer(settings)
+        producer = RecordProducer(settings)
         for src in sources:
             await run_ingest(src, producer, settings, source_name="test")
         producer.close()

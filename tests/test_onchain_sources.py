@@ -14,7 +14,7 @@ from agents.onchain import OnchainMetrics
 from schemas.codec import AvroCodec
 from schemas.models import DeadLetter, OnchainBlock, OnchainMetric, day_ms
 from streams.ingest import run_ingest
-from streams.producer import TickProducer
+from streams.producer import RecordProducer
 from streams.settings import Settings
 from streams.sources.base import BadInput, Record
 from streams.sources.bitcoind import BitcoindSource
@@ -132,7 +132,7 @@ def test_coinmetrics_and_blocks_through_ingest_and_the_onchain_agent(topics: Set
     csv.write_text("\n".join([*lines[:500], lines[500].replace(",", ",x", 1), *lines[501:]]) + "\n")
 
     async def ingest() -> None:
-        producer = TickProducer(topics)
+        producer = RecordProducer(topics)
         await run_ingest(CoinMetricsSource(csv), producer, topics, source_name="coinmetrics")
         await run_ingest(BitcoindReplaySource(f"{data_path('bitcoin_onchain_sample')}/*rpc_response*.json"), producer, topics, source_name="replay")
         producer.close()

@@ -19,7 +19,7 @@ from agents.spec import AgentSpec
 from schemas.codec import AvroCodec
 from schemas.models import Candle, DeadLetter, Trade, TradeBatch
 from schemas.wire import encoder_for
-from streams.producer import TickProducer
+from streams.producer import RecordProducer
 from streams.runtime import AgentRunner, LiveRoute
 from streams.settings import Settings
 from tests.kafka_util import read_topic
@@ -65,7 +65,7 @@ class SlowCandles(CandleLogic):
 
 @contextmanager
 def running(settings: Settings, spec: AgentSpec = CANDLES) -> Iterator[AgentRunner]:
-    producer = TickProducer(settings)
+    producer = RecordProducer(settings)
     runner = AgentRunner(spec, settings, producer, live=LiveRoute(to_topic=False))
     stop = threading.Event()
     runner.start(stop)

@@ -129,7 +129,7 @@ def test_the_runtime_carries_the_receipt_to_the_fanout_and_onto_derived_records(
     from agents.candle_agent import CANDLES
     from schemas.codec import AvroCodec
     from schemas.wire import encoder_for
-    from streams.producer import TickProducer
+    from streams.producer import RecordProducer
     from streams.runtime import AgentRunner, LiveRoute
     from tests.kafka_util import read_topic
     from tests.test_runtime import produce_raw
@@ -139,7 +139,7 @@ def test_the_runtime_carries_the_receipt_to_the_fanout_and_onto_derived_records(
     records = [("bin:S", encode(TradeBatch("bin", "S", t0 + i * 10_000_000 + 7, [Trade(str(i), t0 + i * 10_000_000, 100.0, 0.5, "buy")]))) for i in range(20)]
     produce_raw(topics, records)
     published: list[tuple[object, int | None]] = []
-    producer = TickProducer(topics)
+    producer = RecordProducer(topics)
     runner = AgentRunner(CANDLES, topics, producer, live=LiveRoute(publish=lambda live, received: published.append((live, received)), to_topic=False))
     stop = threading.Event()
     runner.start(stop)
