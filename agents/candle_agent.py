@@ -36,10 +36,10 @@ GAUGES_EVERY_S = 1.0  # counting open windows walks every symbol's state: once a
 
 def candle_config(settings: Any) -> CandleConfig:
     return CandleConfig(
-        intervals=tuple(settings.intervals),
-        lateness_ms=settings.candle_lateness_ms,
-        grace_ms=settings.candle_grace_ms,
-        fill_gaps=settings.candle_fill_gaps,
+        intervals=tuple(settings.agents.intervals),
+        lateness_ms=settings.agents.candle_lateness_ms,
+        grace_ms=settings.agents.candle_grace_ms,
+        fill_gaps=settings.agents.candle_fill_gaps,
     )
 
 
@@ -51,8 +51,8 @@ class CandleLogic:
         self.config = candle_config(settings)
         self.book = CandleBook(self.config)
         self.partition = str(ctx.partition)
-        self.update_s = settings.candle_update_ms / 1000
-        self.idle_timeout_s = settings.candle_idle_timeout_s
+        self.update_s = settings.agents.candle_update_ms / 1000
+        self.idle_timeout_s = settings.agents.candle_idle_timeout_s
         self.dirty: set[tuple[str, str]] = set()  # symbols whose forming candles changed since last sent
         self.last_sent: dict[tuple[str, str], float] = {}
         self.idle_closed = True  # nothing open yet; a restore or a trade opens windows

@@ -38,23 +38,23 @@ def _periods(value: str) -> tuple[int, ...]:
 
 def indicator_config(settings: Any) -> IndicatorConfig:
     """The engine's periods from settings (invalid combinations fail at start, with the reason)."""
-    fast, slow, signal = _periods(settings.indicator_macd)
-    fastk, slowk, slowd = _periods(settings.indicator_stoch)
+    fast, slow, signal = _periods(settings.agents.indicator_macd)
+    fastk, slowk, slowd = _periods(settings.agents.indicator_stoch)
     return IndicatorConfig(
-        sma_periods=_periods(settings.indicator_sma),  # type: ignore[arg-type]
-        ema_periods=_periods(settings.indicator_ema),  # type: ignore[arg-type]
-        rsi_period=settings.indicator_rsi_period,
+        sma_periods=_periods(settings.agents.indicator_sma),  # type: ignore[arg-type]
+        ema_periods=_periods(settings.agents.indicator_ema),  # type: ignore[arg-type]
+        rsi_period=settings.agents.indicator_rsi_period,
         macd_fast=fast,
         macd_slow=slow,
         macd_signal=signal,
-        bb_period=settings.indicator_bb_period,
-        bb_dev_up=settings.indicator_bb_dev,
-        bb_dev_down=settings.indicator_bb_dev,
-        atr_period=settings.indicator_atr_period,
+        bb_period=settings.agents.indicator_bb_period,
+        bb_dev_up=settings.agents.indicator_bb_dev,
+        bb_dev_down=settings.agents.indicator_bb_dev,
+        atr_period=settings.agents.indicator_atr_period,
         stoch_fastk=fastk,
         stoch_slowk=slowk,
         stoch_slowd=slowd,
-        history=settings.indicator_history,
+        history=settings.agents.indicator_history,
     )
 
 
@@ -64,7 +64,7 @@ class IndicatorLogic:
     def __init__(self, ctx: AgentContext) -> None:
         self.config = indicator_config(ctx.settings)
         self.engine = IndicatorEngine(self.config)
-        self.warm_bars = ctx.settings.indicator_warm_start_bars
+        self.warm_bars = ctx.settings.agents.indicator_warm_start_bars
         self.history = ctx.history if self.warm_bars > 0 else None
 
     def on_batch(self, records: Sequence[Inbound]) -> Iterable[Output]:

@@ -24,7 +24,7 @@ ONCHAIN_OUT = Counter("tickflow_onchain_metrics_total", "On-chain metric rows em
 
 def exchange_labels(settings: object) -> dict[str, str]:
     """The ``address,entity`` CSV named by ONCHAIN_EXCHANGE_ADDRESSES, or none."""
-    path = getattr(settings, "onchain_exchange_addresses", None)
+    path = settings.agents.onchain_exchange_addresses
     if not path:
         return {}
     with open(path, encoding="utf-8") as f:
@@ -39,7 +39,7 @@ class OnchainLogic:
         if labels is None:
             labels = exchange_labels(settings) if settings is not None else {}
         if keep_days is None:
-            keep_days = getattr(settings, "onchain_keep_days", 2)
+            keep_days = settings.agents.onchain_keep_days
         self.metrics = OnchainMetrics(labels, keep_days)
 
     def on_batch(self, records: Sequence[Inbound]) -> Iterable[Output]:

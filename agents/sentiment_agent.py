@@ -215,7 +215,7 @@ class SentimentLogic:
 
 
 def _logic(ctx: AgentContext) -> SentimentLogic:
-    s = ctx.settings
+    s = ctx.settings.agents
     return SentimentLogic(s.sentiment_lateness_ms, s.sentiment_grace_ms, s.sentiment_idle_timeout_s)
 
 

@@ -144,5 +144,5 @@ def train_default(data_dir: Path) -> LinearModel:
 
 def settings_scorer(settings: Any) -> Scorer:
     """The scorer that ``Settings`` describe: the model file and the asset table with its additions."""
-    assets = AssetTable({**DEFAULT_ASSETS, **{k.upper(): tuple(v) for k, v in settings.sentiment_assets.items()}})
-    return default_scorer(assets, settings.sentiment_model_path)
+    assets = AssetTable({**DEFAULT_ASSETS, **{k.upper(): tuple(v) for k, v in settings.agents.sentiment_assets.items()}})
+    return default_scorer(assets, settings.agents.sentiment_model_path)

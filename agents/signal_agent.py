@@ -192,7 +192,7 @@ class SignalLogic:
 
 def signal_logic(ctx: AgentContext) -> SignalLogic:
     """A new partition state for the strategy file of ``STRATEGY_FILE`` (read once per process)."""
-    path = getattr(ctx.settings, "strategy_file", None)
+    path = ctx.settings.agents.strategy_file
     if path is None:
         raise ValueError("the signals agent needs STRATEGY_FILE (a TOML strategy, e.g. infra/strategies/trend_momentum.toml)")
     return SignalLogic(_strategy(str(path)))
@@ -208,6 +208,6 @@ SIGNALS = AgentSpec(
     inputs=("candle", "indicators"),
     outputs=("signal", "trade_intent"),
     logic=signal_logic,
-    enabled=lambda settings: getattr(settings, "strategy_file", None) is not None,
+    enabled=lambda settings: settings.agents.strategy_file is not None,
     description="Signals of the STRATEGY_FILE strategy at each closed candle, and the risk manager's trade intents",
 )

@@ -24,9 +24,9 @@ from pathlib import Path
 
 from benchmarks.common import console, fresh_pg_database, median, table
 from streams.broker import free_port
-from streams.settings import Settings
+from streams.settings import StoreSettings
 
-DEFAULT_PG = Settings.model_fields["database_url"].default
+DEFAULT_PG = StoreSettings.model_fields["database_url"].default
 REDIS_URL = os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0"
 ROOM_RATE = 10  # messages/s into the room: a symbol's in-progress updates at CANDLE_UPDATE_MS=25 are at most 40/s over all its intervals
 SECONDS = 5.0

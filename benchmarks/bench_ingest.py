@@ -87,7 +87,7 @@ def run(bootstrap: str, runs: int = 3, cheap_runs: int = 5) -> None:
 
                 def go() -> None:
                     for key, value in encoded:
-                        producer.produce(settings.topic_ticks, key, value)
+                        producer.produce(settings.kafka.topic_ticks, key, value)
                     producer.flush()
 
                 try:

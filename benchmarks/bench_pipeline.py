@@ -75,7 +75,7 @@ from benchmarks.common import (
 )
 from schemas.codec import AvroCodec
 from schemas.models import Trade, TradeBatch
-from streams.settings import Settings
+from streams.settings import AgentSettings, KafkaSettings, Settings, SourceSettings, StoreSettings
 from streams.sources.base import MicroBatcher, Source, SourceItem
 from streams.sources.synthetic import SyntheticSource, generate_trades
 
@@ -84,11 +84,11 @@ EVENT_RATE = 20_000.0
 CPU_SETTLE_S = 2.0  # the latency runs' CPU is read from this long after the source starts until it ends
 FLOOR_RATE = 100.0  # trades/s low enough that nothing queues anywhere: the latency the layout itself adds
 START_US = 1_700_000_000_000_000
-DEFAULT_UPDATE_MS: int = Settings.model_fields["candle_update_ms"].default
-DEFAULT_BATCH_MS: int = Settings.model_fields["batch_max_ms"].default
-DEFAULT_BATCH_TRADES: int = Settings.model_fields["batch_max_trades"].default
-REPLAY_BATCH_MS: int = Settings.model_fields["unpaced_batch_max_ms"].default
-DEFAULT_PG = Settings.model_fields["database_url"].default
+DEFAULT_UPDATE_MS: int = AgentSettings.model_fields["candle_update_ms"].default
+DEFAULT_BATCH_MS: int = SourceSettings.model_fields["batch_max_ms"].default
+DEFAULT_BATCH_TRADES: int = SourceSettings.model_fields["batch_max_trades"].default
+REPLAY_BATCH_MS: int = SourceSettings.model_fields["unpaced_batch_max_ms"].default
+DEFAULT_PG = StoreSettings.model_fields["database_url"].default
 
 
 # ------------------------------------------------------------------ a. candle agent throughput
@@ -101,7 +101,7 @@ def prepare_ticks(
     """Produce ``trades`` synthetic trades as TradeBatch records; (settings, ends, records, prepare seconds)."""
     settings = fresh_settings(bootstrap, data_dir, batch_max_ms=batch_max_ms, batch_max_trades=batch_max_trades)
     started = time.perf_counter()
-    batcher = MicroBatcher("bench", settings.batch_max_trades, settings.batch_max_ms)
+    batcher = MicroBatcher("bench", settings.sources.batch_max_trades, settings.sources.batch_max_ms)
     codec = AvroCodec("tickflow.TradeBatch")
     records = []
     for symbol, trade in generate_trades(SYMBOLS, limit=trades, start_us=start_us, event_rate=EVENT_RATE):
@@ -110,7 +110,7 @@ def prepare_ticks(
     records.extend((b.key, codec.encode(b.to_avro())) for b in batcher.flush())
     prepare_s = time.perf_counter() - started
     produce_all(settings, records)
-    ends = topic_ends(settings, settings.topic_ticks)
+    ends = topic_ends(settings, settings.kafka.topic_ticks)
     if sum(ends.values()) != len(records):
         raise RuntimeError(f"ticks topic has {sum(ends.values())} records, produced {len(records)}")
     return settings, ends, len(records), prepare_s
@@ -207,7 +207,7 @@ def bench_agent(bootstrap: str, shapes: tuple[Shape, ...], runs: int) -> None:
         with tempfile.TemporaryDirectory(prefix="tickflow-bench-ticks-") as tmp, run_broker(bootstrap) as row_broker:
             settings, ends, records, _ = prepare_ticks(row_broker, Path(tmp), shape.trades, NEVER_MS, shape.trades_per_record, SHAPE_START_US)
             timeout = max(120.0, shape.trades / 2_000)
-            ticks = settings.topic_ticks
+            ticks = settings.kafka.topic_ticks
             tickflow = repeat(runs, candle_worker_1m, row_broker, ticks, ends, timeout, timeout_s=timeout + 60)
             quix = repeat(runs, quix_run, row_broker, ticks, ends, timeout, fresh=False)
             baseline = repeat(runs, decode_run, row_broker, ticks, ends, timeout, fresh=False)
@@ -281,7 +281,7 @@ class PipelineRun:
 
 def _synthetic(settings: Settings, *, limit: int | None, rate: float | None, exchange: str) -> SyntheticSource:
     return SyntheticSource(
-        symbols=SYMBOLS, rate=rate, limit=limit, exchange=exchange, start_us=START_US, max_trades=settings.batch_max_trades, max_ms=settings.batch_max_ms
+        symbols=SYMBOLS, rate=rate, limit=limit, exchange=exchange, start_us=START_US, max_trades=settings.sources.batch_max_trades, max_ms=settings.sources.batch_max_ms
     )
 
 
@@ -340,7 +340,7 @@ def e2e_run(bootstrap: str, trades: int) -> PipelineRun:
         notes: list[str] = [] if db else ["PostgreSQL unreachable: postgres sink off"]
         source = TimedSource(_synthetic(settings, limit=trades, rate=None, exchange=f"bench{tag()}"))
         result = _run_drained(settings, source, notes)
-        client = connect(settings.clickhouse_dsn)
+        client = connect(settings.stores.clickhouse_dsn)
         try:
             result.rows["clickhouse trades"] = int(client.command("SELECT count() FROM trades"))
             result.rows["clickhouse candles"] = int(client.command("SELECT count() FROM candles FINAL"))
@@ -527,13 +527,13 @@ def latency_run(
         run_broker(bootstrap) as own,
     ):
         settings = fresh_settings(own, Path(tmp), database_url=db or "", candle_update_ms=update_ms, candle_updates=updates)
-        if not settings.redis_url:
+        if not settings.stores.redis_url:
             raise RuntimeError("REDIS_URL is empty: the latency benchmark needs Redis")
         exchange = f"bench{tag()}"
         ctx = get_context("spawn")
         ready, stop, start = ctx.Event(), ctx.Event(), ctx.Event()
         mine, theirs = ctx.Pipe(duplex=False)
-        listener = ctx.Process(target=_listen, args=(settings.redis_url, f"candles:{exchange}:*:1m", ready, stop, theirs), name="bench-redis")
+        listener = ctx.Process(target=_listen, args=(settings.stores.redis_url, f"candles:{exchange}:*:1m", ready, stop, theirs), name="bench-redis")
         listener.start()
         from_ingest, to_main = ctx.Pipe(duplex=False)
         ingest = ctx.Process(target=_ingest, args=(settings, rate, seconds, exchange, start, to_main), name="bench-ingest")
@@ -597,7 +597,7 @@ async def _run_until(
     # join; a source started before then queued its first records behind those loads, and at this
     # rate the worker took many seconds to work off that backlog, which counted as latency.
     joined = time.monotonic() + 60
-    while not task.done() and (status.worker is None or len(status.worker.parts) < settings.ticks_partitions) and time.monotonic() < joined:
+    while not task.done() and (status.worker is None or len(status.worker.parts) < settings.kafka.ticks_partitions) and time.monotonic() < joined:
         await asyncio.sleep(0.1)
     start.set()
     if status.sinks is not None:
@@ -627,12 +627,11 @@ async def _run_until(
 
 def bench_latency(bootstrap: str, scenarios: list[tuple[float, int, int, bool, str]], seconds: float, warmup_s: float = 2.0) -> None:
     """``scenarios``: (trades/s, candle_update_ms, runs, store sinks on, candle_updates)."""
-    default = Settings.model_fields
     t = table(
         f"c. Trade receipt -> its in-progress 1m candle on Redis: paced synthetic source, {SYMBOLS} symbols, {seconds:.0f} s of input per run, "
         f"broker: {broker_name(bootstrap)}, "
-        f"production layout: the source in its own process (tickflow ingest), the worker in another, each sink in its own (candle_updates={default['candle_updates'].default}, "
-        f"consumer_fetch_wait_ms={default['consumer_fetch_wait_ms'].default}; target p99 <= 50 ms at 20,000 trades/s)",
+        f"production layout: the source in its own process (tickflow ingest), the worker in another, each sink in its own (candle_updates={AgentSettings.model_fields['candle_updates'].default}, "
+        f"consumer_fetch_wait_ms={KafkaSettings.model_fields['consumer_fetch_wait_ms'].default}; target p99 <= 50 ms at 20,000 trades/s)",
         "trades/s asked",
         "candle_update_ms",
         "sinks",

@@ -229,7 +229,7 @@ def _run_mock_cluster(conn: Connection, stop: Any) -> None:
 def _create_on_first_use(settings: Settings) -> None:
     """The mock cluster has no controller for CreateTopics; it creates a topic when a producer asks
     for its metadata, with ``MOCK_PARTITIONS`` partitions."""
-    producer = Producer({"bootstrap.servers": settings.bootstrap})
+    producer = Producer({"bootstrap.servers": settings.kafka.bootstrap})
     for spec in topic_specs(settings):
         producer.list_topics(topic=spec.name, timeout=30)
 
@@ -248,9 +248,9 @@ def fresh_settings(bootstrap: str, data_dir: Path, *, ticks: str | None = None, 
     )
     settings = isolated(base, f"bench-{tag()}")
     if ticks:
-        settings = settings.model_copy(update={"topic_ticks": ticks})
+        settings = settings.updated(topic_ticks=ticks)
     if _is_mock(bootstrap):
-        settings = settings.model_copy(update={"ticks_partitions": MOCK_PARTITIONS})
+        settings = settings.updated(ticks_partitions=MOCK_PARTITIONS)
         _create_on_first_use(settings)  # then the pipeline's ensure_topics finds them all
     else:
         ensure_topics(settings)
@@ -265,11 +265,11 @@ def broker_name(bootstrap: str) -> str:
 
 def produce_all(settings: Settings, records: Sequence[tuple[str, bytes]]) -> None:
     """Produce pre-encoded (key, value) records to ``ticks`` and wait until all are acknowledged."""
-    producer = Producer({"bootstrap.servers": settings.bootstrap, "linger.ms": 20, "compression.type": "lz4", "queue.buffering.max.kbytes": 512_000})
+    producer = Producer({"bootstrap.servers": settings.kafka.bootstrap, "linger.ms": 20, "compression.type": "lz4", "queue.buffering.max.kbytes": 512_000})
     for key, value in records:
         while True:
             try:
-                producer.produce(settings.topic_ticks, value, key)
+                producer.produce(settings.kafka.topic_ticks, value, key)
                 break
             except BufferError:
                 producer.poll(0.05)
@@ -334,7 +334,7 @@ def _candle_worker(settings: Settings, ends: dict[int, int], timeout_s: float) -
 
     producer = RecordProducer(settings)
     runner = AgentRunner(CANDLES, settings, producer, live=LiveRoute(to_topic=False))
-    want = {(settings.topic_ticks, p): hi for p, hi in ends.items() if hi > 0}
+    want = {(settings.kafka.topic_ticks, p): hi for p, hi in ends.items() if hi > 0}
     marks: dict[str, float] = {}
     done = threading.Event()
     handle = runner._handle  # noqa: SLF001 - the one hook on each batch

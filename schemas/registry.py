@@ -5,7 +5,8 @@ the topic and its partition key, the fixed local schema id, and where the sinks 
 table and its Redis channel. Topics, codecs, the sinks, migrations checks, the CLI and the gateway
 read this table; none of them names record types one by one.
 
-Adding a record type: its ``.avsc`` and model, one entry here, and its table migrations.
+Adding a record type: its ``.avsc`` and model and one entry here; its tables are generated from
+them (``sinks/ddl.py``) unless a migration creates them.
 """
 
 from __future__ import annotations
@@ -146,4 +147,4 @@ def record_type(name: str) -> RecordType:
 def topic_of(settings: Any, name: str) -> str:
     """The physical topic of record type ``name`` under ``settings``."""
     rt = record_type(name)
-    return getattr(settings, rt.topic_setting, None) or f"{rt.topic}{getattr(settings, 'topic_suffix', '')}"
+    return getattr(settings.kafka, rt.topic_setting, None) or f"{rt.topic}{settings.kafka.topic_suffix}"

@@ -12,6 +12,9 @@ applies the skipped versions and re-applies those that have a TimescaleDB file, 
 says which flavour each version got. TimescaleDB files use ``{{name}}`` placeholders filled from
 :data:`TIMESCALE_PARAMS`, so chunk sizes are set in one place.
 
+A record type whose table no migration creates gets a generated table (:mod:`sinks.ddl`) after
+the files, on every run (``IF NOT EXISTS``): adding a record type needs no SQL file.
+
 ClickHouse DDL is not transactional: its migrations must be re-runnable (``IF NOT EXISTS``) in case
 one fails halfway. PostgreSQL runs a whole migration run in one transaction under an advisory lock.
 """
@@ -26,6 +29,7 @@ from typing import Any
 import psycopg
 import structlog
 
+from sinks.ddl import clickhouse_table, postgres_table, timescale_hypertable
 from sinks.timescale import Mode, decide, hypertables_in, policy_statements, read_facts
 from streams.settings import PROJECT_ROOT, Settings
 
@@ -43,7 +47,9 @@ TIMESCALE_PARAMS: dict[str, str] = {
     "candles_chunk_interval": "7 days",
     "cagg_refresh_every": "15 minutes",
     "onchain_chunk_interval": "365 days",
+    "generated_chunk_interval": "30 days",  # hypertables of generated tables (sinks.ddl)
 }
+_CREATE_RE = re.compile(r"\bCREATE\s+TABLE\s+(?:IF\s+NOT\s+EXISTS\s+)?[`\"]?(\w+)", re.I)
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +152,13 @@ def discover(store: str, *, timescale: bool = False, root: Path = SQL_ROOT) -> l
     return out
 
 
+def generated_layouts(store: str, root: Path = SQL_ROOT) -> list[Any]:
+    """Layouts of the registry tables that no migration file of ``store`` creates (both PostgreSQL flavours count)."""
+    folders = [root / store] + ([root / store / "timescale"] if store == "postgres" else [])
+    declared = {name.lower() for folder in folders for path in _files(folder).values() for name in _CREATE_RE.findall(path.read_text())}
+    return [layout for layout in _layouts() if layout.table.lower() not in declared]
+
+
 # ClickHouse
 
 
@@ -188,6 +201,11 @@ def migrate_clickhouse(client: Any, *, root: Path = SQL_ROOT) -> list[str]:
         client.insert("schema_migrations", [[mig.version, mig.name]], column_names=["version", "name"])
         log.info("migration applied", store="clickhouse", version=mig.version, name=mig.name)
         done.append(mig.version)
+    existing = {row[0] for row in client.query("SELECT name FROM system.tables WHERE database = currentDatabase()").result_rows}
+    for layout in generated_layouts("clickhouse", root):
+        if layout.table not in existing:
+            client.command(adapt(clickhouse_table(layout)))
+            log.info("table generated from the record registry", store="clickhouse", table=layout.table, record_type=layout.record_type.name)
     return done
 
 
@@ -211,7 +229,7 @@ class PostgresResult:
 
 def postgres_options(settings: Settings) -> dict[str, Any]:
     """The migration options that come from settings: mode and opt-in policies."""
-    return {"timescale": settings.timescale, "compression": settings.timescale_compression, "retention": settings.timescale_trades_retention or None}
+    return {"timescale": settings.stores.timescale, "compression": settings.stores.timescale_compression, "retention": settings.stores.timescale_trades_retention or None}
 
 
 def migrate_postgres(
@@ -273,6 +291,7 @@ def _migrate_postgres(conn: psycopg.Connection[Any], mode: Mode, compression: bo
             )
             log.info("migration applied", store="postgres", version=mig.version, name=mig.name, variant=variant)
             done.append(mig.version)
+        _generate_postgres(conn, plan.timescale, root)
         if plan.timescale:
             info = conn.execute(
                 "SELECT hypertable_name, compression_enabled FROM timescaledb_information.hypertables WHERE hypertable_schema = current_schema()"
@@ -283,6 +302,17 @@ def _migrate_postgres(conn: psycopg.Connection[Any], mode: Mode, compression: bo
                 conn.execute(sql, params or None)
                 policies.append(sql % tuple(repr(p) for p in params) if params else sql)
     return PostgresResult(done, plan.report, policies)
+
+
+def _generate_postgres(conn: psycopg.Connection[Any], timescale: bool, root: Path) -> None:
+    existing = {row[0] for row in conn.execute("SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema()").fetchall()}
+    for layout in generated_layouts("postgres", root):
+        if layout.table not in existing:
+            conn.execute(postgres_table(layout))
+            log.info("table generated from the record registry", store="postgres", table=layout.table, record_type=layout.record_type.name)
+        hypertable = timescale_hypertable(layout, TIMESCALE_PARAMS["generated_chunk_interval"]) if timescale else None
+        if hypertable is not None:
+            conn.execute(hypertable)
 
 
 # Checks: every record type with a table has it, in both stores

@@ -68,7 +68,7 @@ def query(settings: Settings, sql: str, params: Mapping[str, Any] | None = None)
 
 def query_arrow(settings: Settings, sql: str, params: Mapping[str, Any] | None = None) -> pa.Table:
     """:func:`query`'s result as an Arrow table."""
-    dsn = settings.clickhouse_dsn
+    dsn = settings.stores.clickhouse_dsn
     params = dict(params or {})
     if not dsn.startswith("chdb://"):
         return _read_arrow(_run(_server_client(dsn), sql, params))

@@ -257,7 +257,7 @@ class RedisSink(Sink):
         """Every type with a channel; ``live_candles`` (in-progress candles, carried as candles) only
         when they come this way (``CANDLE_UPDATES=kafka``): otherwise the worker publishes them itself."""
         names = tuple(rt.name for rt in RECORDS.values() if rt.channel)
-        return (*names, "live_candles") if settings.candle_updates == "kafka" else names
+        return (*names, "live_candles") if settings.agents.candle_updates == "kafka" else names
 
     def _channel(self, name: str) -> Channel | None:
         rt = record_type(name)

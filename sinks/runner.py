@@ -69,8 +69,8 @@ def fetch_config(settings: Settings, batch_ms: int) -> dict[str, int]:
     """Fetch settings for a sink that holds batches ``batch_ms``: a store sink lets the broker
     gather up to its batch window or 1 MB per fetch (it writes no sooner anyway), which spares the
     broker a fetch every few milliseconds; the realtime sink fetches as soon as anything arrives."""
-    if batch_ms <= settings.consumer_fetch_wait_ms:
-        return {"fetch.wait.max.ms": settings.consumer_fetch_wait_ms, "fetch.min.bytes": 1}
+    if batch_ms <= settings.kafka.consumer_fetch_wait_ms:
+        return {"fetch.wait.max.ms": settings.kafka.consumer_fetch_wait_ms, "fetch.min.bytes": 1}
     return {"fetch.wait.max.ms": batch_ms, "fetch.min.bytes": STORE_FETCH_MIN_BYTES}
 
 
@@ -157,17 +157,17 @@ class SinkRunner:
         for kind in ERROR_KINDS:  # every series from the start: rate() and alerts see 0, not "no data"
             ERRORS.labels(sink.name, kind)
         RETRIES.labels(sink.name)
-        self._batch_s = getattr(settings, sink.batch_ms_setting) / 1000
+        self._batch_s = getattr(settings.stores, sink.batch_ms_setting) / 1000
         self._types = {topic_of(settings, name): record_type(name) for name in sink.record_types(settings)}
-        self._codecs = {topic: codec_for(rt.schema, topic, settings.schema_registry_url) for topic, rt in self._types.items()}
+        self._codecs = {topic: codec_for(rt.schema, topic, settings.kafka.schema_registry_url) for topic, rt in self._types.items()}
         conf = {
-            "bootstrap.servers": settings.bootstrap,
+            "bootstrap.servers": settings.kafka.bootstrap,
             "group.id": self.group_id,
             "enable.auto.commit": False,
             "auto.offset.reset": "earliest",
-            "session.timeout.ms": int(settings.session_timeout_s * 1000),
+            "session.timeout.ms": int(settings.kafka.session_timeout_s * 1000),
             "client.id": f"tickflow-{self._component}",
-            **fetch_config(settings, getattr(settings, sink.batch_ms_setting)),
+            **fetch_config(settings, getattr(settings.stores, sink.batch_ms_setting)),
         }
         conf.update(consumer_config or {})
         self._consumer = Consumer(conf)
@@ -268,7 +268,7 @@ class SinkRunner:
         With nothing to consume, returns after one such wait, so callers can check stop
         conditions; the batch clock starts at the first record, which bounds how long one waits.
         """
-        size, window = self.settings.sink_batch_size, self._batch_s
+        size, window = self.settings.stores.sink_batch_size, self._batch_s
         count = rows = 0
         deadline: float | None = None
         while count < size and rows < size and not self._stop.is_set():
@@ -490,17 +490,17 @@ SINKS: dict[str, type[Sink]] = {"clickhouse": ClickHouseSink, "postgres": Postgr
 
 def sink_group_id(settings: Settings, name: str) -> str:
     """Each sink's own consumer group, so a slow or broken store never holds back another one."""
-    return f"{settings.app_id}-sink-{name}"
+    return f"{settings.kafka.app_id}-sink-{name}"
 
 
 def sink_lag(settings: Settings, name: str) -> GroupLag:
     """The lag of sink ``name``'s group, readable from any process."""
-    return GroupLag({"bootstrap.servers": settings.bootstrap}, sink_group_id(settings, name), list(SINKS[name].topics_for(settings)))
+    return GroupLag({"bootstrap.servers": settings.kafka.bootstrap}, sink_group_id(settings, name), list(SINKS[name].topics_for(settings)))
 
 
 def configured_sinks(settings: Settings) -> list[str]:
     """ClickHouse always, PostgreSQL and Redis when their URL is set."""
-    return ["clickhouse"] + (["postgres"] if settings.database_url else []) + (["redis"] if settings.redis_url else [])
+    return ["clickhouse"] + (["postgres"] if settings.stores.database_url else []) + (["redis"] if settings.stores.redis_url else [])
 
 
 def open_sinks(settings: Settings, *, migrate: bool = True, only: str | None = None) -> list[Sink]:
@@ -509,7 +509,7 @@ def open_sinks(settings: Settings, *, migrate: bool = True, only: str | None = N
     names = [n for n in configured_sinks(settings) if only is None or n == only]
     sinks: list[Sink] = []
     if "clickhouse" in names:
-        dsn = settings.clickhouse_dsn
+        dsn = settings.stores.clickhouse_dsn
         client = open_store(dsn)
         # Embedded chdb is open in one process only: from now on this one answers `tickflow sql`.
         server = QueryServer(dsn).start() if dsn.startswith("chdb://") else None
@@ -524,9 +524,9 @@ def open_sinks(settings: Settings, *, migrate: bool = True, only: str | None = N
         sinks.append(ClickHouseSink(client, owns_client=True, query_server=server))
     if "postgres" in names:
         if migrate:
-            migrate_postgres(settings.database_url, **postgres_options(settings))  # type: ignore[arg-type]
-            check_postgres(settings.database_url)  # type: ignore[arg-type]
-        sinks.append(PostgresSink(settings.database_url))  # type: ignore[arg-type]
+            migrate_postgres(settings.stores.database_url, **postgres_options(settings))  # type: ignore[arg-type]
+            check_postgres(settings.stores.database_url)  # type: ignore[arg-type]
+        sinks.append(PostgresSink(settings.stores.database_url))  # type: ignore[arg-type]
     if "redis" in names:
-        sinks.append(RedisSink(settings.redis_url))  # type: ignore[arg-type]
+        sinks.append(RedisSink(settings.stores.redis_url))  # type: ignore[arg-type]
     return sinks

@@ -268,17 +268,17 @@ class CandleOutput:
         from sinks.runner import open_sinks
 
         try:
-            self._sinks = open_sinks(settings.model_copy(update={"redis_url": None}))
+            self._sinks = open_sinks(settings.updated(redis_url=None))
         except Exception as exc:  # noqa: BLE001 - any store failing to open or migrate ends the backfill
-            hint = " (DATABASE_URL= turns PostgreSQL off)" if settings.database_url else ""
+            hint = " (DATABASE_URL= turns PostgreSQL off)" if settings.stores.database_url else ""
             raise BackfillError(f"cannot open the candle stores{hint}: {type(exc).__name__}: {exc}") from exc
         self._settings = settings
         self._producer: RecordProducer | None = RecordProducer(settings)
-        self._codec = codec_for("tickflow.Candle", settings.topic_candles, settings.schema_registry_url)
+        self._codec = codec_for("tickflow.Candle", settings.kafka.topic_candles, settings.kafka.schema_registry_url)
 
     def write(self, candles: list[Candle]) -> None:
         assert self._producer is not None, "CandleOutput is closed"
-        size = self._settings.sink_batch_size
+        size = self._settings.stores.sink_batch_size
         for i in range(0, len(candles), size):
             chunk = candles[i : i + size]
             for sink in self._sinks:
@@ -287,7 +287,7 @@ class CandleOutput:
                 except Exception as exc:  # noqa: BLE001 - down or refusing, the store cannot take the backfill
                     raise BackfillError(f"{sink.name} write failed: {type(exc).__name__}: {exc}") from exc
             for c in chunk:
-                self._producer.produce(self._settings.topic_candles, c.key, self._codec.encode(c.to_avro()))
+                self._producer.produce(self._settings.kafka.topic_candles, c.key, self._codec.encode(c.to_avro()))
             self._producer.flush()
 
     def close(self) -> None:
@@ -319,7 +319,7 @@ async def run_backfill(
     from streams.pipeline import kafka  # loads the stores and agents: not for the live source, which imports this module
 
     try:
-        exchange = open_exchange(exchange_id, settings.ccxt_url_overrides, settings.ccxt_options)
+        exchange = open_exchange(exchange_id, settings.sources.ccxt_url_overrides, settings.sources.ccxt_options)
     except ValueError as exc:
         raise BackfillError(str(exc)) from None
     try:

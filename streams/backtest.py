@@ -79,7 +79,7 @@ class AgentChain:
     def _partition(self, key: str) -> int:
         p = self._parts.get(key)
         if p is None:
-            p = self._parts[key] = partition_of(key, self.settings.ticks_partitions)
+            p = self._parts[key] = partition_of(key, self.settings.kafka.ticks_partitions)
         return p
 
     def _logic(self, spec: AgentSpec, p: int) -> AgentLogic:

@@ -56,8 +56,8 @@ class CheckpointStore:
         """The newest checkpoint of ``partition``, or None when there is none."""
         consumer = Consumer(
             {
-                "bootstrap.servers": self.settings.bootstrap,
-                "group.id": f"{self.settings.app_id}-checkpoint-reader",
+                "bootstrap.servers": self.settings.kafka.bootstrap,
+                "group.id": f"{self.settings.kafka.app_id}-checkpoint-reader",
                 "enable.auto.commit": False,
                 "fetch.message.max.bytes": 64 * 1024 * 1024,
             }

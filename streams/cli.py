@@ -31,11 +31,11 @@ def _setup(settings: Settings, role: str, port: int | None = None, *, command: s
     """
     from streams.observability import MetricsPortInUse, configure_logging, metrics_port, serve_metrics
 
-    configure_logging(settings.log_level, settings.log_format)
+    configure_logging(settings.ops.log_level, settings.ops.log_format)
     if port is not None:
-        settings = settings.model_copy(update={"metrics_port": port})
+        settings = settings.updated(metrics_port=port)
     try:
-        url = serve_metrics(metrics_port(role, settings.metrics_port), role=f"tickflow {command or role.replace('-', ' ')}")
+        url = serve_metrics(metrics_port(role, settings.ops.metrics_port), role=f"tickflow {command or role.replace('-', ' ')}")
     except MetricsPortInUse as exc:
         console.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
@@ -54,12 +54,12 @@ def _sigterm_as_ctrl_c() -> None:
 
 def _check_strategy(settings: Settings) -> None:
     """A STRATEGY_FILE the signals agent could not load stops the command before anything starts."""
-    if settings.strategy_file is None:
+    if settings.agents.strategy_file is None:
         return
     from agents.strategy import StrategyError, load_strategy
 
     try:
-        strategy_built(load_strategy(settings.strategy_file), settings)
+        strategy_built(load_strategy(settings.agents.strategy_file), settings)
     except StrategyError as exc:
         console.print(f"[red]STRATEGY_FILE {exc}[/]", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
@@ -69,8 +69,8 @@ def strategy_built(strategy, settings: Settings):  # noqa: ANN001, ANN201
     """The strategy, if the candle agent builds its interval (else no signal would ever come)."""
     from agents.strategy import StrategyError
 
-    if strategy.interval not in settings.intervals:
-        raise StrategyError(f"interval {strategy.interval!r} of strategy {strategy.name!r} is not built: CANDLE_INTERVALS is {settings.candle_intervals!r}")
+    if strategy.interval not in settings.agents.intervals:
+        raise StrategyError(f"interval {strategy.interval!r} of strategy {strategy.name!r} is not built: CANDLE_INTERVALS is {settings.agents.candle_intervals!r}")
     return strategy
 
 
@@ -83,8 +83,8 @@ def open_source(spec: str, settings: Settings, *, symbols: list[str], fmt: str |
     if kind == "synthetic":
         from streams.sources.synthetic import SyntheticSource
 
-        max_ms = settings.batch_max_ms if rate else settings.unpaced_batch_max_ms
-        return SyntheticSource(symbols=symbols or 10, rate=rate, limit=limit, exchange=exchange or "synthetic", max_trades=settings.batch_max_trades, max_ms=max_ms)
+        max_ms = settings.sources.batch_max_ms if rate else settings.sources.unpaced_batch_max_ms
+        return SyntheticSource(symbols=symbols or 10, rate=rate, limit=limit, exchange=exchange or "synthetic", max_trades=settings.sources.batch_max_trades, max_ms=max_ms)
     if kind == "replay" and fmt == "bitcoind-json":
         from streams.sources.bitcoind_replay import BitcoindReplaySource
 
@@ -100,14 +100,14 @@ def open_source(spec: str, settings: Settings, *, symbols: list[str], fmt: str |
         if not arg:
             raise typer.BadParameter("replay needs a path: --source replay:PATH")
         pace = parse_source_speed(speed)
-        max_ms = settings.batch_max_ms if pace else settings.unpaced_batch_max_ms
-        return ReplaySource(Path(arg), fmt=fmt, speed=pace, exchange=exchange, symbol=symbols[0] if symbols else None, max_trades=settings.batch_max_trades, max_ms=max_ms)
+        max_ms = settings.sources.batch_max_ms if pace else settings.sources.unpaced_batch_max_ms
+        return ReplaySource(Path(arg), fmt=fmt, speed=pace, exchange=exchange, symbol=symbols[0] if symbols else None, max_trades=settings.sources.batch_max_trades, max_ms=max_ms)
     if kind == "ccxt":
         from streams.sources.ccxt_live import CcxtSource
 
         if not arg or not symbols:
             raise typer.BadParameter("ccxt needs an exchange and symbols: --source ccxt:binance --symbols BTC/USDT,ETH/USDT")
-        return CcxtSource(arg, symbols, exchange_options=settings.ccxt_options, url_overrides=settings.ccxt_url_overrides)
+        return CcxtSource(arg, symbols, exchange_options=settings.sources.ccxt_options, url_overrides=settings.sources.ccxt_url_overrides)
     if kind == "coinmetrics":
         from streams.sources.coinmetrics import CoinMetricsSource
 
@@ -124,14 +124,14 @@ def open_source(spec: str, settings: Settings, *, symbols: list[str], fmt: str |
             raise typer.BadParameter("bitcoind needs the node's RPC URL: --source bitcoind:http://127.0.0.1:8332")
         return BitcoindSource(
             arg,
-            state_dir=settings.tickflow_data_dir / "bitcoind",
+            state_dir=settings.stores.tickflow_data_dir / "bitcoind",
             asset=(symbols[0] if symbols else "btc").lower(),
-            start_height=settings.bitcoind_start_height,
-            poll_s=settings.bitcoind_poll_s,
-            confirmations=settings.bitcoind_confirmations,
-            user=settings.bitcoind_rpc_user,
-            password=settings.bitcoind_rpc_password,
-            cookie_file=settings.bitcoind_cookie_file,
+            start_height=settings.sources.bitcoind_start_height,
+            poll_s=settings.sources.bitcoind_poll_s,
+            confirmations=settings.sources.bitcoind_confirmations,
+            user=settings.sources.bitcoind_rpc_user,
+            password=settings.sources.bitcoind_rpc_password,
+            cookie_file=settings.sources.bitcoind_cookie_file,
         )
     if kind in ("news", "social", "rss", "feargreed"):
         return _sentiment_source(kind, arg, settings)
@@ -145,14 +145,14 @@ def _sentiment_source(kind: str, arg: str, settings: Settings):  # noqa: ANN202
     if kind == "feargreed":
         from streams.sources.feargreed import FearGreedApiSource, FearGreedFileSource
 
-        return FearGreedApiSource(settings.fear_greed_api_url, settings.fear_greed_poll_s) if arg == "api" else FearGreedFileSource(arg)
+        return FearGreedApiSource(settings.sources.fear_greed_api_url, settings.sources.fear_greed_poll_s) if arg == "api" else FearGreedFileSource(arg)
     from agents.sentiment_model import settings_scorer
 
     scorer = settings_scorer(settings)
     if kind == "rss":
         from streams.sources.rss import RssSource
 
-        return RssSource(arg, scorer, settings.rss_state_path or settings.tickflow_data_dir / "rss-state.json", settings.rss_poll_s)
+        return RssSource(arg, scorer, settings.sources.rss_state_path or settings.stores.tickflow_data_dir / "rss-state.json", settings.sources.rss_poll_s)
     from streams.sources.news import NewsSource
     from streams.sources.social import SocialSource
 
@@ -195,15 +195,15 @@ def broker(
     settings = _setup(get_settings(), "broker", metrics_port)
     stop = threading.Event()
     stop_on_signals(stop.set)
-    b = EmbeddedBroker(port or settings.broker_port, log_file=settings.tickflow_data_dir / "tansu.log")
-    settings.tickflow_data_dir.mkdir(parents=True, exist_ok=True)
+    b = EmbeddedBroker(port or settings.kafka.broker_port, log_file=settings.stores.tickflow_data_dir / "tansu.log")
+    settings.stores.tickflow_data_dir.mkdir(parents=True, exist_ok=True)
     try:
         b.start()
     except (RuntimeError, TimeoutError) as exc:
         console.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
     try:
-        ensure_topics(settings.model_copy(update={"kafka_bootstrap": b.bootstrap}))
+        ensure_topics(settings.updated(kafka_bootstrap=b.bootstrap))
         console.print(f"broker on {b.bootstrap}: export KAFKA_BOOTSTRAP={b.bootstrap}; Ctrl-C or SIGTERM stops it", highlight=False, soft_wrap=True)
         while not stop.wait(0.5):
             if b.proc is None or b.proc.poll() is not None:
@@ -236,7 +236,7 @@ def ingest(
     from streams.topics import ensure_topics
 
     settings = _setup(get_settings(), "ingest", metrics_port)
-    if not settings.kafka_bootstrap:
+    if not settings.kafka.kafka_bootstrap:
         raise typer.BadParameter("KAFKA_BOOTSTRAP is not set: start `tickflow broker` and export it, or use `tickflow run`")
     ensure_topics(settings)
     src = open_source(source, settings, symbols=_symbols(symbols), fmt=fmt, speed=speed, rate=rate, limit=limit, exchange=exchange)
@@ -296,7 +296,7 @@ def _summary(status) -> Group:  # noqa: ANN001
         for ps in list(candle_runner.parts.values()):
             book = ps.logic.book
             for ex, sym in list(book._syms)[:8]:  # noqa: SLF001 - read-only view
-                c = book.in_progress(ex, sym, candle_runner.settings.intervals[0])
+                c = book.in_progress(ex, sym, candle_runner.settings.agents.intervals[0])
                 if c is not None and rows < 12:
                     rows += 1
                     latest.add_row(f"{ex}:{sym}", c.interval, time.strftime("%H:%M", time.gmtime(c.open_time / 1000)), f"{c.open:g}", f"{c.high:g}", f"{c.low:g}", f"{c.close:g}", f"{c.volume:.4g}", str(c.trade_count))
@@ -309,13 +309,13 @@ def _start_gateway(settings: Settings) -> subprocess.Popen[bytes] | None:
 
     It reads PostgreSQL: embedded chdb is held by the ClickHouse sink's process, so without
     DATABASE_URL (and without a ClickHouse server) it is not started."""
-    if not settings.gateway_enabled:
+    if not settings.gateway.gateway_enabled:
         return None
-    if not settings.database_url and not settings.clickhouse_url:
+    if not settings.stores.database_url and not settings.stores.clickhouse_url:
         console.print("[yellow]gateway not started: it needs DATABASE_URL (keys, queries) or a ClickHouse server[/]")
         return None
-    settings.tickflow_data_dir.mkdir(parents=True, exist_ok=True)
-    log_file = (settings.tickflow_data_dir / "gateway.log").open("ab")
+    settings.stores.tickflow_data_dir.mkdir(parents=True, exist_ok=True)
+    log_file = (settings.stores.tickflow_data_dir / "gateway.log").open("ab")
     from streams.broker import die_with_parent
 
     # SIGTERM from the kernel if `tickflow run` is killed outright: an orphan would keep port 8000.
@@ -323,8 +323,8 @@ def _start_gateway(settings: Settings) -> subprocess.Popen[bytes] | None:
         [sys.executable, "-m", "streams", "serve"], stdout=log_file, stderr=log_file, env={**os.environ, "LOG_FORMAT": "json"},
         preexec_fn=die_with_parent(signal.SIGTERM),  # noqa: PLW1509 - one prctl call between fork and exec
     )
-    url = f"http://{settings.gateway_host}:{settings.gateway_port}/"
-    console.print(f"gateway on {url} (dashboard; API docs {url}docs; log {settings.tickflow_data_dir / 'gateway.log'}); a key: tickflow keys create --name dashboard", highlight=False)
+    url = f"http://{settings.gateway.gateway_host}:{settings.gateway.gateway_port}/"
+    console.print(f"gateway on {url} (dashboard; API docs {url}docs; log {settings.stores.tickflow_data_dir / 'gateway.log'}); a key: tickflow keys create --name dashboard", highlight=False)
     return proc
 
 
@@ -423,7 +423,7 @@ def sink(name: Annotated[str, typer.Argument(help="clickhouse | postgres | redis
     if name not in SINKS:
         raise typer.BadParameter(f"unknown sink {name!r}: use {', '.join(SINKS)}")
     settings = get_settings()
-    if not settings.kafka_bootstrap:
+    if not settings.kafka.kafka_bootstrap:
         raise typer.BadParameter("KAFKA_BOOTSTRAP is not set")
     settings = _setup(settings, f"sink-{name}", metrics_port)
     stop = threading.Event()
@@ -464,7 +464,7 @@ def backfill(
     from streams.observability import configure_logging
 
     settings = get_settings()
-    configure_logging(settings.log_level, settings.log_format)
+    configure_logging(settings.ops.log_level, settings.ops.log_format)
     try:
         since_ms = parse_time(since)
         until_ms = None if until is None else parse_time(until)
@@ -524,17 +524,17 @@ def migrate() -> None:
 
     settings = get_settings()
     try:
-        client = connect(settings.clickhouse_dsn)
+        client = connect(settings.stores.clickhouse_dsn)
     except ClickHouseError as exc:
-        held = " (another process has it open; a running ClickHouse sink migrated it when it started)" if settings.clickhouse_dsn.startswith("chdb://") else ""
+        held = " (another process has it open; a running ClickHouse sink migrated it when it started)" if settings.stores.clickhouse_dsn.startswith("chdb://") else ""
         console.print(f"[red]cannot open ClickHouse{held}:[/] {escape(str(exc).strip())}", highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
     try:
         console.print(f"clickhouse: applied {migrate_clickhouse(client) or 'nothing new'}")
         check_clickhouse(client)
-        if settings.database_url:
+        if settings.stores.database_url:
             try:
-                result = run_postgres_migrations(settings.database_url, **postgres_options(settings))
+                result = run_postgres_migrations(settings.stores.database_url, **postgres_options(settings))
             except TimescaleError as exc:
                 console.print(f"[red]postgres: not migrated:[/] {exc}", highlight=False, soft_wrap=True)
                 raise typer.Exit(1) from None
@@ -542,7 +542,7 @@ def migrate() -> None:
             console.print(f"postgres: applied {result.applied or 'nothing new'}")
             for statement in result.policies:
                 console.print(f"postgres: policy {statement}", highlight=False, soft_wrap=True)
-            check_postgres(settings.database_url)
+            check_postgres(settings.stores.database_url)
     except SchemaMismatch as exc:
         console.print(f"[red]{exc}[/]", highlight=False, soft_wrap=True)
         raise typer.Exit(1) from exc
@@ -560,7 +560,7 @@ def topics() -> None:
     from streams.topics import end_offsets
 
     settings = get_settings()
-    if not settings.kafka_bootstrap:
+    if not settings.kafka.kafka_bootstrap:
         raise typer.BadParameter("KAFKA_BOOTSTRAP is not set: start `tickflow broker` first")
     t = Table("topic", "partition", "low", "high", "records")
     for name, rows in end_offsets(settings).items():
@@ -617,9 +617,9 @@ def subscribe(pattern: Annotated[str, typer.Argument(help="Redis channel pattern
     import redis
 
     settings = get_settings()
-    if not settings.redis_url:
+    if not settings.stores.redis_url:
         raise typer.BadParameter("REDIS_URL is empty")
-    pubsub = redis.Redis.from_url(settings.redis_url).pubsub()
+    pubsub = redis.Redis.from_url(settings.stores.redis_url).pubsub()
     pubsub.psubscribe(pattern)
     try:
         for msg in pubsub.listen():
@@ -645,12 +645,12 @@ def serve(
     from streams.observability import configure_logging
 
     settings = get_settings()
-    configure_logging(settings.log_level, settings.log_format)
-    h, p = host or settings.gateway_host, port or settings.gateway_port
-    if settings.database_url:
+    configure_logging(settings.ops.log_level, settings.ops.log_format)
+    h, p = host or settings.gateway.gateway_host, port or settings.gateway.gateway_port
+    if settings.stores.database_url:
         from sinks.migrations import migrate_postgres
 
-        migrate_postgres(settings.database_url)  # api_keys and the tables it reads
+        migrate_postgres(settings.stores.database_url)  # api_keys and the tables it reads
     console.print(f"gateway on http://{h}:{p}/  (API docs http://{h}:{p}/docs, metrics http://{h}:{p}/metrics)", highlight=False)
     run_server(settings, h, p)
 
@@ -664,10 +664,10 @@ def _key_store():  # noqa: ANN202
     from streams.gateway.auth import KeyStore
 
     settings = get_settings()
-    if not settings.database_url:
+    if not settings.stores.database_url:
         raise typer.BadParameter("DATABASE_URL is empty: keys live in PostgreSQL")
-    migrate_postgres(settings.database_url)
-    return KeyStore(settings.database_url)
+    migrate_postgres(settings.stores.database_url)
+    return KeyStore(settings.stores.database_url)
 
 
 @keys_app.command("create")
@@ -740,7 +740,7 @@ def backtest(
     from streams.report import write_report
 
     settings = get_settings()
-    configure_logging(settings.log_level, settings.log_format)
+    configure_logging(settings.ops.log_level, settings.ops.log_format)
     try:
         strat = strategy_built(load_strategy(strategy), settings)
     except StrategyError as exc:

@@ -66,9 +66,9 @@ async def run_ingest(
     source_name: str = "source",
     on_progress: Callable[[IngestStats], None] | None = None,
 ) -> IngestStats:
-    writer = TradeBatchWriter(codec or codec_for("tickflow.TradeBatch", settings.topic_ticks, settings.schema_registry_url))
+    writer = TradeBatchWriter(codec or codec_for("tickflow.TradeBatch", settings.kafka.topic_ticks, settings.kafka.schema_registry_url))
     stats = IngestStats()
-    topic = settings.topic_ticks
+    topic = settings.kafka.topic_ticks
     encoders: dict[str, tuple[str, AvroCodec]] = {}
     last_report = time.monotonic()
     receipt_gauges: dict[str, Any] = {}  # SYMBOL_LAST_RECEIPT children by key: labels() per batch is costly
@@ -121,7 +121,7 @@ async def _produce_record(item: Record, producer: RecordProducer, settings: Sett
     if enc is None:
         rt = record_type(item.record)
         topic = topic_of(settings, item.record)
-        enc = encoders[item.record] = (topic, codec_for(rt.schema, topic, settings.schema_registry_url))
+        enc = encoders[item.record] = (topic, codec_for(rt.schema, topic, settings.kafka.schema_registry_url))
     topic, codec = enc
     producer.produce(topic, item.key, codec.encode(item.value.to_avro()))
     BATCHES_OUT.labels(topic).inc()

@@ -48,42 +48,42 @@ DRAIN_SETTLE_S = 2.0
 @contextlib.contextmanager
 def kafka(settings: Settings) -> Iterator[Settings]:
     """Yield settings pointing at a broker: the configured one, or an embedded Tansu for the duration."""
-    if settings.kafka_bootstrap:
+    if settings.kafka.kafka_bootstrap:
         ensure_topics(settings)
         yield settings
         return
-    broker = EmbeddedBroker(settings.broker_port, log_file=_data_dir(settings) / "tansu.log")
+    broker = EmbeddedBroker(settings.kafka.broker_port, log_file=_data_dir(settings) / "tansu.log")
     with broker:
-        embedded = settings.model_copy(update={"kafka_bootstrap": broker.bootstrap})
+        embedded = settings.updated(kafka_bootstrap=broker.bootstrap)
         ensure_topics(embedded)
         yield embedded
 
 
 def _data_dir(settings: Settings):
-    settings.tickflow_data_dir.mkdir(parents=True, exist_ok=True)
-    return settings.tickflow_data_dir
+    settings.stores.tickflow_data_dir.mkdir(parents=True, exist_ok=True)
+    return settings.stores.tickflow_data_dir
 
 
 def reachable_services(settings: Settings, say: Callable[[str], None]) -> Settings:
     """Turn off the PostgreSQL and Redis sinks, saying so once, when their store cannot be reached."""
     update: dict[str, object] = {}
-    if settings.database_url:
+    if settings.stores.database_url:
         try:
-            psycopg.connect(settings.database_url, connect_timeout=3).close()
+            psycopg.connect(settings.stores.database_url, connect_timeout=3).close()
         except psycopg.Error as exc:
-            say(f"PostgreSQL at {settings.database_url} not reachable ({exc.__class__.__name__}): postgres sink off")
+            say(f"PostgreSQL at {settings.stores.database_url} not reachable ({exc.__class__.__name__}): postgres sink off")
             update["database_url"] = None
     else:
         say("DATABASE_URL empty: postgres sink off")
-    if settings.redis_url:
+    if settings.stores.redis_url:
         try:
-            redis.Redis.from_url(settings.redis_url, socket_connect_timeout=3).ping()
+            redis.Redis.from_url(settings.stores.redis_url, socket_connect_timeout=3).ping()
         except redis.RedisError as exc:
-            say(f"Redis at {settings.redis_url} not reachable ({exc.__class__.__name__}): redis sink off")
+            say(f"Redis at {settings.stores.redis_url} not reachable ({exc.__class__.__name__}): redis sink off")
             update["redis_url"] = None
     else:
         say("REDIS_URL empty: redis sink off")
-    return settings.model_copy(update=update) if update else settings
+    return settings.updated(**update) if update else settings
 
 
 BATCH_SINKS = frozenset({"clickhouse", "postgres"})
@@ -97,7 +97,7 @@ class SinkFailed(RuntimeError):
 def _sink_process(settings: Settings, name: str, ready: EventT, parent: int, metrics_port: int) -> None:
     """Entry of one sink's process: open and migrate its store, then consume until SIGTERM (from the
     parent's ``close`` or anyone else); its last batch is then written and committed."""
-    configure_logging(settings.log_level, settings.log_format)
+    configure_logging(settings.ops.log_level, settings.ops.log_format)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's Ctrl-C reaches the parent, which stops the sinks
     stop = threading.Event()
     stop_on_signals(stop.set, (signal.SIGTERM,))
@@ -152,7 +152,7 @@ class SinkProcesses:
         self._closing = False
         self.procs: dict[str, BaseProcess] = {}
         self._ready: dict[str, EventT] = {}
-        base = metrics_port("worker", settings.metrics_port)
+        base = metrics_port("worker", settings.ops.metrics_port)
         for name in names:
             ready = ctx.Event()
             port = base + role_port_offset(f"sink-{name}") if base else 0
@@ -221,20 +221,20 @@ class DrainStalled(RuntimeError):
 def open_history(settings: Settings) -> CandleHistory | None:
     """The candle store warm starts read: PostgreSQL/TimescaleDB when configured, else a ClickHouse
     server (embedded chdb is open in the ClickHouse sink's process, so it cannot serve them)."""
-    if settings.indicator_warm_start_bars <= 0:
+    if settings.agents.indicator_warm_start_bars <= 0:
         return None
-    if settings.database_url:
-        return PostgresCandleHistory(settings.database_url)
-    if settings.clickhouse_url and not settings.clickhouse_url.startswith("chdb:"):
-        return ClickHouseCandleHistory(settings.clickhouse_url)
+    if settings.stores.database_url:
+        return PostgresCandleHistory(settings.stores.database_url)
+    if settings.stores.clickhouse_url and not settings.stores.clickhouse_url.startswith("chdb:"):
+        return ClickHouseCandleHistory(settings.stores.clickhouse_url)
     log.info("no candle store for warm starts (PostgreSQL off, ClickHouse embedded): new series start cold")
     return None
 
 
 def build_runtime(settings: Settings, producer: RecordProducer, *, agents: list[str] | None = None) -> tuple[Runtime, LiveFanout | None]:
     """Every registered agent (or those named) on the runtime, with the stores and the fan-out they use."""
-    fanout = LiveFanout(settings.redis_url) if settings.redis_url and settings.candle_updates != "kafka" else None
-    live = LiveRoute(publish=fanout.publish if fanout is not None else None, to_topic=settings.candle_updates != "redis" or fanout is None)
+    fanout = LiveFanout(settings.stores.redis_url) if settings.stores.redis_url and settings.agents.candle_updates != "kafka" else None
+    live = LiveRoute(publish=fanout.publish if fanout is not None else None, to_topic=settings.agents.candle_updates != "redis" or fanout is None)
     runtime = Runtime()
     for spec in AGENTS:
         if agents is not None and spec.name not in agents:
@@ -264,9 +264,9 @@ async def _wait_caught_up(settings: Settings, runner: AgentRunner, stop: asyncio
         position = runner.positions()
         if position != last:
             last, since = position, time.monotonic()
-        elif time.monotonic() - since > settings.drain_stall_s:
+        elif time.monotonic() - since > settings.agents.drain_stall_s:
             inputs = {t: ends.get(t) for t in runner.inputs}
-            raise DrainStalled(f"agent {runner.name} made no progress for {settings.drain_stall_s:.0f} s: next offsets {position}, inputs (partition, low, high) {inputs}")
+            raise DrainStalled(f"agent {runner.name} made no progress for {settings.agents.drain_stall_s:.0f} s: next offsets {position}, inputs (partition, low, high) {inputs}")
         await asyncio.sleep(0.2)
 
 
@@ -397,6 +397,6 @@ async def _drain(settings: Settings, runtime: Runtime, sinks: SinkProcesses | No
             settled_since = None
         if lags != last:
             last, since = lags, time.monotonic()
-        elif time.monotonic() - since > settings.drain_stall_s:
-            raise DrainStalled(f"sinks made no progress for {settings.drain_stall_s:.0f} s: lag {lags}")
+        elif time.monotonic() - since > settings.agents.drain_stall_s:
+            raise DrainStalled(f"sinks made no progress for {settings.agents.drain_stall_s:.0f} s: lag {lags}")
         await asyncio.sleep(0.3)

@@ -35,11 +35,11 @@ class RecordProducer:
     def __init__(self, settings: Settings, **overrides: Any) -> None:
         self.settings = settings
         conf = {
-            "bootstrap.servers": settings.bootstrap,
+            "bootstrap.servers": settings.kafka.bootstrap,
             "enable.idempotence": True,
             "acks": "all",
             "compression.type": "lz4",
-            "linger.ms": settings.producer_linger_ms,
+            "linger.ms": settings.kafka.producer_linger_ms,
             "batch.size": 1_000_000,
             "message.max.bytes": 8_000_000,
             "queue.buffering.max.kbytes": 512_000,
@@ -50,7 +50,7 @@ class RecordProducer:
         self._producer = Producer(conf)
         self._errors: list[str] = []
         self.delivered = 0
-        self._dlq_codec = codec_for("tickflow.DeadLetter", settings.topic_dlq, settings.schema_registry_url)
+        self._dlq_codec = codec_for("tickflow.DeadLetter", settings.kafka.topic_dlq, settings.kafka.schema_registry_url)
         self._bytes_out: dict[str, Any] = {}  # BYTES_OUT children by topic: labels() on every record is costly
         self._polled = 0.0
 
@@ -92,7 +92,7 @@ class RecordProducer:
         """Send a rejected input to the dead-letter topic with its reason and original bytes."""
         DLQ_RECORDS.labels(letter.component, dead_letter_class(letter.reason)).inc()
         log.warning("dead-lettered", component=letter.component, reason=letter.reason, topic=letter.source_topic, partition=letter.source_partition, offset=letter.source_offset)
-        self.produce(self.settings.topic_dlq, letter.key, self._dlq_codec.encode(letter.to_avro()))
+        self.produce(self.settings.kafka.topic_dlq, letter.key, self._dlq_codec.encode(letter.to_avro()))
 
     def dead_letter_durably(self, letter: DeadLetter) -> None:
         """Dead-letter and wait for the broker, for callers that commit the input right after."""

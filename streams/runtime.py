@@ -124,8 +124,8 @@ class AgentRunner:
         self.history = history
         self.live = live or LiveRoute(to_topic=True)
         self.name = spec.name
-        self.group_id = f"{settings.app_id}-{spec.name}"
-        registry = settings.schema_registry_url
+        self.group_id = f"{settings.kafka.app_id}-{spec.name}"
+        registry = settings.kafka.schema_registry_url
         self.inputs: dict[str, _Input] = {}
         for name in spec.inputs:
             rt = record_type(name)
@@ -182,21 +182,21 @@ class AgentRunner:
 
     def run(self, stop: threading.Event) -> None:
         conf = {
-            "bootstrap.servers": self.settings.bootstrap,
+            "bootstrap.servers": self.settings.kafka.bootstrap,
             "group.id": self.group_id,
             "client.id": f"tickflow-agent-{self.name}",
             "enable.auto.commit": False,
             "auto.offset.reset": "earliest",
             "partition.assignment.strategy": "range",  # co-partitioned inputs: partition p of each topic together
-            "session.timeout.ms": int(self.settings.session_timeout_s * 1000),
-            "fetch.wait.max.ms": self.settings.consumer_fetch_wait_ms,
+            "session.timeout.ms": int(self.settings.kafka.session_timeout_s * 1000),
+            "fetch.wait.max.ms": self.settings.kafka.consumer_fetch_wait_ms,
             "fetch.queue.backoff.ms": 1,  # librdkafka waits 1 s by default before refetching a partition with queued records
             "fetch.message.max.bytes": 8_000_000,
             **self._consumer_config,
         }
         consumer = self._consumer = Consumer(conf)
         consumer.subscribe(list(self.inputs), on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost)
-        checkpoint_s = self.settings.agent_checkpoint_s
+        checkpoint_s = self.settings.agents.agent_checkpoint_s
         next_checkpoint = time.monotonic() + checkpoint_s
         next_timer = 0.0
         next_lag = 0.0

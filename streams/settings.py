@@ -1,7 +1,8 @@
-"""All tickflow settings in one typed object, read from environment variables.
+"""All tickflow settings in one typed object, nested by concern, read from environment variables.
 
 Defaults run embedded: no Kafka, ClickHouse or Schema Registry to install. Every field maps to an
-upper-case environment variable of the same name (``KAFKA_BOOTSTRAP``, ``TICKS_PARTITIONS``, ...).
+upper-case environment variable of the same name (``KAFKA_BOOTSTRAP``, ``TICKS_PARTITIONS``, ...);
+code reads it through its concern: ``settings.kafka.kafka_bootstrap``, ``settings.stores.database_url``.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import BaseModel, Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -202,12 +203,56 @@ class OpsSettings(BaseSettings):
     )
 
 
-class Settings(KafkaSettings, StoreSettings, SourceSettings, AgentSettings, GatewaySettings, OpsSettings):
-    """Every setting, one concern per base class: a part that needs only one concern can take that
-    class (``StoreSettings``, ``KafkaSettings``, ...); environment variable names are the fields'.
+GROUPS: dict[str, type[BaseSettings]] = {
+    "kafka": KafkaSettings,
+    "stores": StoreSettings,
+    "sources": SourceSettings,
+    "agents": AgentSettings,
+    "gateway": GatewaySettings,
+    "ops": OpsSettings,
+}
+GROUP_OF: dict[str, str] = {field: group for group, cls in GROUPS.items() for field in cls.model_fields}
+
+
+def _route(flat: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Sort settings given by their environment names into their concerns; an unknown name is an error."""
+    unknown = sorted(set(flat) - set(GROUP_OF))
+    if unknown:
+        raise ValueError(f"unknown settings: {', '.join(unknown)}")
+    routed: dict[str, dict[str, Any]] = {}
+    for name, value in flat.items():
+        routed.setdefault(GROUP_OF[name], {})[name] = value
+    return routed
+
+
+class Settings(BaseModel):
+    """Every setting, one concern per group; a part that needs one concern takes only its group.
+
+    ``Settings(kafka_bootstrap=..., sink_batch_ms=...)`` takes overrides by their environment names
+    (the rest still come from the environment), as does :meth:`updated`.
     """
 
-    model_config = CONFIG
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    stores: StoreSettings = Field(default_factory=StoreSettings)
+    sources: SourceSettings = Field(default_factory=SourceSettings)
+    agents: AgentSettings = Field(default_factory=AgentSettings)
+    gateway: GatewaySettings = Field(default_factory=GatewaySettings)
+    ops: OpsSettings = Field(default_factory=OpsSettings)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_flat(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or not set(data) - set(GROUPS):
+            return data
+        nested = {k: v for k, v in data.items() if k in GROUPS}
+        for group, values in _route({k: v for k, v in data.items() if k not in GROUPS}).items():
+            nested[group] = GROUPS[group](**values)  # the group's other fields still come from the environment
+        return nested
+
+    def updated(self, **changes: Any) -> Settings:
+        """A copy with some settings changed, named as in the environment (``updated(sink_batch_ms=200)``)."""
+        groups = {group: getattr(self, group).model_copy(update=values) for group, values in _route(changes).items()}
+        return self.model_copy(update=groups)
 
 
 @lru_cache

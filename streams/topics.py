@@ -32,12 +32,12 @@ class TopicSpec:
 
 def state_topic(settings: Settings, spec: AgentSpec) -> str:
     """An agent's checkpoints: ``{agent}-state``, or the Settings field ``topic_{agent}_state`` when there is one."""
-    return getattr(settings, f"topic_{spec.name}_state", None) or f"{spec.name}-state{settings.topic_suffix}"
+    return getattr(settings.kafka, f"topic_{spec.name}_state", None) or f"{spec.name}-state{settings.kafka.topic_suffix}"
 
 
 def topic_specs(settings: Settings) -> list[TopicSpec]:
     """Every record type's topic (schemas.registry) and every agent's state topic (agents.registry)."""
-    n = settings.ticks_partitions
+    n = settings.kafka.ticks_partitions
     specs = [TopicSpec(topic_of(settings, rt.name), n if rt.partitioned else 1, dict(rt.topic_config)) for rt in RECORDS.values()]
     specs += [TopicSpec(state_topic(settings, spec), n, {"cleanup.policy": "compact"}) for spec in AGENTS]
     return specs
@@ -47,13 +47,14 @@ def isolated(settings: Settings, tag: str, *, keep: Iterable[str] = ()) -> Setti
     """``settings`` with every topic (but the ``topic_*`` fields in ``keep``) and the app id suffixed
     with ``tag``: runs sharing a broker, as tests and benchmarks do, never see each other's records
     or consumer groups, whatever topics later steps add."""
-    update: dict[str, str] = {f: f"{getattr(settings, f)}-{tag}" for f in Settings.model_fields if f.startswith("topic_") and f not in keep}
-    update["app_id"] = f"{settings.app_id}-{tag}"
-    return settings.model_copy(update=update)
+    kafka = settings.kafka
+    update: dict[str, str] = {f: f"{getattr(kafka, f)}-{tag}" for f in type(kafka).model_fields if f.startswith("topic_") and f not in keep}
+    update["app_id"] = f"{kafka.app_id}-{tag}"
+    return settings.updated(**update)
 
 
 def admin(settings: Settings) -> AdminClient:
-    return AdminClient({"bootstrap.servers": settings.bootstrap})
+    return AdminClient({"bootstrap.servers": settings.kafka.bootstrap})
 
 
 def ensure_topics(settings: Settings, timeout: float = 30.0) -> list[str]:
@@ -64,7 +65,7 @@ def ensure_topics(settings: Settings, timeout: float = 30.0) -> list[str]:
     if not missing:
         return []
     futures = client.create_topics(
-        [NewTopic(s.name, s.partitions, settings.replication_factor, config=s.config) for s in missing],
+        [NewTopic(s.name, s.partitions, settings.kafka.replication_factor, config=s.config) for s in missing],
         operation_timeout=timeout,
     )
     created = []
@@ -109,7 +110,7 @@ def high_watermarks(consumer: Consumer, partitions: list[TopicPartition], timeou
 
 def end_offsets(settings: Settings, timeout: float = 10.0) -> dict[str, list[tuple[int, int, int]]]:
     """Per topic, (partition, low, high) watermarks."""
-    consumer = Consumer({"bootstrap.servers": settings.bootstrap, "group.id": f"{settings.app_id}-admin", "enable.auto.commit": False})
+    consumer = Consumer({"bootstrap.servers": settings.kafka.bootstrap, "group.id": f"{settings.kafka.app_id}-admin", "enable.auto.commit": False})
     try:
         meta = consumer.list_topics(timeout=timeout)
         tps = [TopicPartition(name, p) for name, topic in meta.topics.items() if not name.startswith("__") for p in topic.partitions]

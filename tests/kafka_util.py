@@ -16,7 +16,7 @@ def read_topic(settings: Settings, topic: str, *, timeout: float = 60.0) -> list
     want = sum(ends.values())
     consumer = Consumer(
         {
-            "bootstrap.servers": settings.bootstrap,
+            "bootstrap.servers": settings.kafka.bootstrap,
             "group.id": f"test-reader-{time.monotonic_ns()}",
             "auto.offset.reset": "earliest",
             "enable.auto.commit": False,

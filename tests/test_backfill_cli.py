@@ -81,7 +81,7 @@ def ch_rows(env: dict[str, str]) -> list[Candle]:
 
 def topic_candles(settings: Settings) -> list[tuple[bytes, int, Candle]]:
     codec = AvroCodec("tickflow.Candle")
-    return [(m.key(), m.partition(), Candle.from_avro(codec.decode(m.value()))) for m in read_topic(settings, settings.topic_candles)]
+    return [(m.key(), m.partition(), Candle.from_avro(codec.decode(m.value()))) for m in read_topic(settings, settings.kafka.topic_candles)]
 
 
 @pytest.fixture
@@ -147,7 +147,7 @@ async def test_backfill_fills_both_stores_and_the_topic_once(fake: Any, topics: 
         assert rerun.returncode == 0, rerun.stderr[-3000:]
         assert pg_indicators(db) == metrics
         dlq = AvroCodec("tickflow.DeadLetter")
-        letters = [DeadLetter.from_avro(dlq.decode(m.value())) for m in read_topic(topics, topics.topic_dlq)]
+        letters = [DeadLetter.from_avro(dlq.decode(m.value())) for m in read_topic(topics, topics.kafka.topic_dlq)]
         assert [letter.reason for letter in letters if letter.component == "indicators"] == []
     finally:
         drop_database(db)

@@ -56,12 +56,12 @@ def drop_database(name: str) -> None:
 def env_for(settings: Settings, *, data_dir: Path, database: str | None, redis_url: str = "") -> dict[str, str]:
     """The environment of a ``tickflow`` subprocess on ``settings``' broker, topics and app id."""
     env = dict(os.environ)
-    env.update({f.upper(): getattr(settings, f) for f in Settings.model_fields if f.startswith("topic_")})
+    env.update({f.upper(): getattr(settings.kafka, f) for f in type(settings.kafka).model_fields if f.startswith("topic_")})
     env.update(
         {
-            "KAFKA_BOOTSTRAP": settings.bootstrap,
-            "TICKS_PARTITIONS": str(settings.ticks_partitions),
-            "APP_ID": settings.app_id,
+            "KAFKA_BOOTSTRAP": settings.kafka.bootstrap,
+            "TICKS_PARTITIONS": str(settings.kafka.ticks_partitions),
+            "APP_ID": settings.kafka.app_id,
             "TICKFLOW_DATA_DIR": str(data_dir),
             "DATABASE_URL": f"postgresql://127.0.0.1:5432/{database}" if database else "",
             "REDIS_URL": redis_url,
@@ -117,7 +117,7 @@ def xrp_ticks(topics: Settings) -> Settings:
     import asyncio
 
     path = data_path(*XRP)
-    small = topics.model_copy(update={"batch_max_trades": 5})
+    small = topics.updated(batch_max_trades=5)
     stats = asyncio.run(run_ingest(ReplaySource(path, max_trades=5, max_ms=50), RecordProducer(small), small))
     assert stats.trades == 12_477
     return topics
@@ -131,7 +131,7 @@ def test_replay_until_drained_fills_both_stores_equal_to_the_engine(xrp_ticks: S
         run = tickflow("run", "--no-source", "--until-drained", "--quiet", env=env)
         assert run.returncode == 0, run.stderr[-3000:]
 
-        want = expected_candles(data_path(*XRP), CandleConfig(intervals=tuple(Settings().intervals)))
+        want = expected_candles(data_path(*XRP), CandleConfig(intervals=tuple(Settings().agents.intervals)))
         pg = pg_candles(db)
         ch = ch_candles(env)
         assert len(pg) == len(want) == len(ch)
@@ -185,14 +185,14 @@ def test_subscribers_get_the_updates_in_order_then_the_final_candles(topics: Set
         listener.join(5)
         pubsub.close()
     live = AvroCodec("tickflow.LiveCandles")
-    sent = [c for m in read_topic(topics, topics.topic_candle_updates) for c in LiveCandles.from_avro(live.decode(m.value())).candles]
+    sent = [c for m in read_topic(topics, topics.kafka.topic_candle_updates) for c in LiveCandles.from_avro(live.decode(m.value())).candles]
     docs = [(channel, json.loads(data)) for channel, data in got]
     updates = [(channel, data) for channel, data in got if not json.loads(data)["is_final"]]
     if where == "kafka":
         assert sorted(data for _, data in updates) == sorted(candle_json(c) for c in sent)
     else:
         assert sent == [] and len(updates) > 100
-    assert {channel.rsplit(":", 1)[1] for channel, _ in updates} == set(Settings().intervals)
+    assert {channel.rsplit(":", 1)[1] for channel, _ in updates} == set(Settings().agents.intervals)
     for channel in {c for c, _ in updates}:
         counts = [(doc["open_time"], doc["trade_count"]) for c, doc in docs if c == channel and not doc["is_final"]]
         assert counts == sorted(counts), f"updates out of order on {channel}"
@@ -229,7 +229,7 @@ def test_sigkill_mid_replay_then_restart_equals_uninterrupted_run_candles_and_in
         proc = subprocess.Popen([sys.executable, "-m", "streams", "run", "--no-source", "--quiet"], env=env_b, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
-            emitted = sum(hi for _, _, hi in end_offsets(crashed).get(crashed.topic_candles, []))
+            emitted = sum(hi for _, _, hi in end_offsets(crashed).get(crashed.kafka.topic_candles, []))
             if emitted >= 1500:
                 break
             time.sleep(0.1)

@@ -17,7 +17,7 @@ from schemas.registry import topic_of
 from sinks.runner import SINKS, sink_group_id
 from streams.cli import app
 from streams.observability import ROLE_METRICS_PORTS
-from streams.settings import Settings
+from streams.settings import GROUP_OF, Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
@@ -48,7 +48,7 @@ def test_the_command_check_rejects_what_the_cli_would() -> None:
 
 
 def settings_fields() -> set[str]:
-    return {name.upper() for name in Settings.model_fields}
+    return {name.upper() for name in GROUP_OF}
 
 
 # -- docker-compose.yml
@@ -153,7 +153,7 @@ def test_keda_scales_on_the_real_consumer_groups_and_topics() -> None:
     deployments = {d["metadata"]["name"] for d in docs if d["kind"] == "Deployment"}
     config = next(d for d in docs if d["kind"] == "ConfigMap")["data"]
     settings = Settings(app_id=config["APP_ID"])
-    groups = {f"{settings.app_id}-{spec.name}": {topic_of(settings, i) for i in spec.inputs} for spec in AGENTS}
+    groups = {f"{settings.kafka.app_id}-{spec.name}": {topic_of(settings, i) for i in spec.inputs} for spec in AGENTS}
     for sink in SINKS:
         groups[sink_group_id(settings, sink)] = set(SINKS[sink].topics_for(settings))
     scaled = [d for d in docs if d["kind"] == "ScaledObject"]
@@ -170,5 +170,5 @@ def test_keda_scales_on_the_real_consumer_groups_and_topics() -> None:
             assert obj["spec"]["maxReplicaCount"] <= int(config["TICKS_PARTITIONS"])
     worker_groups = {t["metadata"]["consumerGroup"] for d in scaled if d["metadata"]["name"] == "worker" for t in d["spec"]["triggers"]}
     # An agent the settings leave off (signals without STRATEGY_FILE) has no group to scale on.
-    assert worker_groups == {f"{settings.app_id}-{spec.name}" for spec in AGENTS if spec.enabled is None or spec.enabled(settings)}
+    assert worker_groups == {f"{settings.kafka.app_id}-{spec.name}" for spec in AGENTS if spec.enabled is None or spec.enabled(settings)}
 

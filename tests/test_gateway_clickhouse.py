@@ -36,7 +36,7 @@ def gateway_side(data_dir: str, pg_url: str, symbol: str) -> None:
     from streams.settings import Settings
 
     settings = Settings(tickflow_data_dir=Path(data_dir), database_url=pg_url, redis_url=REDIS_URL, metrics_port=0)
-    client = connect(settings.clickhouse_dsn)
+    client = connect(settings.stores.clickhouse_dsn)
     migrate_clickhouse(client)
     cs = candles("gwch", symbol, 20)
     sink = ClickHouseSink(client)
@@ -45,7 +45,7 @@ def gateway_side(data_dir: str, pg_url: str, symbol: str) -> None:
     revised.revision, revised.close = 1, 999.0
     sink.write(SinkBatch(candle=[revised]))  # FINAL must show only this revision
     key = KeyStore(pg_url).create("ch", ("read",))
-    QueryServer(settings.clickhouse_dsn).start()  # as the ClickHouse sink does: the gateway reads through sinks.query
+    QueryServer(settings.stores.clickhouse_dsn).start()  # as the ClickHouse sink does: the gateway reads through sinks.query
     app = create_app(settings, ClickHouseStore(store_query(settings)))
 
     async def go() -> dict:

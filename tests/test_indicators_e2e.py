@@ -71,7 +71,7 @@ def test_replay_until_drained_fills_technical_metrics_equal_to_the_engine(xrp_ti
             assert (ind.exchange, ind.symbol, ind.close, ind.candle_revision) == (ref.exchange, ref.symbol, ref.close, ref.candle_revision)
             wrong = [f for f in VALUE_FIELDS if not _same(getattr(ind, f), getattr(ref, f))]
             assert not wrong, (ind.interval, ind.open_time, {f: (getattr(ind, f), getattr(ref, f)) for f in wrong})
-        assert per_interval == {i: sum(1 for c in candles if c.interval == i) for i in Settings().intervals}
+        assert per_interval == {i: sum(1 for c in candles if c.interval == i) for i in Settings().agents.intervals}
         assert any(ind.ma200 is not None for ind in got if ind.interval == "1m")  # long enough to fill every indicator
 
         out = tickflow("sql", "SELECT count() AS n FROM technical_metrics FINAL", "--format", "json", env=env)

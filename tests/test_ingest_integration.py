@@ -27,7 +27,7 @@ async def test_tardis_replay_lands_in_ticks_once_and_in_order(topics) -> None:
     assert stats.trades == 9999 and stats.rejected == 0
 
     codec = AvroCodec("tickflow.TradeBatch")
-    records = read_topic(topics, topics.topic_ticks)
+    records = read_topic(topics, topics.kafka.topic_ticks)
     assert records, "nothing in ticks"
     partitions = {m.partition() for m in records}
     assert len(partitions) == 1, "all trades of a symbol must land in one partition"
@@ -81,7 +81,7 @@ async def test_malformed_inputs_all_dead_lettered_while_good_trades_flow(topics)
     assert stats.trades == source.good
 
     dlq_codec = AvroCodec("tickflow.DeadLetter")
-    letters = [DeadLetter.from_avro(dlq_codec.decode(m.value())) for m in read_topic(topics, topics.topic_dlq)]
+    letters = [DeadLetter.from_avro(dlq_codec.decode(m.value())) for m in read_topic(topics, topics.kafka.topic_dlq)]
     assert len(letters) == 10_000
     assert all(letter.reason and letter.payload for letter in letters)
     reasons = {letter.reason.split(" ")[0] + " " + letter.reason.split(" ")[1] for letter in letters}
@@ -93,6 +93,6 @@ async def test_malformed_inputs_all_dead_lettered_while_good_trades_flow(topics)
     assert orjson.loads(rejected_trade.payload)["symbol"] == "BAD/USDT"
 
     codec = AvroCodec("tickflow.TradeBatch")
-    good = [t for m in read_topic(topics, topics.topic_ticks) for t in map(Trade._make, TradeBatch.from_avro(codec.decode(m.value())).trades)]
+    good = [t for m in read_topic(topics, topics.kafka.topic_ticks) for t in map(Trade._make, TradeBatch.from_avro(codec.decode(m.value())).trades)]
     assert len(good) == source.good
     assert all(t.price > 0 and t.trade_id.isdigit() for t in good)

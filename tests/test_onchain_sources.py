@@ -138,11 +138,11 @@ def test_coinmetrics_and_blocks_through_ingest_and_the_onchain_agent(topics: Set
         producer.close()
 
     asyncio.run(ingest())
-    days = read_topic(topics, topics.topic_onchain_days)
-    blocks = read_topic(topics, topics.topic_onchain_blocks)
+    days = read_topic(topics, topics.kafka.topic_onchain_days)
+    blocks = read_topic(topics, topics.kafka.topic_onchain_blocks)
     assert len(days) == len(lines) - 2 and len(blocks) == 5
     assert {m.key() for m in days} == {b"btc"}
-    dlq = [DeadLetter.from_avro(AvroCodec("tickflow.DeadLetter").decode(m.value())) for m in read_topic(topics, topics.topic_dlq)]
+    dlq = [DeadLetter.from_avro(AvroCodec("tickflow.DeadLetter").decode(m.value())) for m in read_topic(topics, topics.kafka.topic_dlq)]
     assert any("not a number" in d.reason for d in dlq) and any("nTx" in d.reason for d in dlq)
     # One partition holds the asset's rows and blocks (both keyed btc), as the runtime hands them over
     assert {m.partition() for m in days} == {m.partition() for m in blocks}

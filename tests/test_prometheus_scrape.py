@@ -117,7 +117,7 @@ def test_prometheus_scrapes_a_running_pipeline_and_every_panel_returns_data(tmp_
     }
     env.pop("KAFKA_BOOTSTRAP", None)
     settings = Settings()
-    sinks = ["clickhouse"] + (["postgres"] if settings.database_url else []) + (["redis"] if settings.redis_url else [])
+    sinks = ["clickhouse"] + (["postgres"] if settings.stores.database_url else []) + (["redis"] if settings.stores.redis_url else [])
     expected_up = {"tickflow-worker"} | {f"tickflow-sink-{n}" for n in sinks}
 
     log = (tmp_path / "pipeline.log").open("w")
@@ -137,7 +137,9 @@ def test_prometheus_scrapes_a_running_pipeline_and_every_panel_returns_data(tmp_
     api = httpx.Client(base_url=f"http://127.0.0.1:{prom_port}/api/v1", timeout=5)
 
     def query(expr: str) -> list:
-        body = api.get("/query", params={"query": expr}).json()
+        response = api.get("/query", params={"query": expr})
+        response.raise_for_status()  # 503 while Prometheus is starting: wait_for retries
+        body = response.json()
         assert body["status"] == "success", f"{expr}: {body.get('error')}"
         return body["data"]["result"]
 
@@ -170,7 +172,7 @@ def test_prometheus_scrapes_a_running_pipeline_and_every_panel_returns_data(tmp_
         from confluent_kafka import Producer
 
         bad = Producer({"bootstrap.servers": f"127.0.0.1:{broker_port}"})
-        bad.produce(settings.topic_ticks, b"this is not avro", b"binance:BTC/USDT")
+        bad.produce(settings.kafka.topic_ticks, b"this is not avro", b"binance:BTC/USDT")
         assert bad.flush(10) == 0
 
         for name, title, expr in panel_queries():

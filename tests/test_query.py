@@ -64,7 +64,7 @@ def owner(tmp_path: Path) -> Iterator[tuple[Settings, subprocess.Popen]]:
 
 
 def sql(settings: Settings, text: str) -> subprocess.CompletedProcess:
-    env = {"TICKFLOW_DATA_DIR": str(settings.tickflow_data_dir), "PATH": "/usr/bin:/bin"}
+    env = {"TICKFLOW_DATA_DIR": str(settings.stores.tickflow_data_dir), "PATH": "/usr/bin:/bin"}
     return subprocess.run([sys.executable, "-m", "streams", "sql", text, "--format", "json"], env=env, cwd=REPO, capture_output=True, text=True, timeout=60)
 
 
@@ -91,7 +91,7 @@ def test_writes_and_bad_queries_come_back_as_errors_and_the_owner_keeps_serving(
         query(settings, "SELEC 1")
     with pytest.raises(QueryError, match="UNKNOWN_TABLE"):
         query(settings, "SELECT * FROM nowhere")
-    info = json.loads(owner_file(settings.tickflow_data_dir.resolve() / "clickhouse").read_text())
+    info = json.loads(owner_file(settings.stores.tickflow_data_dir.resolve() / "clickhouse").read_text())
     assert httpx.post(f"{info['url']}/query", json={"sql": "SELECT 1"}, headers={"Authorization": "Bearer wrong"}).status_code == 401
     assert proc.poll() is None
     assert query(settings, "SELECT count() FROM trades").rows == [(5,)]
@@ -104,7 +104,7 @@ def test_tickflow_sql_reads_through_the_owner_then_opens_the_store_when_it_died(
     assert [json.loads(line) for line in done.stdout.splitlines()] == [{"symbol": "BTC/USDT", "n": 3}, {"symbol": "ETH/USDT", "n": 2}]
     proc.send_signal(signal.SIGKILL)  # its address file stays behind, naming a dead process
     proc.wait()
-    assert owner_file(settings.tickflow_data_dir.resolve() / "clickhouse").exists()
+    assert owner_file(settings.stores.tickflow_data_dir.resolve() / "clickhouse").exists()
     done = sql(settings, "SELECT count() AS n FROM trades")
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout) == {"n": 5}

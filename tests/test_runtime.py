@@ -31,11 +31,11 @@ BACKLOG = int(os.environ.get("TICKFLOW_TEST_BACKLOG_RECORDS", "200000"))  # `mak
 
 
 def produce_raw(settings: Settings, records: list[tuple[str, bytes]]) -> None:
-    producer = Producer({"bootstrap.servers": settings.bootstrap, "linger.ms": 20, "batch.size": 1_000_000, "message.max.bytes": 2_000_000, "partitioner": "murmur2_random"})
+    producer = Producer({"bootstrap.servers": settings.kafka.bootstrap, "linger.ms": 20, "batch.size": 1_000_000, "message.max.bytes": 2_000_000, "partitioner": "murmur2_random"})
     for key, value in records:
         while True:
             try:
-                producer.produce(settings.topic_ticks, value, key)
+                producer.produce(settings.kafka.topic_ticks, value, key)
                 break
             except BufferError:
                 producer.poll(0.05)
@@ -88,7 +88,7 @@ def wait_for(cond, timeout: float, what: str) -> None:  # noqa: ANN001
 
 def candles(settings: Settings) -> list[Candle]:
     codec = AvroCodec("tickflow.Candle")
-    return [Candle.from_avro(codec.decode(m.value())) for m in read_topic(settings, settings.topic_candles)]
+    return [Candle.from_avro(codec.decode(m.value())) for m in read_topic(settings, settings.kafka.topic_candles)]
 
 
 @pytest.mark.integration
@@ -96,7 +96,7 @@ def test_a_backlog_never_finalizes_a_window_early(topics: Settings) -> None:
     """One trade per record and a quiet timeout far shorter than the time the backlog takes: a
     timer that looked at wall clock alone finalized windows while their trades were still unread,
     then revised them."""
-    settings = topics.model_copy(update={"candle_idle_timeout_s": 0.1, "candle_intervals": "1m,5m"})
+    settings = topics.updated(candle_idle_timeout_s=0.1, candle_intervals="1m,5m")
     records = one_trade_records(BACKLOG, symbols=8)
     produce_raw(settings, records)
     with running(settings, dataclasses.replace(CANDLES, logic=SlowCandles)) as runner:
@@ -110,14 +110,14 @@ def test_a_backlog_never_finalizes_a_window_early(topics: Settings) -> None:
 
 @pytest.mark.integration
 def test_a_restart_after_the_last_input_still_closes_every_window(topics: Settings) -> None:
-    settings = topics.model_copy(update={"candle_idle_timeout_s": 3600.0, "candle_intervals": "1m"})
+    settings = topics.updated(candle_idle_timeout_s=3600.0, candle_intervals="1m")
     records = one_trade_records(3000)
     produce_raw(settings, records)
     with running(settings) as runner:
         wait_for(lambda: sum(runner.positions().values()) >= len(records), 120, "the input to be read")
     before = candles(settings)
     assert sum(c.trade_count for c in before) < len(records)  # each symbol's last minute still open, checkpointed
-    restarted = settings.model_copy(update={"candle_idle_timeout_s": 0.5})
+    restarted = settings.updated(candle_idle_timeout_s=0.5)
     with running(restarted):
         wait_for(lambda: sum(c.trade_count for c in candles(settings)) >= len(records), 60, "the restored windows to close")
     got = candles(settings)
@@ -140,11 +140,11 @@ def test_hostile_bytes_are_dead_lettered_and_good_records_go_on(topics: Settings
     ]
     mixed = good[:300] + [("bin:S0", h) for h in hostile] + good[300:]
     produce_raw(topics, mixed)
-    settings = topics.model_copy(update={"candle_idle_timeout_s": 0.3, "candle_intervals": "1m"})
+    settings = topics.updated(candle_idle_timeout_s=0.3, candle_intervals="1m")
     with running(settings) as runner:
         wait_for(lambda: sum(runner.positions().values()) >= len(mixed), 120, "every record to be read")
         time.sleep(1.0)
-    letters = [DeadLetter.from_avro(AvroCodec("tickflow.DeadLetter").decode(m.value())) for m in read_topic(topics, topics.topic_dlq)]
+    letters = [DeadLetter.from_avro(AvroCodec("tickflow.DeadLetter").decode(m.value())) for m in read_topic(topics, topics.kafka.topic_dlq)]
     assert len(letters) == len(hostile)
     assert {letter.component for letter in letters} == {"candles"}
     assert sorted(letter.payload for letter in letters) == sorted(hostile)
@@ -190,12 +190,12 @@ def test_timers_count_quiet_time_only_with_nothing_unread() -> None:
     consumer = FakeConsumer()
     runner._consumer = consumer  # type: ignore[assignment]  # noqa: SLF001
     logic = RecordingLogic(None)
-    runner.parts[0] = PartitionState(logic, {settings.topic_ticks: 100})  # type: ignore[arg-type]
-    consumer.high[(settings.topic_ticks, 0)] = 5000  # a backlog behind the position
+    runner.parts[0] = PartitionState(logic, {settings.kafka.topic_ticks: 100})  # type: ignore[arg-type]
+    consumer.high[(settings.kafka.topic_ticks, 0)] = 5000  # a backlog behind the position
     for now in (10.0, 20.0, 3600.0):
         runner._timers(now)  # noqa: SLF001
     assert logic.quiet == [0.0, 0.0, 0.0]
-    consumer.high[(settings.topic_ticks, 0)] = 100  # caught up
+    consumer.high[(settings.kafka.topic_ticks, 0)] = 100  # caught up
     runner._timers(4000.0)  # noqa: SLF001
     runner._timers(4002.5)  # noqa: SLF001
     assert logic.quiet[3:] == [0.0, 2.5]

@@ -498,7 +498,7 @@ def test_a_new_field_without_default_breaks_old_records_as_decode_error() -> Non
 
 def test_codec_registers_under_topic_value(registry: FakeRegistry, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SCHEMA_REGISTRY_URL", registry.url)
-    url = Settings().schema_registry_url
+    url = Settings().kafka.schema_registry_url
     assert url == registry.url
     client = SchemaRegistryClient({"url": url})
     ticks = AvroCodec(TB, topic="ticks-x", registry=client)
@@ -569,9 +569,9 @@ def test_with_a_registry_every_writer_uses_registered_ids(registry: FakeRegistry
     from schemas.wire import encoder_for
 
     settings = Settings(schema_registry_url=registry.url, topic_ticks="ticks-r", topic_candles="candles-r", topic_indicators="ind-r", candle_update_ms=0)
-    ticks = codec_for(TB, settings.topic_ticks, settings.schema_registry_url)
-    candle_codec = codec_for("tickflow.Candle", settings.topic_candles, settings.schema_registry_url)
-    ind_codec = codec_for("tickflow.Indicators", settings.topic_indicators, settings.schema_registry_url)
+    ticks = codec_for(TB, settings.kafka.topic_ticks, settings.kafka.schema_registry_url)
+    candle_codec = codec_for("tickflow.Candle", settings.kafka.topic_candles, settings.kafka.schema_registry_url)
+    ind_codec = codec_for("tickflow.Indicators", settings.kafka.topic_indicators, settings.kafka.schema_registry_url)
     candles = CandleLogic(AgentContext(settings, 0))
     t0 = 1_700_000_000_000_000  # µs
     out: list = []
@@ -586,7 +586,7 @@ def test_with_a_registry_every_writer_uses_registered_ids(registry: FakeRegistry
     ids = {struct.unpack_from(">bI", v)[1] for v in produced}
     assert ids == set(registry.subjects["candles-r-value"]) and not ids & set(LOCAL_IDS.values())
 
-    indicators = IndicatorLogic(AgentContext(settings.model_copy(update={"indicator_warm_start_bars": 0}), 0))
+    indicators = IndicatorLogic(AgentContext(settings.updated(indicator_warm_start_bars=0), 0))
     read = [Inbound("candle", None, Candle.from_avro(candle_codec.decode(v)), i) for i, v in enumerate(produced)]
     encode_ind = encoder_for(ind_codec)
     written = [encode_ind(o.value) for o in indicators.on_batch(read) if isinstance(o, Emit)]

@@ -48,11 +48,11 @@ def test_news_run_until_drained_gives_the_logics_windows_with_fear_greed(topics:
     run = tickflow("run", "--source", f"news:{news}", "--until-drained", "--quiet", env=env)
     assert run.returncode == 0, run.stderr[-3000:]
 
-    codec = codec_for("tickflow.SentimentAggregate", topics.topic_sentiment, None)
-    got = newest([SentimentAggregate.from_avro(codec.decode(m.value())) for m in read_topic(topics, topics.topic_sentiment)])
+    codec = codec_for("tickflow.SentimentAggregate", topics.kafka.topic_sentiment, None)
+    got = newest([SentimentAggregate.from_avro(codec.decode(m.value())) for m in read_topic(topics, topics.kafka.topic_sentiment)])
 
     # The reference: the pure logic over the same Fear & Greed days, then the same items.
-    logic = SentimentLogic(topics.sentiment_lateness_ms, topics.sentiment_grace_ms)
+    logic = SentimentLogic(topics.agents.sentiment_lateness_ms, topics.agents.sentiment_grace_ms)
     days = asyncio.run(_records(FearGreedFileSource(fg)))
     items = asyncio.run(_records(NewsSource(news, default_scorer())))
     inbound = [Inbound(r.record, r.key, r.value, i) for i, r in enumerate([*days, *items])]
@@ -82,9 +82,9 @@ def test_ingest_sends_bad_news_rows_to_the_dead_letter_topic_with_the_reason(top
     env = env_for(topics, data_dir=tmp_path / "data", database=None)
     ing = tickflow("ingest", "--source", f"news:{nyu}", env=env)
     assert ing.returncode == 0, ing.stderr[-3000:]
-    dlq = codec_for("tickflow.DeadLetter", topics.topic_dlq, None)
-    letters = [DeadLetter.from_avro(dlq.decode(m.value())) for m in read_topic(topics, topics.topic_dlq)]
+    dlq = codec_for("tickflow.DeadLetter", topics.kafka.topic_dlq, None)
+    letters = [DeadLetter.from_avro(dlq.decode(m.value())) for m in read_topic(topics, topics.kafka.topic_dlq)]
     assert len(letters) == 28 and all(d.component == "ingest" and d.reason.endswith("no title") and d.payload for d in letters)
-    news = codec_for("tickflow.NewsScored", topics.topic_news, None)
-    items = [NewsScored.from_avro(news.decode(m.value())) for m in read_topic(topics, topics.topic_news)]
+    news = codec_for("tickflow.NewsScored", topics.kafka.topic_news, None)
+    items = [NewsScored.from_avro(news.decode(m.value())) for m in read_topic(topics, topics.kafka.topic_news)]
     assert len(items) == 7524 - 28 and [i.ts for i in items] == sorted(i.ts for i in items)

@@ -71,10 +71,10 @@ def test_tickflow_run_writes_the_backtests_signals_and_intents(topics: Settings,
         codec = AvroCodec(schema)
         return [model.from_avro(codec.decode(m.value())) for m in read_topic(topics, topic)]
 
-    live_intents = records(topics.topic_trade_intents, "tickflow.TradeIntent", TradeIntent)
-    live_signals = records(topics.topic_signals, "tickflow.Signal", Signal)
+    live_intents = records(topics.kafka.topic_trade_intents, "tickflow.TradeIntent", TradeIntent)
+    live_signals = records(topics.kafka.topic_signals, "tickflow.Signal", Signal)
 
-    settings = topics.model_copy(update={"strategy_file": strategy_file})
+    settings = topics.updated(strategy_file=strategy_file)
     src = open_source(f"replay:{path}", settings, symbols=[], fmt=None, speed="max", rate=None, limit=None, exchange=None)
     bt = run_backtest_source(src, load_strategy(strategy_file), settings)
 

@@ -64,11 +64,11 @@ class MemorySink(Sink):
 
 def settings_for(topics: Settings) -> Settings:
     # A short session makes the embedded broker form the group faster (it waits half the session).
-    return topics.model_copy(update={"sink_batch_ms": 200, "sink_batch_size": 50, "session_timeout_s": 4.0})
+    return topics.updated(sink_batch_ms=200, sink_batch_size=50, session_timeout_s=4.0)
 
 
 def produce(settings: Settings, items: list[tuple[str, bytes, bytes]]) -> None:
-    p = Producer({"bootstrap.servers": settings.bootstrap})
+    p = Producer({"bootstrap.servers": settings.kafka.bootstrap})
     for topic, key, value in items:
         p.produce(topic, key=key, value=value)
     assert p.flush(30) == 0
@@ -87,17 +87,17 @@ def sample(settings: Settings) -> tuple[list[tuple[str, bytes, bytes]], int, int
     items = []
     for sym in ("BTC/USDT", "ETH/USDT", "SOL/USDT"):
         for k in range(3):
-            items.append((settings.topic_ticks, f"binance:{sym}".encode(), TB.encode(trade_batch(sym, k * 10, 10).to_avro())))
+            items.append((settings.kafka.topic_ticks, f"binance:{sym}".encode(), TB.encode(trade_batch(sym, k * 10, 10).to_avro())))
         for m in range(4):
-            items.append((settings.topic_candles, f"binance:{sym}:1m".encode(), CANDLE.encode(candle(sym, m).to_avro())))
+            items.append((settings.kafka.topic_candles, f"binance:{sym}:1m".encode(), CANDLE.encode(candle(sym, m).to_avro())))
     return items, 90, 12
 
 
 def committed_total(settings: Settings, group_id: str) -> int:
     """Sum of committed offsets of a group over both topics, read by an outside consumer."""
-    c = Consumer({"bootstrap.servers": settings.bootstrap, "group.id": group_id, "enable.auto.commit": False})
+    c = Consumer({"bootstrap.servers": settings.kafka.bootstrap, "group.id": group_id, "enable.auto.commit": False})
     try:
-        tps = [TopicPartition(t, p) for t in (settings.topic_ticks, settings.topic_candles) for p in range(settings.ticks_partitions)]
+        tps = [TopicPartition(t, p) for t in (settings.kafka.topic_ticks, settings.kafka.topic_candles) for p in range(settings.kafka.ticks_partitions)]
         return sum(max(tp.offset, 0) for tp in c.committed(tps, timeout=10))
     finally:
         c.close()
@@ -128,7 +128,7 @@ def test_records_are_written_then_committed(topics: Settings, runner_factory, le
     produce(settings, items)
     sink = MemorySink()
     runner = runner_factory(sink, settings)
-    assert runner.group_id == f"{settings.app_id}-sink-memory"
+    assert runner.group_id == f"{settings.kafka.app_id}-sink-memory"
     assert runner.lag() > 0  # group-wide: known before the group has formed
     before = REGISTRY.get_sample_value("tickflow_sink_records_total", {"sink": "memory"}) or 0
     runner.run_until_drained(idle_s=0.5, timeout_s=60)
@@ -162,7 +162,7 @@ def test_poison_records_are_dead_lettered_and_the_rest_written(topics: Settings,
     garbage = b"\x00\x00\x00\x00\x02not avro at all"
     unstorable = CANDLE.encode(candle("BTC/USDT", 0, revision=1).to_avro() | {"open_time": 10**16})
     key = b"binance:BTC/USDT:1m"
-    produce(settings, items[:5] + [(settings.topic_candles, key, garbage)] + items[5:9] + [(settings.topic_candles, key, unstorable)] + items[9:])
+    produce(settings, items[:5] + [(settings.kafka.topic_candles, key, garbage)] + items[5:9] + [(settings.kafka.topic_candles, key, unstorable)] + items[9:])
     sink = MemorySink()
     runner = runner_factory(sink, settings)
     runner.run_until_drained(idle_s=0.5, timeout_s=60)
@@ -172,7 +172,7 @@ def test_poison_records_are_dead_lettered_and_the_rest_written(topics: Settings,
     assert by_payload[garbage].reason.startswith("undecodable tickflow.Candle record")
     assert "rejected by memory" in by_payload[unstorable].reason and "outside the storable range" in by_payload[unstorable].reason
     for dl in letters:
-        assert dl.component == "sink-memory" and dl.source_topic == settings.topic_candles and dl.key == key
+        assert dl.component == "sink-memory" and dl.source_topic == settings.kafka.topic_candles and dl.key == key
         assert dl.source_partition is not None and dl.source_offset is not None
     assert committed_total(settings, runner.group_id) == len(items) + 2
 
@@ -255,7 +255,7 @@ class RealtimeSink(MemorySink):
 
 def test_each_sink_batches_for_its_own_setting(topics: Settings, runner_factory) -> None:  # noqa: ANN001
     """The Redis sink's batches must not wait the analytic stores' sink_batch_ms (a latency floor)."""
-    settings = topics.model_copy(update={"sink_batch_ms": 500, "redis_sink_batch_ms": 5})
+    settings = topics.updated(sink_batch_ms=500, redis_sink_batch_ms=5)
     assert runner_factory(MemorySink(), settings)._batch_s == 0.5  # noqa: SLF001
     assert runner_factory(RealtimeSink(), settings)._batch_s == 0.005  # noqa: SLF001
     from sinks.redis import RedisSink
@@ -277,15 +277,13 @@ def test_a_new_record_type_flows_from_its_topic_and_bad_rows_are_dead_lettered(
     settings = settings_for(topics)
     kafka_admin = streams_topics.admin(settings)
     topic = topic_of(settings, rt.name)  # the isolated name of the run, as every sink and agent reads it
-    kafka_admin.create_topics([NewTopic(topic, 2, settings.replication_factor)])[topic].result(timeout=30)
+    kafka_admin.create_topics([NewTopic(topic, 2, settings.kafka.replication_factor)])[topic].result(timeout=30)
     name = f"tickflow_test_{uuid.uuid4().hex[:10]}"
     with admin:
         admin.execute(f"CREATE DATABASE {name}")
     url = psycopg.conninfo.make_conninfo(admin_url, dbname=name)
     try:
-        migrate_postgres(url)
-        with psycopg.connect(url, autocommit=True) as conn:
-            conn.execute(throwaway_record.postgres_ddl(rt.table))
+        migrate_postgres(url)  # the type's table, generated from its registry entry
         G = throwaway_record.Gauge  # noqa: N806
         gauge = AvroCodec(rt.schema)
         good = [G("x", s, "1m", T0 + m * 60_000, float(v), version=v) for s in ("A", "B") for m in range(3) for v in (1, 3, 2)]

@@ -17,7 +17,8 @@ import pytest
 from schemas.models import Candle, Trade, TradeBatch
 from sinks.base import DataRejected, SinkBatch, layout_of
 from sinks.clickhouse import ClickHouseCandleHistory, ClickHouseSink, connect
-from sinks.migrations import SchemaMismatch, check_clickhouse, check_postgres, discover, migrate_clickhouse, migrate_postgres, split_statements
+from sinks.ddl import clickhouse_table, postgres_table, timescale_hypertable
+from sinks.migrations import SchemaMismatch, check_clickhouse, check_postgres, discover, generated_layouts, migrate_clickhouse, migrate_postgres, split_statements
 from sinks.postgres import PostgresCandleHistory, PostgresSink
 from sinks.redis import RedisSink
 from sinks.runner import open_sinks
@@ -36,7 +37,7 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def client(data_dir: Path) -> Iterator:
-    c = connect(Settings(tickflow_data_dir=data_dir).clickhouse_dsn)
+    c = connect(Settings(tickflow_data_dir=data_dir).stores.clickhouse_dsn)
     migrate_clickhouse(c)
     yield c
     c.close()
@@ -254,11 +255,10 @@ def test_a_missing_or_wrong_table_fails_the_check_loudly(client, pg_url: str, mo
     with pytest.raises(SchemaMismatch, match=f"{rt.table} \\(record type test_gauge\\): no such table"):
         check_postgres(pg_url)
     # a table that lost a field, keeps the optional one NOT NULL and stores its ms time at µs precision
-    client.command(
-        throwaway_record.clickhouse_ddl(rt.table).replace("ts DateTime64(3, 'UTC')", "ts DateTime64(6, 'UTC')").replace(", flag Bool", "")
-    )
+    layout = layout_of(rt.name)
+    client.command(clickhouse_table(layout).replace("`ts` DateTime64(3, 'UTC')", "`ts` DateTime64(6, 'UTC')").replace(",\n    `flag` Bool", ""))
     with psycopg.connect(pg_url, autocommit=True) as conn:
-        conn.execute(throwaway_record.postgres_ddl(rt.table).replace("label text", "label text NOT NULL").replace("PRIMARY KEY", "UNIQUE"))
+        conn.execute(postgres_table(layout).replace('"label" text', '"label" text NOT NULL').replace("PRIMARY KEY", "UNIQUE"))
         conn.execute(f"ALTER TABLE {rt.table} DROP CONSTRAINT {rt.table}_exchange_symbol_interval_ts_key")
     try:
         with pytest.raises(SchemaMismatch) as ch:
@@ -274,11 +274,11 @@ def test_a_missing_or_wrong_table_fails_the_check_loudly(client, pg_url: str, mo
 def test_a_new_record_type_is_stored_in_both_stores_without_sink_code(
     sink: ClickHouseSink, client, exchange: str, pg_url: str, monkeypatch: pytest.MonkeyPatch  # noqa: ANN001
 ) -> None:
-    """Only the registry entry and the tables: both stores take it, keep the highest version, agree."""
+    """Only the registry entry: the migrations generate its tables, both stores take it, keep the
+    highest version, agree."""
     rt = throwaway_record.register(monkeypatch)
-    client.command(throwaway_record.clickhouse_ddl(rt.table))
-    with psycopg.connect(pg_url, autocommit=True) as conn:
-        conn.execute(throwaway_record.postgres_ddl(rt.table))
+    migrate_clickhouse(client)
+    migrate_postgres(pg_url)
     check_clickhouse(client)
     check_postgres(pg_url)
     G = throwaway_record.Gauge  # noqa: N806
@@ -314,3 +314,15 @@ def test_a_new_record_type_is_stored_in_both_stores_without_sink_code(
     finally:
         pg.close()
         client.command(f"DROP TABLE {rt.table}")
+
+
+def test_only_record_types_without_a_migration_get_generated_tables(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The shipped tables all have hand-written migrations; a new type's tables are generated, as a
+    hypertable on its time column in TimescaleDB mode."""
+    assert generated_layouts("clickhouse") == [] and generated_layouts("postgres") == []
+    rt = throwaway_record.register(monkeypatch)
+    (layout,) = generated_layouts("postgres")
+    assert layout.table == rt.table and [lay.table for lay in generated_layouts("clickhouse")] == [rt.table]
+    assert timescale_hypertable(layout, "30 days") == (
+        f"SELECT create_hypertable('\"{rt.table}\"', by_range('ts', INTERVAL '30 days'), if_not_exists => TRUE, migrate_data => TRUE)"
+    )

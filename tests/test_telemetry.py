@@ -145,7 +145,7 @@ def test_the_runtime_carries_the_receipt_to_the_fanout_and_onto_derived_records(
     runner.start(stop)
     try:
         deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and not any(m.headers() for m in read_topic(topics, topics.topic_candles, timeout=5)):
+        while time.monotonic() < deadline and not any(m.headers() for m in read_topic(topics, topics.kafka.topic_candles, timeout=5)):
             time.sleep(0.5)
     finally:
         stop.set()
@@ -153,5 +153,5 @@ def test_the_runtime_carries_the_receipt_to_the_fanout_and_onto_derived_records(
         producer.close()
     receipts = {t0 + i * 10_000_000 + 7 for i in range(20)}
     assert published and {received for _, received in published} <= receipts
-    candles = read_topic(topics, topics.topic_candles)
+    candles = read_topic(topics, topics.kafka.topic_candles)
     assert candles and all(received_header(m.headers()) in receipts for m in candles)

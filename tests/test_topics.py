@@ -12,13 +12,13 @@ def test_every_record_type_gets_its_topic_with_its_partitioning_and_config() -> 
     settings = Settings(ticks_partitions=6, topic_candles="c-x")
     specs = {s.name: s for s in topic_specs(settings)}
     for rt in RECORDS.values():
-        spec = specs[getattr(settings, rt.topic_setting)]
+        spec = specs[getattr(settings.kafka, rt.topic_setting)]
         assert spec.partitions == (6 if rt.partitioned else 1)
         assert spec.config == rt.topic_config
     assert "c-x" in specs and "candles" not in specs  # the setting names the topic
     assert specs["dlq"].partitions == 1
     assert specs["candles-live"].config == {"retention.ms": "3600000"}
-    for state in (settings.topic_candles_state, settings.topic_indicators_state):
+    for state in (settings.kafka.topic_candles_state, settings.kafka.topic_indicators_state):
         assert specs[state].config == {"cleanup.policy": "compact"} and specs[state].partitions == 6
     assert len(specs) == len(RECORDS) + len(AGENTS)  # a state topic per agent
 

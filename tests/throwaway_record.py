@@ -1,7 +1,7 @@
 """A record type that exists only in tests, registered for one test at a time.
 
 It proves that the sinks write any registry type with a ``table`` and publish any type with a
-``channel`` with no code of their own: only its tables (the DDL below stands in for its migrations).
+``channel`` with no code of their own, and that the migrations generate its tables.
 Its fields cover what the generic path handles: a millisecond time (the window), an optional
 microsecond time, an optional string, a bool, an int version.
 """
@@ -70,22 +70,6 @@ def register(monkeypatch: pytest.MonkeyPatch) -> RecordType:
     load = codec.load_schema
     monkeypatch.setattr(codec, "load_schema", lambda name: SCHEMA if name == SCHEMA_NAME else load(name))
     return rt
-
-
-def clickhouse_ddl(table: str) -> str:
-    return (
-        f"CREATE TABLE {table} (exchange LowCardinality(String), symbol String, `interval` String, ts DateTime64(3, 'UTC'), "
-        "value Float64, seen_at Nullable(DateTime64(6, 'UTC')), label Nullable(String), flag Bool, version UInt32) "
-        "ENGINE = ReplacingMergeTree(version) ORDER BY (exchange, symbol, `interval`, ts)"
-    )
-
-
-def postgres_ddl(table: str) -> str:
-    return (
-        f'CREATE TABLE {table} (exchange text NOT NULL, symbol text NOT NULL, "interval" text NOT NULL, ts timestamptz NOT NULL, '
-        "value double precision NOT NULL, seen_at timestamptz, label text, flag boolean NOT NULL, version integer NOT NULL, "
-        'PRIMARY KEY (exchange, symbol, "interval", ts))'
-    )
 
 
 POSTGRES_ROWS = (

@@ -109,14 +109,14 @@ class Gateway:
         self.settings = settings
         self.store = store
         self._own_store = store is None
-        self.keys = KeyStore(settings.database_url, cache_s=settings.gateway_key_cache_s) if settings.database_url else None
-        self.limiter = RateLimiter(settings.gateway_rate_limit)
-        self.redis = aioredis.Redis.from_url(settings.redis_url) if settings.redis_url else None
-        self.cache = QueryCache(self.redis, l1_size=settings.gateway_cache_size, ttl_s=settings.gateway_cache_ttl_s, l2_ttl_s=settings.gateway_l2_ttl_s, enabled=settings.gateway_cache)
+        self.keys = KeyStore(settings.stores.database_url, cache_s=settings.gateway.gateway_key_cache_s) if settings.stores.database_url else None
+        self.limiter = RateLimiter(settings.gateway.gateway_rate_limit)
+        self.redis = aioredis.Redis.from_url(settings.stores.redis_url) if settings.stores.redis_url else None
+        self.cache = QueryCache(self.redis, l1_size=settings.gateway.gateway_cache_size, ttl_s=settings.gateway.gateway_cache_ttl_s, l2_ttl_s=settings.gateway.gateway_l2_ttl_s, enabled=settings.gateway.gateway_cache)
         self.templates = channel_templates(RECORDS.values())
         self.hub = Hub(
-            settings.redis_url, self.templates, history=settings.gateway_ws_history, queue=settings.gateway_ws_queue,
-            max_rooms_per_client=settings.gateway_ws_max_rooms, room_idle_s=settings.gateway_ws_room_idle_s, heartbeat_s=settings.gateway_heartbeat_s,
+            settings.stores.redis_url, self.templates, history=settings.gateway.gateway_ws_history, queue=settings.gateway.gateway_ws_queue,
+            max_rooms_per_client=settings.gateway.gateway_ws_max_rooms, room_idle_s=settings.gateway.gateway_ws_room_idle_s, heartbeat_s=settings.gateway.gateway_heartbeat_s,
         )
         self.known: TTLCache[tuple[str, str], list[str]] = TTLCache(256, ttl=60)
         self.small: TTLCache[str, Any] = TTLCache(1024, ttl=1.0)  # latest snapshots, series, health
@@ -251,7 +251,7 @@ class Gateway:
         return [{"exchange": e, "symbol": s, "interval": i} for e, s, i in sorted(found)]
 
     async def pipeline_health(self) -> dict[str, object]:
-        urls = [u.strip() for u in self.settings.gateway_pipeline_metrics.split(",") if u.strip()] or health.default_endpoints(self.settings.metrics_port)
+        urls = [u.strip() for u in self.settings.gateway.gateway_pipeline_metrics.split(",") if u.strip()] or health.default_endpoints(self.settings.ops.metrics_port)
         scrape = health.Scrape(time.monotonic())
 
         async def one(url: str) -> None:
@@ -324,7 +324,7 @@ class Gateway:
         while True:
             try:
                 await self.cache.flush_hot()
-                top = await self.cache.top_hot(self.settings.gateway_warm_top)
+                top = await self.cache.top_hot(self.settings.gateway.gateway_warm_top)
                 by_tag: dict[str, list[str]] = {}
                 for spec in top:
                     with contextlib.suppress(Exception):
@@ -494,7 +494,7 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
             code = {401: CLOSE_UNAUTHORIZED, 403: CLOSE_FORBIDDEN, 429: CLOSE_FLOOD}.get(exc.status, 1011)
             await websocket.close(code, str(exc)[:120])
             return
-        await websocket.send_text(orjson.dumps({"type": "welcome", "heartbeat_s": settings.gateway_heartbeat_s}).decode())
+        await websocket.send_text(orjson.dumps({"type": "welcome", "heartbeat_s": settings.gateway.gateway_heartbeat_s}).decode())
         await gw.hub.serve(websocket)
 
     return app

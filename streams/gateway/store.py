@@ -99,13 +99,13 @@ def store_query(settings: Settings) -> QueryFn:
 
 
 async def open_store(settings: Settings) -> Store:
-    kind = settings.gateway_store
+    kind = settings.gateway.gateway_store
     if kind == "auto":
-        kind = "postgres" if settings.database_url else "clickhouse"
+        kind = "postgres" if settings.stores.database_url else "clickhouse"
     if kind == "postgres":
-        if not settings.database_url:
+        if not settings.stores.database_url:
             raise ValueError("GATEWAY_STORE=postgres needs DATABASE_URL")
-        store = PostgresStore(settings.database_url)
+        store = PostgresStore(settings.stores.database_url)
         await store.open()
         return store
     return ClickHouseStore(store_query(settings))
