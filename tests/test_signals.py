@@ -6,12 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from agents.risk import Bar, RiskConfig, RiskManager
+from agents.asof import AsOfTable
+from agents.risk import RiskConfig, RiskManager
+from agents.risk_agent import RISK, EventTimeMerge, RiskLogic
 from agents.signal_agent import SIGNALS, SignalLogic
 from agents.spec import Emit, Inbound, Reject
-from agents.strategy import ContextValue, StrategyError, evaluate, load_strategy, parse_strategy, usable_context
+from agents.strategy import StrategyError, evaluate, load_strategy, parse_strategy
 from schemas.codec import AvroCodec
-from schemas.models import Candle, Indicators, Signal, TradeIntent
+from schemas.models import Candle, Indicators, OnchainMetric, RiskBar, SentimentAggregate, Signal, TradeIntent
 from schemas.registry import RECORDS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -126,19 +128,47 @@ def test_atr_filter_blocks_with_its_reason() -> None:
 def test_context_published_after_the_close_is_never_seen() -> None:
     close = T0 + 60_000
     day = 86_400_000
-    history = [ContextValue("mvrv", 0.8, close - 3 * day), ContextValue("mvrv", 4.0, close - day // 2)]
-    # published 24 h after its time: the second value is not out yet at the close
-    assert usable_context(history, close, day, 10 * day).value == 0.8
-    assert usable_context(history, close, 0, 10 * day).value == 4.0
-    assert usable_context(history, close, day, 2 * day) is None  # the usable one is too old
-    s = strategy([{"kind": "onchain_zone", "metric": "mvrv", "below": 1.0, "above": 3.5}])
-    d = evaluate(s, candle(0), ind(0), None, {"mvrv": history})
+    table = AsOfTable()
+    table.add("mvrv", "BTC", "BTC", close - 3 * day, close - 2 * day, 0.8)
+    table.add("mvrv", "BTC", "BTC", close - day // 2, close - day // 4, 4.0)
+    # published a day after its window's end: the second value is not out yet at the close
+    assert table.latest("mvrv", "BTC", close, day, 10 * day).value == 0.8
+    assert table.latest("mvrv", None, close, 0, 10 * day).value == 4.0
+    assert table.latest("mvrv", "BTC", close, day, 2 * day) is None  # the usable one is too old
+    assert table.latest("mvrv", "ETH", close, 0, 10 * day) is None
+    s = strategy([{"kind": "onchain_zone", "metric": "mvrv", "below": 1.0, "above": 3.5, "known_after_hours": 24}])
+    d = evaluate(s, candle(0), ind(0), None, table)
     assert d.direction == "long" and d.onchain_time == close - 3 * day and d.onchain_time <= close
     assert d.reasons == ("onchain_zone: mvrv 0.8 < 1 -> long (weight 1)",)
 
 
+def test_the_first_published_value_of_a_window_wins() -> None:
+    table = AsOfTable()
+    assert table.add("mvrv", "BTC", "BTC", 0, 10, 1.0)
+    assert not table.add("mvrv", "BTC", "BTC", 0, 10, 2.0)  # a revision: ignored, whenever it comes
+    assert table.latest("mvrv", None, 10, 0, 100).value == 1.0
+    assert AsOfTable.restore(table.snapshot()) == table
+
+
+def test_a_table_is_complete_through_t_once_no_unseen_window_can_be_visible_at_t() -> None:
+    day = 86_400_000
+    table = AsOfTable()
+    assert table.complete("mvrv", "BTC", 5 * day, 0)  # a series never seen is not waited for
+    table.add("mvrv", "BTC", "BTC", 2 * day, 3 * day, 1.0)  # day 2, complete at the start of day 3
+    assert table.complete("mvrv", "BTC", 4 * day - 1, 0)  # day 3 cannot be visible before day 4
+    assert not table.complete("mvrv", "BTC", 4 * day, 0)  # day 3 could be: wait for it
+    hour = 3_600_000  # published an hour after its end: waited for from then on
+    assert table.complete("mvrv", "BTC", 4 * day + hour - 1, hour) and not table.complete("mvrv", "BTC", 4 * day + hour, hour)
+    assert table.complete("mvrv", "ETH", 9 * day, 0) and not table.complete("mvrv", None, 9 * day, 0)
+    table.add("mvrv", "BTC", "BTC", 3 * day, 4 * day, None)  # a window without the value still counts
+    assert table.complete("mvrv", "BTC", 4 * day, 0)
+    table.prune(10 * day)
+    assert [v.time for v in table.fields["mvrv"]["BTC"].values] == [3 * day]  # the newest stays
+
+
 def test_sentiment_extremes_are_contrarian_unless_told() -> None:
-    hist = {"fear_greed_value": [ContextValue("fear_greed_value", 90.0, T0 - 3_600_000)]}
+    hist = AsOfTable()
+    hist.add("fear_greed_value", "MARKET:1h", "MARKET", T0 - 3_600_000, T0, 90.0)
     rule = {"kind": "sentiment", "field": "fear_greed_value", "below": 25, "above": 75}
     assert evaluate(strategy([rule]), candle(0), ind(0), None, hist).direction == "short"
     assert evaluate(strategy([{**rule, "contrarian": False}]), candle(0), ind(0), None, hist).direction == "long"
@@ -147,9 +177,9 @@ def test_sentiment_extremes_are_contrarian_unless_told() -> None:
 # ------------------------------------------------------------------------------ risk manager
 
 
-def bar(i: int, direction: str = "long", close: float = 100.0, atr: float | None = 1.0, low: float | None = None, high: float | None = None, confidence: float = 1.0) -> Bar:
+def bar(i: int, direction: str = "long", close: float = 100.0, atr: float | None = 1.0, low: float | None = None, high: float | None = None, confidence: float = 1.0, symbol: str = "BTCUSDT") -> RiskBar:
     t = T0 + i * 60_000
-    return Bar("ex", "BTCUSDT", "1m", t, t + 59_999, high if high is not None else close + 0.5, low if low is not None else close - 0.5, close, atr, direction, confidence)  # type: ignore[arg-type]
+    return RiskBar("t", "1", "ex", symbol, "1m", t, t + 59_999, high if high is not None else close + 0.5, low if low is not None else close - 0.5, close, atr, direction, confidence)  # type: ignore[arg-type]
 
 
 def manager(**cfg: object) -> RiskManager:
@@ -247,10 +277,10 @@ def test_one_signal_per_candle_whichever_record_comes_second() -> None:
     out_a = list(a.on_batch([Inbound("candle", c.key, c, 0)])) + list(a.on_batch([Inbound("indicators", i.key, i, 1)]))
     out_b = list(b.on_batch([Inbound("indicators", i.key, i, 0), Inbound("candle", c.key, c, 1)]))
     assert out_a == out_b
-    sig, intent = out_a
+    sig, bar = out_a
     assert isinstance(sig, Emit) and sig.record == "signal" and sig.key == "ex:BTCUSDT:1m"
     assert sig.value.direction == "long" and sig.value.indicators_time == T0 and sig.value.close_time == T0 + 59_999
-    assert intent.record == "trade_intent" and intent.value.side == "buy"
+    assert bar.record == "risk_bar" and bar.key == "t" and (bar.value.direction, bar.value.atr, bar.value.low) == ("long", 1.0, c.low)
     # re-deliveries and revisions of a signalled candle change nothing
     again = [Inbound("candle", c.key, c, 2), Inbound("indicators", i.key, i, 3), Inbound("candle", c.key, candle(0, revision=1), 4)]
     assert list(a.on_batch(again)) == []
@@ -281,7 +311,8 @@ def test_snapshot_restore_continues_identically() -> None:
 
 def test_spec_declares_registered_records() -> None:
     assert SIGNALS.name == "signals" and SIGNALS.inputs == ("candle", "indicators")
-    for name in (*SIGNALS.inputs, *SIGNALS.outputs):
+    assert SIGNALS.tables == ("onchain_metric", "sentiment_aggregate") and RISK.inputs == ("risk_bar",)
+    for name in (*SIGNALS.inputs, *SIGNALS.tables, *SIGNALS.outputs, *RISK.inputs, *RISK.outputs):
         assert name in RECORDS
     assert RECORDS["signal"].channel == "signals:{symbol}" and RECORDS["signal"].local_id == 13
     assert (RECORDS["trade_intent"].topic, RECORDS["trade_intent"].table, RECORDS["trade_intent"].local_id) == ("trade_intents", "trade_intents", 14)
