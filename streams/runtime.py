@@ -17,8 +17,10 @@ the last checkpoint are emitted again, identically, and the idempotent sinks abs
 
 Table inputs (``AgentSpec.tables``): a second consumer, outside the group, reads every partition
 of those topics and hands each record to every partition's logic (``on_table``), a broadcast as
-Faust's GlobalTable. Each partition's checkpoint records how far it has read each table partition,
-so a restored partition is fed the table records it has not seen, and only those.
+Faust's GlobalTable. As a Kafka Streams GlobalKTable is restored before processing starts, the
+tables are read to the end they had when partitions were assigned before any input record is
+handed over. Each partition's checkpoint records how far it has read each table partition, so a
+restored partition is fed the table records it has not seen, and only those.
 
 Timers: ``on_timer(now, quiet_s)`` runs after every batch and at least every ``timer_s``. ``quiet_s``
 counts only while the partition has nothing unread (its position has reached the high watermark
@@ -50,7 +52,7 @@ from schemas.wire import encoder_for
 from streams.checkpoint import CheckpointStore, TableOffsets, encode_checkpoint
 from streams.observability import RECEIVED_HEADER, received_header
 from streams.settings import Settings
-from streams.topics import state_topic
+from streams.topics import high_watermarks, state_topic
 
 log = structlog.get_logger(__name__)
 
@@ -143,6 +145,7 @@ class AgentRunner:
             topic = topic_of(settings, name)
             self.tables[topic] = _Input(topic, rt, codec_for(rt.schema, topic, registry))
         self._table_consumer: Consumer | None = None
+        self._table_ends: dict[tuple[str, int], tuple[int, int]] | None = None  # to read before the next input record
         self._outputs: dict[str, tuple[str, Callable[[Any], bytes], bool]] = {}
         for name in spec.outputs:
             rt = record_type(name)
@@ -325,13 +328,33 @@ class AgentRunner:
         if tc is None:
             return
         tps = []
+        ends: dict[tuple[str, int], tuple[int, int]] = {}
         for topic in self.tables:
             meta = tc.list_topics(topic, timeout=10.0).topics[topic]
             for p in sorted(meta.partitions):
                 starts = [ps.tables.get((topic, p), OFFSET_BEGINNING) for ps in self.parts.values()]
                 start = OFFSET_BEGINNING if not starts or OFFSET_BEGINNING in starts else min(starts)
                 tps.append(TopicPartition(topic, p, start))
+        ends = high_watermarks(tc, [TopicPartition(tp.topic, tp.partition) for tp in tps])
         tc.assign(tps)
+        self._table_ends = ends
+
+    def _bootstrap_tables(self, timeout: float = 60.0) -> None:
+        """Read the tables to the ends they had at assignment, before the first input record."""
+        ends, self._table_ends = self._table_ends, None
+        if not ends:
+            return
+        started = time.monotonic()
+        while True:
+            behind = [tp for tp, (lo, hi) in ends.items() if hi > lo and any(ps.tables.get(tp, lo) < hi for ps in self.parts.values())]
+            if not behind:
+                self._log.info("tables read", seconds=round(time.monotonic() - started, 3))
+                return
+            if time.monotonic() - started > timeout:
+                self._log.warning("tables not read to their end in time: going on", behind=behind)
+                return
+            if not self._poll_tables():
+                time.sleep(0.01)
 
     def _poll_tables(self) -> int:
         """Hand the table records waiting in the table consumer to every partition's logic."""
@@ -372,6 +395,8 @@ class AgentRunner:
     # -- records
 
     def _handle(self, msgs: list[Message]) -> None:
+        if self._table_ends is not None:
+            self._bootstrap_tables()
         by_part: dict[int, list[Message]] = {}
         for msg in msgs:
             if msg.error() is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -339,3 +340,152 @@ def test_onchain_metric_records_feed_the_onchain_rules_a_day_after_their_day() -
     sig = next(o.value for o in logic.on_batch([*recs, Inbound("candle", c.key, c, 3), Inbound("indicators", i.key, i, 4)]) if o.record == "signal")
     assert sig.direction == "long" and sig.onchain_time == day < sig.close_time
     assert sig.reasons == "onchain_zone: mvrv 0.9 < 1 -> long (weight 1)"
+
+
+# ------------------------------------------------------------------------------ context tables
+
+DAY = 86_400_000
+TODAY = T0 // DAY * DAY
+
+
+def mvrv(day: int, value: float | None, asset: str = "BTC", revision: int = 0) -> Inbound:
+    return Inbound("onchain_metric", asset, OnchainMetric(asset, day, "coinmetrics", revision=revision, mvrv=value), 0)
+
+
+def _context_logic(wait_s: float = 30.0) -> SignalLogic:
+    rules = [{"kind": "onchain_zone", "metric": "mvrv", "below": 1.0, "above": 3.0, "asset": "BTC"}]
+    return SignalLogic(strategy(rules), wait_s)
+
+
+def _candles(n: int) -> list[Inbound]:
+    out = []
+    for k in range(n):
+        c, i = candle(k), ind(k, atr=1.0)
+        out += [Inbound("candle", c.key, c, 2 * k), Inbound("indicators", i.key, i, 2 * k + 1)]
+    return out
+
+
+def signals_of(outputs: list) -> list[Signal]:
+    return [o.value for o in outputs if o.record == "signal"]
+
+
+def test_a_signal_waits_until_the_table_is_complete_through_its_close() -> None:
+    logic = _context_logic()
+    assert list(logic.on_table([mvrv(TODAY - 2 * DAY, 5.0)])) == []
+    # yesterday's value could be out at the close (its day is over) and is not here yet: wait
+    assert signals_of(list(logic.on_batch(_candles(2)))) == []
+    out = list(logic.on_table([mvrv(TODAY - DAY, 0.5), mvrv(TODAY - DAY, 9.0, revision=1)]))
+    sigs = signals_of(out)
+    assert [s.open_time for s in sigs] == [T0, T0 + 60_000]
+    assert all(s.direction == "long" and s.onchain_time == TODAY - DAY for s in sigs)
+    assert [o.record for o in out] == ["signal", "risk_bar", "signal", "risk_bar"]
+
+
+def test_signals_are_the_same_whenever_the_table_records_arrive() -> None:
+    """The table's records and the candles interleaved every way once the table has its series
+    (the runtime reads every table to its end before an agent's first record): the same signals,
+    to the byte."""
+    table = [mvrv(TODAY - 3 * DAY, 5.0), mvrv(TODAY - 2 * DAY, 2.0), mvrv(TODAY - 2 * DAY, 0.1, revision=1), mvrv(TODAY - DAY, 0.5), mvrv(TODAY, 4.0)]
+    candles_in = _candles(3)
+    runs = []
+    for cut in range(1, len(table) + 1):
+        logic = _context_logic()
+        out = list(logic.on_table(table[:cut])) + list(logic.on_batch(candles_in)) + list(logic.on_table(table[cut:]))
+        out += logic.on_timer(0.0, math.inf)
+        runs.append(out)
+    assert all(run == runs[0] for run in runs) and len(signals_of(runs[0])) == 3
+    assert {s.onchain_time for s in signals_of(runs[0])} == {TODAY - DAY}
+
+
+def test_the_wait_is_bounded_and_counted() -> None:
+    from agents.signal_agent import WAITS_EXPIRED
+
+    logic = _context_logic(wait_s=5.0)
+    list(logic.on_table([mvrv(TODAY - 2 * DAY, 0.5)]))
+    assert signals_of(list(logic.on_batch(_candles(1)))) == []
+    before = WAITS_EXPIRED.labels("signals")._value.get()
+    assert list(logic.on_timer(100.0, 0.0)) == [] and list(logic.on_timer(104.9, 0.0)) == []
+    restored = _context_logic(wait_s=5.0)
+    restored.restore(logic.snapshot())  # a waiting candle survives a restart
+    (sig,) = signals_of(list(logic.on_timer(105.0, 0.0)))
+    assert sig.onchain_time == TODAY - 2 * DAY and WAITS_EXPIRED.labels("signals")._value.get() == before + 1
+    assert signals_of(list(restored.on_timer(0.0, math.inf))) == [sig]
+
+
+def test_a_table_never_fed_holds_nothing_back() -> None:
+    logic = _context_logic()
+    sigs = signals_of(list(logic.on_batch(_candles(2))))
+    assert len(sigs) == 2 and all(s.onchain_time is None and s.direction == "flat" for s in sigs)
+
+
+def test_sentiment_windows_are_visible_once_over() -> None:
+    rule = {"kind": "sentiment", "field": "mean_score", "below": -0.5, "above": 0.5}
+    logic = SignalLogic(strategy([rule]))
+    hour = 3_600_000
+    start = T0 // hour * hour
+    agg = SentimentAggregate("MARKET", "1h", start, start + hour - 1, 3, 0.9, 1.0, 0.0, 0.0, 0.0, None, None, None, True)
+    prior = SentimentAggregate("MARKET", "1h", start - hour, start - 1, 3, -0.9, 0.0, 1.0, 0.0, 0.0, None, None, None, True)
+    list(logic.on_table([Inbound("sentiment_aggregate", agg.key, a, k) for k, a in enumerate((prior, agg))]))
+    (sig,) = signals_of(list(logic.on_batch(_candles(1))))
+    assert sig.sentiment_time == start - hour and sig.direction == "long"  # the window holding the candle is not over
+
+
+# ------------------------------------------------------------------------------ the risk agent
+
+
+def risk_bar(i: int, symbol: str, direction: str = "long", close: float = 100.0, low: float | None = None) -> Inbound:
+    return Inbound("risk_bar", "t", bar(i, direction, close=close, low=low, symbol=symbol), i)
+
+
+def test_the_merge_orders_bars_by_event_time_whatever_their_arrival() -> None:
+    a = [risk_bar(i, "AAA", close=100 + i) for i in range(4)]
+    b = [risk_bar(i, "BBB", "short", close=50 - i) for i in range(4)]
+    orders = [a[:1] + b[:1] + a[1:] + b[1:], b[:1] + a[:1] + b[1:] + a[1:], [x for pair in zip(a, b) for x in pair]]
+    runs = []
+    for order in orders:
+        logic = RiskLogic(strategy([{"kind": "rsi"}]), wait_s=5.0)
+        out = []
+        for r in order:
+            out += logic.on_batch([r])
+        out += logic.on_timer(0.0, math.inf)
+        runs.append(sorted(o.value.intent_id for o in out))
+    assert runs[0] == runs[1] == runs[2] and len(runs[0]) >= 2
+
+
+def test_the_merge_waits_for_the_slowest_series_and_drops_redeliveries() -> None:
+    merge = EventTimeMerge()
+    assert merge.add(bar(0, symbol="AAA")) and merge.add(bar(0, symbol="BBB"))
+    assert [b.symbol for b in merge.release()] == ["AAA", "BBB"]
+    merge.add(bar(1, symbol="AAA"))
+    merge.add(bar(2, symbol="AAA"))
+    assert not merge.add(bar(1, symbol="AAA"))  # re-delivered
+    assert merge.release() == []  # BBB has not reached minute 1
+    merge.add(bar(1, symbol="BBB"))
+    assert [(b.symbol, b.open_time) for b in merge.release()] == [("AAA", T0 + 60_000), ("BBB", T0 + 60_000)]
+    assert [b.open_time for b in merge.release(force=True)] == [T0 + 120_000]
+    assert "ex:BBB:1m" not in merge.reached  # left behind: no longer holds the merge
+    assert EventTimeMerge.restore(merge.snapshot()) == merge
+
+
+def test_the_exposure_cap_holds_across_symbols() -> None:
+    cfg = {"max_symbol_exposure": 1.0, "max_total_exposure": 1.5, "risk_per_trade": 0.04, "atr_stop": 1}
+    logic = RiskLogic(strategy([{"kind": "rsi"}], risk=cfg), wait_s=5.0)
+    a, b = [o.value for o in logic.on_batch([risk_bar(0, "AAA"), risk_bar(0, "BBB")])]
+    assert (a.symbol, a.status, a.quantity) == ("AAA", "resized", 100.0)
+    assert (b.symbol, b.status) == ("BBB", "resized") and "total exposure cap 1.5 x equity leaves 5,000.00" in b.reason
+    assert b.quantity == pytest.approx(50.0)
+
+
+def test_the_daily_loss_of_all_symbols_halts_every_symbol() -> None:
+    """Two stops of 4% each: per symbol neither reaches the 7% daily limit; the one book does, and
+    flattens the third symbol's position with an intent of that symbol."""
+    cfg = {"max_symbol_exposure": 100, "max_total_exposure": 100, "risk_per_trade": 0.04, "atr_stop": 1, "max_daily_loss": 0.07}
+    logic = RiskLogic(strategy([{"kind": "rsi"}], risk=cfg), wait_s=5.0)
+    opens = [o.value for o in logic.on_batch([risk_bar(0, s) for s in ("AAA", "BBB", "CCC")])]
+    assert [(i.symbol, i.action, i.status) for i in opens] == [(s, "open", "accepted") for s in ("AAA", "BBB", "CCC")]
+    out = list(logic.on_batch([risk_bar(1, "AAA", "flat", low=98.5), risk_bar(1, "BBB", "flat", low=98.5), risk_bar(1, "CCC")]))
+    got = [(o.value.symbol, o.value.action, o.value.trigger, o.value.status) for o in out]
+    assert got == [("AAA", "close", "stop", "accepted"), ("BBB", "close", "stop", "accepted"),
+                   ("CCC", "close", "daily_loss", "accepted"), ("CCC", "open", "signal", "rejected")]  # fmt: skip
+    assert all(o.key == f"ex:{o.value.symbol}:1m" for o in out) and "max daily loss" in out[-1].value.reason
+    assert len({i.intent_id for i in [*opens, *(o.value for o in out)]}) == len(opens) + len(out)
