@@ -16,11 +16,12 @@ intents a function of the bars alone:
   the end of a bounded run) the held bars go to the book anyway, counted in
   ``tickflow_agent_waits_expired_total``, and that series' bars then arrive late;
 - a series' first bar that arrives after the merge went past its time is late too: it goes to
-  the book at once (``tickflow_risk_late_bars_total``).
+  the book at once (``tickflow_risk_late_bars_total``). A strategy that names its ``exchange``
+  and ``symbols`` has its series known from the start: the merge waits for each one's first bar.
 
 Late bars are where a live run and a replay can differ: a series that starts, or stalls, while
-others run on. A strategy of one series, or whose series all start together and keep up within
-the wait, gives the same intents live and on replay.
+others run on. A strategy of one series, or that names its series and whose series keep up
+within the wait, gives the same intents live and on replay.
 """
 
 from __future__ import annotations
@@ -100,6 +101,8 @@ class RiskLogic:
         self.strategy = strategy
         self.wait_s = wait_s
         self.merge = EventTimeMerge()
+        if strategy.exchange and strategy.symbols:  # the series are known before their first bar: wait for each from the start
+            self.merge.reached = {f"{strategy.exchange}:{sym}:{strategy.interval}": -1 for sym in sorted(strategy.symbols)}
         self.risk = RiskManager(strategy.risk, strategy.name, strategy.version)
         self.since: float | None = None  # wall clock (monotonic) since when held bars wait
 

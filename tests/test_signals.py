@@ -467,6 +467,15 @@ def test_the_merge_waits_for_the_slowest_series_and_drops_redeliveries() -> None
     assert EventTimeMerge.restore(merge.snapshot()) == merge
 
 
+def test_a_strategy_naming_its_series_waits_for_each_first_bar() -> None:
+    named = RiskLogic(strategy([{"kind": "rsi"}], exchange="ex", symbols=["AAA", "BBB"]), wait_s=5.0)
+    assert list(named.on_batch([risk_bar(0, "AAA"), risk_bar(1, "AAA")])) == []  # BBB not seen yet, but named
+    out = list(named.on_batch([risk_bar(0, "BBB", "short")]))
+    assert [(o.value.symbol, o.value.open_time) for o in out] == [("AAA", T0), ("BBB", T0)]
+    unnamed = RiskLogic(strategy([{"kind": "rsi"}]), wait_s=5.0)
+    assert len(list(unnamed.on_batch([risk_bar(0, "AAA")]))) == 1  # only AAA is known: it goes through
+
+
 def test_the_exposure_cap_holds_across_symbols() -> None:
     cfg = {"max_symbol_exposure": 1.0, "max_total_exposure": 1.5, "risk_per_trade": 0.04, "atr_stop": 1}
     logic = RiskLogic(strategy([{"kind": "rsi"}], risk=cfg), wait_s=5.0)
