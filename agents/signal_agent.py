@@ -18,7 +18,7 @@ either order. The decision uses only what was known at that candle's close:
 Each signal also goes out as a ``risk_bar`` keyed by the strategy, for the risk agent
 (:mod:`agents.risk_agent`), which holds one book over every series. Records of other series,
 intervals or revisions are ignored (not errors); a record type this agent does not read is
-rejected to the dead-letter topic.
+rejected to the dead-letter topic (the table records come through ``on_table``).
 """
 
 from __future__ import annotations
@@ -103,8 +103,6 @@ class SignalLogic:
                 if s.last is None or v.open_time > s.last:
                     s.indicators.setdefault(v.open_time, v)
                     self._join(s, v.open_time, out)
-            elif r.record in CONTEXT_RECORDS:
-                out += self.on_table([r])
             else:
                 out.append(Reject(r.offset, f"the signals agent does not read {r.record!r} records", r.record))
         return out
