@@ -337,7 +337,8 @@ def test_onchain_metric_records_feed_the_onchain_rules_a_day_after_their_day() -
             Inbound("onchain_metric", "BTC", OnchainMetric("BTC", fresh, "coinmetrics", mvrv=2.0), 1),
             Inbound("onchain_metric", "ETH", OnchainMetric("ETH", fresh, "coinmetrics", mvrv=0.1), 2)]  # fmt: skip
     c, i = candle(0), ind(0, atr=1.0)
-    sig = next(o.value for o in logic.on_batch([*recs, Inbound("candle", c.key, c, 3), Inbound("indicators", i.key, i, 4)]) if o.record == "signal")
+    assert list(logic.on_table(recs)) == []
+    sig = next(o.value for o in logic.on_batch([Inbound("candle", c.key, c, 3), Inbound("indicators", i.key, i, 4)]) if o.record == "signal")
     assert sig.direction == "long" and sig.onchain_time == day < sig.close_time
     assert sig.reasons == "onchain_zone: mvrv 0.9 < 1 -> long (weight 1)"
 
