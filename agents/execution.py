@@ -68,7 +68,7 @@ class Executor:
     equity0: float
     fee_bps: float = 0.0
     slippage_bps: float = 0.0
-    keep_us: int = 10_000_000  # trades kept for intents decided after later trades were read
+    keep_us: int = 120_000_000  # trades kept for intents decided after later trades were read (the risk merge waits for the slowest series)
     cash: float = field(init=False)
     trades: list[ClosedTrade] = field(default_factory=list)
     equity: list[tuple[int, float]] = field(default_factory=list)  # (ms, equity)

@@ -6,6 +6,10 @@ at its stop or take-profit price, a kill-switch or signal exit at the candle's c
 ``fee_bps``. That book is what the limits are measured on, so live and backtest take the same
 decisions whatever the executor's fills were.
 
+One manager holds the book of every series of a strategy: the risk agent (:mod:`agents.risk_agent`)
+feeds it the candles of all of them merged by event time, so total exposure, daily loss and
+drawdown hold across symbols.
+
 Per closed candle of a symbol, in this order (:meth:`RiskManager.on_candle`):
 
 1. a new UTC day resets the daily-loss reference;
@@ -23,18 +27,17 @@ Per closed candle of a symbol, in this order (:meth:`RiskManager.on_candle`):
 
 from __future__ import annotations
 
-import itertools
 import math
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from schemas.models import TradeIntent
+from schemas.models import RiskBar, TradeIntent
 
 DAY_MS = 86_400_000
 _QTY_DIGITS = 8
-SNAPSHOT_VERSION = 1
+SNAPSHOT_VERSION = 2
 
 
 class RiskConfig(BaseModel):
@@ -78,23 +81,6 @@ class Position:
     interval: str
 
 
-@dataclass(frozen=True, slots=True)
-class Bar:
-    """What the manager needs of a closed candle and its signal."""
-
-    exchange: str
-    symbol: str
-    interval: str
-    open_time: int  # ms
-    close_time: int  # ms, last millisecond
-    high: float
-    low: float
-    close: float
-    atr: float | None
-    direction: Literal["long", "short", "flat"]
-    confidence: float
-
-
 def _round_qty(q: float) -> float:
     return math.floor(q * 10**_QTY_DIGITS) / 10**_QTY_DIGITS
 
@@ -113,6 +99,8 @@ class RiskManager:
     halted: str | None = None  # drawdown kill-switch reason, for good
     day_halted: str | None = None  # daily-loss reason, until the next UTC day
     cooldown_until: dict[str, int] = field(default_factory=dict)
+    seq_time: int | None = None  # decision time the intent sequence numbers below count in
+    seq: dict[str, int] = field(default_factory=dict)  # "exchange:symbol" -> next seq at seq_time
 
     def __post_init__(self) -> None:
         if not self.cash:
@@ -143,20 +131,25 @@ class RiskManager:
 
     # -- decisions ----------------------------------------------------------------------------
 
-    def on_candle(self, bar: Bar) -> list[TradeIntent]:
-        """Intents decided at ``bar``'s close (see the module docstring for the order)."""
+    def on_candle(self, bar: RiskBar) -> list[TradeIntent]:
+        """Intents decided at ``bar``'s close: a closed candle and its signal (see the module docstring for the order)."""
         out: list[TradeIntent] = []
         sym = f"{bar.exchange}:{bar.symbol}"
         now = bar.close_time + 1
-        seq = itertools.count()
+        if self.seq_time != now:
+            self.seq_time, self.seq = now, {}
 
         def intent(action: str, position: str, trigger: str, status: str, qty: float, requested: float,
-                   price: float, reason: str, stop: float | None = None, tp: float | None = None) -> None:
+                   price: float, reason: str, stop: float | None = None, tp: float | None = None, of: str = sym) -> None:
+            """An intent on symbol ``of`` ("exchange:symbol"; a kill-switch closes other symbols too),
+            numbered per symbol and decision time, so ids stay unique across the series of one book."""
             side = "buy" if (action == "open") == (position == "long") else "sell"
-            n = next(seq)
+            n = self.seq.get(of, 0)
+            self.seq[of] = n + 1
+            exchange, _, symbol = of.partition(":")
             out.append(TradeIntent(
-                f"{self.strategy}:{bar.exchange}:{bar.symbol}:{bar.interval}:{bar.open_time}:{n}",
-                self.strategy, self.strategy_version, bar.exchange, bar.symbol, bar.interval, bar.open_time, now, n,
+                f"{self.strategy}:{exchange}:{symbol}:{bar.interval}:{bar.open_time}:{n}",
+                self.strategy, self.strategy_version, exchange, symbol, bar.interval, bar.open_time, now, n,
                 action, side, position, trigger, status, qty, requested, price, stop, tp,
                 round(self.equity(), 8), bar.confidence, reason,
             ))  # fmt: skip
@@ -244,7 +237,7 @@ class RiskManager:
         intent("open", want, "signal", "rejected", 0.0, requested, bar.close, problem)
         return out
 
-    def _refusal(self, bar: Bar, sym: str, now: int) -> str | None:
+    def _refusal(self, bar: RiskBar, sym: str, now: int) -> str | None:
         if self.halted:
             return self.halted
         if self.day_halted:
@@ -258,14 +251,14 @@ class RiskManager:
             return f"cooldown after a stop: {(until - now) / 60_000:g} min left"
         return None
 
-    def _flatten(self, bar: Bar, trigger: str, reason: str, intent) -> None:  # noqa: ANN001 - the closure above
+    def _flatten(self, bar: RiskBar, trigger: str, reason: str, intent) -> None:  # noqa: ANN001 - the closure above
         """Close every open position at its last mark (the kill-switches)."""
         for sym in sorted(self.positions):
             mark = self.marks.get(sym, self.positions[sym].entry)
             pos = self._close(sym, mark)
             exchange, _, symbol = sym.partition(":")
-            note = "" if symbol == bar.symbol else f" ({exchange} {symbol} at its last close)"
-            intent("close", pos.side, trigger, "accepted", pos.quantity, pos.quantity, mark, reason + note)
+            note = "" if symbol == bar.symbol else f" ({exchange} {symbol} at its last close, on {bar.exchange} {bar.symbol}'s candle)"
+            intent("close", pos.side, trigger, "accepted", pos.quantity, pos.quantity, mark, reason + note, of=sym)
 
     # -- checkpoint ---------------------------------------------------------------------------
 
@@ -281,6 +274,7 @@ class RiskManager:
             "halted": self.halted,
             "day_halted": self.day_halted,
             "cooldown_until": self.cooldown_until,
+            "seq": [self.seq_time, self.seq],
         }
 
     def restore(self, d: dict) -> None:
@@ -295,3 +289,4 @@ class RiskManager:
         self.halted = d["halted"]
         self.day_halted = d["day_halted"]
         self.cooldown_until = dict(d["cooldown_until"])
+        self.seq_time, self.seq = d["seq"][0], dict(d["seq"][1])

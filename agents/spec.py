@@ -73,6 +73,19 @@ class AgentLogic(Protocol):
         ...
 
 
+class TableLogic(AgentLogic, Protocol):
+    """The logic of an agent with table inputs (``AgentSpec.tables``)."""
+
+    def on_table(self, records: Sequence[Inbound]) -> Iterable[Output]:
+        """Only for a spec with ``tables``: records of its table inputs, every partition of them,
+        each partition's in offset order (partitions interleaved as they arrive). Every logic
+        object of the agent gets all of them: a broadcast, as Faust's GlobalTable or Kafka Streams'
+        GlobalKTable. Their arrival relative to ``on_batch`` records is wall-clock timing, so the
+        logic must decide from event times alone (see "Table inputs" in agents/README.md). A
+        ``Reject`` here is logged, not dead-lettered (every partition would dead-letter it)."""
+        ...
+
+
 class CandleHistory(Protocol):
     """Stored final candles, for warm starts (implemented by the stores in ``sinks/``)."""
 
@@ -96,6 +109,7 @@ class AgentSpec:
     inputs: tuple[str, ...]  # registry names of the record types read (co-partitioned topics)
     outputs: tuple[str, ...]  # registry names of the record types emitted
     logic: Callable[[AgentContext], AgentLogic]  # a new, empty state for one partition
+    tables: tuple[str, ...] = ()  # record types every partition reads whole (on_table): broadcast, e.g. per-asset context
     timer_s: float | None = None  # how often on_timer runs; None = never
     needs_history: bool = False  # the runtime passes a CandleHistory when stores are configured
     enabled: Callable[[Any], bool] | None = None  # settings -> whether workers run it; None = always

@@ -12,8 +12,9 @@ rule still warming up neither helps nor hurts). ``net >= entry_threshold`` is lo
 not vote: a filter that blocks a long or short makes it flat (confidence 1), with its reason.
 
 No look-ahead. ``evaluate`` sees only the candle, its indicators, the previous candle's
-indicators (for crosses) and context values whose ``known_at`` is at or before the close;
-:func:`usable_context` is the one place that decides the latter.
+indicators (for crosses) and context values whose window ended, plus the rule's
+``known_after_hours``, at or before the close: :meth:`agents.asof.AsOfTable.latest` is the one
+place that decides the latter.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from agents.asof import AsOfTable
 from agents.candles import parse_interval
 from agents.risk import RiskConfig
 from schemas.models import Candle, Indicators
@@ -115,8 +117,8 @@ class AtrFilter(_Rule):
 class _ZoneRule(_Rule):
     below: float | None = None  # value below: long
     above: float | None = None  # value above: short
-    known_after_hours: float = Field(24.0, ge=0, description="How long after its time a value is published")
-    max_age_hours: float = Field(72.0, gt=0, description="Older values are ignored (the rule does not vote)")
+    known_after_hours: float = Field(0.0, ge=0, description="How long after its window's end a value is published")
+    max_age_hours: float = Field(72.0, gt=0, description="Values whose window started longer ago are ignored (the rule does not vote)")
     contrarian: bool = True  # False flips the votes (follow the crowd)
     asset: str | None = Field(None, description="Only values of records naming this asset (or symbol); unset: any")
 
@@ -142,7 +144,6 @@ class SentimentRule(_ZoneRule):
 
     kind: Literal["sentiment"]
     field: Literal[SENTIMENT_FIELDS] = "fear_greed_value"  # type: ignore[valid-type]
-    known_after_hours: float = Field(0.0, ge=0, description="How long after its time a value is published")
 
 
 Rule = Annotated[
@@ -241,16 +242,6 @@ def load_strategy(path: Path | str) -> Strategy:
 
 
 @dataclass(frozen=True, slots=True)
-class ContextValue:
-    """One on-chain or sentiment value: ``time`` is the record's own time (ms), ``known_at`` when
-    it was published (time + the rule's ``known_after_hours``, applied in :func:`usable_context`)."""
-
-    field: str
-    value: float
-    time: int  # ms
-
-
-@dataclass(frozen=True, slots=True)
 class Decision:
     direction: Direction
     confidence: float
@@ -260,13 +251,18 @@ class Decision:
     sentiment_time: int | None
 
 
-def usable_context(history: Sequence[ContextValue], close_ms: int, known_after_ms: int, max_age_ms: int) -> ContextValue | None:
-    """The newest value (history in time order) published at or before ``close_ms`` and not older
-    than ``max_age_ms`` at it; None when there is none. Nothing published after the close is seen."""
-    for item in reversed(history):
-        if item.time + known_after_ms <= close_ms:
-            return item if close_ms - item.time <= max_age_ms else None
-    return None
+def context_rules(strategy: Strategy) -> list[OnchainZoneRule | SentimentRule]:
+    """The rules that read the context table."""
+    return [r for r in strategy.rules if isinstance(r, OnchainZoneRule | SentimentRule)]
+
+
+def context_field(rule: OnchainZoneRule | SentimentRule) -> str:
+    return rule.metric if isinstance(rule, OnchainZoneRule) else rule.field
+
+
+def context_complete(strategy: Strategy, table: AsOfTable, decision_ms: int) -> bool:
+    """Whether the table has every value the strategy's context rules could see at ``decision_ms``."""
+    return all(table.complete(context_field(r), r.asset, decision_ms, int(r.known_after_hours * 3_600_000)) for r in context_rules(strategy))
 
 
 def _fmt(x: float) -> str:
@@ -288,11 +284,10 @@ def evaluate(
     candle: Candle,
     ind: Indicators,
     prev: Indicators | None,
-    context: dict[str, Sequence[ContextValue]] | None = None,
+    context: AsOfTable | None = None,
 ) -> Decision:
     """The decision at ``candle``'s close from ``ind`` (its indicators), ``prev`` (the previous
-    candle's, or None) and ``context`` (on-chain and sentiment values by field, in time order)."""
-    context = context or {}
+    candle's, or None) and ``context`` (the on-chain and sentiment table)."""
     close_ms = candle.close_time + 1
     voted = total = 0.0
     reasons: list[str] = []
@@ -357,8 +352,9 @@ def evaluate(
                 blocked.append(f"{name}: no ATR yet")
             continue
         else:  # on-chain zone or sentiment
-            fld = rule.metric if isinstance(rule, OnchainZoneRule) else rule.field
-            item = usable_context(context.get(f"{fld}@{rule.asset}" if rule.asset else fld, ()), close_ms, int(rule.known_after_hours * 3_600_000), int(rule.max_age_hours * 3_600_000))
+            fld = context_field(rule)
+            lag, age = int(rule.known_after_hours * 3_600_000), int(rule.max_age_hours * 3_600_000)
+            item = context.latest(fld, rule.asset, close_ms, lag, age) if context is not None else None
             has_input = item is not None
             if item is not None:
                 if isinstance(rule, OnchainZoneRule):

@@ -431,6 +431,41 @@ _SIGNAL_NAMES = tuple(f.name for f in fields(Signal))
 
 
 @dataclass(slots=True)
+class RiskBar:
+    """A strategy series' closed candle and its signal, for the risk agent (key: the strategy, so
+    one partition and one risk book hold every series of it)."""
+
+    strategy: str
+    strategy_version: str
+    exchange: str
+    symbol: str
+    interval: str
+    open_time: int  # ms
+    close_time: int  # ms, last millisecond
+    high: float
+    low: float
+    close: float
+    atr: float | None
+    direction: str  # long | short | flat
+    confidence: float
+
+    @property
+    def key(self) -> str:
+        return self.strategy
+
+    @property
+    def series(self) -> str:
+        return f"{self.exchange}:{self.symbol}:{self.interval}"
+
+    def to_avro(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_avro(cls, d: dict[str, Any]) -> RiskBar:
+        return cls(**d)
+
+
+@dataclass(slots=True)
 class TradeIntent:
     """An order for someone else to execute, sized by the risk manager (tickflow places none).
 

@@ -26,6 +26,7 @@ from schemas.models import (
     OnchainBlock,
     OnchainDay,
     OnchainMetric,
+    RiskBar,
     SentimentAggregate,
     Signal,
     TradeBatch,
@@ -130,6 +131,10 @@ RECORDS: dict[str, RecordType] = {
             "trade_intent", "tickflow.TradeIntent", TradeIntent, "trade_intents", "topic_trade_intents", 14, _key,
             table="trade_intents", table_key=("strategy", "exchange", "symbol", "interval", "open_time", "seq"), time_column="open_time",
             description="Risk-sized orders for someone else to execute; rejected and resized ones say why",
+        ),
+        RecordType(
+            "risk_bar", "tickflow.RiskBar", RiskBar, "risk-bars", "topic_risk_bars", 15, _key,
+            description="Each signalled candle of a strategy's series, keyed by the strategy: the risk agent's one merged input",
         ),
     )
 }

@@ -1,10 +1,12 @@
 """``tickflow backtest``: the live agents' logic run in-process over a replay, with simulated fills.
 
 No second implementation: the trades go through the ingest checks (``split_batch``), the candle
-book, the indicator engine, the signal logic and its risk manager, partitioned as the live topics
-partition them (Kafka's murmur2 of the record key, ``TICKS_PARTITIONS`` partitions: the candle
-watermark is per partition) and in the order the live agents would get them. Only the fills are
-simulated (:mod:`agents.execution`). Like a live run on empty stores, indicators start cold.
+book, the indicator engine, the signal logic and the risk agent's merge and book, partitioned as
+the live topics partition them (Kafka's murmur2 of the record key, ``TICKS_PARTITIONS`` partitions:
+the candle watermark is per partition) and in the order the live agents would get them. Only the
+fills are simulated (:mod:`agents.execution`). Like a live run on empty stores, indicators start
+cold; no on-chain or sentiment table is fed, so the signals' context tables stay empty (their
+rules do not vote, and no signal waits for them).
 
 :class:`AgentChain` is the one place that drives the agents: the AgentLogic classes of their
 AgentSpecs (``agents.registry``), which ``tickflow run`` hosts on Kafka.
@@ -24,6 +26,7 @@ import structlog
 from agents.candle_agent import CANDLES
 from agents.execution import ClosedTrade, Executor, metrics
 from agents.indicator_agent import INDICATORS
+from agents.risk_agent import RISK, RiskLogic
 from agents.signal_agent import SIGNALS, SignalLogic
 from agents.spec import AgentContext, AgentLogic, AgentSpec, Emit, Inbound, Reject
 from agents.strategy import Strategy
@@ -66,7 +69,7 @@ def partition_of(key: str, partitions: int) -> int:
 
 @dataclass
 class AgentChain:
-    """Candles -> indicators -> signals and intents: the registered agents' logic classes, one
+    """Candles -> indicators -> signals -> risk (intents): the registered agents' logic classes, one
     object per partition of each agent's input, fed as the runtime feeds them."""
 
     settings: Settings
@@ -86,7 +89,9 @@ class AgentChain:
         logic = self._logics.get((spec.name, p))
         if logic is None:
             if spec is SIGNALS:
-                logic = SignalLogic(self.strategy)
+                logic = SignalLogic(self.strategy, self.settings.agents.signal_wait_s)
+            elif spec is RISK:
+                logic = RiskLogic(self.strategy, self.settings.agents.signal_wait_s)
             else:  # cold, as a live run on empty stores: no warm-start history
                 logic = spec.logic(AgentContext(self.settings, p, history=None))
             self._logics[(spec.name, p)] = logic
@@ -113,23 +118,26 @@ class AgentChain:
         return self._downstream(emitted)
 
     def close(self) -> list[Emit]:
-        """End of input: what ``--until-drained`` does, each agent's timers with an endless quiet."""
+        """End of input: what ``--until-drained`` does, agent by agent in pipeline order, each
+        agent's timers with an endless quiet."""
         out: list[Emit] = []
-        for (name, p), logic in sorted(self._logics.items()):
-            if name == CANDLES.name:
-                out += self._downstream(self._keep(logic.on_timer(time.monotonic(), math.inf)))
+        for spec in (CANDLES, INDICATORS, SIGNALS, RISK):
+            for (name, _), logic in sorted(self._logics.items()):
+                if name == spec.name:
+                    out += self._downstream(self._keep(logic.on_timer(time.monotonic(), math.inf)))
         return out
 
     def _downstream(self, emitted: list[Emit]) -> list[Emit]:
         out: list[Emit] = []
         for e in emitted:
             out.append(e)
-            if e.record != "candle":
-                continue
-            q = self._partition(e.key)
-            records = self._feed(INDICATORS, q, [("candle", e.value)])
-            out += records
-            out += self._feed(SIGNALS, q, [("candle", e.value), *((r.record, r.value) for r in records)])
+            if e.record == "candle":
+                q = self._partition(e.key)
+                records = self._feed(INDICATORS, q, [("candle", e.value)])
+                out += records
+                out += self._downstream(self._feed(SIGNALS, q, [("candle", e.value), *((r.record, r.value) for r in records)]))
+            elif e.record == "risk_bar":
+                out += self._feed(RISK, self._partition(e.key), [("risk_bar", e.value)])
         return out
 
 

@@ -15,6 +15,13 @@ partition is assigned, its checkpoint is restored and the consumer starts at the
 offsets (the input's beginning without one), whatever the group committed; outputs emitted after
 the last checkpoint are emitted again, identically, and the idempotent sinks absorb them.
 
+Table inputs (``AgentSpec.tables``): a second consumer, outside the group, reads every partition
+of those topics and hands each record to every partition's logic (``on_table``), a broadcast as
+Faust's GlobalTable. As a Kafka Streams GlobalKTable is restored before processing starts, the
+tables are read to the end they had when partitions were assigned before any input record is
+handed over. Each partition's checkpoint records how far it has read each table partition, so a
+restored partition is fed the table records it has not seen, and only those.
+
 Timers: ``on_timer(now, quiet_s)`` runs after every batch and at least every ``timer_s``. ``quiet_s``
 counts only while the partition has nothing unread (its position has reached the high watermark
 of the last fetch), so a quiet timeout never fires while input waits behind the consumer, and a
@@ -42,10 +49,10 @@ from schemas.codec import AvroCodec, DecodeError, codec_for
 from schemas.models import DeadLetter
 from schemas.registry import RecordType, record_type, topic_of
 from schemas.wire import encoder_for
-from streams.checkpoint import CheckpointStore, encode_checkpoint
+from streams.checkpoint import CheckpointStore, TableOffsets, encode_checkpoint
 from streams.observability import RECEIVED_HEADER, received_header
 from streams.settings import Settings
-from streams.topics import state_topic
+from streams.topics import high_watermarks, state_topic
 
 log = structlog.get_logger(__name__)
 
@@ -83,6 +90,7 @@ class PartitionState:
 
     logic: AgentLogic
     offsets: dict[str, int]  # input topic -> next offset expected
+    tables: TableOffsets = field(default_factory=dict)  # (table topic, partition) -> next offset this logic expects
     quiet_since: float | None = None  # monotonic time since when nothing was unread, None while input waits
     changed: bool = False  # state or position moved since the last checkpoint
     receipt_us: int | None = None  # ingest receipt of the newest input read: what a timer's outputs are timed from
@@ -131,6 +139,13 @@ class AgentRunner:
             rt = record_type(name)
             topic = topic_of(settings, name)
             self.inputs[topic] = _Input(topic, rt, codec_for(rt.schema, topic, registry))
+        self.tables: dict[str, _Input] = {}
+        for name in spec.tables:
+            rt = record_type(name)
+            topic = topic_of(settings, name)
+            self.tables[topic] = _Input(topic, rt, codec_for(rt.schema, topic, registry))
+        self._table_consumer: Consumer | None = None
+        self._table_ends: dict[tuple[str, int], tuple[int, int]] | None = None  # to read before the next input record
         self._outputs: dict[str, tuple[str, Callable[[Any], bytes], bool]] = {}
         for name in spec.outputs:
             rt = record_type(name)
@@ -195,6 +210,16 @@ class AgentRunner:
             **self._consumer_config,
         }
         consumer = self._consumer = Consumer(conf)
+        if self.tables:
+            self._table_consumer = Consumer({
+                "bootstrap.servers": self.settings.kafka.bootstrap,
+                "group.id": f"{self.group_id}-tables",  # never joined: partitions are assigned by hand
+                "client.id": f"tickflow-agent-{self.name}-tables",
+                "enable.auto.commit": False,
+                "fetch.wait.max.ms": self.settings.kafka.consumer_fetch_wait_ms,
+                "fetch.queue.backoff.ms": 1,
+                "fetch.message.max.bytes": 8_000_000,
+            })  # fmt: skip
         consumer.subscribe(list(self.inputs), on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost)
         checkpoint_s = self.settings.agents.agent_checkpoint_s
         next_checkpoint = time.monotonic() + checkpoint_s
@@ -206,7 +231,8 @@ class AgentRunner:
                 self._run_calls()
                 now = time.monotonic()
                 wait = IDLE_WAIT_S if timer_s is None else max(0.0, min(IDLE_WAIT_S, next_timer - now))
-                msgs = consumer.consume(CONSUME_MAX, wait)
+                tables = self._poll_tables()
+                msgs = consumer.consume(CONSUME_MAX, 0.0 if tables else wait)
                 if msgs:
                     self._handle(msgs)
                 now = time.monotonic()
@@ -225,6 +251,9 @@ class AgentRunner:
         finally:
             self._consumer = None
             consumer.close()  # leaves the group: the partitions move to another worker at once
+            if self._table_consumer is not None:
+                self._table_consumer.close()
+                self._table_consumer = None
             self.parts.clear()
 
     def _run_calls(self) -> None:
@@ -248,6 +277,7 @@ class AgentRunner:
         for tp in partitions:
             tp.offset = self.parts[tp.partition].offsets.get(tp.topic, OFFSET_BEGINNING)
         consumer.assign(partitions)
+        self._assign_tables()
         self._log.info("partitions assigned", partitions=sorted({tp.partition for tp in partitions}))
         self.assigned.set()
 
@@ -272,24 +302,101 @@ class AgentRunner:
             self._log.error("checkpoint unreadable: rebuilding from the input", partition=partition, error=str(exc))
             found = None
         offsets: dict[str, int] = {}
+        tables: TableOffsets = {}
         if found is not None:
-            saved, snapshot = found
+            saved, snapshot, saved_tables = found
             offsets = {t: o for t, o in saved.items() if t in self.inputs}
-            if offsets:
+            tables = {tp: o for tp, o in saved_tables.items() if tp[0] in self.tables}
+            if offsets or tables:
                 try:
                     logic.restore(snapshot)
                 except Exception as exc:  # noqa: BLE001 - any agent's restore: rebuild rather than stop
                     self._log.error("checkpoint not restorable: rebuilding from the input", partition=partition, error=str(exc))
-                    logic, offsets = self.spec.logic(AgentContext(self.settings, partition, self.history)), {}
+                    logic, offsets, tables = self.spec.logic(AgentContext(self.settings, partition, self.history)), {}, {}
             else:
                 self._log.warning("checkpoint of other input topics ignored", partition=partition, topics=sorted(saved))
         # Quiet is measured from the first fetch that shows nothing unread: open windows a restored
         # partition holds close after the quiet timeout even when no input ever comes again.
-        return PartitionState(logic, offsets)
+        return PartitionState(logic, offsets, tables)
+
+    # -- table inputs
+
+    def _assign_tables(self) -> None:
+        """Read every partition of the table topics from the oldest position any partition's logic
+        still needs (a logic skips what it has seen)."""
+        tc = self._table_consumer
+        if tc is None:
+            return
+        tps = []
+        ends: dict[tuple[str, int], tuple[int, int]] = {}
+        for topic in self.tables:
+            meta = tc.list_topics(topic, timeout=10.0).topics[topic]
+            for p in sorted(meta.partitions):
+                starts = [ps.tables.get((topic, p), OFFSET_BEGINNING) for ps in self.parts.values()]
+                start = OFFSET_BEGINNING if not starts or OFFSET_BEGINNING in starts else min(starts)
+                tps.append(TopicPartition(topic, p, start))
+        ends = high_watermarks(tc, [TopicPartition(tp.topic, tp.partition) for tp in tps])
+        tc.assign(tps)
+        self._table_ends = ends
+
+    def _bootstrap_tables(self, timeout: float = 60.0) -> None:
+        """Read the tables to the ends they had at assignment, before the first input record."""
+        ends, self._table_ends = self._table_ends, None
+        if not ends:
+            return
+        started = time.monotonic()
+        while True:
+            behind = [tp for tp, (lo, hi) in ends.items() if hi > lo and any(ps.tables.get(tp, lo) < hi for ps in self.parts.values())]
+            if not behind:
+                self._log.info("tables read", seconds=round(time.monotonic() - started, 3))
+                return
+            if time.monotonic() - started > timeout:
+                self._log.warning("tables not read to their end in time: going on", behind=behind)
+                return
+            if not self._poll_tables():
+                time.sleep(0.01)
+
+    def _poll_tables(self) -> int:
+        """Hand the table records waiting in the table consumer to every partition's logic."""
+        tc = self._table_consumer
+        if tc is None or not self.parts:
+            return 0
+        msgs = tc.consume(CONSUME_MAX, 0)
+        decoded: list[tuple[tuple[str, int], Inbound]] = []
+        for msg in msgs:
+            if msg.error() is not None:
+                if msg.error().code() != KafkaError._PARTITION_EOF:
+                    self._log.warning("table consumer error", error=str(msg.error()))
+                continue
+            inp = self.tables[msg.topic()]
+            try:
+                model = inp.rtype.model.from_avro(inp.codec.decode(msg.value()))
+            except (DecodeError, KeyError, TypeError, ValueError) as exc:
+                self._dead_letter(msg, f"undecodable {inp.rtype.name}: {exc}")
+                continue
+            key = msg.key()
+            rec = Inbound(inp.rtype.name, key.decode(errors="replace") if key is not None else None, model, msg.offset())
+            decoded.append(((msg.topic(), msg.partition()), rec))
+        if not decoded:
+            return len(msgs)
+        for ps in list(self.parts.values()):
+            mine = []
+            for tp, rec in decoded:
+                if rec.offset >= ps.tables.get(tp, 0):
+                    ps.tables[tp] = rec.offset + 1
+                    mine.append(rec)
+            if not mine:
+                continue
+            ps.changed = True
+            self._emit(ps.logic.on_table(mine), None, ps.receipt_us)  # type: ignore[attr-defined]  # a TableLogic
+        self._flush_out_counts()
+        return len(msgs)
 
     # -- records
 
     def _handle(self, msgs: list[Message]) -> None:
+        if self._table_ends is not None:
+            self._bootstrap_tables()
         by_part: dict[int, list[Message]] = {}
         for msg in msgs:
             if msg.error() is not None:
@@ -437,9 +544,9 @@ class AgentRunner:
         written = []
         for p in partitions if partitions is not None else sorted(self.parts):
             ps = self.parts.get(p)
-            if ps is None or not ps.changed or not ps.offsets:
+            if ps is None or not ps.changed or not (ps.offsets or ps.tables):
                 continue
-            self.producer.produce(self.state_topic, str(p), encode_checkpoint(ps.offsets, ps.logic.snapshot()), partition=p)
+            self.producer.produce(self.state_topic, str(p), encode_checkpoint(ps.offsets, ps.logic.snapshot(), ps.tables), partition=p)
             ps.changed = False
             written.append(p)
         if not written:
@@ -460,14 +567,24 @@ class AgentRunner:
     # -- views for the pipeline
 
     def positions(self) -> dict[tuple[str, int], int]:
-        return {(t, p): o for p, ps in list(self.parts.items()) for t, o in list(ps.offsets.items())}
+        """Next offset per input partition, and per table partition the least any logic has read."""
+        pos = {(t, p): o for p, ps in list(self.parts.items()) for t, o in list(ps.offsets.items())}
+        for ps in list(self.parts.values()):
+            for tp, o in list(ps.tables.items()):
+                pos[tp] = min(pos.get(tp, o), o)
+        return pos
 
     def caught_up(self, ends: dict[str, list[tuple[int, int, int]]]) -> bool:
-        """True when every non-empty input partition, per ``ends`` (topic -> (partition, low, high)), is processed."""
+        """True when every non-empty input partition, per ``ends`` (topic -> (partition, low, high)), is processed,
+        and every partition's logic has read every table partition to its end."""
         pos = self.positions()
         for topic in self.inputs:
             for p, lo, hi in ends.get(topic, []):
                 if hi > lo and pos.get((topic, p), -1) < hi:
+                    return False
+        for topic in self.tables:
+            for p, lo, hi in ends.get(topic, []):
+                if hi > lo and any(ps.tables.get((topic, p), -1) < hi for ps in list(self.parts.values())):
                     return False
         return True
 

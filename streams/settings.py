@@ -36,7 +36,8 @@ class KafkaSettings(BaseSettings):
     topic_candles_state: str = Field("candles-state", description="The candle agent's checkpoints (any agent: TOPIC_<AGENT>_STATE, default <agent>-state)")
     topic_indicators_state: str = "indicators-state"
     topic_signals: str = Field("signals", description="Signals of the strategy agent")
-    topic_trade_intents: str = Field("trade_intents", description="Risk-sized trade intents of the strategy agent")
+    topic_trade_intents: str = Field("trade_intents", description="Risk-sized trade intents of the risk agent")
+    topic_risk_bars: str = Field("risk-bars", description="Signalled candles of a strategy's series, keyed by strategy, for the risk agent")
     topic_onchain_days: str = Field("onchain-days", description="Provider on-chain rows (coinmetrics: source), key asset")
     topic_onchain_blocks: str = Field("onchain-blocks", description="Blocks with resolved inputs (bitcoind: source), key asset")
     topic_onchain_metrics: str = Field("onchain_metrics", description="On-chain metrics per asset, day and source")
@@ -143,6 +144,11 @@ class AgentSettings(BaseSettings):
     onchain_exchange_addresses: Path | None = Field(None, description="CSV of labelled addresses, `address,entity` per line, for exchange in/outflows; unset = flows null")
     onchain_keep_days: int = Field(2, description="Newest UTC days whose blocks the on-chain agent keeps one by one: how far back a reorg can revise a day")
     strategy_file: Path | None = Field(None, description="TOML strategy of the signals agent (infra/strategies/*.toml); unset = no signals agent")
+    signal_wait_s: float = Field(
+        30.0,
+        description="Longest wall-clock wait of a signal for on-chain/sentiment values not yet complete through its candle's close, "
+        "and of the risk agent for a series behind the others; then they decide with what has arrived (tickflow_agent_waits_expired_total)",
+    )
     drain_stall_s: float = Field(120.0, description="--until-drained fails when an agent makes no progress this long")
 
     @property

@@ -11,13 +11,14 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import orjson
 import pytest
 from confluent_kafka import Producer
 
 from agents.candle_agent import CANDLES, CandleLogic
 from agents.spec import AgentSpec
 from schemas.codec import AvroCodec
-from schemas.models import Candle, DeadLetter, Trade, TradeBatch
+from schemas.models import Candle, DeadLetter, OnchainMetric, Trade, TradeBatch
 from schemas.wire import encoder_for
 from streams.producer import RecordProducer
 from streams.runtime import AgentRunner, LiveRoute
@@ -203,3 +204,78 @@ def test_timers_count_quiet_time_only_with_nothing_unread() -> None:
     runner.parts[1] = PartitionState(RecordingLogic(None), {})  # type: ignore[arg-type]
     runner._timers(5000.0)  # noqa: SLF001
     assert runner.parts[1].logic.quiet == [0.0]  # type: ignore[attr-defined]
+
+
+class TableProbe:
+    """Keeps the (asset, day) of every table record it is handed, and how many it had when the
+    first input record came."""
+
+    def __init__(self, ctx) -> None:  # noqa: ANN001
+        self.seen: list[tuple[str, int]] = []
+        self.inputs = 0
+        self.seen_before_input: int | None = None
+
+    def on_batch(self, records):  # noqa: ANN001, ANN201
+        if self.seen_before_input is None:
+            self.seen_before_input = len(self.seen)
+        self.inputs += len(records)
+        return []
+
+    def on_table(self, records):  # noqa: ANN001, ANN201
+        self.seen += [(r.key, r.value.day) for r in records]
+        return []
+
+    def on_timer(self, now: float, quiet_s: float):  # noqa: ANN201
+        return []
+
+    def snapshot(self) -> bytes:
+        return orjson.dumps({"seen": self.seen, "inputs": self.inputs, "before": self.seen_before_input})
+
+    def restore(self, data: bytes) -> None:
+        d = orjson.loads(data)
+        self.seen, self.inputs, self.seen_before_input = [tuple(x) for x in d["seen"]], d["inputs"], d["before"]
+
+
+def produce_metrics(settings: Settings, days: range, assets: int = 6) -> list[tuple[str, int]]:
+    encode = encoder_for(AvroCodec("tickflow.OnchainMetric"))
+    producer = Producer({"bootstrap.servers": settings.kafka.bootstrap, "partitioner": "murmur2_random"})
+    out = []
+    for d in days:
+        for a in range(assets):
+            m = OnchainMetric(f"A{a}", d * 86_400_000, "test", mvrv=1.0 + d)
+            producer.produce(settings.kafka.topic_onchain_metrics, encode(m), m.key)
+            out.append((m.asset, m.day))
+    assert producer.flush(30) == 0
+    return out
+
+
+@pytest.mark.integration
+def test_every_partition_reads_a_table_whole_before_its_input_and_once_across_a_restart(topics: Settings) -> None:
+    settings = topics.updated(topic_suffix=f"-{topics.kafka.app_id.rsplit('-', 1)[-1]}")
+    spec = AgentSpec("tableprobe", ("trade_batch",), (), TableProbe, tables=("onchain_metric",))
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    from streams.topics import state_topic
+
+    admin = AdminClient({"bootstrap.servers": settings.kafka.bootstrap})
+    admin.create_topics([NewTopic(state_topic(settings, spec), settings.kafka.ticks_partitions, 1)])[state_topic(settings, spec)].result()
+    table = produce_metrics(settings, range(10))
+    ticks = one_trade_records(40, symbols=8)
+    produce_raw(settings, ticks)
+
+    def probes(runner: AgentRunner) -> list[TableProbe]:
+        return [runner.parts[p].logic for p in sorted(runner.parts)]  # type: ignore[misc]
+
+    with running(settings, spec) as runner:
+        wait_for(lambda: len(runner.parts) == settings.kafka.ticks_partitions and sum(p.inputs for p in probes(runner)) == len(ticks)
+                 and all(len(p.seen) == len(table) for p in probes(runner)), 60, "the table and the input to be read")  # fmt: skip
+        for probe in probes(runner):
+            assert sorted(probe.seen) == sorted(table)
+            assert probe.seen_before_input in (None, len(table))  # the table came whole before any input
+    more = produce_metrics(settings, range(10, 12))
+    with running(settings, spec) as runner:  # restored from the checkpoints
+        wait_for(lambda: len(runner.parts) == settings.kafka.ticks_partitions and all(len(p.seen) >= len(table) + len(more) for p in probes(runner)), 60, "the new table records")
+        time.sleep(0.5)
+        for probe in probes(runner):
+            assert sorted(probe.seen) == sorted(table + more)  # each record once: the checkpoint knew where it stood
+        assert sum(p.inputs for p in probes(runner)) == len(ticks)

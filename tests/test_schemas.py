@@ -46,6 +46,7 @@ from schemas.models import (
     OnchainMetric,
     OnchainOutput,
     OnchainTx,
+    RiskBar,
     SentimentAggregate,
     Signal,
     Trade,
@@ -285,6 +286,10 @@ def intents() -> list[TradeIntent]:
 
 RECORDS["tickflow.Signal"] = (Signal, signals())
 RECORDS["tickflow.TradeIntent"] = (TradeIntent, intents())
+RECORDS["tickflow.RiskBar"] = (RiskBar, [
+    RiskBar("s", "1", "e", "S", "1m", 0, 59_999, 101.5, 99.0, 100.0, 1.25, "long", 0.8),
+    RiskBar("x", "", "e", "S", "1d", I64_MIN, I64_MAX, 1e300, -0.0, 1e-300, None, "flat", 0.0),
+])
 
 
 @pytest.mark.parametrize("name", sorted(RECORDS))

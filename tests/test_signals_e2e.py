@@ -87,3 +87,79 @@ def test_tickflow_run_writes_the_backtests_signals_and_intents(topics: Settings,
     assert pg_signals == [(s.direction, s.confidence, s.reasons, None) for s in by_time]
     assert ch_signals == len(bt.signals)
     assert sorted(pg_intents) == sorted((i.intent_id, i.status, i.quantity, i.reason) for i in bt.intents)  # the database's collation may order ids otherwise
+
+
+class Capturing:
+    """The runtime's producer, keeping what it writes to the signals topic."""
+
+    def __init__(self, settings: Settings, topic: str) -> None:
+        from streams.producer import RecordProducer
+
+        self.inner, self.topic, self.values = RecordProducer(settings), topic, []
+
+    def produce(self, topic: str, key, value: bytes, **kw) -> None:  # noqa: ANN001, ANN003
+        if topic == self.topic:
+            self.values.append(value)
+        self.inner.produce(topic, key, value, **kw)
+
+    def __getattr__(self, name: str):  # noqa: ANN204
+        return getattr(self.inner, name)
+
+
+def test_the_signals_agent_waits_for_onchain_values_and_they_vote_live(topics: Settings, tmp_path: Path) -> None:
+    """The agent on the broker: candles and indicators in their topics, on-chain metrics in theirs
+    (keyed by asset, partitioned otherwise). Yesterday's MVRV is published after the candles: the
+    signals wait for it, then it votes, and they equal the logic's fed in another order."""
+    import threading
+    import time
+
+    from confluent_kafka import Producer
+
+    from agents.signal_agent import SIGNALS, SignalLogic
+    from agents.spec import Inbound
+    from schemas.models import OnchainMetric
+    from schemas.registry import RECORDS
+    from schemas.wire import encoder_for
+    from streams.runtime import AgentRunner
+    from tests.test_signals import DAY, TODAY, _candles
+
+    strategy_file = tmp_path / "mvrv.toml"
+    strategy_file.write_text('name = "mvrv"\nversion = "1"\n[[rules]]\nkind = "onchain_zone"\nmetric = "mvrv"\nbelow = 1.0\nasset = "BTC"\n')
+    settings = topics.updated(strategy_file=strategy_file, signal_wait_s=60.0)
+    producer = Producer({"bootstrap.servers": settings.kafka.bootstrap, "partitioner": "murmur2_random"})
+
+    def send(records: list[Inbound]) -> None:
+        for r in records:
+            rt = RECORDS[r.record]
+            producer.produce(getattr(settings.kafka, rt.topic_setting), encoder_for(AvroCodec(rt.schema))(r.value), r.value.key)
+        assert producer.flush(30) == 0
+
+    older = Inbound("onchain_metric", "BTC", OnchainMetric("BTC", TODAY - 2 * DAY, "test", mvrv=5.0), 0)
+    yesterday = Inbound("onchain_metric", "BTC", OnchainMetric("BTC", TODAY - DAY, "test", mvrv=0.5), 1)
+    candles = _candles(3)
+    send([older, *candles])
+    out = Capturing(settings, settings.kafka.topic_signals)
+    runner = AgentRunner(SIGNALS, settings, out)
+    stop = threading.Event()
+    runner.start(stop)
+    try:
+        deadline = time.monotonic() + 30
+        while sum(o for (t, _), o in runner.positions().items() if t in (settings.kafka.topic_candles, settings.kafka.topic_indicators)) < len(candles):
+            assert time.monotonic() < deadline and runner.error is None
+            time.sleep(0.1)
+        time.sleep(0.5)
+        assert out.values == []  # read, and waiting for yesterday's value
+        send([yesterday])
+        while len(out.values) < 3:
+            assert time.monotonic() < deadline and runner.error is None
+            time.sleep(0.1)
+    finally:
+        stop.set()
+        runner.join(30)
+        out.close()
+    codec = AvroCodec("tickflow.Signal")
+    live = [Signal.from_avro(codec.decode(v)) for v in out.values]
+    logic = SignalLogic(load_strategy(strategy_file))
+    expected = [o.value for o in [*logic.on_table([older, yesterday]), *logic.on_batch(candles)] if o.record == "signal"]
+    assert live == expected
+    assert all(s.onchain_time == TODAY - DAY and s.direction == "long" for s in live)
