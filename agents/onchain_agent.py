@@ -1,5 +1,5 @@
-"""The on-chain agent: ``onchain-days`` and ``onchain-blocks`` -> ``onchain_metrics``, around
-:class:`agents.onchain.OnchainMetrics`.
+"""The on-chain agent: ``onchain-days`` and ``onchain-blocks`` -> ``onchain_metrics`` (per asset, day
+and source) and ``onchain_block_metrics`` (per block), around :class:`agents.onchain.OnchainMetrics`.
 
 Both inputs are keyed by asset, so an asset's provider rows (whose prices SOPR needs) and its
 blocks meet in one partition's state. A record the metrics refuse (nonsense figures, a reorg or a
@@ -15,11 +15,12 @@ from prometheus_client import Counter
 
 from agents.onchain import OnchainError, OnchainMetrics, read_labels
 from agents.spec import AgentContext, AgentSpec, Emit, Inbound, Output, Reject
+from schemas.models import OnchainBlockMetric
 
 log = structlog.get_logger(__name__)
 
 ONCHAIN_IN = Counter("tickflow_onchain_inputs_total", "Records read by the on-chain agent", ["record"])
-ONCHAIN_OUT = Counter("tickflow_onchain_metrics_total", "On-chain metric rows emitted (first versions and revisions)", ["source"])
+ONCHAIN_OUT = Counter("tickflow_onchain_metrics_total", "On-chain metric rows emitted (first versions and revisions); source block: per-block rows", ["source"])
 
 
 def exchange_labels(settings: object) -> dict[str, str]:
@@ -59,8 +60,12 @@ class OnchainLogic:
                 out.append(Reject(rec.offset, str(exc), rec.record))
                 continue
             for row in rows:
-                ONCHAIN_OUT.labels(row.source).inc()
-                out.append(Emit("onchain_metric", row.asset, row))
+                if isinstance(row, OnchainBlockMetric):
+                    ONCHAIN_OUT.labels("block").inc()
+                    out.append(Emit("onchain_block_metric", row.asset, row))
+                else:
+                    ONCHAIN_OUT.labels(row.source).inc()
+                    out.append(Emit("onchain_metric", row.asset, row))
         return out
 
     def on_timer(self, now: float, quiet_s: float) -> Iterable[Output]:
@@ -76,7 +81,7 @@ class OnchainLogic:
 ONCHAIN = AgentSpec(
     name="onchain",
     inputs=("onchain_day", "onchain_block"),
-    outputs=("onchain_metric",),
+    outputs=("onchain_metric", "onchain_block_metric"),
     logic=OnchainLogic,
     description="On-chain metrics (MVRV, NUPL, realized price, NVT, volatility, addresses, fees, flows, SOPR) per asset and UTC day",
 )

@@ -39,6 +39,7 @@ class KafkaSettings(BaseSettings):
     topic_onchain_days: str = Field("onchain-days", description="Provider on-chain rows (coinmetrics: source), key asset")
     topic_onchain_blocks: str = Field("onchain-blocks", description="Blocks with resolved inputs (bitcoind: source), key asset")
     topic_onchain_metrics: str = Field("onchain_metrics", description="On-chain metrics per asset, day and source")
+    topic_onchain_block_metrics: str = Field("onchain_block_metrics", description="On-chain figures per block, retracted by reorgs")
     topic_suffix: str = Field("", description="Appended to the default name of every topic without a setting of its own (isolated runs on a shared broker)")
     topic_news: str = Field("news", description="Scored headlines, RSS entries and posts (news_scored)")
     topic_sentiment: str = Field("sentiment", description="Sentiment aggregates per asset and window")

@@ -12,7 +12,7 @@ import pytest
 
 from agents.onchain import OnchainMetrics
 from schemas.codec import AvroCodec
-from schemas.models import DeadLetter, OnchainBlock, OnchainMetric, day_ms
+from schemas.models import DeadLetter, OnchainBlock, OnchainBlockMetric, OnchainMetric, day_ms
 from streams.ingest import run_ingest
 from streams.producer import RecordProducer
 from streams.settings import Settings
@@ -99,7 +99,9 @@ def test_live_source_follows_resumes_and_handles_a_reorg(tmp_path: Path) -> None
         # The metrics retract the replaced block and revise the day
         m = OnchainMetrics()
         rows = [r for b in [*first, *tip_a, *fork] for r in m.add_block(b)]
-        day = [r for r in rows if r.day == day_ms(date(2010, 4, 10))]
+        day = [r for r in rows if isinstance(r, OnchainMetric) and r.day == day_ms(date(2010, 4, 10))]
+        retracted = [(r.height, r.hash, r.revision) for r in rows if isinstance(r, OnchainBlockMetric) and r.retracted]
+        assert retracted == [(50002, first[2].hash, 1), (50003, "a" * 64, 1)]
         assert [r.revision for r in day] == list(range(len(day))) and day[-1].last_height == 50003
         assert day[-1].tx_count == 1 + 3 + 1 + 1 and day[-1].block_count == 4  # 50003 a retracted, b and c in
         assert m.chains["btc"].hashes[50002] == replaced["hash"] and m.chains["btc"].hashes[50003] == "c" * 64
