@@ -155,3 +155,35 @@ def test_coinmetrics_and_blocks_through_ingest_and_the_onchain_agent(topics: Set
     out = [o.value for o in OnchainLogic(labels={}, keep_days=2).on_batch(inbound)]
     assert len({(o.day, o.source) for o in out if o.source == "coinmetrics"}) == len(lines) - 2
     assert isinstance(out[-1], OnchainMetric) and isinstance(inbound[-1].value, OnchainBlock)
+
+
+def test_getblock_verbosity_3_gives_the_blocks_of_verbosity_2_and_getrawtransaction(tmp_path: Path) -> None:
+    """A node with ``getblock <hash> 3`` (prevouts in the block, Core 25+) is read without a
+    getrawtransaction; a node without it is asked once, then read at verbosity 2. Both give the
+    same blocks (values, addresses, creation times), whose rows equal bitcoin-etl's; a recording of
+    the verbosity-3 session replays to the same blocks too."""
+    from agents.onchain import block_stats
+    from tests.test_onchain import etl
+
+    folder = data_path("bitcoin_onchain_sample")
+    with FakeBitcoind(folder, verbosity3=True) as v3, FakeBitcoind(folder) as v2:
+        blocks3 = [i.value for i in collect(live(v3, tmp_path / "v3"))]
+        blocks2 = [i.value for i in collect(live(v2, tmp_path / "v2"))]
+        recorded = [v3._with_prevouts(v3.blocks[v3.by_height[h]]) for h in (50000, 50001, 50002)]
+        headers = list(v3.headers.values())
+    assert [b.height for b in blocks3] == [50000, 50001, 50002] and blocks3 == blocks2
+    assert "getrawtransaction" not in v3.calls and set(v3.verbosities) == {3}
+    assert v2.verbosities[0] == 3 and set(v2.verbosities[1:]) == {2} and v2.calls.count("getrawtransaction") == 3
+    spent = [i for t in blocks3[1].txs + blocks3[2].txs for i in t.inputs]
+    assert len(spent) == 3 and all(i.value == 5_000_000_000 and i.address and i.created_time for i in spent)
+    assert sorted(i.created_time for i in spent) == sorted(r["blocktime"] for r in v3.raw.values())
+    _, exp_txs = etl("bitcoin_stream_50001_50002")
+    for b in blocks3[1:]:
+        txs = [t for t in exp_txs if t["block_number"] == b.height]
+        s = block_stats(b)
+        assert s.fees_sat == sum(t["fee"] for t in txs) and s.resolved
+        assert s.addresses == {a for t in txs for side in ("inputs", "outputs") for io in t[side] for a in io["addresses"]}
+    # The same session recorded (getblock 3 results and the headers it asked for) and replayed
+    for i, r in enumerate([*recorded, *headers]):
+        (tmp_path / f"r{i}.json").write_text(json.dumps({"result": r, "error": None, "id": i}))
+    assert [i.value for i in collect(BitcoindReplaySource(tmp_path / "r*.json"))] == blocks3
