@@ -25,6 +25,16 @@ price, over the outputs whose both prices are known, with ``sopr_coverage`` = th
 day's spent value. An input the node could not resolve (no value) makes fees, addresses, flows and
 SOPR of its day null.
 
+Prices for SOPR (:meth:`OnchainMetrics.price_of`): a day's price from a provider row of the asset
+(the first provider by name that has the day), else from a price row made of a final daily candle
+(source ``candles:EXCHANGE:SYMBOL``, :func:`candle_price`; the ``onchain_prices`` agent writes them
+to the same input topic, keyed by asset). Prices reach the metrics as input records, in the order of
+the agent's input: a block's day uses the prices received before it, and a price received later
+revises the days still kept (``keep_days``), never a sealed one. So the rows are the same on every
+replay of the same input, and independent of how prices and blocks interleave as long as each
+day's price arrives within ``keep_days`` of its last block (live, a daily candle is final right
+after its day ends).
+
 Revisions: each (asset, day, source) row starts at revision 0 and gets revision + 1 whenever its
 values change (a re-delivered provider row with other figures, the next block of the day, a price
 that makes SOPR computable, a reorg). An input that changes nothing emits nothing.
@@ -62,6 +72,8 @@ NVT_DAYS = 90
 VOLATILITY_RETURNS = 30
 ACTIVE_MEANS = (7, 30)
 BLOCK_SOURCE = "bitcoind"
+CANDLE_SOURCE = "candles:"  # source prefix of price rows made of candles (lower priority than providers)
+PRICE_INTERVAL = "1d"
 HASHES_KEPT = 4032  # heights whose hash is remembered: re-deliveries this old are recognised
 SNAPSHOT_VERSION = 2  # 2: block times and block-row revisions (1 is still read)
 
@@ -437,21 +449,25 @@ class OnchainMetrics:
             out.extend(self._revisit_blocks(row.asset))
         return out
 
+    def _price_series(self, asset: str) -> list[ProviderSeries]:
+        """The asset's series in price priority: providers by name, then candle price rows by name."""
+        keys = sorted((k for k in self.providers if k[0] == asset), key=lambda k: (k[1].startswith(CANDLE_SOURCE), k[1]))
+        return [self.providers[k] for k in keys]
+
     def _price_at(self, asset: str, n: int) -> float | None:
-        for (a, _source), series in sorted(self.providers.items()):
-            if a == asset and series.price.get(n) is not None:
+        for series in self._price_series(asset):
+            if series.price.get(n) is not None:
                 return series.price[n]
         return None
 
     def price_of(self, asset: str) -> dict[int, float | None]:
-        """Daily price of ``asset`` for SOPR: the first provider (by name) that has the day."""
+        """Daily price of ``asset`` for SOPR: the first series (:meth:`_price_series`) that has the day."""
         cached = self._prices.get(asset)
         if cached is not None:
             return cached
         merged: dict[int, float | None] = {}
-        for (a, _source), series in sorted(self.providers.items(), reverse=True):
-            if a == asset:
-                merged.update({d: p for d, p in series.price.items() if p is not None})
+        for series in reversed(self._price_series(asset)):
+            merged.update({d: p for d, p in series.price.items() if p is not None})
         self._prices[asset] = merged
         return merged
 
@@ -596,6 +612,34 @@ def _stats_from_json(b: list[Any]) -> BlockStats:
     h, hsh, day, txc, resolved, fees, transfer, addrs, spent, by_day, flows, *rest = b  # version 1 has no time
     return BlockStats(h, hsh, day, txc, resolved, fees, transfer, frozenset(addrs), spent, {int(d): v for d, v in by_day},
                       {e: (i, o) for e, i, o in flows}, rest[0] if rest else None)
+
+
+def read_price_candles(text: str) -> dict[tuple[str, str], str]:
+    """``EXCHANGE:SYMBOL=ASSET`` items, comma-separated (``binance:BTC/USDT=btc``) -> {(exchange, symbol): asset}:
+    the daily candles whose close is the asset's price."""
+    out: dict[tuple[str, str], str] = {}
+    for item in text.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        series, sep, asset = item.rpartition("=")
+        exchange, colon, symbol = series.partition(":")
+        if not sep or not colon or not exchange.strip() or not symbol.strip() or not asset.strip():
+            raise ValueError(f"price candles item {item!r} is not EXCHANGE:SYMBOL=ASSET (binance:BTC/USDT=btc)")
+        out[(exchange.strip(), symbol.strip())] = asset.strip()
+    return out
+
+
+def candle_price(candle: Any, asset: str) -> OnchainDay:
+    """A final daily candle as the asset's price row of its UTC day (its close, the day's last price);
+    OnchainError when it is not one."""
+    if candle.interval != PRICE_INTERVAL or not candle.is_final:
+        raise OnchainError(f"candle {candle.key} at {candle.open_time} is not a final {PRICE_INTERVAL} candle")
+    if candle.open_time % DAY_MS:
+        raise OnchainError(f"daily candle {candle.key} opens at {candle.open_time}, not a UTC midnight")
+    if not (isinstance(candle.close, int | float) and math.isfinite(candle.close) and candle.close > 0):
+        raise OnchainError(f"daily candle {candle.key} at {candle.open_time} has close {candle.close!r}")
+    return OnchainDay(asset, candle.open_time, f"{CANDLE_SOURCE}{candle.exchange}:{candle.symbol}", price_usd=float(candle.close))
 
 
 def read_labels(lines: Iterator[str] | Iterable[str]) -> dict[str, str]:

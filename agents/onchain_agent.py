@@ -4,6 +4,12 @@ and source) and ``onchain_block_metrics`` (per block), around :class:`agents.onc
 Both inputs are keyed by asset, so an asset's provider rows (whose prices SOPR needs) and its
 blocks meet in one partition's state. A record the metrics refuse (nonsense figures, a reorg or a
 block reaching into a day already final) is rejected with the reason, never fatal.
+
+The ``onchain_prices`` agent brings candle prices there: candles are keyed by exchange:symbol:interval,
+so they cannot meet an asset's blocks in one partition; it turns the final daily candles of the
+series named by ``ONCHAIN_PRICE_CANDLES`` into price rows (``onchain_day``, source
+``candles:EXCHANGE:SYMBOL``) keyed by asset. The prices thereby enter the on-chain agent's input log,
+so a replay gives the same rows (see :mod:`agents.onchain` for the priority and the rule).
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ from collections.abc import Iterable, Sequence
 import structlog
 from prometheus_client import Counter
 
-from agents.onchain import OnchainError, OnchainMetrics, read_labels
+from agents.onchain import OnchainError, OnchainMetrics, candle_price, read_labels, read_price_candles
 from agents.spec import AgentContext, AgentSpec, Emit, Inbound, Output, Reject
 from schemas.models import OnchainBlockMetric
 
@@ -77,6 +83,48 @@ class OnchainLogic:
     def restore(self, data: bytes) -> None:
         self.metrics.restore(data)
 
+
+class CandlePriceLogic:
+    """Final daily candles of the configured series -> the asset's price rows; other candles are not its business."""
+
+    def __init__(self, ctx: AgentContext | None = None, *, series: dict[tuple[str, str], str] | None = None) -> None:
+        if series is None:
+            series = read_price_candles(getattr(ctx.settings, "onchain_price_candles", "") if ctx is not None else "")
+        self.series = series
+
+    def on_batch(self, records: Sequence[Inbound]) -> Iterable[Output]:
+        out: list[Output] = []
+        for rec in records:
+            c = rec.value
+            asset = self.series.get((c.exchange, c.symbol))
+            if asset is None or c.interval != "1d" or not c.is_final:
+                continue
+            try:
+                row = candle_price(c, asset)
+            except OnchainError as exc:
+                out.append(Reject(rec.offset, str(exc), rec.record))
+                continue
+            out.append(Emit("onchain_day", asset, row))
+        return out
+
+    def on_timer(self, now: float, quiet_s: float) -> Iterable[Output]:
+        return ()
+
+    def snapshot(self) -> bytes:
+        return b""  # stateless: a candle delivered again gives the same row, which the on-chain agent ignores
+
+    def restore(self, data: bytes) -> None:
+        return None
+
+
+ONCHAIN_PRICES = AgentSpec(
+    name="onchain_prices",
+    inputs=("candle",),
+    outputs=("onchain_day",),
+    logic=CandlePriceLogic,
+    enabled=lambda settings: bool(getattr(settings, "onchain_price_candles", "")),
+    description="Final daily candles of ONCHAIN_PRICE_CANDLES as price rows of their asset, for SOPR",
+)
 
 ONCHAIN = AgentSpec(
     name="onchain",

@@ -142,12 +142,23 @@ class AgentSettings(BaseSettings):
     indicator_warm_start_bars: int = Field(1000, description="Stored candles seeding a new series (PostgreSQL, else a ClickHouse server); 0 = off")
     onchain_exchange_addresses: Path | None = Field(None, description="CSV of labelled addresses, `address,entity` per line, for exchange in/outflows; unset = flows null")
     onchain_keep_days: int = Field(2, description="Newest UTC days whose blocks the on-chain agent keeps one by one: how far back a reorg can revise a day")
+    onchain_price_candles: str = Field(
+        "", description="Daily candles whose close prices an asset for SOPR where no provider row has the day: EXCHANGE:SYMBOL=ASSET, comma-separated (binance:BTC/USDT=btc); empty = provider prices only"
+    )
     strategy_file: Path | None = Field(None, description="TOML strategy of the signals agent (infra/strategies/*.toml); unset = no signals agent")
     drain_stall_s: float = Field(120.0, description="--until-drained fails when an agent makes no progress this long")
 
     @property
     def intervals(self) -> list[str]:
         return [i.strip() for i in self.candle_intervals.split(",") if i.strip()]
+
+    @field_validator("onchain_price_candles")
+    @classmethod
+    def _price_candles(cls, value: str) -> str:
+        from agents.onchain import read_price_candles
+
+        read_price_candles(value)  # ValueError naming the item
+        return value
 
     @field_validator("indicator_sma", "indicator_ema", "indicator_macd", "indicator_stoch")
     @classmethod

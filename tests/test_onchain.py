@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 
 from agents.onchain import OnchainMetrics, block_stats, read_labels, sample_std
-from agents.onchain_agent import ONCHAIN, OnchainLogic
+from agents.onchain_agent import ONCHAIN, ONCHAIN_PRICES, CandlePriceLogic, OnchainLogic
 from agents.spec import AgentContext, Emit, Inbound, Reject
 from schemas.codec import AvroCodec
-from schemas.models import DAY_MS, OnchainBlock, OnchainBlockMetric, OnchainDay, OnchainInput, OnchainMetric, OnchainOutput, OnchainTx, day_ms
+from schemas.models import DAY_MS, Candle, OnchainBlock, OnchainBlockMetric, OnchainDay, OnchainInput, OnchainMetric, OnchainOutput, OnchainTx, day_ms
 from schemas.registry import record_type
 from streams.settings import Settings
 from streams.sources.base import BadInput
@@ -258,6 +258,43 @@ def test_sopr_with_coverage_and_late_prices() -> None:
     rows = m.add_day(OnchainDay("btc", d1 * DAY_MS, "coinmetrics", price_usd=150.0))
     (r,) = [x for x in rows if x.source == "bitcoind"]
     assert r.sopr == pytest.approx(1.5) and r.sopr_coverage == pytest.approx(0.75) and r.revision == 1
+
+
+def candle_1d(day: int, close: float, *, symbol: str = "BTC/USDT", is_final: bool = True, revision: int = 0) -> Candle:
+    t = day * DAY_MS
+    return Candle("binance", symbol, "1d", t, t + DAY_MS - 1, close, close, close, close, 1.0, close, 1, is_final=is_final, revision=revision)
+
+
+def test_sopr_prices_from_daily_candles_where_no_provider_has_the_day() -> None:
+    """Candle closes of the configured series become price rows of the asset (the onchain_prices
+    agent); SOPR uses them where the provider has no price, the provider's where it has one."""
+    d0, d1 = T0 // 86400, T0 // 86400 + 1
+    prices = CandlePriceLogic(AgentContext(Settings(onchain_price_candles="binance:BTC/USDT=btc"), 0))
+    assert ONCHAIN_PRICES.inputs == ("candle",) and ONCHAIN_PRICES.outputs == ("onchain_day",)
+    assert not ONCHAIN_PRICES.enabled(Settings(onchain_price_candles="")) and ONCHAIN_PRICES.enabled(Settings(onchain_price_candles="binance:BTC/USDT=btc"))
+    candles = [candle_1d(d0, 100.0), candle_1d(d0, 999.0, symbol="ETH/USDT"), candle_1d(d1, 140.0, is_final=False), candle_1d(d1, 150.0),
+               Candle("binance", "BTC/USDT", "1d", d1 * DAY_MS + 5, 0, 1, 1, 1, 1.0, 1, 1, 1, is_final=True)]
+    out = list(prices.on_batch([Inbound("candle", c.key, c, i) for i, c in enumerate(candles)]))
+    emitted = [o for o in out if isinstance(o, Emit)]
+    assert [(o.record, o.key, o.value.day, o.value.source, o.value.price_usd) for o in emitted] == [
+        ("onchain_day", "btc", d0 * DAY_MS, "candles:binance:BTC/USDT", 100.0), ("onchain_day", "btc", d1 * DAY_MS, "candles:binance:BTC/USDT", 150.0)]
+    assert [(o.offset, "UTC midnight" in o.reason) for o in out if isinstance(o, Reject)] == [(4, True)]
+    block = blk(1, T0 + 86400 + 60, [coinbase(1), spend("t", [(300, "a", T0 + 5), (100, "b", T0 - 86400 * 10)], [(390, "c")])])
+    logic = OnchainLogic(labels={}, keep_days=2)
+    rows = [o.value for o in logic.on_batch([*[Inbound("onchain_day", "btc", o.value, i) for i, o in enumerate(emitted)], Inbound("onchain_block", "btc", block, 9)])]
+    (day,) = [r for r in rows if isinstance(r, OnchainMetric) and r.source == "bitcoind"]
+    assert day.sopr == pytest.approx(1.5) and day.sopr_coverage == pytest.approx(0.75)  # 300 of 400 spent: created d0
+    # A provider price of the creation day takes precedence over the candle's and revises the day
+    rows = [o.value for o in logic.on_batch([Inbound("onchain_day", "btc", OnchainDay("btc", d0 * DAY_MS, "coinmetrics", price_usd=120.0), 10)])]
+    (day,) = [r for r in rows if r.source == "bitcoind"]
+    assert day.sopr == pytest.approx(1.25) and day.revision == 1
+    # A revised candle changes the price of its day: the day is revised again
+    (revised,) = list(prices.on_batch([Inbound("candle", "k", candle_1d(d1, 180.0, revision=1), 11)]))
+    rows = [o.value for o in logic.on_batch([Inbound("onchain_day", "btc", revised.value, 12)])]
+    (day,) = [r for r in rows if r.source == "bitcoind"]
+    assert day.sopr == pytest.approx(1.5) and day.revision == 2
+    with pytest.raises(ValueError, match="EXCHANGE:SYMBOL=ASSET"):
+        Settings(onchain_price_candles="BTC/USDT")
 
 
 def test_exchange_flows_net_per_transaction() -> None:
