@@ -351,6 +351,22 @@ def test_agent_restart_mid_stream_gives_the_clean_run_outputs() -> None:
     assert block_rows[-1].sopr is None and block_rows[-1].sopr_coverage == 0.0
 
 
+def test_restore_reads_a_version_1_snapshot() -> None:
+    """A checkpoint from before block rows (no block times, no row revisions): the kept blocks count in
+    their days, and a reorg retracts them from the day without a row for a block never emitted."""
+    m = OnchainMetrics()
+    m.add_block(blk(1, T0 + 60, [coinbase(1)]))
+    doc = json.loads(m.snapshot())
+    doc["v"] = 1
+    doc["chains"] = [[asset, sealed, hashes, [b[:11] for b in blocks]] for asset, sealed, hashes, blocks, _ in doc["chains"]]
+    old = OnchainMetrics()
+    old.restore(json.dumps(doc).encode())
+    out = old.add_block(blk(1, T0 + 90, [coinbase(1), coinbase(11)], tag="b"))
+    assert blocks_of(out) == [(1, "h1b", 0, False, 2)]
+    (day,) = days_of(out)
+    assert day.tx_count == 2 and day.block_count == 1 and day.revision == 1
+
+
 def test_agent_rejects_bad_rows_and_goes_on() -> None:
     logic = OnchainLogic(labels={}, keep_days=2)
     good = _row(date(2020, 1, 1), price_usd=1.0)
