@@ -152,9 +152,11 @@ def test_coinmetrics_and_blocks_through_ingest_and_the_onchain_agent(topics: Set
     for name, msgs in (("onchain_day", days), ("onchain_block", blocks)):
         rt, codec = record_type(name), AvroCodec(record_type(name).schema)
         inbound += [Inbound(name, "btc", rt.model.from_avro(codec.decode(m.value())), m.offset()) for m in msgs]
-    out = [o.value for o in OnchainLogic(labels={}, keep_days=2).on_batch(inbound)]
-    assert len({(o.day, o.source) for o in out if o.source == "coinmetrics"}) == len(lines) - 2
-    assert isinstance(out[-1], OnchainMetric) and isinstance(inbound[-1].value, OnchainBlock)
+    out = list(OnchainLogic(labels={}, keep_days=2).on_batch(inbound))
+    days_out = [o.value for o in out if o.record == "onchain_metric"]
+    assert len({(o.day, o.source) for o in days_out if o.source == "coinmetrics"}) == len(lines) - 2
+    assert [o.value.height for o in out if o.record == "onchain_block_metric"] == [0, 1, 50000, 50001, 50002]
+    assert isinstance(out[-1].value, OnchainMetric) and isinstance(inbound[-1].value, OnchainBlock)
 
 
 def test_getblock_verbosity_3_gives_the_blocks_of_verbosity_2_and_getrawtransaction(tmp_path: Path) -> None:
