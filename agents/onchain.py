@@ -15,8 +15,8 @@ Metrics' own definitions (``metrics.csv``; the tests compare every BTC day to 1e
 A windowed metric needs every day of its window: one missing input makes it null, never an estimate
 from fewer days. Windows are by calendar day, not by row, so a gap in the file is a gap here.
 
-From blocks (``source`` = ``bitcoind``), per block (:func:`block_stats`) and per UTC day of the block
-time: transaction count (coinbase included, like ``getblock``'s nTx), fees = inputs - outputs of the
+From blocks (``source`` = ``bitcoind``), per block (:func:`block_stats`, emitted as
+``OnchainBlockMetric`` rows keyed (asset, height, hash)) and per UTC day of the block time: transaction count (coinbase included, like ``getblock``'s nTx), fees = inputs - outputs of the
 non-coinbase transactions, transfer volume = outputs of the non-coinbase transactions, distinct
 addresses of inputs and outputs, exchange inflow/outflow per labelled entity (a transaction's net
 change of the entity's balance: positive is inflow, negative outflow, so change back to the same
@@ -25,13 +25,24 @@ price, over the outputs whose both prices are known, with ``sopr_coverage`` = th
 day's spent value. An input the node could not resolve (no value) makes fees, addresses, flows and
 SOPR of its day null.
 
+Prices for SOPR (:meth:`OnchainMetrics.price_of`): a day's price from a provider row of the asset
+(the first provider by name that has the day), else from a price row made of a final daily candle
+(source ``candles:EXCHANGE:SYMBOL``, :func:`candle_price`; the ``onchain_prices`` agent writes them
+to the same input topic, keyed by asset). Prices reach the metrics as input records, in the order of
+the agent's input: a block's day uses the prices received before it, and a price received later
+revises the days still kept (``keep_days``), never a sealed one. So the rows are the same on every
+replay of the same input, and independent of how prices and blocks interleave as long as each
+day's price arrives within ``keep_days`` of its last block (live, a daily candle is final right
+after its day ends).
+
 Revisions: each (asset, day, source) row starts at revision 0 and gets revision + 1 whenever its
 values change (a re-delivered provider row with other figures, the next block of the day, a price
 that makes SOPR computable, a reorg). An input that changes nothing emits nothing.
 
 Blocks of the newest ``keep_days`` UTC days are kept one by one, so a block replaced at a height
-already seen (a reorg) retracts it and every later block and revises their days; older days are
-sealed: a reorg or a block reaching into them is refused with the reason.
+already seen (a reorg) retracts it and every later block (their block rows get the next revision
+with ``retracted``; a block that comes back gets the one after) and revises their days; older days
+are sealed: a reorg or a block reaching into them is refused with the reason.
 """
 
 from __future__ import annotations
@@ -44,7 +55,7 @@ from typing import Any
 
 import orjson
 
-from schemas.models import DAY_MS, OnchainBlock, OnchainDay, OnchainMetric
+from schemas.models import DAY_MS, OnchainBlock, OnchainBlockMetric, OnchainDay, OnchainMetric
 
 
 def day_number(ms: int) -> int:
@@ -61,8 +72,10 @@ NVT_DAYS = 90
 VOLATILITY_RETURNS = 30
 ACTIVE_MEANS = (7, 30)
 BLOCK_SOURCE = "bitcoind"
+CANDLE_SOURCE = "candles:"  # source prefix of price rows made of candles (lower priority than providers)
+PRICE_INTERVAL = "1d"
 HASHES_KEPT = 4032  # heights whose hash is remembered: re-deliveries this old are recognised
-SNAPSHOT_VERSION = 1
+SNAPSHOT_VERSION = 2  # 2: block times and block-row revisions (1 is still read)
 
 # Provider fields a row carries, in OnchainDay order (after asset, day, source).
 PROVIDER_FIELDS = (
@@ -190,6 +203,31 @@ class BlockStats:
     spent_sat: int  # value of the resolved inputs
     spent_by_day: dict[int, int]  # creation day -> value spent, inputs with a known creation time
     flows: dict[str, tuple[int, int]]  # entity -> (inflow, outflow); labelled entities only
+    time: int | None = None  # block time, seconds; None only in stats restored from a version 1 snapshot
+
+
+def block_row(asset: str, s: BlockStats, revision: int, *, retracted: bool = False, flows_known: bool = False) -> OnchainBlockMetric:
+    """The block's own row; exchange flows only when labels are configured and the block resolved."""
+    assert s.time is not None
+    inflow = outflow = None
+    if flows_known and s.resolved:
+        inflow = sum(i for i, _ in s.flows.values()) / SAT
+        outflow = sum(o for _, o in s.flows.values()) / SAT
+    return OnchainBlockMetric(
+        asset=asset,
+        height=s.height,
+        hash=s.hash,
+        block_time=s.time * 1000,
+        revision=revision,
+        retracted=retracted,
+        tx_count=s.tx_count,
+        fees_native=None if s.fees_sat is None else s.fees_sat / SAT,
+        transfer_volume_native=s.transfer_sat / SAT,
+        active_addresses=len(s.addresses) if s.resolved else None,
+        exchange_inflow_native=inflow,
+        exchange_outflow_native=outflow,
+        exchange_netflow_native=None if inflow is None or outflow is None else inflow - outflow,
+    )
 
 
 def block_stats(block: OnchainBlock, labels: Mapping[str, str] | None = None) -> BlockStats:
@@ -248,6 +286,7 @@ def block_stats(block: OnchainBlock, labels: Mapping[str, str] | None = None) ->
         spent_sat=spent,
         spent_by_day=spent_by_day,
         flows={e: (i, o) for e, (i, o) in flows.items()},
+        time=block.time,
     )
 
 
@@ -350,6 +389,9 @@ class ChainState:
     days: dict[int, DayBlocks] = field(default_factory=dict)
     hashes: dict[int, str] = field(default_factory=dict)  # height -> hash, the newest HASHES_KEPT
     sealed_before: int | None = None  # days before this one are final
+    # (height, hash) -> revision of the block's last row, for the heights a reorg can still reach
+    # (retracted blocks too: one that comes back gets the next revision).
+    revisions: dict[tuple[int, str], int] = field(default_factory=dict)
 
 
 # --- the whole state --------------------------------------------------------------------------------
@@ -407,26 +449,31 @@ class OnchainMetrics:
             out.extend(self._revisit_blocks(row.asset))
         return out
 
+    def _price_series(self, asset: str) -> list[ProviderSeries]:
+        """The asset's series in price priority: providers by name, then candle price rows by name."""
+        keys = sorted((k for k in self.providers if k[0] == asset), key=lambda k: (k[1].startswith(CANDLE_SOURCE), k[1]))
+        return [self.providers[k] for k in keys]
+
     def _price_at(self, asset: str, n: int) -> float | None:
-        for (a, _source), series in sorted(self.providers.items()):
-            if a == asset and series.price.get(n) is not None:
+        for series in self._price_series(asset):
+            if series.price.get(n) is not None:
                 return series.price[n]
         return None
 
     def price_of(self, asset: str) -> dict[int, float | None]:
-        """Daily price of ``asset`` for SOPR: the first provider (by name) that has the day."""
+        """Daily price of ``asset`` for SOPR: the first series (:meth:`_price_series`) that has the day."""
         cached = self._prices.get(asset)
         if cached is not None:
             return cached
         merged: dict[int, float | None] = {}
-        for (a, _source), series in sorted(self.providers.items(), reverse=True):
-            if a == asset:
-                merged.update({d: p for d, p in series.price.items() if p is not None})
+        for series in reversed(self._price_series(asset)):
+            merged.update({d: p for d, p in series.price.items() if p is not None})
         self._prices[asset] = merged
         return merged
 
     # blocks
-    def add_block(self, block: OnchainBlock) -> list[OnchainMetric]:
+    def add_block(self, block: OnchainBlock) -> list[OnchainBlockMetric | OnchainMetric]:
+        """The block's row, the rows of the blocks it retracts (a reorg), then the days' rows that changed."""
         if not block.asset:
             raise OnchainError("block without asset")
         if block.height < 0 or block.time <= 0:
@@ -443,6 +490,8 @@ class OnchainMetrics:
         if chain.sealed_before is not None and stats.day < chain.sealed_before:
             raise OnchainError(f"block {block.height} falls on UTC day {stats.day} (days since the epoch), a day already final (ONCHAIN_KEEP_DAYS)")
         touched: set[int] = set()
+        flows_known = bool(self.labels)
+        out: list[OnchainBlockMetric | OnchainMetric] = []
         if known is not None:  # a reorg: this block replaces the one at its height and every later one
             kept = {h: (d, s) for d, day in chain.days.items() for h, s in day.blocks.items() if h >= block.height}
             replaced = [h for h in chain.hashes if h >= block.height]
@@ -450,19 +499,27 @@ class OnchainMetrics:
                 raise OnchainError(f"reorg at height {block.height} reaches into days already final (ONCHAIN_KEEP_DAYS)")
             for h in replaced:
                 del chain.hashes[h]
-            for h, (d, s) in kept.items():
+            for h, (d, s) in sorted(kept.items()):
                 chain.days[d].add(s, -1)
                 touched.add(d)
+                rev = chain.revisions.get((h, s.hash))
+                if rev is not None and s.time is not None:  # None: kept from before block rows existed, never emitted
+                    chain.revisions[(h, s.hash)] = rev + 1
+                    out.append(block_row(block.asset, s, rev + 1, retracted=True, flows_known=flows_known))
         day = chain.days.get(stats.day)
         if day is None:
             day = chain.days[stats.day] = DayBlocks()
         day.add(stats)
         chain.hashes[block.height] = block.hash
         touched.add(stats.day)
+        before = chain.revisions.get((block.height, block.hash))
+        rev = 0 if before is None else before + 1
+        chain.revisions[(block.height, block.hash)] = rev
+        out.append(block_row(block.asset, stats, rev, flows_known=flows_known))
         if len(chain.hashes) > HASHES_KEPT:
             for h in sorted(chain.hashes)[: len(chain.hashes) - HASHES_KEPT]:
                 del chain.hashes[h]
-        out = self._emit_days(block.asset, chain, sorted(touched))
+        out.extend(self._emit_days(block.asset, chain, sorted(touched)))
         self._seal(chain)
         return out
 
@@ -495,6 +552,11 @@ class OnchainMetrics:
             del chain.days[d]
         if chain.sealed_before is None or horizon > chain.sealed_before:
             chain.sealed_before = horizon
+        # A height below every kept block is in a sealed day: no reorg can reach it any more.
+        lowest = min((h for day in chain.days.values() for h in day.blocks), default=None)
+        if lowest is not None:
+            for key in [k for k in chain.revisions if k[0] < lowest]:
+                del chain.revisions[key]
 
     def _changed(self, m: OnchainMetric) -> OnchainMetric | None:
         key = (m.asset, m.source, day_number(m.day))
@@ -513,7 +575,8 @@ class OnchainMetrics:
             "keep_days": self.keep_days,
             "providers": [[a, s, [r.to_avro() for r in series.rows.values()]] for (a, s), series in self.providers.items()],
             "chains": [
-                [asset, c.sealed_before, sorted(c.hashes.items()), [_stats_json(s) for day in c.days.values() for s in day.blocks.values()]]
+                [asset, c.sealed_before, sorted(c.hashes.items()), [_stats_json(s) for day in c.days.values() for s in day.blocks.values()],
+                 sorted([h, x, r] for (h, x), r in c.revisions.items())]
                 for asset, c in self.chains.items()
             ],
             "emitted": [[a, s, d, r, g] for (a, s, d), (r, g) in self.emitted.items()],
@@ -521,7 +584,7 @@ class OnchainMetrics:
 
     def restore(self, data: bytes) -> None:
         doc = orjson.loads(data)
-        if doc.get("v") != SNAPSHOT_VERSION:
+        if doc.get("v") not in (1, SNAPSHOT_VERSION):
             raise ValueError(f"on-chain snapshot version {doc.get('v')!r} is newer than this code ({SNAPSHOT_VERSION})")
         self.providers = {}
         for asset, source, rows in doc["providers"]:
@@ -530,23 +593,53 @@ class OnchainMetrics:
                 row = OnchainDay.from_avro(r)
                 series.put(day_number(row.day), row)
         self.chains = {}
-        for asset, sealed, hashes, blocks in doc["chains"]:
+        for asset, sealed, hashes, blocks, *revisions in doc["chains"]:
             chain = self.chains[asset] = ChainState(sealed_before=sealed, hashes={int(h): x for h, x in hashes})
             for b in blocks:
                 s = _stats_from_json(b)
                 chain.days.setdefault(s.day, DayBlocks()).add(s)
+            chain.revisions = {(int(h), x): r for h, x, r in (revisions[0] if revisions else [])}
         self.emitted = {(a, s, d): (r, g) for a, s, d, r, g in doc["emitted"]}
         self._prices = {}
 
 
 def _stats_json(s: BlockStats) -> list[Any]:
     return [s.height, s.hash, s.day, s.tx_count, s.resolved, s.fees_sat, s.transfer_sat, sorted(s.addresses), s.spent_sat,
-            sorted(s.spent_by_day.items()), sorted([e, i, o] for e, (i, o) in s.flows.items())]
+            sorted(s.spent_by_day.items()), sorted([e, i, o] for e, (i, o) in s.flows.items()), s.time]
 
 
 def _stats_from_json(b: list[Any]) -> BlockStats:
-    h, hsh, day, txc, resolved, fees, transfer, addrs, spent, by_day, flows = b
-    return BlockStats(h, hsh, day, txc, resolved, fees, transfer, frozenset(addrs), spent, {int(d): v for d, v in by_day}, {e: (i, o) for e, i, o in flows})
+    h, hsh, day, txc, resolved, fees, transfer, addrs, spent, by_day, flows, *rest = b  # version 1 has no time
+    return BlockStats(h, hsh, day, txc, resolved, fees, transfer, frozenset(addrs), spent, {int(d): v for d, v in by_day},
+                      {e: (i, o) for e, i, o in flows}, rest[0] if rest else None)
+
+
+def read_price_candles(text: str) -> dict[tuple[str, str], str]:
+    """``EXCHANGE:SYMBOL=ASSET`` items, comma-separated (``binance:BTC/USDT=btc``) -> {(exchange, symbol): asset}:
+    the daily candles whose close is the asset's price."""
+    out: dict[tuple[str, str], str] = {}
+    for item in text.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        series, sep, asset = item.rpartition("=")
+        exchange, colon, symbol = series.partition(":")
+        if not sep or not colon or not exchange.strip() or not symbol.strip() or not asset.strip():
+            raise ValueError(f"price candles item {item!r} is not EXCHANGE:SYMBOL=ASSET (binance:BTC/USDT=btc)")
+        out[(exchange.strip(), symbol.strip())] = asset.strip()
+    return out
+
+
+def candle_price(candle: Any, asset: str) -> OnchainDay:
+    """A final daily candle as the asset's price row of its UTC day (its close, the day's last price);
+    OnchainError when it is not one."""
+    if candle.interval != PRICE_INTERVAL or not candle.is_final:
+        raise OnchainError(f"candle {candle.key} at {candle.open_time} is not a final {PRICE_INTERVAL} candle")
+    if candle.open_time % DAY_MS:
+        raise OnchainError(f"daily candle {candle.key} opens at {candle.open_time}, not a UTC midnight")
+    if not (isinstance(candle.close, int | float) and math.isfinite(candle.close) and candle.close > 0):
+        raise OnchainError(f"daily candle {candle.key} at {candle.open_time} has close {candle.close!r}")
+    return OnchainDay(asset, candle.open_time, f"{CANDLE_SOURCE}{candle.exchange}:{candle.symbol}", price_usd=float(candle.close))
 
 
 def read_labels(lines: Iterator[str] | Iterable[str]) -> dict[str, str]:

@@ -389,6 +389,41 @@ _onchain_metric_values = attrgetter(*_ONCHAIN_METRIC_NAMES)
 
 
 @dataclass(slots=True)
+class OnchainBlockMetric:
+    """One block's figures (asset, height, hash); ``retracted`` once a reorg replaced the block,
+    with the revision after its last one. None where an input the node could not resolve is needed."""
+
+    asset: str
+    height: int
+    hash: str
+    block_time: int  # ms, the block header's time
+    revision: int = 0
+    retracted: bool = False
+    tx_count: int = 0
+    fees_native: float | None = None
+    transfer_volume_native: float = 0.0
+    active_addresses: int | None = None
+    exchange_inflow_native: float | None = None
+    exchange_outflow_native: float | None = None
+    exchange_netflow_native: float | None = None
+
+    @property
+    def key(self) -> str:
+        return self.asset
+
+    def to_avro(self) -> dict[str, Any]:
+        return dict(zip(_ONCHAIN_BLOCK_METRIC_NAMES, _onchain_block_metric_values(self), strict=True))
+
+    @classmethod
+    def from_avro(cls, d: dict[str, Any]) -> OnchainBlockMetric:
+        return cls(**{f: d[f] for f in _ONCHAIN_BLOCK_METRIC_NAMES})
+
+
+_ONCHAIN_BLOCK_METRIC_NAMES = tuple(f.name for f in fields(OnchainBlockMetric))
+_onchain_block_metric_values = attrgetter(*_ONCHAIN_BLOCK_METRIC_NAMES)
+
+
+@dataclass(slots=True)
 class Signal:
     """A strategy's decision at one closed candle (key exchange:symbol:interval, as the candle's).
 

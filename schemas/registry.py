@@ -24,6 +24,7 @@ from schemas.models import (
     LiveCandles,
     NewsScored,
     OnchainBlock,
+    OnchainBlockMetric,
     OnchainDay,
     OnchainMetric,
     RiskBar,
@@ -105,6 +106,11 @@ RECORDS: dict[str, RecordType] = {
             "onchain_metric", "tickflow.OnchainMetric", OnchainMetric, "onchain_metrics", "topic_onchain_metrics", 9, _key,
             table="onchain_metrics", table_key=("asset", "day", "source"), version="revision", time_column="day",
             channel="onchain:{asset}", description="On-chain metrics per asset, UTC day and source, revised as data arrives",
+        ),
+        RecordType(
+            "onchain_block_metric", "tickflow.OnchainBlockMetric", OnchainBlockMetric, "onchain_block_metrics", "topic_onchain_block_metrics", 16, _key,
+            table="onchain_block_metrics", table_key=("asset", "height", "hash"), version="revision", time_column="block_time",
+            channel="onchain_blocks:{asset}", description="On-chain figures per block (asset, height, hash), retracted by a reorg",
         ),
         RecordType(
             "news_scored", "tickflow.NewsScored", NewsScored, "news", "topic_news", 10, _key,

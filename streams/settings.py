@@ -41,6 +41,7 @@ class KafkaSettings(BaseSettings):
     topic_onchain_days: str = Field("onchain-days", description="Provider on-chain rows (coinmetrics: source), key asset")
     topic_onchain_blocks: str = Field("onchain-blocks", description="Blocks with resolved inputs (bitcoind: source), key asset")
     topic_onchain_metrics: str = Field("onchain_metrics", description="On-chain metrics per asset, day and source")
+    topic_onchain_block_metrics: str = Field("onchain_block_metrics", description="On-chain figures per block, retracted by reorgs")
     topic_suffix: str = Field("", description="Appended to the default name of every topic without a setting of its own (isolated runs on a shared broker)")
     topic_news: str = Field("news", description="Scored headlines, RSS entries and posts (news_scored)")
     topic_sentiment: str = Field("sentiment", description="Sentiment aggregates per asset and window")
@@ -143,6 +144,9 @@ class AgentSettings(BaseSettings):
     indicator_warm_start_bars: int = Field(1000, description="Stored candles seeding a new series (PostgreSQL, else a ClickHouse server); 0 = off")
     onchain_exchange_addresses: Path | None = Field(None, description="CSV of labelled addresses, `address,entity` per line, for exchange in/outflows; unset = flows null")
     onchain_keep_days: int = Field(2, description="Newest UTC days whose blocks the on-chain agent keeps one by one: how far back a reorg can revise a day")
+    onchain_price_candles: str = Field(
+        "", description="Daily candles whose close prices an asset for SOPR where no provider row has the day: EXCHANGE:SYMBOL=ASSET, comma-separated (binance:BTC/USDT=btc); empty = provider prices only"
+    )
     strategy_file: Path | None = Field(None, description="TOML strategy of the signals agent (infra/strategies/*.toml); unset = no signals agent")
     signal_wait_s: float = Field(
         30.0,
@@ -154,6 +158,14 @@ class AgentSettings(BaseSettings):
     @property
     def intervals(self) -> list[str]:
         return [i.strip() for i in self.candle_intervals.split(",") if i.strip()]
+
+    @field_validator("onchain_price_candles")
+    @classmethod
+    def _price_candles(cls, value: str) -> str:
+        from agents.onchain import read_price_candles
+
+        read_price_candles(value)  # ValueError naming the item
+        return value
 
     @field_validator("indicator_sma", "indicator_ema", "indicator_macd", "indicator_stoch")
     @classmethod

@@ -1,9 +1,11 @@
 """A local Bitcoin Core JSON-RPC server that plays recorded responses (../shared/data/bitcoin_onchain_sample).
 
-It answers ``getblockcount`` (the tip the test sets), ``getblockhash``, ``getblock <hash> 2``
-(verbosity 3 fails with -8, as on nodes older than Core 25, so the source falls back), ``getblockheader``
-and ``getrawtransaction <txid> true``, single or batched, with HTTP basic auth. A test makes a
-reorg by replacing the block at a height (:meth:`FakeBitcoind.put_block`).
+It answers ``getblockcount`` (the tip the test sets), ``getblockhash``, ``getblock <hash> 2``,
+``getblockheader`` and ``getrawtransaction <txid> true``, single or batched, with HTTP basic auth.
+``getblock <hash> 3`` fails with -8, as on nodes older than Core 25, unless ``verbosity3``: then each
+input carries its ``prevout`` (generated, height, value, scriptPubKey) as Core 25+ gives it, built from
+the recorded ``getrawtransaction`` results; the creating blocks' heights come from the recorded
+confirmation counts and their headers are served too. A test makes a reorg by replacing the block at a height (:meth:`FakeBitcoind.put_block`).
 """
 
 from __future__ import annotations
@@ -21,10 +23,12 @@ from streams.sources.bitcoin_json import kind_of, unwrap
 
 
 class FakeBitcoind:
-    def __init__(self, folder: Path, *, user: str = "rpc", password: str = "secret") -> None:
+    def __init__(self, folder: Path, *, user: str = "rpc", password: str = "secret", verbosity3: bool = False) -> None:
         self.blocks: dict[str, dict[str, Any]] = {}  # hash -> getblock 2 result
         self.by_height: dict[int, str] = {}
         self.raw: dict[str, dict[str, Any]] = {}
+        self.verbosity3 = verbosity3
+        self.verbosities: list[int] = []  # of each getblock call
         for f in sorted(folder.glob("*rpc_response*.json")):
             r = unwrap(json.loads(f.read_text()))
             if kind_of(r) == "block" and r["tx"]:
@@ -32,6 +36,16 @@ class FakeBitcoind:
             elif kind_of(r) == "tx":
                 self.raw[r["txid"]] = r
         self.tip = max(self.by_height)
+        # Headers of the blocks that created the recorded transactions (not recorded themselves). Their
+        # heights: the tip when the block spending them was recorded (files were recorded at
+        # different tips), less their confirmations.
+        tip_spending = {vin["txid"]: b["height"] + b["confirmations"] - 1 for b in self.blocks.values() for tx in b["tx"] for vin in tx["vin"] if "txid" in vin}
+        self.headers: dict[str, dict[str, Any]] = {}
+        self.header_heights: dict[int, str] = {}
+        for r in self.raw.values():
+            h = tip_spending[r["txid"]] - r["confirmations"] + 1
+            self.headers[r["blockhash"]] = {"hash": r["blockhash"], "height": h, "time": r["blocktime"]}
+            self.header_heights[h] = r["blockhash"]
         self.auth = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
         self.calls: list[str] = []
         self.warming_up = 0  # answer this many calls with error -28 (the node is starting)
@@ -75,16 +89,23 @@ class FakeBitcoind:
         if method == "getblockcount":
             result = self.tip
         elif method == "getblockhash":
-            result = self.by_height.get(params[0]) if params[0] <= self.tip else None
+            result = self.by_height.get(params[0], self.header_heights.get(params[0])) if params[0] <= self.tip else None
             if result is None:
                 error = {"code": -8, "message": "Block height out of range"}
         elif method in ("getblock", "getblockheader"):
             verbosity = params[1] if len(params) > 1 else 1
             b = self.blocks.get(params[0])
-            if b is None:
+            if method == "getblock":
+                self.verbosities.append(verbosity)
+            if b is None and method == "getblockheader" and params[0] in self.headers:
+                result = self.headers[params[0]]
+            elif b is None:
                 error = {"code": -5, "message": "Block not found"}
             elif method == "getblock" and verbosity == 3:
-                error = {"code": -8, "message": "Verbosity was 3, must be 0, 1 or 2"}
+                if self.verbosity3:
+                    result = self._with_prevouts(b)
+                else:
+                    error = {"code": -8, "message": "Verbosity was 3, must be 0, 1 or 2"}
             else:
                 result = b if method == "getblock" else {k: v for k, v in b.items() if k != "tx"}
         elif method == "getrawtransaction":
@@ -94,6 +115,20 @@ class FakeBitcoind:
         else:
             error = {"code": -32601, "message": "Method not found"}
         return {"result": result, "error": error, "id": call.get("id")}
+
+    def _with_prevouts(self, block: dict[str, Any]) -> dict[str, Any]:
+        """``getblock <hash> 3``: the block with each input's ``prevout`` (an input whose funding
+        transaction is not recorded gets none, as the source must then cope)."""
+        b = copy.deepcopy(block)
+        for tx in b["tx"]:
+            for vin in tx["vin"]:
+                src = self.raw.get(vin.get("txid", ""))
+                if src is None:
+                    continue
+                out = next(o for o in src["vout"] if o["n"] == vin["vout"])
+                coinbase = "coinbase" in src["vin"][0]
+                vin["prevout"] = {"generated": coinbase, "height": self.headers[src["blockhash"]]["height"], "value": out["value"], "scriptPubKey": out["scriptPubKey"]}
+        return b
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         fake = self

@@ -49,6 +49,14 @@ def ch_rows(env: dict[str, str]) -> list[tuple]:
     return [tuple(r) for r in list(csv.reader(out.stdout.splitlines()))[1:]]
 
 
+BLOCK_COLUMNS = "height, hash, {time} AS block_time_ms, revision, retracted, tx_count, fees_native, transfer_volume_native, active_addresses"
+
+
+def pg_blocks(db: str) -> list[tuple]:
+    with psycopg.connect(f"postgresql://127.0.0.1:5432/{db}") as conn:
+        return conn.execute(f"SELECT {BLOCK_COLUMNS.format(time=PG_DAY.replace('day', 'block_time'))} FROM onchain_block_metrics ORDER BY height, hash").fetchall()
+
+
 def as_text(rows: list[tuple]) -> list[tuple]:
     return [tuple("" if v is None else str(v) for v in r) for r in rows]
 
@@ -88,6 +96,13 @@ def test_coinmetrics_and_blocks_into_every_store_and_a_resumed_run_equals_one_ru
         assert last[1] == DAY_2020_07_27 and abs(last[4] / 1.87222938891389 - 1) < 1e-9
         block_day = next(r for r in a if r[2] == "bitcoind" and r[1] == DAY_2010_04_10)
         assert block_day[10:] == (5, 0.0, 3)
+        # The per-block rows, in both stores
+        blocks_a = pg_blocks(db_a)
+        assert [(r[0], r[5], r[6]) for r in blocks_a] == [(0, 1, 0.0), (1, 1, 0.0), (50000, 1, 0.0), (50001, 3, 0.0), (50002, 1, 0.0)]
+        assert pg_blocks(db_b) == blocks_a
+        out = tickflow("sql", f"SELECT {BLOCK_COLUMNS.format(time='toUnixTimestamp64Milli(block_time)')} FROM onchain_block_metrics FINAL ORDER BY height, hash",
+                       "--format", "csv", env=env_a)
+        assert [tuple(r) for r in list(csv.reader(out.stdout.splitlines()))[1:]] == as_text(blocks_a)
         snapshot = redis.Redis.from_url(REDIS_DB).get("latest:onchain:btc")
         assert snapshot is not None and b'"day":%d' % DAY_2020_07_27 in snapshot and b'"day_iso":"2020-07-27T00:00:00.000Z"' in snapshot
     finally:

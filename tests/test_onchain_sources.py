@@ -12,7 +12,7 @@ import pytest
 
 from agents.onchain import OnchainMetrics
 from schemas.codec import AvroCodec
-from schemas.models import DeadLetter, OnchainBlock, OnchainMetric, day_ms
+from schemas.models import DeadLetter, OnchainBlock, OnchainBlockMetric, OnchainMetric, day_ms
 from streams.ingest import run_ingest
 from streams.producer import RecordProducer
 from streams.settings import Settings
@@ -99,7 +99,9 @@ def test_live_source_follows_resumes_and_handles_a_reorg(tmp_path: Path) -> None
         # The metrics retract the replaced block and revise the day
         m = OnchainMetrics()
         rows = [r for b in [*first, *tip_a, *fork] for r in m.add_block(b)]
-        day = [r for r in rows if r.day == day_ms(date(2010, 4, 10))]
+        day = [r for r in rows if isinstance(r, OnchainMetric) and r.day == day_ms(date(2010, 4, 10))]
+        retracted = [(r.height, r.hash, r.revision) for r in rows if isinstance(r, OnchainBlockMetric) and r.retracted]
+        assert retracted == [(50002, first[2].hash, 1), (50003, "a" * 64, 1)]
         assert [r.revision for r in day] == list(range(len(day))) and day[-1].last_height == 50003
         assert day[-1].tx_count == 1 + 3 + 1 + 1 and day[-1].block_count == 4  # 50003 a retracted, b and c in
         assert m.chains["btc"].hashes[50002] == replaced["hash"] and m.chains["btc"].hashes[50003] == "c" * 64
@@ -150,6 +152,40 @@ def test_coinmetrics_and_blocks_through_ingest_and_the_onchain_agent(topics: Set
     for name, msgs in (("onchain_day", days), ("onchain_block", blocks)):
         rt, codec = record_type(name), AvroCodec(record_type(name).schema)
         inbound += [Inbound(name, "btc", rt.model.from_avro(codec.decode(m.value())), m.offset()) for m in msgs]
-    out = [o.value for o in OnchainLogic(labels={}, keep_days=2).on_batch(inbound)]
-    assert len({(o.day, o.source) for o in out if o.source == "coinmetrics"}) == len(lines) - 2
-    assert isinstance(out[-1], OnchainMetric) and isinstance(inbound[-1].value, OnchainBlock)
+    out = list(OnchainLogic(labels={}, keep_days=2).on_batch(inbound))
+    days_out = [o.value for o in out if o.record == "onchain_metric"]
+    assert len({(o.day, o.source) for o in days_out if o.source == "coinmetrics"}) == len(lines) - 2
+    assert [o.value.height for o in out if o.record == "onchain_block_metric"] == [0, 1, 50000, 50001, 50002]
+    assert isinstance(out[-1].value, OnchainMetric) and isinstance(inbound[-1].value, OnchainBlock)
+
+
+def test_getblock_verbosity_3_gives_the_blocks_of_verbosity_2_and_getrawtransaction(tmp_path: Path) -> None:
+    """A node with ``getblock <hash> 3`` (prevouts in the block, Core 25+) is read without a
+    getrawtransaction; a node without it is asked once, then read at verbosity 2. Both give the
+    same blocks (values, addresses, creation times), whose rows equal bitcoin-etl's; a recording of
+    the verbosity-3 session replays to the same blocks too."""
+    from agents.onchain import block_stats
+    from tests.test_onchain import etl
+
+    folder = data_path("bitcoin_onchain_sample")
+    with FakeBitcoind(folder, verbosity3=True) as v3, FakeBitcoind(folder) as v2:
+        blocks3 = [i.value for i in collect(live(v3, tmp_path / "v3"))]
+        blocks2 = [i.value for i in collect(live(v2, tmp_path / "v2"))]
+        recorded = [v3._with_prevouts(v3.blocks[v3.by_height[h]]) for h in (50000, 50001, 50002)]
+        headers = list(v3.headers.values())
+    assert [b.height for b in blocks3] == [50000, 50001, 50002] and blocks3 == blocks2
+    assert "getrawtransaction" not in v3.calls and set(v3.verbosities) == {3}
+    assert v2.verbosities[0] == 3 and set(v2.verbosities[1:]) == {2} and v2.calls.count("getrawtransaction") == 3
+    spent = [i for t in blocks3[1].txs + blocks3[2].txs for i in t.inputs]
+    assert len(spent) == 3 and all(i.value == 5_000_000_000 and i.address and i.created_time for i in spent)
+    assert sorted(i.created_time for i in spent) == sorted(r["blocktime"] for r in v3.raw.values())
+    _, exp_txs = etl("bitcoin_stream_50001_50002")
+    for b in blocks3[1:]:
+        txs = [t for t in exp_txs if t["block_number"] == b.height]
+        s = block_stats(b)
+        assert s.fees_sat == sum(t["fee"] for t in txs) and s.resolved
+        assert s.addresses == {a for t in txs for side in ("inputs", "outputs") for io in t[side] for a in io["addresses"]}
+    # The same session recorded (getblock 3 results and the headers it asked for) and replayed
+    for i, r in enumerate([*recorded, *headers]):
+        (tmp_path / f"r{i}.json").write_text(json.dumps({"result": r, "error": None, "id": i}))
+    assert [i.value for i in collect(BitcoindReplaySource(tmp_path / "r*.json"))] == blocks3

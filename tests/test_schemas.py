@@ -41,6 +41,7 @@ from schemas.models import (
     LiveCandles,
     NewsScored,
     OnchainBlock,
+    OnchainBlockMetric,
     OnchainDay,
     OnchainInput,
     OnchainMetric,
@@ -259,6 +260,10 @@ if (SCHEMA_DIR / "tickflow.Indicators.avsc").exists():
     RECORDS["tickflow.OnchainDay"] = (OnchainDay, onchain_days())
     RECORDS["tickflow.OnchainBlock"] = (OnchainBlock, onchain_blocks())
     RECORDS["tickflow.OnchainMetric"] = (OnchainMetric, onchain_metrics())
+    RECORDS["tickflow.OnchainBlockMetric"] = (OnchainBlockMetric, [
+        OnchainBlockMetric("btc", 50001, "0" * 64, 1_270_884_095_000, 0, False, 3, 0.0, 1.5, 7, None, None, None),
+        OnchainBlockMetric("", 2**62, "", I64_MIN, 2**31 - 1, True, 2**63 - 1, None, -0.0, None, 1.0, 2.0, -1.0),
+    ])
 RECORDS["tickflow.NewsScored"] = (NewsScored, [
     NewsScored("news", "https://x.test/a", 1_648_796_400_000, "Bitcoin nears 19 million coins", "positive", 0.4123, "BTC", "lr-1", 1_700_000_000_000_000),
     NewsScored("social", "1534", 1_654_614_334_000, "gm ☀️ $sol", "neutral", -0.0, "", "lr-1", 1, "text", "https://t.co/x", 869.0),

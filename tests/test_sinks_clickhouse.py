@@ -85,10 +85,10 @@ def ch_candles(client, exchange: str) -> list[tuple]:  # noqa: ANN001
 
 def test_migrations_are_idempotent(client) -> None:  # noqa: ANN001
     assert migrate_clickhouse(client) == []
-    assert sorted(client.query("SELECT version, name FROM schema_migrations FINAL").result_rows) == [("0001", "init"), ("0002", "technical_metrics"), ("0005", "onchain_metrics"), ("0006", "sentiment"), ("0007", "signals")]
+    assert sorted(client.query("SELECT version, name FROM schema_migrations FINAL").result_rows) == [("0001", "init"), ("0002", "technical_metrics"), ("0005", "onchain_metrics"), ("0006", "sentiment"), ("0007", "signals"), ("0009", "onchain_block_metrics")]
     engines = dict(client.query("SELECT name, engine FROM system.tables WHERE database = currentDatabase()").result_rows)
     assert engines["trades"] == engines["candles"] == engines["technical_metrics"] == "ReplacingMergeTree"
-    assert [m.version for m in discover("clickhouse")] == ["0001", "0002", "0005", "0006", "0007"]  # examples.sql is not a migration
+    assert [m.version for m in discover("clickhouse")] == ["0001", "0002", "0005", "0006", "0007", "0009"]  # examples.sql is not a migration
     assert engines["sentiment_aggregates"] == engines["news_scored"] == engines["fear_greed"] == "ReplacingMergeTree"
 
 
@@ -210,7 +210,7 @@ def test_open_sinks_migrates_and_opens_every_configured_store(client, data_dir: 
         sinks[0].write(SinkBatch(candle=[candle(exchange)]))  # same engine as the module's client
         assert len(ch_candles(client, exchange)) == 1
         with psycopg.connect(pg_url) as conn:
-            assert conn.execute("SELECT count(*) FROM schema_migrations").fetchone() == (8,)  # 0001-0008
+            assert conn.execute("SELECT count(*) FROM schema_migrations").fetchone() == (9,)  # 0001-0009
     finally:
         for s in sinks:
             s.close()

@@ -65,10 +65,10 @@ def rows(url: str, sql: str) -> list[tuple]:
 
 
 def test_migrations_are_idempotent_and_record_the_plain_choice(pg_url: str) -> None:
-    assert migrate_postgres(pg_url) == ["0001", "0003", "0004", "0005", "0006", "0007", "0008"]
+    assert migrate_postgres(pg_url) == ["0001", "0003", "0004", "0005", "0006", "0007", "0008", "0009"]
     assert migrate_postgres(pg_url) == []
     recorded = rows(pg_url, "SELECT version, name, variant FROM schema_migrations ORDER BY version")
-    assert recorded == [("0001", "init", "postgres"), ("0002", "hypertables", "skipped"), ("0003", "candles_1h_from_1m", "postgres"), ("0004", "technical_metrics", "postgres"), ("0005", "onchain_metrics", "postgres"), ("0006", "sentiment", "postgres"), ("0007", "signals", "postgres"), ("0008", "api_keys", "postgres")]
+    assert recorded == [("0001", "init", "postgres"), ("0002", "hypertables", "skipped"), ("0003", "candles_1h_from_1m", "postgres"), ("0004", "technical_metrics", "postgres"), ("0005", "onchain_metrics", "postgres"), ("0006", "sentiment", "postgres"), ("0007", "signals", "postgres"), ("0008", "api_keys", "postgres"), ("0009", "onchain_block_metrics", "postgres")]
     tables = {r[0] for r in rows(pg_url, "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'")}
     assert {"trades", "candles", "candles_1h_from_1m", "technical_metrics", "news_scored", "fear_greed", "sentiment_aggregates", "signals", "trade_intents", "schema_migrations"} <= tables
 

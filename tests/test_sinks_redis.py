@@ -166,10 +166,11 @@ def test_a_redis_that_lost_the_script_gets_it_again(sink: RedisSink, r: redis.Re
 
 
 def test_sink_reads_candles_live_only_when_updates_do_not_come_from_the_worker() -> None:
-    assert RedisSink.topics_for(Settings(candle_updates="redis")) == ("candles", "indicators", "onchain_metrics", "sentiment", "signals")
-    assert RedisSink.topics_for(Settings(candle_updates="both")) == ("candles", "indicators", "onchain_metrics", "sentiment", "signals")
-    assert RedisSink.topics_for(Settings(candle_updates="kafka")) == ("candles", "indicators", "onchain_metrics", "sentiment", "signals", "candles-live")
-    assert RedisSink.record_types(Settings(candle_updates="kafka")) == ("candle", "indicators", "onchain_metric", "sentiment_aggregate", "signal", "live_candles")
+    stored = ("candles", "indicators", "onchain_metrics", "onchain_block_metrics", "sentiment", "signals")
+    assert RedisSink.topics_for(Settings(candle_updates="redis")) == stored
+    assert RedisSink.topics_for(Settings(candle_updates="both")) == stored
+    assert RedisSink.topics_for(Settings(candle_updates="kafka")) == (*stored, "candles-live")
+    assert RedisSink.record_types(Settings(candle_updates="kafka")) == ("candle", "indicators", "onchain_metric", "onchain_block_metric", "sentiment_aggregate", "signal", "live_candles")
 
 
 def _offer_and_settle(fanout: LiveFanout, *batches: list[Candle]) -> None:

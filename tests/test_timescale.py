@@ -14,8 +14,8 @@ from sinks.migrations import TIMESCALE_PARAMS, discover, migrate_postgres, run_p
 from sinks.timescale import CatalogFacts, TableFacts, TimescaleError, decide, hypertables_in, policy_statements, preload_instruction, read_facts
 from tests.test_sinks_postgres import pg_url, rows  # noqa: F401  (fixture)
 
-PLAIN_DB = {"0001": "postgres", "0002": "skipped", "0003": "postgres", "0004": "postgres", "0005": "postgres", "0006": "postgres", "0007": "postgres", "0008": "postgres"}
-TS_DB = {"0001": "postgres", "0002": "timescaledb", "0003": "timescaledb", "0004": "timescaledb", "0005": "timescaledb", "0006": "timescaledb", "0007": "timescaledb", "0008": "postgres"}
+PLAIN_DB = {"0001": "postgres", "0002": "skipped", "0003": "postgres", "0004": "postgres", "0005": "postgres", "0006": "postgres", "0007": "postgres", "0008": "postgres", "0009": "postgres"}
+TS_DB = {"0001": "postgres", "0002": "timescaledb", "0003": "timescaledb", "0004": "timescaledb", "0005": "timescaledb", "0006": "timescaledb", "0007": "timescaledb", "0008": "postgres", "0009": "timescaledb"}
 
 
 def facts(**kw) -> CatalogFacts:  # noqa: ANN003
@@ -129,7 +129,7 @@ def test_read_facts_sees_the_loader_when_the_setting_is_hidden() -> None:
 
 def test_the_timescale_files_declare_their_hypertables() -> None:
     sql = "\n".join(s for m in discover("postgres", timescale=True) if m.timescale for s in m.statements(TIMESCALE_PARAMS))
-    assert hypertables_in(sql) == [("trades", "ts"), ("candles", "open_time"), ("technical_metrics", "open_time"), ("onchain_metrics", "day"), ("news_scored", "ts"), ("sentiment_aggregates", "window_start"), ("signals", "open_time"), ("trade_intents", "open_time")]
+    assert hypertables_in(sql) == [("trades", "ts"), ("candles", "open_time"), ("technical_metrics", "open_time"), ("onchain_metrics", "day"), ("news_scored", "ts"), ("sentiment_aggregates", "window_start"), ("signals", "open_time"), ("trade_intents", "open_time"), ("onchain_block_metrics", "block_time")]
     assert not re.search(r"add_(compression|retention)_policy|timescaledb\.compress", sql)  # policies are opt-in settings
     assert "{{" not in sql
     (cagg,) = [s for m in discover("postgres", timescale=True) for s in m.statements(TIMESCALE_PARAMS) if "CREATE MATERIALIZED VIEW" in s]
@@ -168,7 +168,7 @@ def no_timescale(pg_url: str) -> Iterator[str]:  # noqa: F811
 
 def test_off_and_auto_migrate_plain_and_report_it(no_timescale: str) -> None:
     first = run_postgres_migrations(no_timescale, timescale="auto")
-    assert first.applied == ["0001", "0003", "0004", "0005", "0006", "0007", "0008"] and first.policies == []
+    assert first.applied == ["0001", "0003", "0004", "0005", "0006", "0007", "0008", "0009"] and first.policies == []
     assert first.report == "TIMESCALE=auto: plain PostgreSQL (no timescaledb extension on this server)"
     again = run_postgres_migrations(no_timescale, timescale="off")
     assert (again.applied, again.report) == ([], "TIMESCALE=off: plain PostgreSQL")

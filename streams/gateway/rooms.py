@@ -26,6 +26,7 @@ ROOM_FIELDS: dict[str, tuple[str, ...]] = {
     "candles": ("symbol", "interval"),
     "indicators": ("symbol", "interval"),
     "onchain": ("asset",),
+    "onchain_blocks": ("asset",),
     "sentiment": ("asset",),
     "signals": ("symbol",),
 }

@@ -40,10 +40,13 @@ def unwrap(doc: Any) -> Any:
 
 
 def kind_of(result: Any) -> str | None:
-    """What a bare RPC result is: ``block``, ``tx`` (getrawtransaction verbose), ``hash``, ``count``."""
+    """What a bare RPC result is: ``block``, ``header`` (getblockheader), ``tx`` (getrawtransaction
+    verbose), ``hash``, ``count``."""
     if isinstance(result, dict):
         if "tx" in result and "height" in result and "hash" in result:
             return "block"
+        if "height" in result and "hash" in result and "time" in result:
+            return "header"
         if "txid" in result and "vin" in result and "vout" in result:
             return "tx"
         return None
