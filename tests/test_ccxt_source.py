@@ -217,7 +217,7 @@ async def test_malformed_trade_becomes_bad_input_and_stream_goes_on() -> None:
             await c.close()
     bad = [i for i in c.items if isinstance(i, BadInput)]
     assert len(bad) == 1
-    assert "bad price None" in bad[0].reason and "XRP/ETH" in bad[0].reason
+    assert bad[0].reason.startswith("bad_price: price None") and "XRP/ETH" in bad[0].reason
     assert json.loads(bad[0].payload) == {"e": "aggTrade", "E": broken["T"], "s": "XRPETH", **broken}
     assert c.trades == [expected_trade(t) for i, t in enumerate(recorded) if i != 10]
 
@@ -253,8 +253,10 @@ async def test_unknown_symbol_fails_fast_with_suggestion() -> None:
 
 def test_parse_trade_reasons() -> None:
     good = {"id": 7, "timestamp": 1_723_161_255_342, "price": 61837.63, "amount": 0.02, "side": "sell"}
-    assert parse_trade(good) == Trade("7", 1_723_161_255_342_000, 61837.63, 0.02, "sell")
-    assert parse_trade({**good, "side": None}) == Trade("7", 1_723_161_255_342_000, 61837.63, 0.02, "unknown")
-    assert parse_trade({**good, "id": None}) == "missing trade id"
-    assert parse_trade({**good, "amount": -1.0}) == "bad amount -1.0"
-    assert parse_trade({**good, "timestamp": None}).startswith("timestamp None")
+    now = 1_723_161_300_000_000
+    assert parse_trade(good, now) == Trade("7", 1_723_161_255_342_000, 61837.63, 0.02, "sell")
+    assert parse_trade({**good, "side": None}, now) == Trade("7", 1_723_161_255_342_000, 61837.63, 0.02, "unknown")
+    assert parse_trade({**good, "id": None}, now) == "bad_trade_id: missing trade id"
+    assert parse_trade({**good, "amount": -1.0}, now) == "bad_amount: amount -1.0"
+    assert parse_trade({**good, "timestamp": None}, now).startswith("bad_timestamp: timestamp None")
+    assert parse_trade({**good, "id": "x" * 200}, now).startswith("bad_trade_id: trade id 'xxx")

@@ -148,7 +148,7 @@ def test_hostile_bytes_are_dead_lettered_and_good_records_go_on(topics: Settings
     assert len(letters) == len(hostile)
     assert {letter.component for letter in letters} == {"candles"}
     assert sorted(letter.payload for letter in letters) == sorted(hostile)
-    assert all(letter.reason.startswith("undecodable trade_batch") for letter in letters)
+    assert all(letter.reason.startswith("undecodable: trade_batch: ") for letter in letters)
     assert sum(c.trade_count for c in candles(settings)) == len(good)
 
 
