@@ -16,6 +16,7 @@ import math
 import re
 from collections.abc import Sequence
 from enum import StrEnum
+from functools import lru_cache
 from typing import Any, NamedTuple
 
 from schemas.models import SIDES, Trade, TradeBatch, TradeRow
@@ -61,6 +62,7 @@ MAX_LINE_BYTES = 64 * 1024
 MAX_PAYLOAD_BYTES = 1024 * 1024
 
 _SIDES = frozenset(SIDES)
+_ONE_BY_ONE = 8  # batches up to this many trades are checked trade by trade: cheaper than the whole-batch test
 _REASON_CODE = re.compile(r"([a-z_]+): ")
 _CODES = frozenset(Reason)
 
@@ -118,7 +120,7 @@ def trade_problem(t: Trade | TradeRow, now: int) -> str | None:
 
 
 def _all_fine(trades: Sequence[TradeRow], now: int) -> bool:
-    """Whole-batch test with C-speed builtins, a few percent of the per-trade checks' cost: true
+    """Whole-batch test with C-speed builtins, at a fraction of the per-trade checks' cost: true
     only if ``trade_problem`` finds nothing in any trade. NaN shows as a NaN sum; a wrong type raises."""
     try:
         ids, times, prices, amounts, sides = zip(*trades, strict=True)
@@ -127,8 +129,8 @@ def _all_fine(trades: Sequence[TradeRow], now: int) -> bool:
             math.isfinite(sum(prices)) and 0 < min(prices) and max(prices) <= MAX_PRICE
             and math.isfinite(sum(amounts)) and 0 < min(amounts) and max(amounts) <= MAX_AMOUNT
             and type(sum(times)) is int and MIN_TS_US <= min(times) and max(times) <= now + MAX_FUTURE_US
+            and "" not in ids and max(map(len, ids)) <= MAX_TRADE_ID
             and joined.isascii() and joined.isprintable() and " " not in joined
-            and 0 < min(map(len, ids)) and max(map(len, ids)) <= MAX_TRADE_ID
             and _SIDES.issuperset(sides)
         )
     except (TypeError, ValueError):
@@ -152,23 +154,28 @@ def trade_record(batch: TradeBatch, t: Trade | TradeRow) -> dict[str, Any]:
 def split_trades(batch: TradeBatch, now: int) -> Checked:
     """The batch's good trades (the same object when all are; None when none is), and each bad
     trade with its reason."""
-    if _all_fine(batch.trades, now):
+    trades = batch.trades
+    if len(trades) > _ONE_BY_ONE and _all_fine(trades, now):
         return Checked(batch)
-    good, bad = [], []
-    for t in batch.trades:
-        problem = trade_problem(t, now)
-        if problem is None:
-            good.append(t)
-        else:
-            bad.append((problem, trade_record(batch, t)))
-    return Checked(TradeBatch(batch.exchange, batch.symbol, batch.received_at, good) if good else None, None, tuple(bad))
+    problems = [trade_problem(t, now) for t in trades]
+    if not any(problems):
+        return Checked(batch)
+    good = [t for t, problem in zip(trades, problems, strict=True) if problem is None]
+    bad = tuple((problem, trade_record(batch, t)) for t, problem in zip(trades, problems, strict=True) if problem is not None)
+    return Checked(TradeBatch(batch.exchange, batch.symbol, batch.received_at, good) if good else None, None, bad)
+
+
+@lru_cache(maxsize=16384)
+def _names_problem(exchange: str, symbol: str) -> str | None:
+    """Names repeat on every record of a symbol: checked once each."""
+    return exchange_problem(exchange) or symbol_problem(symbol)
 
 
 def check_trade_batch(batch: TradeBatch, key: str | None, now: int) -> Checked:
     """A ``ticks`` record as a consumer must take it: a bad exchange or symbol, or a key other than
     ``exchange:symbol`` (it would sit in another symbol's partition), rejects the whole record;
     otherwise bad trades are rejected one by one and the good ones go on."""
-    problem = exchange_problem(batch.exchange) or symbol_problem(batch.symbol)
+    problem = _names_problem(batch.exchange, batch.symbol)
     if problem is None and key is not None and key != batch.key:
         problem = reason(Reason.KEY_MISMATCH, f"key {_shown(key)} is not {batch.key!r}")
     if problem is not None:
