@@ -213,7 +213,8 @@ class FakeBinance:
         }
 
     def fail_next(self, path: str, status: int = 429, times: int = 1) -> None:
-        """Answer the next ``times`` requests to ``path`` with ``status`` (429: Binance's rate limit)."""
+        """Answer the next ``times`` requests to ``path`` with ``status``: 429 Binance's rate limit,
+        500 its internal error (JSON), other statuses an HTML page as a load balancer sends."""
         self._failures[path].extend([status] * times)
 
     def garble_next(self, path: str, how: str, times: int = 1) -> None:
@@ -288,7 +289,10 @@ class FakeBinance:
             if failure == 429:
                 return _error(429, -1003, "Too many requests; current limit of IP(127.0.0.1) is 6000 requests per "
                               "minute. Please use WebSocket Streams for live updates to avoid polling the API.")
-            return _error(int(failure), -1001, "Internal error; unable to process your request. Please try again.")
+            if failure == 500:
+                return _error(500, -1001, "Internal error; unable to process your request. Please try again.")
+            # What a load balancer in front of the exchange answers: no JSON at all.
+            return web.Response(status=int(failure), text=f"<html><body><h1>{failure} Service Unavailable</h1></body></html>", content_type="text/html")
         try:
             return await handler(request)
         except web.HTTPNotFound:

@@ -127,7 +127,7 @@ def build(good_trades: int, bad: int, seed: int = 23) -> Hostile:
             "schema_id": lambda: (key, struct.pack(">bI", 0, 999_999) + sample[5:]),
             "empty": lambda: (key, b""),
             "huge_garbage": lambda: (key, sample[:5] + rng.randbytes(BIG)),
-            "huge_symbol": lambda: direct_record([Trade("x2", T0_US - 700_000_000, 1.0, 1.0, "buy")], symbol="S" * BIG),
+            "huge_symbol": lambda: direct_record([Trade("x2", T0_US - 700_000_000, 1.0, 1.0, "buy")], symbol="S" * BIG, key=key),
             "control_symbol": lambda: direct_record([Trade("x3", T0_US - 700_000_000, 1.0, 1.0, "buy")], symbol="XRP/\x00USDT"),
             "bad_exchange": lambda: direct_record([Trade("x4", T0_US - 700_000_000, 1.0, 1.0, "buy")], exchange="Direct Exchange"),
             "key_mismatch": lambda: direct_record([Trade("x5", T0_US - 700_000_000, 1.0, 1.0, "buy")], key=f"{DIRECT[0]}:BTC/USDT"),
@@ -145,6 +145,13 @@ def build(good_trades: int, bad: int, seed: int = 23) -> Hostile:
         if good:
             clean.records.append(direct_record(good))
         return direct_record([bad_trade, *good])
+
+    def spend_big(kind: str) -> bool:
+        """False for an oversized kind used ``MAX_BIG`` times already: the next kind goes instead."""
+        if kind not in OVERSIZED_KINDS:
+            return True
+        big_used[kind] = big_used.get(kind, 0) + 1
+        return big_used[kind] <= MAX_BIG
 
     recent: dict[str, list[tuple[int, str]]] = {s: [] for s in SYMBOLS}
     price = {s: 100.0 * (i + 1) for i, s in enumerate(SYMBOLS)}
@@ -174,10 +181,9 @@ def build(good_trades: int, bad: int, seed: int = 23) -> Hostile:
         elif n_bad % 2:
             code, template = ROW_KINDS[row_kind % len(ROW_KINDS)]
             row_kind += 1
-            if "{huge_sym}" in template:
-                if big_used.get("{huge_sym}", 0) >= MAX_BIG:
-                    continue
-                big_used["{huge_sym}"] = big_used.get("{huge_sym}", 0) + 1
+            if not spend_big("{huge_sym}" if "{huge_sym}" in template else template):
+                code, template = ROW_KINDS[row_kind % len(ROW_KINDS)]
+                row_kind += 1
             hostile.lines.append(
                 template.format(ex=EXCHANGE, sym=sym, ts=ts, id=f"b{i}", long_sym="L" * 65, long_id="7" * 200, huge_sym="H" * 100_000) + "\n"
             )
@@ -185,10 +191,9 @@ def build(good_trades: int, bad: int, seed: int = 23) -> Hostile:
         else:
             code, kind = RECORD_KINDS[record_kind % len(RECORD_KINDS)]
             record_kind += 1
-            if kind in OVERSIZED_KINDS:
-                if big_used.get(kind, 0) >= MAX_BIG:
-                    continue
-                big_used[kind] = big_used.get(kind, 0) + 1
+            while not spend_big(kind):
+                code, kind = RECORD_KINDS[record_kind % len(RECORD_KINDS)]
+                record_kind += 1
             record = bad_record(kind)
             hostile.records.append(record)
             record_codes.append(code)

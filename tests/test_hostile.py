@@ -108,6 +108,17 @@ def test_a_record_with_bad_names_or_another_key_is_refused_whole() -> None:
         assert checked.value is None and reason_code(checked.problem) in (Reason.BAD_EXCHANGE, Reason.BAD_SYMBOL, Reason.KEY_MISMATCH)
 
 
+@pytest.mark.integration
+def test_a_binary_file_stops_the_run_with_one_line_naming_it(topics: Settings, tmp_path: Path) -> None:
+    binary = tmp_path / "trades.csv.gz"
+    binary.write_bytes(random.Random(1).randbytes(50_000))
+    env = env_for(topics, data_dir=tmp_path / "data", database=None) | {"COLUMNS": "500"}  # the error box unwrapped
+    run = tickflow("run", "--source", f"replay:{binary}", "--until-drained", "--quiet", env=env)
+    assert run.returncode == 2
+    assert f"{binary}: a binary file, not a trade file" in run.stderr
+    assert "Traceback" not in run.stderr
+
+
 def run_stream(settings: Settings, stream: Stream, work: Path) -> dict[str, bytes]:
     """``tickflow run`` of the stream's replay file, with its direct records already in ``ticks``,
     into fresh stores; then ordered dumps of the derived tables."""
@@ -117,7 +128,7 @@ def run_stream(settings: Settings, stream: Stream, work: Path) -> dict[str, byte
     database = fresh_database()
     try:
         env = env_for(settings, data_dir=work / "data", database=database)
-        run = tickflow("run", "--source", f"replay:{path}", "--format", "tardis", "--until-drained", "--quiet", env=env, timeout=900)
+        run = tickflow("run", "--source", f"replay:{path}", "--format", "tardis", "--until-drained", "--quiet", env=env, timeout=900 + len(stream.lines) / 500)
         assert run.returncode == 0, run.stderr[-3000:]
         assert "Traceback" not in run.stderr, run.stderr[-3000:]
         return dump_tables(env)
