@@ -23,11 +23,11 @@ import structlog
 from schemas.codec import AvroCodec, codec_for
 from schemas.models import DeadLetter, TradeBatch
 from schemas.registry import record_type, topic_of
+from schemas.validation import check_trade_batch, trade_record
 from schemas.wire import TradeBatchWriter
 from streams.observability import BATCHES_OUT, RECORDS_IN, SYMBOL_LAST_RECEIPT, TRADES_IN
 from streams.producer import RecordProducer
 from streams.settings import Settings
-from schemas.validation import check_trade_batch, trade_record
 from streams.sources.base import BadInput, Record, Source, now_us
 
 log = structlog.get_logger(__name__)

@@ -7,6 +7,11 @@ at the first delivery after any connection loss (only then is the new subscripti
 so REST plus socket cover everything), while the socket stays quiet after a loss, when a resume
 cursor is given, and when a delivery fills ccxt's trade cache (older ones may have been evicted).
 REST pages and socket deliveries overlap on purpose; trades are then dropped by id.
+
+Exchanges misbehave: HTTP 429 and 5xx, REST bodies that are not JSON or are cut off, socket
+messages ccxt cannot parse, connections dropped mid-message. REST calls are retried with backoff
+(``streams.backfill.TRANSIENT_ERRORS``); a garbled socket message is dead-lettered and the socket
+reconnected, and in every case the REST catch-up above fills the hole. Each is logged and counted.
 """
 
 from __future__ import annotations
@@ -25,8 +30,8 @@ import structlog
 from prometheus_client import Counter
 
 from schemas.models import Trade, TradeBatch
-from streams.backfill import TRANSIENT_ERRORS, backoff_delay, open_exchange, transient_retrying
 from schemas.validation import Reason, reason, symbol_problem, trade_problem
+from streams.backfill import TRANSIENT_ERRORS, backoff_delay, open_exchange, transient_retrying
 from streams.sources.base import BadInput, Source, SourceItem, now_us
 
 log = structlog.get_logger(__name__)
