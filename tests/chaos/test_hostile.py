@@ -16,7 +16,7 @@ BAD_RECORDS = 10_000
 
 pytestmark = [
     pytest.mark.integration,
-    pytest.mark.skipif(CHAOS_TRADES < 100 * BAD_RECORDS, reason=f"make chaos runs it (TICKFLOW_CHAOS_TRADES >= {100 * BAD_RECORDS:,}); make test runs tests/test_hostile.py"),
+    pytest.mark.skipif(CHAOS_TRADES < 10 * BAD_RECORDS, reason=f"make chaos runs it (TICKFLOW_CHAOS_TRADES >= {10 * BAD_RECORDS:,}); make test runs tests/test_hostile.py"),
 ]
 
 
