@@ -60,8 +60,6 @@ class ReplaySource(Source):
         if speed is not None and (not math.isfinite(speed) or speed <= 0):
             raise ValueError(f"replay speed must be positive and finite, got {speed!r}")
         self.speed = speed
-        self.exchange = exchange
-        self.symbol = symbol
         self.max_trades = max_trades
         self.max_ms = max_ms
         self._stopped = False
