@@ -153,7 +153,14 @@ def check_hostile_run(topics: Settings, tmp_path: Path, good: int, bad: int) -> 
     codec = AvroCodec("tickflow.DeadLetter")
     letters = [DeadLetter.from_avro(codec.decode(m.value())) for m in read_topic(topics, topics.topic_dlq)]
     by_component: dict[str, Counter[Reason | None]] = {}
+    seen = set()
     for letter in letters:
+        # Consumers are at-least-once: a record read again after a rebalance (seen under heavy load)
+        # is dead-lettered again, under the same source coordinates, which tell the copies apart.
+        coordinates = (letter.component, letter.source_partition, letter.source_offset, letter.reason, letter.payload)
+        if letter.source_offset is not None and coordinates in seen:
+            continue
+        seen.add(coordinates)
         by_component.setdefault(letter.component, Counter())[reason_code(letter.reason)] += 1
     assert by_component.pop("ingest") == Counter(h.ingest_codes)
     # Every consumer of ticks refuses what another producer wrote there: the worker and both stores.
