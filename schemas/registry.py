@@ -33,6 +33,7 @@ from schemas.models import (
     TradeBatch,
     TradeIntent,
 )
+from schemas.validation import Checked, check_trade_batch
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,9 @@ class RecordType:
     time_column: str | None = None  # event-time column (ms or µs as in the model): partitioning, hypertables, query ranges
     channel: str | None = None  # Redis pub/sub channel, formatted with the record's fields
     realtime: bool = False  # superseded by the next one, never stored: the worker may publish it to Redis itself
+    # (model, Kafka key, now µs) -> what of a decoded record its consumers may use: any producer can
+    # write a topic, so agents and sinks check what they read, not only ingest what it writes.
+    check: Callable[[Any, str | None, int], Checked] | None = None
     description: str = ""
 
 
@@ -67,7 +71,7 @@ RECORDS: dict[str, RecordType] = {
     for rt in (
         RecordType(
             "trade_batch", "tickflow.TradeBatch", TradeBatch, "ticks", "topic_ticks", 1, _key,
-            table="trades", table_key=("exchange", "symbol", "trade_id"), time_column="ts", description="One delivery of one symbol's trades: the raw input log, source of truth",
+            table="trades", table_key=("exchange", "symbol", "trade_id"), time_column="ts", check=check_trade_batch, description="One delivery of one symbol's trades: the raw input log, source of truth",
         ),
         RecordType(
             "candle", "tickflow.Candle", Candle, "candles", "topic_candles", 2, _key,
@@ -76,6 +80,8 @@ RECORDS: dict[str, RecordType] = {
             description="Final OHLCV candles and their revisions",
         ),
         RecordType("dead_letter", "tickflow.DeadLetter", DeadLetter, "dlq", "topic_dlq", 3, partitioned=False,
+                   # A letter carries a rejected record of any topic: the largest any topic takes.
+                   topic_config={"max.message.bytes": str(16_000_000)},
                    description="Input that could not be processed, with the reason and the original bytes"),
         RecordType("late_trade", "tickflow.LateTrade", LateTrade, "late-trades", "topic_late_trades", 4,
                    lambda r: f"{r.exchange}:{r.symbol}", description="Trades later than the grace period"),

@@ -58,9 +58,8 @@ class SinkBatch:
             self.records[name] = list(items)
 
     @classmethod
-    def decoded(cls, rt: RecordType, avro: dict[str, Any]) -> SinkBatch:
-        """One Kafka record of type ``rt`` as a batch (a carrier gives the records it carries)."""
-        record = rt.model.from_avro(avro)
+    def of_model(cls, rt: RecordType, record: Any) -> SinkBatch:
+        """One model of type ``rt`` as a batch (a carrier gives the records it carries)."""
         carried = CARRIERS.get(rt.name)
         if carried is not None:
             return cls({carried[0]: carried[1](record)})

@@ -26,6 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 import structlog
 from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, Consumer, ConsumerGroupTopicPartitions, IsolationLevel, KafkaError, KafkaException, Message, TopicPartition
 from confluent_kafka.admin import AdminClient, OffsetSpec
@@ -35,6 +36,7 @@ from tenacity import RetryCallState, RetryError, Retrying, retry_if_exception, r
 from schemas.codec import codec_for
 from schemas.models import DeadLetter
 from schemas.registry import record_type, topic_of
+from schemas.validation import Reason, reason
 from sinks.base import DataRejected, Sink, SinkBatch
 from sinks.clickhouse import ClickHouseSink, open_store
 from sinks.migrations import check_clickhouse, check_postgres, migrate_clickhouse, migrate_postgres, postgres_options
@@ -54,8 +56,8 @@ WRITE_SECONDS = Histogram(
     ["sink"],
     buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
-ERRORS = Counter("tickflow_sink_errors_total", "Sink failures: write (retried), rejected, undecodable, commit", ["sink", "kind"])
-ERROR_KINDS = ("write", "rejected", "undecodable", "commit")
+ERRORS = Counter("tickflow_sink_errors_total", "Sink failures: write (retried), rejected, undecodable, invalid (failed its record type's check), commit", ["sink", "kind"])
+ERROR_KINDS = ("write", "rejected", "undecodable", "invalid", "commit")
 LAG = Gauge("tickflow_sink_lag", "Records in the sink's topics not yet committed by its consumer group", ["sink"])
 
 
@@ -81,8 +83,9 @@ class _Stopped(Exception):
 @dataclass(slots=True)
 class _Record:
     msg: Message
-    part: SinkBatch | None  # None: undecodable, ``problem`` says why
+    part: SinkBatch | None  # None: nothing to write (``problem`` says why when the whole record is bad)
     problem: str | None = None
+    rejected: tuple[tuple[str, dict[str, Any]], ...] = ()  # parts its record type's check refused, with reasons
 
 
 def _tp(msg: Message) -> tuple[str, int]:
@@ -298,9 +301,16 @@ class SinkRunner:
             return None
         rt = self._types[msg.topic()]
         try:
-            return _Record(msg, SinkBatch.decoded(rt, self._codecs[msg.topic()].decode(msg.value())))
+            record = rt.model.from_avro(self._codecs[msg.topic()].decode(msg.value()))
         except Exception as exc:  # any failure to read the bytes is the record's fault
-            return _Record(msg, None, f"undecodable {rt.schema} record: {exc}")
+            return _Record(msg, None, reason(Reason.UNDECODABLE, f"{rt.schema} record: {exc}"))
+        if rt.check is None:
+            return _Record(msg, SinkBatch.of_model(rt, record))
+        key = msg.key()
+        checked = rt.check(record, key.decode(errors="replace") if key is not None else None, time.time_ns() // 1000)
+        if checked.value is None:
+            return _Record(msg, None, checked.problem, checked.rejected)
+        return _Record(msg, SinkBatch.of_model(rt, checked.value), None, checked.rejected)
 
     # -- write
 
@@ -313,8 +323,11 @@ class SinkRunner:
         if records:
             for rec in records:
                 if rec.problem is not None:
-                    ERRORS.labels(self.sink.name, "undecodable").inc()
+                    ERRORS.labels(self.sink.name, "undecodable" if rec.problem.startswith(Reason.UNDECODABLE) else "invalid").inc()
                     self._send_dead_letter(rec, rec.problem)
+                for why, part in rec.rejected:
+                    ERRORS.labels(self.sink.name, "invalid").inc()
+                    self._send_dead_letter(rec, why, orjson.dumps(part))
             self._write_isolating([r for r in records if r.part is not None])
             for rec in records:
                 self._to_commit[_tp(rec.msg)] = rec.msg.offset() + 1
@@ -332,7 +345,7 @@ class SinkRunner:
         except DataRejected as exc:
             if len(records) == 1:
                 ERRORS.labels(self.sink.name, "rejected").inc()
-                self._send_dead_letter(records[0], f"rejected by {self.sink.name}: {exc}")
+                self._send_dead_letter(records[0], reason(Reason.STORE_REJECTED, f"rejected by {self.sink.name}: {exc}"))
                 return
             mid = len(records) // 2
             self._write_isolating(records[:mid])
@@ -377,19 +390,20 @@ class SinkRunner:
                 out.append(Written(r.part, ts if kind != TIMESTAMP_NOT_AVAILABLE else None, received_header(r.msg.headers())))
         return out
 
-    def _send_dead_letter(self, rec: _Record, reason: str) -> None:
+    def _send_dead_letter(self, rec: _Record, why: str, payload: bytes | None = None) -> None:
+        """Dead-letter the record's bytes, or ``payload`` (a rejected part of it) with its coordinates."""
         msg = rec.msg
         letter = DeadLetter(
             component=self._component,
-            reason=reason,
-            payload=msg.value() or b"",
+            reason=why,
+            payload=(msg.value() or b"") if payload is None else payload,
             ts=time.time_ns() // 1_000_000,
             source_topic=msg.topic(),
             source_partition=msg.partition(),
             source_offset=msg.offset(),
             key=msg.key(),
         )
-        self._log.error("record dead-lettered", reason=reason, topic=msg.topic(), partition=msg.partition(), offset=msg.offset())
+        self._log.error("record dead-lettered", reason=why, topic=msg.topic(), partition=msg.partition(), offset=msg.offset())
 
         def before_sleep(state: RetryCallState) -> None:
             exc = state.outcome.exception() if state.outcome else None

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import aiohttp
 import ccxt
 import ccxt.async_support
 import ccxt.pro
@@ -33,8 +34,10 @@ from streams.settings import Settings
 
 log = structlog.get_logger(__name__)
 
-# Errors that pass with time (network, exchange down, rate limits): retried with backoff.
-TRANSIENT_ERRORS: tuple[type[Exception], ...] = (ccxt.NetworkError,)
+# Errors that pass with time, retried with backoff: ccxt's OperationFailed is the network, the
+# exchange down or overloaded (HTTP 5xx, its own "internal error" codes), rate limits (HTTP 429)
+# and answers that are not what the API promises (BadResponse, see open_exchange).
+TRANSIENT_ERRORS: tuple[type[Exception], ...] = (ccxt.OperationFailed,)
 
 
 def open_exchange(
@@ -58,7 +61,29 @@ def open_exchange(
     exchange = cls({"enableRateLimit": True, "options": dict(options or {})})
     if url_overrides:
         exchange.urls = exchange.deep_extend(exchange.urls, url_overrides)
+    _strict_answers(exchange)
     return exchange
+
+
+def _strict_answers(exchange: Any) -> None:
+    """Make a garbled REST answer an error that is retried. ccxt hands a 200 whose body is not
+    JSON (malformed, empty, an HTML page) on as text, which its parsers turn into no trades (the
+    source would skip that window) or one garbage trade per character; and a body cut off mid-way
+    becomes a plain ExchangeError, which is permanent to ccxt. Both become BadResponse."""
+    fetch = exchange.fetch
+
+    async def strict(url: str, method: str = "GET", headers: Any = None, body: Any = None) -> Any:
+        try:
+            answer = await fetch(url, method, headers, body)
+        except ccxt.ExchangeError as exc:
+            if isinstance(exc.__cause__, aiohttp.ClientPayloadError):
+                raise ccxt.BadResponse(f"{exc}: the answer was cut off ({exc.__cause__})") from exc
+            raise
+        if not isinstance(answer, dict | list):
+            raise ccxt.BadResponse(f"{exchange.id} {method} {url}: the answer is not JSON: {str(answer)[:200]!r}")
+        return answer
+
+    exchange.fetch = strict
 
 
 def backoff_delay(attempt: int, min_backoff: float, max_backoff: float) -> float:

@@ -99,15 +99,21 @@ def open_source(spec: str, settings: Settings, *, symbols: list[str], fmt: str |
 
         if not arg:
             raise typer.BadParameter("replay needs a path: --source replay:PATH")
-        pace = parse_source_speed(speed)
-        max_ms = settings.sources.batch_max_ms if pace else settings.sources.unpaced_batch_max_ms
-        return ReplaySource(Path(arg), fmt=fmt, speed=pace, exchange=exchange, symbol=symbols[0] if symbols else None, max_trades=settings.sources.batch_max_trades, max_ms=max_ms)
+        try:
+            pace = parse_source_speed(speed)
+            max_ms = settings.sources.batch_max_ms if pace else settings.sources.unpaced_batch_max_ms
+            return ReplaySource(Path(arg), fmt=fmt, speed=pace, exchange=exchange, symbol=symbols[0] if symbols else None, max_trades=settings.sources.batch_max_trades, max_ms=max_ms)
+        except ValueError as exc:  # unknown or undetectable format, unreadable file, bad names: the message says which
+            raise typer.BadParameter(str(exc)) from None
     if kind == "ccxt":
         from streams.sources.ccxt_live import CcxtSource
 
         if not arg or not symbols:
             raise typer.BadParameter("ccxt needs an exchange and symbols: --source ccxt:binance --symbols BTC/USDT,ETH/USDT")
-        return CcxtSource(arg, symbols, exchange_options=settings.sources.ccxt_options, url_overrides=settings.sources.ccxt_url_overrides)
+        try:
+            return CcxtSource(arg, symbols, exchange_options=settings.sources.ccxt_options, url_overrides=settings.sources.ccxt_url_overrides)
+        except ValueError as exc:  # unknown exchange, malformed symbols
+            raise typer.BadParameter(str(exc)) from None
     if kind == "coinmetrics":
         from streams.sources.coinmetrics import CoinMetricsSource
 

@@ -1,9 +1,9 @@
 """The ingest loop: a source's batches, validated, Avro-encoded and produced to ``ticks``.
 
 Bad input is split off here, once for every source: unparsable lines come from the source as
-``BadInput``; trades that parse but make no sense (NaN or non-positive price or amount, absurd
-timestamps) are rejected one by one. Both go to the dead-letter topic with the reason; the good
-trades of the same batch still flow.
+``BadInput``; trades that parse but make no sense (``schemas.validation``: NaN or non-positive
+price or amount, absurd timestamps, malformed trade ids, exchanges or symbols) are rejected one by
+one. Both go to the dead-letter topic with the reason; the good trades of the same batch still flow.
 
 Sources of other record types yield ``Record``s (validated by the source), produced to the topic of
 their registry type with its codec. The trade path pays one ``isinstance`` per batch for it.
@@ -23,11 +23,12 @@ import structlog
 from schemas.codec import AvroCodec, codec_for
 from schemas.models import DeadLetter, TradeBatch
 from schemas.registry import record_type, topic_of
+from schemas.validation import check_trade_batch, trade_record
 from schemas.wire import TradeBatchWriter
 from streams.observability import BATCHES_OUT, RECORDS_IN, SYMBOL_LAST_RECEIPT, TRADES_IN
 from streams.producer import RecordProducer
 from streams.settings import Settings
-from streams.sources.base import BadInput, Record, Source, now_us, trade_problem
+from streams.sources.base import BadInput, Record, Source, now_us
 
 log = structlog.get_logger(__name__)
 
@@ -45,16 +46,12 @@ class IngestStats:
         return self.trades / max(time.monotonic() - self.started, 1e-9)
 
 
-def split_batch(batch: TradeBatch, now: int) -> tuple[TradeBatch, list[tuple[str, dict]]]:
-    """The batch's good trades, and each bad trade with its reason (pure)."""
-    good, bad = [], []
-    for t in batch.trades:
-        problem = trade_problem(t, now)
-        if problem is None:
-            good.append(t)
-        else:
-            bad.append((problem, {"exchange": batch.exchange, "symbol": batch.symbol, **t._asdict()}))
-    return TradeBatch(batch.exchange, batch.symbol, batch.received_at, good), bad
+def split_batch(batch: TradeBatch, now: int) -> tuple[TradeBatch | None, list[tuple[str, dict]]]:
+    """The batch's good trades (None when none is), and each bad trade with its reason (pure)."""
+    checked = check_trade_batch(batch, None, now)
+    if checked.problem is not None:
+        return None, [(checked.problem, trade_record(batch, t)) for t in batch.trades]
+    return checked.value, list(checked.rejected)
 
 
 async def run_ingest(
@@ -90,8 +87,8 @@ async def run_ingest(
             batch, bad = split_batch(item, now_us())
             for reason, raw in bad:
                 stats.rejected += 1
-                producer.dead_letter(DeadLetter("ingest", reason, orjson.dumps(raw, option=orjson.OPT_SERIALIZE_NUMPY), now_us() // 1000, key=batch.key.encode()))
-            if batch.trades:
+                producer.dead_letter(DeadLetter("ingest", reason, orjson.dumps(raw, default=repr, option=orjson.OPT_SERIALIZE_NUMPY), now_us() // 1000, key=item.key.encode()))
+            if batch is not None:
                 producer.produce(topic, batch.key, writer.encode(batch))
                 stats.trades += len(batch.trades)
                 stats.batches += 1

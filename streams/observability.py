@@ -13,6 +13,8 @@ from prometheus_client import REGISTRY, Counter, Gauge, Histogram, start_http_se
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from schemas.validation import reason_code
+
 TRADES_IN = Counter("tickflow_trades_in_total", "Trades accepted from sources", ["source"])
 BATCHES_OUT = Counter("tickflow_batches_produced_total", "TradeBatch records produced", ["topic"])
 RECORDS_IN = Counter("tickflow_source_records_total", "Records other than trades (on-chain rows, blocks, news items, Fear & Greed days) accepted from sources", ["source", "record"])
@@ -40,9 +42,9 @@ PRODUCE_LATENCY = Histogram(
 )
 
 
-# Dead-letter reasons are free text (they name the line, field or value); the metric label is one of
-# these classes, so its cardinality stays bounded. First match wins; the patterns follow the
-# messages tickflow's components write (sources, ingest validation, codecs, sinks, agents).
+# Dead-letter reasons start with a machine-readable code (schemas.validation.Reason), which is the
+# metric's label. Reasons of free text (components that write no code yet) get one of these classes,
+# so the label's cardinality stays bounded; first match wins.
 DEAD_LETTER_CLASSES: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("store_rejected", re.compile(r"^rejected by ")),
     ("agent_error", re.compile(r"failed on this record")),
@@ -71,7 +73,10 @@ def received_header(headers: list[tuple[str, bytes | None]] | None) -> int | Non
 
 
 def dead_letter_class(reason: str) -> str:
-    """The bounded class of a free-text dead-letter reason, for the ``reason`` label (pure)."""
+    """The ``reason`` label of a dead letter: its code, else the class of its free text (pure)."""
+    code = reason_code(reason)
+    if code is not None:
+        return code.value
     for name, pattern in DEAD_LETTER_CLASSES:
         if pattern.search(reason):
             return name

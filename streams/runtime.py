@@ -40,6 +40,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 import structlog
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicPartition
 from prometheus_client import Counter, Gauge, Histogram
@@ -48,6 +49,7 @@ from agents.spec import AgentContext, AgentLogic, AgentSpec, CandleHistory, Emit
 from schemas.codec import AvroCodec, DecodeError, codec_for
 from schemas.models import DeadLetter
 from schemas.registry import RecordType, record_type, topic_of
+from schemas.validation import Reason, reason
 from schemas.wire import encoder_for
 from streams.checkpoint import CheckpointStore, TableOffsets, encode_checkpoint
 from streams.observability import RECEIVED_HEADER, received_header
@@ -415,6 +417,7 @@ class AgentRunner:
         raw: dict[tuple[str, int], Message] = {}  # (record type, offset): offsets of two input topics can be equal
         offsets = ps.offsets
         newest_receipt = None
+        now = _now_us()
         for msg in msgs:
             topic, offset = msg.topic(), msg.offset()
             expected = offsets.get(topic)
@@ -426,16 +429,26 @@ class AgentRunner:
             try:
                 model = inp.rtype.model.from_avro(inp.codec.decode(value))
             except (DecodeError, KeyError, TypeError, ValueError) as exc:
-                self._dead_letter(msg, f"undecodable {inp.rtype.name}: {exc}")
+                self._dead_letter(msg, reason(Reason.UNDECODABLE, f"{inp.rtype.name}: {exc}"))
                 continue
             key = msg.key()
+            key_text = key.decode(errors="replace") if key is not None else None
+            if inp.rtype.check is not None:
+                checked = inp.rtype.check(model, key_text, now)
+                if checked.problem is not None:
+                    self._dead_letter(msg, checked.problem)
+                for why, part in checked.rejected:
+                    self._dead_letter(msg, why, orjson.dumps(part))
+                if checked.value is None:
+                    continue
+                model = checked.value
             received = getattr(model, "received_at", None)
             if received is None:
                 received = received_header(msg.headers())
             if received is not None:
                 newest_receipt = received
             name = inp.rtype.name
-            records.append(Inbound(name, key.decode(errors="replace") if key is not None else None, model, offset))
+            records.append(Inbound(name, key_text, model, offset))
             raw[name, offset] = msg
         ps.changed = True
         ps.quiet_since = None
@@ -449,7 +462,7 @@ class AgentRunner:
             outputs = list(ps.logic.on_batch(records))
         except Exception as exc:  # noqa: BLE001 - a record the logic did not foresee must not stop the agent
             if len(records) == 1:
-                self._dead_letter(raw[records[0].record, records[0].offset], f"{self.name} failed on this record: {type(exc).__name__}: {exc}")
+                self._dead_letter(raw[records[0].record, records[0].offset], reason(Reason.AGENT_ERROR, f"{self.name} failed on this record: {type(exc).__name__}: {exc}"))
                 return
             # One at a time, to find the culprit; the others go through as usual.
             outputs = []
@@ -458,7 +471,7 @@ class AgentRunner:
                     outputs += ps.logic.on_batch([rec])
                 except Exception as one:  # noqa: BLE001
                     self._log.exception("record failed in the agent's logic")
-                    self._dead_letter(raw[rec.record, rec.offset], f"{self.name} failed on this record: {type(one).__name__}: {one}")
+                    self._dead_letter(raw[rec.record, rec.offset], reason(Reason.AGENT_ERROR, f"{self.name} failed on this record: {type(one).__name__}: {one}"))
         self._emit(outputs, raw, newest_receipt)
         self._batch_s.observe(time.perf_counter() - started)
 
@@ -488,10 +501,11 @@ class AgentRunner:
                 else:
                     self._log.warning("rejected record not in this batch", offset=out.offset, reason=out.reason)
 
-    def _dead_letter(self, msg: Message, reason: str) -> None:
+    def _dead_letter(self, msg: Message, why: str, payload: bytes | None = None) -> None:
+        """Dead-letter ``msg``'s bytes, or ``payload`` (a rejected part of it) with its coordinates."""
         self._dead.inc()
         self.producer.dead_letter(
-            DeadLetter(self.name, reason, msg.value() or b"", _now_us() // 1000, msg.topic(), msg.partition(), msg.offset(), msg.key())
+            DeadLetter(self.name, why, (msg.value() or b"") if payload is None else payload, _now_us() // 1000, msg.topic(), msg.partition(), msg.offset(), msg.key())
         )
 
     def _timers(self, now: float) -> None:

@@ -5,7 +5,8 @@ It serves what ccxt's ``binance`` needs for markets, trades and candles (``excha
 subscribes to ``<symbol>@aggTrade``. Trades "happen" when a test calls :meth:`FakeBinance.publish`:
 from then on REST returns them, and subscribed sockets get them pushed, unless the fake was told
 to drop its sockets, in which case they exist only in REST, as on a real exchange during a
-disconnect. The payloads come from ../shared/data (real Binance REST aggTrades and websocket
+disconnect. It can also misbehave as exchanges do: error statuses, malformed JSON, a body or a
+websocket frame cut off mid-message. The payloads come from ../shared/data (real Binance REST aggTrades and websocket
 trade events), only re-timed so that they look recent.
 """
 
@@ -172,7 +173,7 @@ class FakeBinance:
     not_found: list[str] = field(default_factory=list)
     ws_connections: int = 0
     pushed: int = 0
-    _failures: dict[str, list[int]] = field(default_factory=lambda: defaultdict(list))
+    _failures: dict[str, list[int | str]] = field(default_factory=lambda: defaultdict(list))
     _sockets: dict[web.WebSocketResponse, set[str]] = field(default_factory=dict)
     _drop_after: int | None = None
     _runner: web.AppRunner | None = None
@@ -212,8 +213,33 @@ class FakeBinance:
         }
 
     def fail_next(self, path: str, status: int = 429, times: int = 1) -> None:
-        """Answer the next ``times`` requests to ``path`` with ``status`` (429: Binance's rate limit)."""
+        """Answer the next ``times`` requests to ``path`` with ``status``: 429 Binance's rate limit,
+        500 its internal error (JSON), other statuses an HTML page as a load balancer sends."""
         self._failures[path].extend([status] * times)
+
+    def garble_next(self, path: str, how: str, times: int = 1) -> None:
+        """Answer the next ``times`` requests to ``path`` badly: ``"json"`` a 200 whose body is not
+        JSON, ``"cut"`` a 200 that announces its whole body, sends half and closes the connection."""
+        assert how in ("json", "cut")
+        self._failures[path].extend([how] * times)
+
+    async def push_raw(self, symbol: str, text: str) -> None:
+        """Push ``text`` as it is (malformed JSON, say) to the sockets subscribed to ``symbol``."""
+        stream = f"{symbol.lower()}@aggTrade"
+        for ws, streams in list(self._sockets.items()):
+            if stream in streams and not ws.closed:
+                await ws.send_str(text)
+
+    async def cut_sockets_mid_frame(self) -> None:
+        """Start a 1,000-byte text frame on every socket, send 10 bytes of it and drop the TCP
+        connection: a disconnect in the middle of a message."""
+        sockets = list(self._sockets)
+        self._sockets.clear()
+        for ws in sockets:
+            transport = ws._req.transport if ws._req is not None else None  # noqa: SLF001 - below the websocket API on purpose
+            if transport is not None:
+                transport.write(bytes([0x81, 126]) + (1000).to_bytes(2, "big") + b'{"e":"aggT')
+                transport.abort()
 
     def drop_sockets_after(self, messages: int) -> None:
         """Close every socket once this many more trade messages have been pushed."""
@@ -248,9 +274,25 @@ class FakeBinance:
         self.requests.append((request.path, dict(request.query)))
         failures = self._failures.get(request.path)
         if failures:
-            status = failures.pop(0)
-            return _error(status, -1003, "Too many requests; current limit of IP(127.0.0.1) is 6000 requests per "
-                          "minute. Please use WebSocket Streams for live updates to avoid polling the API.")
+            failure = failures.pop(0)
+            if failure == "json":
+                return web.Response(status=200, text='[{"a": 1, "p": "0.1", ', content_type="application/json")
+            if failure == "cut":
+                body = b'[{"a": 1, "p": "0.00012", "q": "5.0", "f": 1, "l": 1, "T": 1, "m": true, "M": true}]' * 20
+                response = web.StreamResponse(status=200, headers={"Content-Type": "application/json"})
+                response.content_length = len(body)
+                await response.prepare(request)
+                await response.write(body[: len(body) // 2])
+                assert request.transport is not None
+                request.transport.abort()
+                return response
+            if failure == 429:
+                return _error(429, -1003, "Too many requests; current limit of IP(127.0.0.1) is 6000 requests per "
+                              "minute. Please use WebSocket Streams for live updates to avoid polling the API.")
+            if failure == 500:
+                return _error(500, -1001, "Internal error; unable to process your request. Please try again.")
+            # What a load balancer in front of the exchange answers: no JSON at all.
+            return web.Response(status=int(failure), text=f"<html><body><h1>{failure} Service Unavailable</h1></body></html>", content_type="text/html")
         try:
             return await handler(request)
         except web.HTTPNotFound:

@@ -42,6 +42,10 @@ def reconnects() -> float:
     return REGISTRY.get_sample_value("tickflow_source_reconnects_total", {"exchange": "binance"}) or 0.0
 
 
+def bad_answers() -> float:
+    return REGISTRY.get_sample_value("tickflow_source_bad_answers_total", {"exchange": "binance"}) or 0.0
+
+
 class Collector:
     """Consumes a source in the background, like the ingest loop would."""
 
@@ -187,6 +191,62 @@ async def test_rest_polling_resumes_after_cursor_and_retries_429() -> None:
     assert all(int(q["endTime"]) - int(q["startTime"]) <= 3_600_000 for q in agg_trade_requests(fake))
 
 
+async def test_failed_or_garbled_rest_answers_are_retried_and_nothing_is_lost() -> None:
+    """HTTP 500 (Binance's JSON error), 502 and 503 (a load balancer's HTML), 429, a 200 whose body
+    is not JSON and one cut off mid-way, in a row: each retried with backoff, counted and logged;
+    the trades come through once each, in order."""
+    recorded = retime(xrpeth_agg_trades()[:60])
+    path = "/api/v3/aggTrades"
+    failures: list[int | str] = [500, "json", 502, "cut", 503, 429]
+    before, before_bad = reconnects(), bad_answers()
+    async with FakeBinance(pending={"XRPETH": list(recorded)}) as fake:
+        await fake.publish("XRPETH", 10)
+        fake._failures[path].extend(failures)
+        cursor = (recorded[0]["T"] * 1000, str(recorded[0]["a"]))
+        c = Collector(make_source(fake, ["XRP/ETH"], mode="rest", page_limit=20, resume_after={"XRP/ETH": cursor}))
+        try:
+            await publish_slowly(fake, "XRPETH", chunk=5, pause=0.02)
+            await c.until_ids({str(t["a"]) for t in recorded[1:]})
+        finally:
+            await c.close()
+    assert c.trades == [expected_trade(t) for t in recorded[1:]]
+    assert fake._failures[path] == []
+    assert reconnects() == before + len(failures)
+    assert bad_answers() == before_bad + 2
+    assert not [i for i in c.items if isinstance(i, BadInput)]
+
+
+@pytest.mark.parametrize("how", ["malformed", "cut"])
+async def test_a_malformed_socket_message_or_a_cut_mid_message_reconnects_and_rest_fills_in(how: str) -> None:
+    """ccxt stops reading a socket for good after a message it cannot parse, the socket still
+    open: the source dead-letters the message and reconnects. A connection dropped in the middle
+    of a frame is a plain loss. Either way REST fills in, nothing is doubled."""
+    recorded = retime(xrpeth_agg_trades()[:60])
+    garbage = '{"e": "aggTrade", "p": '
+    async with FakeBinance(pending={"XRPETH": list(recorded)}) as fake:
+        c = Collector(make_source(fake, ["XRP/ETH"]))
+        try:
+            await wait_for(lambda: subscribed(fake, "XRPETH"))
+            await fake.publish("XRPETH", 10)
+            await wait_for(lambda: len(c.trades) == 10)
+            if how == "malformed":
+                await fake.push_raw("XRPETH", garbage)
+            else:
+                await fake.cut_sockets_mid_frame()
+            await publish_slowly(fake, "XRPETH", chunk=5, pause=0.02)
+            await c.until_ids({str(t["a"]) for t in recorded})
+        finally:
+            await c.close()
+    assert c.trades == [expected_trade(t) for t in recorded]
+    assert fake.ws_connections >= 2
+    bad = [i for i in c.items if isinstance(i, BadInput)]
+    if how == "malformed":
+        assert len(bad) == 1 and bad[0].payload == garbage.encode()
+        assert bad[0].reason.startswith("unparseable: binance socket message from ws://127.0.0.1:")
+    else:
+        assert bad == []
+
+
 async def test_catch_up_crosses_hours_without_trades() -> None:
     """Binance answers ``since`` with one hour at most: an empty hour is not the end of history."""
     head = xrpeth_agg_trades()[:40]
@@ -217,7 +277,7 @@ async def test_malformed_trade_becomes_bad_input_and_stream_goes_on() -> None:
             await c.close()
     bad = [i for i in c.items if isinstance(i, BadInput)]
     assert len(bad) == 1
-    assert "bad price None" in bad[0].reason and "XRP/ETH" in bad[0].reason
+    assert bad[0].reason.startswith("bad_price: price None") and "XRP/ETH" in bad[0].reason
     assert json.loads(bad[0].payload) == {"e": "aggTrade", "E": broken["T"], "s": "XRPETH", **broken}
     assert c.trades == [expected_trade(t) for i, t in enumerate(recorded) if i != 10]
 
@@ -253,8 +313,10 @@ async def test_unknown_symbol_fails_fast_with_suggestion() -> None:
 
 def test_parse_trade_reasons() -> None:
     good = {"id": 7, "timestamp": 1_723_161_255_342, "price": 61837.63, "amount": 0.02, "side": "sell"}
-    assert parse_trade(good) == Trade("7", 1_723_161_255_342_000, 61837.63, 0.02, "sell")
-    assert parse_trade({**good, "side": None}) == Trade("7", 1_723_161_255_342_000, 61837.63, 0.02, "unknown")
-    assert parse_trade({**good, "id": None}) == "missing trade id"
-    assert parse_trade({**good, "amount": -1.0}) == "bad amount -1.0"
-    assert parse_trade({**good, "timestamp": None}).startswith("timestamp None")
+    now = 1_723_161_300_000_000
+    assert parse_trade(good, now) == Trade("7", 1_723_161_255_342_000, 61837.63, 0.02, "sell")
+    assert parse_trade({**good, "side": None}, now) == Trade("7", 1_723_161_255_342_000, 61837.63, 0.02, "unknown")
+    assert parse_trade({**good, "id": None}, now) == "bad_trade_id: missing trade id"
+    assert parse_trade({**good, "amount": -1.0}, now) == "bad_amount: amount -1.0"
+    assert parse_trade({**good, "timestamp": None}, now).startswith("bad_timestamp: timestamp None")
+    assert parse_trade({**good, "id": "x" * 200}, now).startswith("bad_trade_id: trade id 'xxx")

@@ -34,18 +34,24 @@ def replay_and_dump(path: Path, data_dir: Path) -> dict[str, bytes]:
                     "METRICS_PORT": "0", "LOG_LEVEL": "WARNING", "REDIS_URL": ""})
         run = tickflow("run", "--source", f"replay:{path}", "--until-drained", "--quiet", env=env)
         assert run.returncode == 0, run.stderr.decode()[-3000:]
-        dumps = {}
-        for table, order in TABLES.items():
-            out = tickflow("sql", f"SELECT * FROM {table} FINAL ORDER BY {order}", "--format", "csv", env=env)
-            assert out.returncode == 0, out.stderr.decode()[-3000:]
-            dumps[f"clickhouse.{table}"] = out.stdout
-            with psycopg.connect(env["DATABASE_URL"]) as conn, conn.cursor() as cur:
-                quoted = order.replace("interval", '"interval"')
-                with cur.copy(f"COPY (SELECT * FROM {table} ORDER BY {quoted}) TO STDOUT") as copy:
-                    dumps[f"postgres.{table}"] = b"".join(bytes(chunk) for chunk in copy)
-        return dumps
+        return dump_tables(env)
     finally:
         drop_database(database)
+
+
+def dump_tables(env: dict[str, str]) -> dict[str, bytes]:
+    """Ordered dumps of every derived table from the ClickHouse store (``tickflow sql``) and the
+    PostgreSQL database of ``env``."""
+    dumps = {}
+    for table, order in TABLES.items():
+        out = tickflow("sql", f"SELECT * FROM {table} FINAL ORDER BY {order}", "--format", "csv", env=env)
+        assert out.returncode == 0, out.stderr.decode()[-3000:]
+        dumps[f"clickhouse.{table}"] = out.stdout
+        with psycopg.connect(env["DATABASE_URL"]) as conn, conn.cursor() as cur:
+            quoted = order.replace("interval", '"interval"')
+            with cur.copy(f"COPY (SELECT * FROM {table} ORDER BY {quoted}) TO STDOUT") as copy:
+                dumps[f"postgres.{table}"] = b"".join(bytes(chunk) for chunk in copy)
+    return dumps
 
 
 def test_two_replays_give_byte_identical_tables(tmp_path: Path) -> None:

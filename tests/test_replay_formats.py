@@ -295,6 +295,54 @@ def test_detect_format_rejects_unknown_and_empty(tmp_path: Path) -> None:
     assert len(FORMATS) == 5
 
 
+def test_hostile_files_fail_clearly_or_dead_letter_what_they_cannot_read(tmp_path: Path) -> None:
+    """A binary file is refused up front, naming it; a truncated gzip gives its good rows, then one
+    dead letter naming the line and offset reached; an overlong line and bad names are dead-lettered
+    with the file and line, and the rows after them still come."""
+    binary = tmp_path / "trades.csv"
+    binary.write_bytes(bytes(range(256)) * 40)
+    with pytest.raises(ValueError, match=rf"{binary}: a binary file, not a trade file"):
+        detect_format(binary)
+    with pytest.raises(ValueError, match=rf"{binary}: a binary file"):
+        ReplaySource(binary)
+
+    rows = [f"binance-futures,BTCUSDT,{T0 + i * 1000},{T0 + i * 1000},{i},buy,100.5,0.25" for i in range(20_000)]
+    whole = gzip.compress(("\n".join([TARDIS_HEADER, *rows]) + "\n").encode())
+    truncated = tmp_path / "cut.csv.gz"
+    truncated.write_bytes(whole[: len(whole) // 2])
+    assert detect_format(truncated) == "tardis"
+    items = list(iter_trades(truncated, "tardis"))
+    *good, last = items
+    assert 0 < len(good) < len(rows) and all(isinstance(i, tuple) for i in good)
+    assert [t.trade_id for _, _, t in good] == [str(i) for i in range(len(good))]
+    assert isinstance(last, BadInput) and last.reason.startswith(f"unreadable_file: {truncated}: cannot read past line ")
+    assert "EOFError" in last.reason and " (byte " in last.reason
+
+    hostile = [
+        "binance-futures," + "S" * 100_000 + f",{T0},{T0},h1,buy,1.0,1.0",  # longer than a line may be
+        f"binance-futures,{'L' * 65},{T0},{T0},h2,buy,1.0,1.0",
+        f"binance-futures,BTC USDT,{T0},{T0},h3,buy,1.0,1.0",
+        f"Binance Futures,BTCUSDT,{T0},{T0},h4,buy,1.0,1.0",
+    ]
+    path = write(tmp_path / "names.csv", "\n".join([TARDIS_HEADER, rows[0], *hostile, rows[1]]) + "\n")
+    items = list(iter_trades(path, "tardis"))
+    bad = [i for i in items if isinstance(i, BadInput)]
+    assert [i.reason.split(":")[0] for i in bad] == ["oversized", "bad_symbol", "bad_symbol", "bad_exchange"]
+    assert bad[0].reason.startswith("oversized: names.csv line 3 (byte ") and len(bad[0].payload) == 64 * 1024
+    assert [i.reason.endswith(f"(names.csv line {n})") for i, n in zip(bad[1:], (4, 5, 6))] == [True] * 3
+    assert [i.payload.decode() for i in bad[1:]] == hostile[1:]
+    assert [t.trade_id for i in items if isinstance(i, tuple) for t in [i[2]]] == ["0", "1"]
+
+
+def test_a_file_in_another_format_dead_letters_each_line_naming_it(tmp_path: Path) -> None:
+    path = tardis_file(tmp_path / "t.csv", [("BTCUSDT", T0 + i, 100.0) for i in range(5)])
+    items = list(iter_trades(path, "binance-ws"))
+    assert len(items) == 6 and all(isinstance(i, BadInput) for i in items)
+    assert [i.reason.split(" ")[:4] for i in items[:2]] == [["unparseable:", "t.csv", "binance-ws", "line"]] * 2
+    with pytest.raises(ValueError, match="t.csv: bad_symbol"):
+        iter_trades(path, "binance-trades", symbol="BTC USDT")
+
+
 # --- ReplaySource ------------------------------------------------------------------------------
 
 

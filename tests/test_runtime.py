@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import random
 import struct
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -19,6 +21,7 @@ from agents.candle_agent import CANDLES, CandleLogic
 from agents.spec import AgentSpec
 from schemas.codec import AvroCodec
 from schemas.models import Candle, DeadLetter, OnchainMetric, Trade, TradeBatch
+from schemas.validation import Reason, reason_code
 from schemas.wire import encoder_for
 from streams.producer import RecordProducer
 from streams.runtime import AgentRunner, LiveRoute
@@ -128,8 +131,11 @@ def test_a_restart_after_the_last_input_still_closes_every_window(topics: Settin
 
 @pytest.mark.integration
 def test_hostile_bytes_are_dead_lettered_and_good_records_go_on(topics: Settings) -> None:
+    """Bytes that are not a record, and records another producer wrote with bad names, values or
+    keys: each dead-lettered with its code, the good trades beside a bad one still counted."""
     rng = random.Random(7)
     good = one_trade_records(600)
+    encode = encoder_for(AvroCodec("tickflow.TradeBatch"))
     header = AvroCodec("tickflow.TradeBatch").header
     hostile = [
         rng.randbytes(64),  # random
@@ -139,18 +145,29 @@ def test_hostile_bytes_are_dead_lettered_and_good_records_go_on(topics: Settings
         b"",  # empty
         header + rng.randbytes(900_000),  # 900 kB of garbage behind a valid header
     ]
-    mixed = good[:300] + [("bin:S0", h) for h in hostile] + good[300:]
+    ts = T0_US + 30_000_000
+    refused = [  # valid Avro, refused whole: (key, record, code)
+        ("bin:" + "S" * 100_000, encode(TradeBatch("bin", "S" * 100_000, ts, [Trade("h1", ts, 100.0, 0.5, "buy")])), Reason.BAD_SYMBOL),
+        ("bin:S1", encode(TradeBatch("bin", "S0", ts, [Trade("h2", ts, 100.0, 0.5, "buy")])), Reason.KEY_MISMATCH),
+        ("BIN:S0", encode(TradeBatch("BIN", "S0", ts, [Trade("h3", ts, 100.0, 0.5, "buy")])), Reason.BAD_EXCHANGE),
+    ]
+    # A NaN price and a far-future trade beside a good trade (id 10_000) of S0, at its event time.
+    beside = encode(TradeBatch("bin", "S0", ts, [Trade("h4", ts, math.nan, 0.5, "buy"), Trade("10000", ts, 100.0, 0.5, "buy"), Trade("h5", 2**62, 1.0, 1.0, "sell")]))
+    mixed = good[:300] + [("bin:S0", h) for h in hostile] + [(k, v) for k, v, _ in refused] + [("bin:S0", beside)] + good[300:]
     produce_raw(topics, mixed)
     settings = topics.updated(candle_idle_timeout_s=0.3, candle_intervals="1m")
     with running(settings) as runner:
         wait_for(lambda: sum(runner.positions().values()) >= len(mixed), 120, "every record to be read")
         time.sleep(1.0)
     letters = [DeadLetter.from_avro(AvroCodec("tickflow.DeadLetter").decode(m.value())) for m in read_topic(topics, topics.kafka.topic_dlq)]
-    assert len(letters) == len(hostile)
     assert {letter.component for letter in letters} == {"candles"}
-    assert sorted(letter.payload for letter in letters) == sorted(hostile)
-    assert all(letter.reason.startswith("undecodable trade_batch") for letter in letters)
-    assert sum(c.trade_count for c in candles(settings)) == len(good)
+    codes = Counter(reason_code(letter.reason) for letter in letters)
+    assert codes == Counter({Reason.UNDECODABLE: len(hostile), Reason.BAD_SYMBOL: 1, Reason.KEY_MISMATCH: 1, Reason.BAD_EXCHANGE: 1, Reason.BAD_PRICE: 1, Reason.BAD_TIMESTAMP: 1})
+    assert sorted(letter.payload for letter in letters if reason_code(letter.reason) is Reason.UNDECODABLE) == sorted(hostile)
+    assert sorted(letter.payload for letter in letters if reason_code(letter.reason) in (Reason.BAD_SYMBOL, Reason.KEY_MISMATCH, Reason.BAD_EXCHANGE)) == sorted(v for _, v, _ in refused)
+    nan = next(letter for letter in letters if reason_code(letter.reason) is Reason.BAD_PRICE)
+    assert orjson.loads(nan.payload)["trade_id"] == "h4" and nan.source_topic == topics.kafka.topic_ticks and nan.key == b"bin:S0"
+    assert sum(c.trade_count for c in candles(settings)) == len(good) + 1
 
 
 class FakeConsumer:

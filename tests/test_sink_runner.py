@@ -169,8 +169,8 @@ def test_poison_records_are_dead_lettered_and_the_rest_written(topics: Settings,
     assert len(sink.trades) == n_trades and len(sink.candles) == n_candles
     by_payload = {dl.payload: dl for dl in letters}
     assert set(by_payload) == {garbage, unstorable}
-    assert by_payload[garbage].reason.startswith("undecodable tickflow.Candle record")
-    assert "rejected by memory" in by_payload[unstorable].reason and "outside the storable range" in by_payload[unstorable].reason
+    assert by_payload[garbage].reason.startswith("undecodable: tickflow.Candle record")
+    assert by_payload[unstorable].reason.startswith("store_rejected: rejected by memory") and "outside the storable range" in by_payload[unstorable].reason
     for dl in letters:
         assert dl.component == "sink-memory" and dl.source_topic == settings.kafka.topic_candles and dl.key == key
         assert dl.source_partition is not None and dl.source_offset is not None
@@ -243,7 +243,7 @@ def test_data_rejected_outside_a_single_record_is_bisected(topics: Settings, run
     produce(settings, items)
     sink = Picky()
     runner_factory(sink, settings).run_until_drained(idle_s=0.5, timeout_s=60)
-    assert len(letters) == 1 and letters[0].reason == "rejected by memory: trade 15 is cursed"
+    assert len(letters) == 1 and letters[0].reason == "store_rejected: rejected by memory: trade 15 is cursed"
     assert TB.decode(letters[0].payload)["trades"][5]["trade_id"] == "15"
     assert len(sink.trades) == n_trades - 10
 
@@ -301,8 +301,8 @@ def test_a_new_record_type_flows_from_its_topic_and_bad_rows_are_dead_lettered(
         assert stored == [(s, T0 + m * 60_000, 3.0, 3, None) for s in ("A", "B") for m in range(3)]
         by_payload = {dl.payload: dl for dl in letters}
         assert set(by_payload) == {unstorable, garbage}
-        assert by_payload[unstorable].reason == "rejected by postgres: test_gauge label contains a NUL character"
-        assert by_payload[garbage].reason.startswith("undecodable tickflow.test.Gauge record")
+        assert by_payload[unstorable].reason == "store_rejected: rejected by postgres: test_gauge label contains a NUL character"
+        assert by_payload[garbage].reason.startswith("undecodable: tickflow.test.Gauge record")
         assert all(dl.source_topic == topic and dl.key == b"x:A" for dl in letters)
     finally:
         with psycopg.connect(admin_url, autocommit=True) as admin:

@@ -8,7 +8,7 @@ from collections import Counter, defaultdict
 import pytest
 
 from schemas.models import Trade, TradeBatch
-from streams.sources.base import trade_problem
+from schemas.validation import trade_problem
 from streams.sources.synthetic import SyntheticSource, generate_trades, symbol_names
 
 START = 1_750_000_000_000_000

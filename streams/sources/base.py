@@ -3,8 +3,9 @@
 A source of another record type (news, Fear & Greed) yields :class:`Record`: the registry name of
 its type, the partition key and the model; ingest writes it to that type's topic.
 
-A source never raises on bad data: it yields ``BadInput`` with the original bytes and the reason,
-and the ingest loop sends that to the dead-letter topic and goes on. Sources of other record types
+A source never raises on bad data: it yields ``BadInput`` with the original bytes and the reason
+(``schemas.validation.reason``: a machine-readable code, then the detail), and the ingest loop
+sends that to the dead-letter topic and goes on. Sources of other record types
 (on-chain rows and blocks) yield ``Record``s, which go to the topic of their registry type.
 """
 
@@ -13,17 +14,12 @@ from __future__ import annotations
 import abc
 import heapq
 import itertools
-import math
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from schemas.models import SIDES, Trade, TradeBatch
-
-# Trades outside these bounds are rejected as bad input (2009-01-03 is the Bitcoin genesis block).
-MIN_TS_US = 1_230_940_800_000_000
-MAX_FUTURE_US = 24 * 3600 * 1_000_000
+from schemas.models import Trade, TradeBatch
 
 
 @dataclass(slots=True)
@@ -61,21 +57,6 @@ class Source(abc.ABC):
 
 def now_us() -> int:
     return time.time_ns() // 1000
-
-
-def trade_problem(t: Trade, now: int | None = None) -> str | None:
-    """Why a trade is unusable, or None when it is fine."""
-    if not isinstance(t.price, float | int) or math.isnan(t.price) or math.isinf(t.price) or t.price <= 0:
-        return f"bad price {t.price!r}"
-    if not isinstance(t.amount, float | int) or math.isnan(t.amount) or math.isinf(t.amount) or t.amount <= 0:
-        return f"bad amount {t.amount!r}"
-    if not isinstance(t.ts, int) or t.ts < MIN_TS_US or t.ts > (now or now_us()) + MAX_FUTURE_US:
-        return f"timestamp {t.ts!r} outside the sane range"
-    if not t.trade_id:
-        return "missing trade id"
-    if t.side not in SIDES:
-        return f"unknown side {t.side!r}"
-    return None
 
 
 class MicroBatcher:

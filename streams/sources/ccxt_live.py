@@ -7,6 +7,11 @@ at the first delivery after any connection loss (only then is the new subscripti
 so REST plus socket cover everything), while the socket stays quiet after a loss, when a resume
 cursor is given, and when a delivery fills ccxt's trade cache (older ones may have been evicted).
 REST pages and socket deliveries overlap on purpose; trades are then dropped by id.
+
+Exchanges misbehave: HTTP 429 and 5xx, REST bodies that are not JSON or are cut off, socket
+messages ccxt cannot parse, connections dropped mid-message. REST calls are retried with backoff
+(``streams.backfill.TRANSIENT_ERRORS``); a garbled socket message is dead-lettered and the socket
+reconnected, and in every case the REST catch-up above fills the hole. Each is logged and counted.
 """
 
 from __future__ import annotations
@@ -19,19 +24,26 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import ccxt
 import orjson
 import structlog
 from prometheus_client import Counter
 
 from schemas.models import Trade, TradeBatch
+from schemas.validation import Reason, reason, symbol_problem, trade_problem
 from streams.backfill import TRANSIENT_ERRORS, backoff_delay, open_exchange, transient_retrying
-from streams.sources.base import BadInput, Source, SourceItem, now_us, trade_problem
+from streams.sources.base import BadInput, Source, SourceItem, now_us
 
 log = structlog.get_logger(__name__)
 
 RECONNECTS = Counter(
     "tickflow_source_reconnects",
-    "Live exchange sockets lost and REST calls retried after transient errors (timeouts, rate limits)",
+    "Live exchange sockets lost and REST calls retried after transient errors (timeouts, rate limits, HTTP 5xx, garbled answers)",
+    ["exchange"],
+)
+BAD_ANSWERS = Counter(
+    "tickflow_source_bad_answers",
+    "Exchange REST answers and socket messages that were garbled (not JSON, cut off, unhandled): retried, or the socket reconnected",
     ["exchange"],
 )
 
@@ -55,8 +67,8 @@ _BINANCE = _Profile({"watchTrades": {"name": "aggTrade"}}, 3_600_000)
 _PROFILES = dict.fromkeys(("binance", "binanceus", "binanceusdm", "binancecoinm"), _BINANCE)
 
 
-def parse_trade(raw: Mapping[str, Any]) -> Trade | str:
-    """A ccxt unified trade as a Trade, or the reason it is unusable."""
+def parse_trade(raw: Mapping[str, Any], now: int) -> Trade | str:
+    """A ccxt unified trade as a Trade, or the reason it is unusable (``now`` in µs)."""
     tid, ts = raw.get("id"), raw.get("timestamp")
     trade = Trade(
         "" if tid is None else str(tid),
@@ -65,7 +77,7 @@ def parse_trade(raw: Mapping[str, Any]) -> Trade | str:
         raw.get("amount"),
         raw.get("side") or "unknown",
     )
-    problem = trade_problem(trade)
+    problem = trade_problem(trade, now)
     if problem is not None:
         return problem
     return trade._replace(price=float(trade.price), amount=float(trade.amount))
@@ -153,6 +165,9 @@ class CcxtSource(Source):
             raise ValueError(f"mode must be auto, ws or rest, not {mode!r}")
         if not symbols:
             raise ValueError("no symbols to watch")
+        bad = [problem for problem in map(symbol_problem, symbols) if problem is not None]
+        if bad:
+            raise ValueError("; ".join(bad))
         profile = _PROFILES.get(exchange_id, _Profile())
         self.exchange_id = exchange_id
         self.symbols = list(dict.fromkeys(symbols))
@@ -169,11 +184,13 @@ class CcxtSource(Source):
                 self._seen[symbol].resume_after(ts_us // 1000, trade_id)
         self._queue: asyncio.Queue[SourceItem | BaseException] = asyncio.Queue(queue_size)
         self._tasks: list[asyncio.Task[None]] = []
+        self._letters: set[asyncio.Task[None]] = set()
         self._epoch = 0
         self._closing = False
         self._lost: weakref.WeakSet[Any] = weakref.WeakSet()
         self._cache_limit = int(self.exchange.options.get("tradesLimit", 1000))
         self._track_disconnects()
+        self._guard_messages()
 
     async def stream(self) -> AsyncIterator[SourceItem]:
         await self._start()
@@ -209,6 +226,41 @@ class CcxtSource(Source):
                 return _original(client, error)
 
             setattr(self.exchange, hook, counted)
+
+    def _guard_messages(self) -> None:
+        """A socket message ccxt cannot handle (malformed JSON, a trade object it chokes on) raises
+        inside ccxt's receive loop, which then stops reading for good while the socket stays open:
+        the watch would wait forever. Instead the message is dead-lettered and the socket dropped,
+        so the watch reconnects and REST fills in whatever the message held."""
+        make_client = self.exchange.client
+
+        def client(url: str) -> Any:
+            c = make_client(url)
+            if not getattr(c, "_tickflow_guarded", False):
+                handle = c.handle_text_or_binary_message
+
+                def guarded(data: Any, _handle: Any = handle, _client: Any = c) -> None:
+                    try:
+                        _handle(data)
+                    except Exception as exc:  # noqa: BLE001 - any failure on one message
+                        self._bad_message(_client, data, exc)
+
+                c.handle_text_or_binary_message = guarded
+                c._tickflow_guarded = True
+            return c
+
+        self.exchange.client = client
+
+    def _bad_message(self, client: Any, data: Any, exc: Exception) -> None:
+        BAD_ANSWERS.labels(self.exchange_id).inc()
+        url = getattr(client, "url", None)
+        log.warning("exchange_message_unusable", exchange=self.exchange_id, url=url, error=f"{type(exc).__name__}: {exc}")
+        payload = data if isinstance(data, bytes) else str(data).encode()
+        letter = BadInput(reason(Reason.UNPARSEABLE, f"{self.exchange_id} socket message from {url}: {type(exc).__name__}: {exc}"), payload)
+        task = asyncio.get_running_loop().create_task(self._queue.put(letter))
+        self._letters.add(task)  # the loop keeps only weak references to tasks
+        task.add_done_callback(self._letters.discard)
+        client.on_error(ccxt.NetworkError(f"unusable message: {type(exc).__name__}: {exc}"))
 
     async def _start(self) -> None:
         """Load markets (retrying transient errors), reject unknown symbols, start one task per symbol."""
@@ -343,10 +395,11 @@ class CcxtSource(Source):
 
     async def _emit(self, symbol: str, raws: list[dict[str, Any]]) -> None:
         trades = []
+        now = now_us()
         for raw in self._seen[symbol].fresh(raws):
-            parsed = parse_trade(raw)
+            parsed = parse_trade(raw, now)
             if isinstance(parsed, str):
-                await self._queue.put(BadInput(f"{self.exchange_id} {symbol}: {parsed}", raw_payload(raw)))
+                await self._queue.put(BadInput(f"{parsed} ({self.exchange_id} {symbol})", raw_payload(raw)))
             else:
                 trades.append(parsed)
         if trades:
@@ -373,6 +426,8 @@ class CcxtSource(Source):
         """Log a retry; ``count=False`` when the socket hook already counted the loss."""
         if count:
             RECONNECTS.labels(self.exchange_id).inc()
+        if isinstance(error, ccxt.BadResponse):
+            BAD_ANSWERS.labels(self.exchange_id).inc()
         log.warning(
             "source_retry", exchange=self.exchange_id, symbol=symbol, attempt=attempt,
             delay_s=round(delay, 3), error=f"{type(error).__name__}: {error}",

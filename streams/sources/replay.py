@@ -15,6 +15,8 @@ from streams.sources.formats import FORMATS, detect_format, iter_trades
 
 log = structlog.get_logger(__name__)
 
+# This many bad records before the first trade: the file is likely not in the format it is read as.
+NOT_THIS_FORMAT = 1000
 # Shorter waits are not worth a trip through the event loop's timer heap; the debt is paid later.
 _MIN_SLEEP_S = 0.001
 
@@ -58,11 +60,11 @@ class ReplaySource(Source):
         if speed is not None and (not math.isfinite(speed) or speed <= 0):
             raise ValueError(f"replay speed must be positive and finite, got {speed!r}")
         self.speed = speed
-        self.exchange = exchange
-        self.symbol = symbol
         self.max_trades = max_trades
         self.max_ms = max_ms
         self._stopped = False
+        # Opened now, so that a bad exchange or symbol argument is a ValueError here, not mid-run.
+        self._items = iter_trades(self.path, self.fmt, exchange=exchange, symbol=symbol)
 
     async def stream(self) -> AsyncIterator[SourceItem]:
         loop = asyncio.get_running_loop()
@@ -71,12 +73,14 @@ class ReplaySource(Source):
         start = 0.0
         trades = bad = batches = 0
         log.info("replay started", path=str(self.path), fmt=self.fmt, speed=self.speed)
-        with closing(iter_trades(self.path, self.fmt, exchange=self.exchange, symbol=self.symbol)) as items:
+        with closing(self._items) as items:
             for item in items:
                 if self._stopped:
                     break
                 if isinstance(item, BadInput):
                     bad += 1
+                    if bad == NOT_THIS_FORMAT and not trades:
+                        log.error("replay file does not parse as its format: is --format right?", path=str(self.path), fmt=self.fmt, bad=bad, last_reason=item.reason)
                     yield item
                     await asyncio.sleep(0)
                     continue
