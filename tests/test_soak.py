@@ -1,0 +1,47 @@
+"""``make soak``'s driver, run for a few seconds at a low rate: every role starts as users run it,
+and the report has every figure, table and plot the long soak publishes (its values are not judged
+here; the soak itself is behind ``make soak``)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.integration
+
+ROLES = {"broker", "broker (tansu)", "ingest", "worker", "sink-clickhouse", "sink-postgres", "sink-redis", "gateway"}
+
+
+def test_soak_report_has_every_field(tmp_path) -> None:
+    out = tmp_path / "soak"
+    cmd = [sys.executable, "-m", "benchmarks.soak", "--seconds", "3", "--warmup-s", "1", "--sample-s", "1", "--rate", "400", "--symbols", "5", "--out", str(out)]
+    done = subprocess.run(cmd, cwd=REPO, env={**os.environ, "LOG_LEVEL": "WARNING"}, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads((out / "soak.json").read_text())
+
+    latency = report["latency_ms"]
+    assert set(latency) == {"redis subscriber (in-progress 1m candle)", "redis publish (worker's histogram)", "clickhouse row (sink's histogram)", "postgres row (sink's histogram)"}
+    redis = latency["redis subscriber (in-progress 1m candle)"]
+    assert redis["batches"] > 0 and 0 < redis["p50_ms"] <= redis["p99_ms"], redis
+    for path in ("clickhouse row (sink's histogram)", "postgres row (sink's histogram)"):
+        assert latency[path]["batches"] > 0 and math.isfinite(latency[path]["p99_ms"]), (path, latency[path])
+
+    assert {"tickflow-candles", "tickflow-sink-clickhouse", "tickflow-sink-postgres", "tickflow-sink-redis"} <= set(report["lag"])
+    assert all({"median", "max", "end", "bounded"} <= set(v) for v in report["lag"].values())
+    assert ROLES <= set(report["rss"]), sorted(report["rss"])
+    assert all(v["start_mb"] > 0 and math.isfinite(v["growth"]) for v in report["rss"].values())
+    assert set(report["targets"]) == {"redis_p99_le_50ms", "lag_bounded", "rss_growth_le_5pct", "rate_reached"}
+    assert report["achieved_rate"] > 0
+    assert len(report["series"]["t"]) >= 2
+
+    table = (out / "soak.md").read_text()
+    assert "| trade receipt to |" in table and "| consumer group |" in table and "| process |" in table
+    assert (out / "soak.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert {p.name for p in (out / "logs").iterdir()} == {f"{r}.log" for r in ROLES - {"broker (tansu)"}}
