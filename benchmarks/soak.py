@@ -416,6 +416,7 @@ class Report:
     lag: dict[str, dict[str, Any]] = field(default_factory=dict)
     rss: dict[str, dict[str, Any]] = field(default_factory=dict)
     targets: dict[str, bool] = field(default_factory=dict)
+    startup_s: dict[str, float] = field(default_factory=dict)  # seconds from the driver's start: broker up, roles ready
     series: dict[str, Any] = field(default_factory=dict)
 
 
@@ -453,6 +454,8 @@ def _run(plan: Plan, data: Path, db: str, exchange: str) -> Report:
     ctx = get_context("spawn")
     stop_reader = threading.Event()
     sub_proc = reader = None
+    began = time.monotonic()
+    startup: dict[str, float] = {}
     try:
         roles.start(Role("broker", ["broker", "--port", str(broker_port), "--metrics-port", str(ports["broker"])]))
         deadline = time.monotonic() + 60
@@ -461,6 +464,7 @@ def _run(plan: Plan, data: Path, db: str, exchange: str) -> Report:
             if time.monotonic() > deadline:
                 raise TimeoutError("the broker did not start within 60 s")
             time.sleep(0.2)
+        startup["broker"] = time.monotonic() - began
         roles.start(Role("worker", ["worker", "--metrics-port", str(ports["worker"])]))
         for s in SINKS:
             roles.start(Role(f"sink-{s}", ["sink", s, "--metrics-port", str(ports[f"sink-{s}"])]))
@@ -472,6 +476,7 @@ def _run(plan: Plan, data: Path, db: str, exchange: str) -> Report:
         sub_proc = ctx.Process(target=subscribe, args=(redis_url, f"candles:{exchange}:*:1m", to_sub, ready, result_out, since_us, plan.sample_s), name="soak-subscriber")
         sub_proc.start()
         wait_ready(url, settings.ticks_partitions, 180, roles)
+        startup["roles ready"] = time.monotonic() - began
         groups = consumer_groups(settings)
         if not ready.wait(30):
             raise RuntimeError("the Redis subscriber did not start")
@@ -512,14 +517,15 @@ def _run(plan: Plan, data: Path, db: str, exchange: str) -> Report:
             time.sleep(max(min(plan.sample_s, end - time.time()), 0.05) if now >= measure_from else max(min(plan.sample_s, measure_from - time.time()), 0.05))
         load_end = os.getloadavg()
         roles.stop(["ingest"])
-        time.sleep(1.0)
         stop_reader.set()
         reader.join(30)
         if not result_in.poll(60):
             raise RuntimeError("the Redis subscriber sent no result")
         redis_result = result_in.recv()
         sub_proc.join(10)
-        return _report(plan, samples[first_measured:], cpu_at, trades_at, redis_result, load_start, load_end, t0)
+        report = _report(plan, samples[first_measured:], cpu_at, trades_at, redis_result, load_start, load_end, t0)
+        report.startup_s = startup
+        return report
     finally:
         stop_reader.set()
         if sub_proc is not None and sub_proc.is_alive():

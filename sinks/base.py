@@ -109,6 +109,11 @@ class Sink(abc.ABC):
         """The physical topics this sink consumes under ``settings``, as :meth:`record_types` orders them."""
         return tuple(topic_of(settings, name) for name in cls.record_types(settings))
 
+    @classmethod
+    def realtime(cls, settings: Settings) -> bool:
+        """On the realtime path: it carries in-progress candles, which subscribers wait for."""
+        return "live_candles" in cls.record_types(settings)
+
     @abc.abstractmethod
     def write(self, batch: SinkBatch) -> None:
         """Store the batch idempotently; return only when durable; raise on failure.

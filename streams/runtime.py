@@ -189,7 +189,7 @@ class AgentRunner:
             "auto.offset.reset": "earliest",
             "partition.assignment.strategy": "range",  # co-partitioned inputs: partition p of each topic together
             "session.timeout.ms": int(self.settings.session_timeout_s * 1000),
-            "fetch.wait.max.ms": self.settings.consumer_fetch_wait_ms,
+            "fetch.wait.max.ms": self.settings.consumer_fetch_wait_ms if self.spec.realtime else self.settings.background_fetch_wait_ms,
             "fetch.queue.backoff.ms": 1,  # librdkafka waits 1 s by default before refetching a partition with queued records
             "fetch.message.max.bytes": 8_000_000,
             **self._consumer_config,
