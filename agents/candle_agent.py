@@ -131,6 +131,5 @@ CANDLES = AgentSpec(
     outputs=("candle", "late_trade", "live_candles"),
     logic=CandleLogic,
     timer_s=0.01,
-    realtime=True,
     description="Event-time OHLCV candles of every configured interval from trade batches",
 )

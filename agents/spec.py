@@ -99,8 +99,5 @@ class AgentSpec:
     timer_s: float | None = None  # how often on_timer runs; None = never
     needs_history: bool = False  # the runtime passes a CandleHistory when stores are configured
     enabled: Callable[[Any], bool] | None = None  # settings -> whether workers run it; None = always
-    # On the realtime path: its consumer fetches every CONSUMER_FETCH_WAIT_MS, the others every
-    # BACKGROUND_FETCH_WAIT_MS (an idle consumer polling every 10 ms costs Tansu about 0.05 cores).
-    realtime: bool = False
     description: str = ""
     extra: dict[str, Any] = field(default_factory=dict)

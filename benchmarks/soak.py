@@ -127,19 +127,28 @@ def lag_bounded(values: list[int]) -> bool:
     return max(last) <= 1.5 * max(middle) + 1000
 
 
-def parse_histograms(text: str, metric: str = E2E) -> dict[tuple[str, str, str], list[tuple[float, float]]]:
-    """Cumulative buckets of every (store, record, origin) series of ``metric`` in a /metrics page."""
+def histogram(text: str, name: str, **labels: str) -> list[tuple[float, float]]:
+    """Cumulative (upper bound, count) buckets of histogram ``name`` in a /metrics page, summed over
+    the series whose labels include ``labels``."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    out: dict[tuple[str, str, str], list[tuple[float, float]]] = defaultdict(list)
+    out: dict[float, float] = defaultdict(float)
     for family in text_string_to_metric_families(text):
-        if family.name != metric.removesuffix("_seconds") and family.name != metric:
+        if family.name != name.removesuffix("_seconds") and family.name != name:
             continue
         for s in family.samples:
-            if s.name.endswith("_bucket"):
-                key = (s.labels["store"], s.labels["record"], s.labels["origin"])
-                out[key].append((float(s.labels["le"]), s.value))
-    return dict(out)
+            if s.name.endswith("_bucket") and all(s.labels.get(k) == v for k, v in labels.items()):
+                out[float(s.labels["le"])] += s.value
+    return sorted(out.items())
+
+
+# Where the time to Redis goes, from the worker's own histograms (the candle agent's share).
+BREAKDOWN = {
+    "receipt -> candle agent reads it (broker hop, queueing)": ("tickflow_agent_input_delay_seconds", {"agent": "candles"}),
+    "candle agent, one partition's batch": ("tickflow_agent_batch_seconds", {"agent": "candles"}),
+    "candle agent checkpoint (blocks its thread)": ("tickflow_agent_checkpoint_seconds", {"agent": "candles"}),
+    "receipt -> published on Redis (worker)": (E2E, {"store": "redis", "record": "candle_update", "origin": "receipt"}),
+}
 
 
 def scalar(text: str, name: str) -> float:
@@ -413,6 +422,7 @@ class Report:
     machine: dict[str, Any]
     achieved_rate: float
     latency_ms: dict[str, dict[str, Any]] = field(default_factory=dict)
+    breakdown_ms: dict[str, dict[str, Any]] = field(default_factory=dict)  # the worker's histograms, interpolated
     lag: dict[str, dict[str, Any]] = field(default_factory=dict)
     rss: dict[str, dict[str, Any]] = field(default_factory=dict)
     targets: dict[str, bool] = field(default_factory=dict)
@@ -503,8 +513,8 @@ def _run(plan: Plan, data: Path, db: str, exchange: str) -> Report:
                 "rss": {label: rss_bytes(pid) for label, pid in pids.items()},
                 "cpu": {label: cpu_seconds(pid) for label, pid in pids.items()},
                 "lag": group_lags(groups),
-                "hist": {s: parse_histograms(metrics.get(f"sink-{s}", "")).get((s, "trade", "receipt"), []) for s in STORES},
-                "live_hist": parse_histograms(metrics.get("worker", "")).get(("redis", "candle_update", "receipt"), []),
+                "hist": {s: histogram(metrics.get(f"sink-{s}", ""), E2E, store=s, record="trade", origin="receipt") for s in STORES},
+                "worker_hist": {k: histogram(metrics.get("worker", ""), name, **labels) for k, (name, labels) in BREAKDOWN.items()},
                 "trades_in": scalar(metrics.get("ingest", ""), "tickflow_trades_in_total"),
             }
             samples.append(sample)
@@ -545,8 +555,9 @@ def _report(plan: Plan, samples: list[dict[str, Any]], cpu_at: dict[str, float],
     )
     redis_series = redis_result.pop("series")
     report.latency_ms["redis subscriber (in-progress 1m candle)"] = {**redis_result, "target_p99_ms": REDIS_P99_TARGET_MS}
-    whole_live = bucket_delta(last["live_hist"], first["live_hist"])
-    report.latency_ms["redis publish (worker's histogram)"] = {"p50_ms": bucket_quantile(whole_live, 0.5) * 1000, "p99_ms": bucket_quantile(whole_live, 0.99) * 1000, "batches": whole_live[-1][1] if whole_live else 0}
+    for what in BREAKDOWN:
+        whole = bucket_delta(last["worker_hist"][what], first["worker_hist"][what])
+        report.breakdown_ms[what] = {"p50_ms": bucket_quantile(whole, 0.5) * 1000, "p99_ms": bucket_quantile(whole, 0.99) * 1000, "count": whole[-1][1] if whole else 0}
     store_series: dict[str, list[tuple[float, float, float]]] = {}
     for store in STORES:
         whole = bucket_delta(last["hist"].get(store, []), first["hist"].get(store, []))
@@ -601,7 +612,9 @@ def write(report: Report, out: Path) -> list[Path]:
 
 
 def _ms(v: float) -> str:
-    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:,.0f}"
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    return f"{v:.1f}" if v < 10 else f"{v:,.0f}"
 
 
 def markdown(r: Report) -> str:
@@ -619,6 +632,8 @@ def markdown(r: Report) -> str:
     for path, v in r.latency_ms.items():
         target = f"p99 <= {v['target_p99_ms']:.0f} ms: {'met' if v['p99_ms'] <= v['target_p99_ms'] else 'not met'}" if "target_p99_ms" in v else ""
         lines.append(f"| {path} | {_ms(v['p50_ms'])} | {_ms(v['p99_ms'])} | {v['batches']:,.0f} | {target} |")
+    lines += ["", "| where the time to Redis goes (worker's histograms, interpolated in buckets) | p50 ms | p99 ms | observations |", "|---|---|---|---|"]
+    lines += [f"| {k} | {_ms(v['p50_ms'])} | {_ms(v['p99_ms'])} | {v['count']:,.0f} |" for k, v in r.breakdown_ms.items()]
     lines += ["", "| consumer group | lag median | lag max | lag at end | bounded |", "|---|---|---|---|---|"]
     lines += [f"| {g} | {v['median']:,} | {v['max']:,} | {v['end']:,} | {'yes' if v['bounded'] else 'NO'} |" for g, v in r.lag.items()]
     lines += ["", "| process | RSS start MB | RSS end MB | max MB | growth | cores used |", "|---|---|---|---|---|---|"]

@@ -111,8 +111,8 @@ class Sink(abc.ABC):
 
     @classmethod
     def realtime(cls, settings: Settings) -> bool:
-        """On the realtime path: it carries in-progress candles, which subscribers wait for."""
-        return "live_candles" in cls.record_types(settings)
+        """On the realtime path: it carries realtime records (in-progress candles), which subscribers wait for."""
+        return any(record_type(name).realtime for name in cls.record_types(settings))
 
     @abc.abstractmethod
     def write(self, batch: SinkBatch) -> None:

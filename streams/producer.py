@@ -7,6 +7,8 @@ so the caller stops instead of silently losing data.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import structlog
@@ -65,17 +67,25 @@ class RecordProducer:
         if latency is not None:
             PRODUCE_LATENCY.observe(latency)
 
+    def _on_delivery_then(self, then: Callable[[KafkaError | None, Message], None], err: KafkaError | None, msg: Message) -> None:
+        self._on_delivery(err, msg)
+        then(err, msg)
+
     def produce(
-        self, topic: str, key: str | bytes | None, value: bytes, partition: int | None = None, headers: list[tuple[str, bytes]] | None = None
+        self, topic: str, key: str | bytes | None, value: bytes, partition: int | None = None, headers: list[tuple[str, bytes]] | None = None,
+        on_delivery: Callable[[KafkaError | None, Message], None] | None = None,
     ) -> None:
+        """Queue a record; ``on_delivery`` is called after the producer's own bookkeeping, when the
+        broker acknowledged it or gave up (an error then also fails the next produce, flush or check)."""
         if self._errors:
             self.check()
+        callback = self._on_delivery if on_delivery is None else partial(self._on_delivery_then, on_delivery)
         while True:
             try:
                 if partition is None:
-                    self._producer.produce(topic, value, key, on_delivery=self._on_delivery, headers=headers)
+                    self._producer.produce(topic, value, key, on_delivery=callback, headers=headers)
                 else:
-                    self._producer.produce(topic, value, key, partition, on_delivery=self._on_delivery, headers=headers)
+                    self._producer.produce(topic, value, key, partition, on_delivery=callback, headers=headers)
                 break
             except BufferError:  # local queue full: let deliveries drain
                 self._producer.poll(0.05)

@@ -316,6 +316,7 @@ def test_only_the_realtime_path_fetches_every_consumer_fetch_wait() -> None:
     carries in-progress candles, and the candle agent alone of the agents is realtime: each idle
     consumer polling Tansu every 10 ms cost it about 0.05 cores."""
     from agents.registry import AGENTS
+    from schemas.registry import record_type
     from sinks.redis import RedisSink
     from sinks.runner import STORE_FETCH_MIN_BYTES, fetch_config
 
@@ -326,4 +327,4 @@ def test_only_the_realtime_path_fetches_every_consumer_fetch_wait() -> None:
     through_kafka = s.model_copy(update={"candle_updates": "kafka"})
     assert RedisSink.realtime(through_kafka)
     assert fetch_config(through_kafka, s.redis_sink_batch_ms, True) == {"fetch.wait.max.ms": s.consumer_fetch_wait_ms, "fetch.min.bytes": 1}
-    assert [spec.name for spec in AGENTS if spec.realtime] == ["candles"]
+    assert [spec.name for spec in AGENTS if any(record_type(n).realtime for n in spec.outputs)] == ["candles"]
