@@ -68,7 +68,7 @@ class Plan:
     rate: float = 20_000.0  # trades/s asked of the synthetic source
     symbols: int = 100
     sample_s: float = 5.0
-    warmup_s: float = 30.0  # load before measuring starts: group joins, caches, first windows
+    warmup_s: float = 60.0  # load before measuring starts: group joins, caches, the first minute's windows and trade ids
     out: Path = Path("data/soak")
 
 
