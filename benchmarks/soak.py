@@ -343,7 +343,6 @@ def subscribe(url: str, pattern: str, batches: Connection, ready: Any, result: C
     pending: dict[str, deque[tuple[int, int, int]]] = defaultdict(deque)  # symbol -> (last id, received µs, trades)
     recent: dict[str, deque[tuple[float, int]]] = defaultdict(deque)  # symbol -> (arrival s, last_trade_id), newest last
     lat, wts, recv = array("d"), array("l"), array("d")
-    uncovered = [0]
 
     def sample(arrival: float, received_us: int, n: int) -> None:
         if received_us >= since_us.value:
@@ -386,8 +385,8 @@ def subscribe(url: str, pattern: str, batches: Connection, ready: Any, result: C
                     break
                 take(chunk)
     cutoff = time.time() - 5  # batches this fresh may simply not have had their update yet
-    uncovered[0] = sum(1 for todo in pending.values() for _, r, _ in todo if since_us.value <= r < cutoff * 1e6)
-    result.send(_summarise(lat, wts, recv, window_s, uncovered[0]))
+    uncovered = sum(1 for todo in pending.values() for _, r, _ in todo if since_us.value <= r < cutoff * 1e6)
+    result.send(_summarise(lat, wts, recv, window_s, uncovered))
     pubsub.close()
 
 

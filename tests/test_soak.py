@@ -12,13 +12,26 @@ import sys
 
 import pytest
 
+from benchmarks.soak import bucket_quantile, growth, lag_bounded, weighted_quantile
 from tests.conftest import REPO
-
-pytestmark = pytest.mark.integration
 
 ROLES = {"broker", "broker (tansu)", "ingest", "worker", "sink-clickhouse", "sink-postgres", "sink-redis", "gateway"}
 
 
+def test_quantiles_growth_and_bounded_lag() -> None:
+    assert weighted_quantile([30.0, 10.0, 20.0], [1, 1, 98], 0.5) == 20.0
+    assert weighted_quantile([30.0, 10.0, 20.0], [1, 1, 98], 0.995) == 30.0
+    assert math.isnan(weighted_quantile([], [], 0.5))
+    cumulative = [(0.01, 50.0), (0.05, 90.0), (0.1, 100.0), (math.inf, 100.0)]  # Prometheus buckets
+    assert bucket_quantile(cumulative, 0.5) == pytest.approx(0.01)
+    assert bucket_quantile(cumulative, 0.7) == pytest.approx(0.03)
+    assert math.isnan(bucket_quantile([(0.01, 0.0), (math.inf, 0.0)], 0.5))
+    assert growth([100.0, 150.0, 104.0, 105.0, 103.0]) == pytest.approx(0.04)
+    assert lag_bounded([0, 500, 900, 400, 800, 700, 600, 900, 500])
+    assert not lag_bounded([0, 500, 1000, 2000, 4000, 8000, 16000, 32000, 64000])
+
+
+@pytest.mark.integration
 def test_soak_report_has_every_field(tmp_path) -> None:
     out = tmp_path / "soak"
     cmd = [sys.executable, "-m", "benchmarks.soak", "--seconds", "3", "--warmup-s", "1", "--sample-s", "1", "--rate", "400", "--symbols", "5", "--out", str(out)]
