@@ -146,7 +146,7 @@ def histogram(text: str, name: str, **labels: str) -> list[tuple[float, float]]:
 BREAKDOWN = {
     "receipt -> candle agent reads it (broker hop, queueing)": ("tickflow_agent_input_delay_seconds", {"agent": "candles"}),
     "candle agent, one partition's batch": ("tickflow_agent_batch_seconds", {"agent": "candles"}),
-    "candle agent checkpoint (blocks its thread)": ("tickflow_agent_checkpoint_seconds", {"agent": "candles"}),
+    "candle agent checkpoint round, snapshot to durable": ("tickflow_agent_checkpoint_seconds", {"agent": "candles"}),
     "receipt -> published on Redis (worker)": (E2E, {"store": "redis", "record": "candle_update", "origin": "receipt"}),
 }
 
