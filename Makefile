@@ -7,7 +7,7 @@ QUIX_VENV := .venv-quix
 QUIX_STAMP := $(QUIX_VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install run test bench services clean
+.PHONY: install run test bench soak services clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,14 @@ test: install services
 
 bench: install services $(QUIX_STAMP)
 	$(BIN)/python -m benchmarks
+
+# Every role side by side under synthetic load for SOAK_SECONDS (after a warm-up); the report
+# (soak.md, soak.json, soak.png) and each role's log go to SOAK_OUT.
+SOAK_SECONDS ?= 600
+SOAK_RATE ?= 20000
+SOAK_OUT ?= data/soak/$(shell date -u +%Y%m%dT%H%M%SZ)
+soak: install services
+	$(BIN)/python -m benchmarks.soak --seconds $(SOAK_SECONDS) --rate $(SOAK_RATE) --out $(SOAK_OUT)
 
 clean:
 	rm -rf $(VENV) $(QUIX_VENV) data .pytest_cache

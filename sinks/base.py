@@ -108,6 +108,11 @@ class Sink(abc.ABC):
         """The physical topics this sink consumes under ``settings``, as :meth:`record_types` orders them."""
         return tuple(topic_of(settings, name) for name in cls.record_types(settings))
 
+    @classmethod
+    def realtime(cls, settings: Settings) -> bool:
+        """On the realtime path: it carries realtime records (in-progress candles), which subscribers wait for."""
+        return any(record_type(name).realtime for name in cls.record_types(settings))
+
     @abc.abstractmethod
     def write(self, batch: SinkBatch) -> None:
         """Store the batch idempotently; return only when durable; raise on failure.

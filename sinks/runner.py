@@ -20,6 +20,7 @@ holds back another one.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -67,13 +68,15 @@ _CONSUMER_ONLY = frozenset({"group.id", "enable.auto.commit", "auto.offset.reset
 STORE_FETCH_MIN_BYTES = 1_000_000
 
 
-def fetch_config(settings: Settings, batch_ms: int) -> dict[str, int]:
+def fetch_config(settings: Settings, batch_ms: int, realtime: bool) -> dict[str, int]:
     """Fetch settings for a sink that holds batches ``batch_ms``: a store sink lets the broker
     gather up to its batch window or 1 MB per fetch (it writes no sooner anyway), which spares the
-    broker a fetch every few milliseconds; the realtime sink fetches as soon as anything arrives."""
-    if batch_ms <= settings.kafka.consumer_fetch_wait_ms:
-        return {"fetch.wait.max.ms": settings.kafka.consumer_fetch_wait_ms, "fetch.min.bytes": 1}
-    return {"fetch.wait.max.ms": batch_ms, "fetch.min.bytes": STORE_FETCH_MIN_BYTES}
+    broker a fetch every few milliseconds; the Redis sink fetches as soon as anything arrives,
+    within ``consumer_fetch_wait_ms`` when it carries in-progress candles (``realtime``), else
+    within ``background_fetch_wait_ms`` (final candles wait for their window's close anyway)."""
+    if batch_ms > settings.kafka.consumer_fetch_wait_ms:
+        return {"fetch.wait.max.ms": batch_ms, "fetch.min.bytes": STORE_FETCH_MIN_BYTES}
+    return {"fetch.wait.max.ms": settings.kafka.consumer_fetch_wait_ms if realtime else settings.kafka.background_fetch_wait_ms, "fetch.min.bytes": 1}
 
 
 class _Stopped(Exception):
@@ -170,7 +173,7 @@ class SinkRunner:
             "auto.offset.reset": "earliest",
             "session.timeout.ms": int(settings.kafka.session_timeout_s * 1000),
             "client.id": f"tickflow-{self._component}",
-            **fetch_config(settings, getattr(settings.stores, sink.batch_ms_setting)),
+            **fetch_config(settings, getattr(settings.stores, sink.batch_ms_setting), sink.realtime(settings)),
         }
         conf.update(consumer_config or {})
         self._consumer = Consumer(conf)
@@ -500,6 +503,21 @@ class SinkRunner:
 
 
 SINKS: dict[str, type[Sink]] = {"clickhouse": ClickHouseSink, "postgres": PostgresSink, "redis": RedisSink}
+
+
+BATCH_SINKS = frozenset({"clickhouse", "postgres"})
+BATCH_SINK_NICENESS = 19  # the lowest: a store that lags catches up when the cores are free
+
+
+def yield_cores(name: str) -> None:
+    """Lower a store sink's CPU priority (this thread and the threads it starts afterwards, the
+    embedded ClickHouse's among them), in ``tickflow run``'s sink processes and in ``tickflow sink``
+    alike. The stores are written in batches of up to SINK_BATCH_MS: when the cores are contended,
+    the realtime path (the broker, the worker, Redis) gets them first. 19 rather than 10: with every
+    sink on two cores the latency p99 was 50-125 ms at nice 19, 85-159 at nice 10. On a host or
+    container of its own the sink has no one to yield to, and runs as fast as before."""
+    if name in BATCH_SINKS:
+        os.nice(BATCH_SINK_NICENESS)
 
 
 def sink_group_id(settings: Settings, name: str) -> str:

@@ -422,7 +422,7 @@ def sink(name: Annotated[str, typer.Argument(help="clickhouse | postgres | redis
     """
     import threading
 
-    from sinks.runner import SINKS, SinkRunner, open_sinks
+    from sinks.runner import SINKS, SinkRunner, open_sinks, yield_cores
     from streams.producer import RecordProducer
     from streams.shutdown import stop_on_signals
 
@@ -434,6 +434,7 @@ def sink(name: Annotated[str, typer.Argument(help="clickhouse | postgres | redis
     settings = _setup(settings, f"sink-{name}", metrics_port)
     stop = threading.Event()
     stop_on_signals(stop.set)
+    yield_cores(name)
     chosen = open_sinks(settings, only=name)
     if not chosen:
         raise typer.BadParameter(f"sink {name!r} is not configured (clickhouse, postgres with DATABASE_URL, redis with REDIS_URL)")

@@ -29,7 +29,7 @@ from agents.spec import CandleHistory
 from sinks.clickhouse import ClickHouseCandleHistory
 from sinks.postgres import PostgresCandleHistory
 from sinks.redis import LiveFanout
-from sinks.runner import SinkRunner, configured_sinks, open_sinks, sink_lag
+from sinks.runner import SinkRunner, configured_sinks, open_sinks, sink_lag, yield_cores
 from streams.broker import EmbeddedBroker
 from streams.ingest import IngestStats, run_ingest
 from streams.observability import MetricsPortInUse, configure_logging, metrics_port, role_port_offset, serve_metrics
@@ -86,10 +86,6 @@ def reachable_services(settings: Settings, say: Callable[[str], None]) -> Settin
     return settings.updated(**update) if update else settings
 
 
-BATCH_SINKS = frozenset({"clickhouse", "postgres"})
-BATCH_SINK_NICENESS = 19  # the lowest: a store that lags catches up when the cores are free
-
-
 class SinkFailed(RuntimeError):
     """A sink process ended on its own: its store could not be opened or migrated, or it crashed."""
 
@@ -108,11 +104,7 @@ def _sink_process(settings: Settings, name: str, ready: EventT, parent: int, met
         raise SystemExit(1) from None
     if url:
         log.info("sink metrics", sink=name, url=url)
-    if name in BATCH_SINKS:
-        # The stores are written in batches of up to SINK_BATCH_MS: when the cores are contended,
-        # the realtime path (the broker, the worker, Redis) gets them first. 19 rather than 10:
-        # with every sink on two cores the latency p99 is 50-125 ms at nice 19, 85-159 at nice 10.
-        os.nice(BATCH_SINK_NICENESS)
+    yield_cores(name)
     threading.Thread(target=_exit_with_parent, args=(parent,), name="parent-watch", daemon=True).start()
     (sink,) = open_sinks(settings, only=name)
     producer = RecordProducer(settings)

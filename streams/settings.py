@@ -48,7 +48,14 @@ class KafkaSettings(BaseSettings):
     topic_fear_greed: str = Field("fear-greed", description="The daily Crypto Fear & Greed index")
     ticks_partitions: int = Field(8, description="Partitions of ticks; derived topics use the same count")
     replication_factor: int = 1
-    consumer_fetch_wait_ms: int = Field(10, description="Longest the broker holds a fetch without data (agents and sinks): latency floor of a quiet topic")
+    consumer_fetch_wait_ms: int = Field(
+        10, description="Longest the broker holds a fetch without data on the realtime path (the candle agent, the Redis sink when it carries in-progress candles): latency floor of a quiet topic"
+    )
+    background_fetch_wait_ms: int = Field(
+        250,
+        description="The same for every other agent and the Redis sink otherwise: their records wait for windows to close anyway, "
+        "and on Tansu, which holds each fetch this long, an idle consumer costs the broker a request per wait",
+    )
     producer_linger_ms: int = Field(
         10,
         description="How long producers gather a partition's records into one request (librdkafka sends a request per partition): "

@@ -179,6 +179,11 @@ def test_readme_side_by_side_lines_run_answer_sql_and_stop_on_sigterm(tmp_path: 
             port = ROLE_METRICS_PORTS[name]
             run.wait_for(f"/metrics of {name} on {port}", lambda port=port: metrics_answer(port))
 
+        # The store sinks yield the cores to the realtime path, as tickflow run's sink processes do.
+        own = os.nice(0)
+        nice = {name: int(Path(f"/proc/{run.procs[name].pid}/stat").read_text().rsplit(")", 1)[1].split()[16]) for name in ("sink-clickhouse", "sink-postgres", "sink-redis")}
+        assert nice == {"sink-clickhouse": min(own + 19, 19), "sink-postgres": min(own + 19, 19), "sink-redis": own}
+
         resident = re.search(r"^tickflow_embedded_broker_resident_bytes (\S+)$", metrics(ROLE_METRICS_PORTS["broker"]), re.M)
         assert resident and float(resident.group(1)) > 1e6
 
