@@ -387,8 +387,8 @@ def test_slow_consumer_is_closed_and_others_keep_receiving(gateway: str, keys: d
                         received += 1
 
             reader = asyncio.create_task(read_fast())
-            for _ in range(n):
-                r.publish(channel, payload)
+            # published from a thread: the fast client reads meanwhile, as a fast client does
+            await asyncio.to_thread(lambda: [r.publish(channel, payload) for _ in range(n)])
             await reader
             assert received == n
 

@@ -494,7 +494,6 @@ def create_app(settings: Settings, store: Store | None = None) -> FastAPI:
             code = {401: CLOSE_UNAUTHORIZED, 403: CLOSE_FORBIDDEN, 429: CLOSE_FLOOD}.get(exc.status, 1011)
             await websocket.close(code, str(exc)[:120])
             return
-        await websocket.send_text(orjson.dumps({"type": "welcome", "heartbeat_s": settings.gateway_heartbeat_s}).decode())
         await gw.hub.serve(websocket)
 
     return app
