@@ -231,6 +231,9 @@ async def _recv_type(ws, kind: str, timeout: float = 5.0) -> dict:  # noqa: ANN0
 
 
 def test_websocket_rooms_sequences_and_recovery(gateway: str, keys: dict[str, str], exchange: str, symbol: str) -> None:
+    from streams.gateway.ws import WS_SENT
+
+    written = WS_SENT.labels("written")._value.get()
     r = redis.Redis.from_url(REDIS_URL)
     channel = f"candles:{exchange}:{symbol}:1m"
     cs = candles(exchange, symbol, 12)
@@ -275,6 +278,8 @@ def test_websocket_rooms_sequences_and_recovery(gateway: str, keys: dict[str, st
             assert (await _recv_type(a, "subscribed"))["recovered"] is False
 
     asyncio.run(go())
+    # the frames went straight to uvicorn's transport, encoded once per room, not through the ASGI send
+    assert WS_SENT.labels("written")._value.get() >= written + 4
 
 
 def test_bad_websocket_input_gets_clear_errors_and_the_gateway_stays_up(gateway: str, keys: dict[str, str], exchange: str, symbol: str) -> None:

@@ -47,7 +47,12 @@ WS_DROPPED = Counter(
     "bad_payload (a non-JSON Redis message not forwarded), redis_down (pub/sub connection lost)",
     ["reason"],
 )
-WS_SENT = Counter("tickflow_gateway_ws_messages_total", "Message frames put on client queues")
+WS_SENT = Counter(
+    "tickflow_gateway_ws_messages_total",
+    "Room message frames handed to clients, by how: written (straight to the socket) or queued (behind a full socket buffer)", ["how"],
+)
+_WRITTEN, _QUEUED = WS_SENT.labels("written"), WS_SENT.labels("queued")
+NOT_SENT, WRITTEN, QUEUED = 0, 1, 2  # Client.offer's answers
 WS_FANOUT = Histogram(
     "tickflow_gateway_ws_fanout_seconds", "Time to number, frame and queue one Redis message for every client of its rooms",
     buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1),
@@ -64,25 +69,30 @@ def _error(code: str, message: str, request_id: object = None, room: str | None 
     return text_frame(error_frame(code, message, request_id, room))
 
 
-def abort(ws: WebSocket) -> None:
-    """Drop the connection at once. A client that reads nothing keeps the server's write buffer
-    full, so even the close frame cannot be queued (uvicorn waits for the buffer to drain); after
-    ``close_timeout_s`` its transport is aborted instead of being held until the ping timeout."""
-    transport = getattr(getattr(ws._send, "__self__", None), "transport", None)  # noqa: SLF001 - uvicorn's protocol
-    if transport is not None:
-        transport.abort()
+SERVER_SEND = "tickflow.server_send"  # scope key: the ASGI server's own send, kept before Starlette wraps it
 
 
 def server_connection(ws: WebSocket) -> Any | None:
     """uvicorn's websockets-sansio connection behind ``ws`` (the one ``serve`` configures), else None.
 
-    Its transport takes ready-made frames; its ``writable`` event is cleared while the transport's
-    buffer is over its high-water mark and ``close_sent`` is set once the close frame went out. Frames
-    written here never interleave with uvicorn's own (pings, close): each is one whole ``write``."""
-    conn = getattr(ws._send, "__self__", None)  # noqa: SLF001 - the ASGI send of uvicorn's protocol
+    The application keeps the server's send in the scope (:data:`SERVER_SEND`); the connection is
+    the object it is bound to. Its transport takes ready-made frames; its ``writable`` event is
+    cleared while the transport's buffer is over its high-water mark and ``close_sent`` is set once
+    the close frame went out. Frames written here never interleave with uvicorn's own (pings,
+    close): each is one whole ``write``."""
+    conn = getattr(ws.scope.get(SERVER_SEND), "__self__", None)
     if all(hasattr(conn, a) for a in ("transport", "writable", "close_sent")) and isinstance(conn.writable, asyncio.Event):
         return conn
     return None
+
+
+def abort(ws: WebSocket) -> None:
+    """Drop the connection at once. A client that reads nothing keeps the server's write buffer
+    full, so even the close frame cannot be queued (uvicorn waits for the buffer to drain); after
+    ``close_timeout_s`` its transport is aborted instead of being held until the ping timeout."""
+    conn = server_connection(ws)
+    if conn is not None:
+        conn.transport.abort()
 
 
 class Client:
@@ -104,26 +114,27 @@ class Client:
         self.closed: tuple[int, str] | None = None
         self.overflowed = asyncio.Event()
 
-    def offer(self, frame: bytes) -> bool:
-        """Send or queue ``frame`` (from :func:`text_frame`); False when the client is closed or just overflowed."""
+    def offer(self, frame: bytes) -> int:
+        """Write or queue ``frame`` (from :func:`text_frame`): WRITTEN, QUEUED, or NOT_SENT when the
+        client is closed or has just overflowed its queue."""
         if self.closed is not None:
-            return False
+            return NOT_SENT
         conn = self.conn
         if conn is not None:
             if conn.close_sent or conn.transport.is_closing():
-                return False  # the connection is ending: the server's own close handling finishes it
+                return NOT_SENT  # the connection is ending: the server's own close handling finishes it
             if not self.queue and conn.writable.is_set():
                 conn.transport.write(frame)
-                return True
+                return WRITTEN
         if len(self.queue) >= self.maxsize:
             WS_DROPPED.labels("slow_consumer").inc()
             self.closed = (CLOSE_SLOW, f"slow consumer: more than {self.maxsize} messages queued")
             self.queue.clear()
             self.overflowed.set()
-            return False
+            return NOT_SENT
         self.queue.append(frame)
         self.wake.set()
-        return True
+        return QUEUED
 
     async def drain(self) -> None:
         """The sender task: write queued frames as the transport accepts them."""
@@ -135,11 +146,12 @@ class Client:
                 while queue:
                     if conn is None:
                         await self.ws.send_text(frame_payload(queue.popleft()).decode())
-                        continue
-                    await conn.writable.wait()
-                    if conn.close_sent or conn.transport.is_closing():
+                    elif not conn.writable.is_set():
+                        await conn.writable.wait()  # then look again: an overflow may have emptied the queue meanwhile
+                    elif conn.close_sent or conn.transport.is_closing():
                         return
-                    conn.transport.write(queue.popleft())
+                    else:
+                        conn.transport.write(queue.popleft())
 
 
 @dataclass(eq=False)
@@ -243,12 +255,17 @@ class Hub:
             WS_DROPPED.labels("bad_payload").inc()
             log.error("non-JSON message on a Redis channel: not forwarded", channel=channel, head=data[:80])
             return
-        sent = 0
+        written = queued = 0
         for rs in rooms:
             _, frame = rs.history.append(lambda seq, rs=rs: text_frame(message_frame(rs.room.name, seq, channel, data)))
             for c in rs.clients:
-                sent += c.offer(frame)
-        WS_SENT.inc(sent)
+                how = c.offer(frame)
+                if how == WRITTEN:
+                    written += 1
+                elif how == QUEUED:
+                    queued += 1
+        _WRITTEN.inc(written)
+        _QUEUED.inc(queued)
         WS_FANOUT.observe(time.perf_counter() - t0)
 
     async def _housekeeping(self) -> None:
