@@ -137,6 +137,53 @@ def baseline(body: Path) -> contextlib.AbstractContextManager[Running]:
 # WebSocket fan-out
 
 
+def fanout_floor(port: int) -> None:
+    """The fan-out floor: a bare uvloop server that upgrades any request, acks any subscription, and
+    writes each message of one Redis pattern, framed once, to every connection. No keys, rooms,
+    sequences, history, queues or slow-client handling: what Python, uvloop and loopback TCP cost alone."""
+    import asyncio
+    import hashlib
+
+    import redis.asyncio as aioredis
+    import uvloop
+
+    from streams.gateway.protocol import text_frame
+
+    conns: set[asyncio.Transport] = set()
+
+    class Conn(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            self.t, self.buf, self.open = transport, b"", False
+
+        def data_received(self, data: bytes) -> None:
+            self.buf += data
+            if not self.open and b"\r\n\r\n" in self.buf:
+                key = re.search(rb"Sec-WebSocket-Key: (\S+)", self.buf).group(1)  # type: ignore[union-attr]
+                accept = base64.b64encode(hashlib.sha1(key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest())
+                self.t.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\n")
+                self.open, self.buf = True, b""
+            elif self.open and self.buf:  # the client's subscribe
+                self.buf = b""
+                self.t.write(text_frame(b'{"type":"subscribed"}'))
+                conns.add(self.t)  # type: ignore[arg-type]
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            conns.discard(self.t)  # type: ignore[arg-type]
+
+    async def main() -> None:
+        await asyncio.get_running_loop().create_server(Conn, "127.0.0.1", port, backlog=4096)
+        async with aioredis.Redis.from_url(REDIS_URL).pubsub() as ps:
+            await ps.psubscribe("candles:*:BENCH*")
+            async for msg in ps.listen():
+                if msg["type"] == "pmessage":
+                    frame = text_frame(b'{"type":"message","data":%s}' % msg["data"])
+                    for t in conns:
+                        t.write(frame)
+
+    uvloop.run(main())
+
+
+
 def _masked(payload: bytes) -> bytes:
     """A client frame (text, masked, short)."""
     mask = os.urandom(4)
@@ -224,6 +271,12 @@ def _clients_process(base: str, key: str, rooms: tuple[str, str], n: int, slow: 
     ready.write_text("ok")
     got: list[tuple[float, float, bytes]] = []  # (kernel receipt, read, payload)
     open_ = set(by_fd)
+
+    def finish(fd: int) -> None:
+        if fd in open_:
+            ep.unregister(fd)
+            open_.discard(fd)
+
     deadline = time.monotonic() + SECONDS + 120
     while open_ and time.monotonic() < deadline:
         for fd, _ in ep.poll(1.0):
@@ -234,8 +287,7 @@ def _clients_process(base: str, key: str, rooms: tuple[str, str], n: int, slow: 
                 continue
             now = time.time()
             if not data:
-                ep.unregister(fd)
-                open_.discard(fd)
+                finish(fd)
                 continue
             sec, ns = struct.unpack("qq", anc[0][2]) if anc else (0, 0)
             kernel = sec + ns / 1e9 if sec else now
@@ -245,8 +297,7 @@ def _clients_process(base: str, key: str, rooms: tuple[str, str], n: int, slow: 
                     socks[i].send(bytes([0x8A, 0x80 | len(payload)]) + b"\0\0\0\0" + payload)
                 elif op == 0x1 and payload.startswith(b'{"type":"message"'):
                     if b'"end":true' in payload:
-                        ep.unregister(fd)
-                        open_.discard(fd)
+                        finish(fd)
                     else:
                         got.append((kernel, now, payload))
     delays = []
@@ -359,21 +410,21 @@ def run() -> None:
         key = KeyStore(db).create("bench", ("read", "stream"), rate_limit=0.0)
 
         t = table(f"WebSocket fan-out, one room, {ROOM_RATE} messages/s for {SECONDS:.0f} s: Redis PUBLISH -> client socket (median of {RUNS} runs; {TARGETS['fanout']})",
-                  "clients", "p50 ms", "p99 ms", "p99 runs", "p99 vs 1 client", "max ms", "p99 read by the client process",
-                  "gateway CPU ms per message", "receipts (last run)", "closed as slow")
-        with gateway(db) as gw:
-            rows: dict[tuple[int, int], list[dict[str, float]]] = {}
+                  "", "p50 ms", "p99 ms", "p99 runs", "p99 vs floor", "max ms", "p99 read by the client process", "server CPU ms per message", "receipts (last run)", "closed as slow")
+        slow_label = f"gateway, {CLIENTS:,} + 1 that never reads (also in a room of {FIREHOSE_BYTES // 1000} KB messages at {FIREHOSE_RATE}/s)"
+        cases = {"gateway, 1 client": (1, 0), f"bare uvloop fan-out, {CLIENTS:,} clients (floor)": (CLIENTS, 0), f"gateway, {CLIENTS:,} clients": (CLIENTS, 0), slow_label: (CLIENTS, 1)}
+        rows: dict[str, list[dict[str, float]]] = {}
+        with gateway(db) as gw, server([sys.executable, "-m", "benchmarks.bench_gateway", "floor"], {}) as floor:
             for _ in range(RUNS):  # cases taken turn about: a burst of load elsewhere hits all of them
-                for n, slow in ((1, 0), (CLIENTS, 0), (CLIENTS, 1)):
-                    rows.setdefault((n, slow), []).append(fanout(gw, key, n, slow, Path(tmp)))
+                for label, (n, slow) in cases.items():
+                    rows.setdefault(label, []).append(fanout(floor if "floor" in label else gw, key, n, slow, Path(tmp)))
             closed = slow_closed(gw.base)
-        base_p99 = median([r["p99"] for r in rows[(1, 0)]])
-        for (n, slow), runs in rows.items():
+        floor_p99 = median([r["p99"] for label, runs in rows.items() if "floor" in label for r in runs])
+        for label, runs in rows.items():
             p99s = sorted(r["p99"] for r in runs)
-            label = f"{n:,}" + (f" + {slow} that never reads (also in a room of {FIREHOSE_BYTES // 1000} KB messages at {FIREHOSE_RATE}/s)" if slow else "") + (" (baseline)" if n == 1 else "")
-            t.add_row(label, f"{median([r['p50'] for r in runs]):.1f}", f"{median(p99s):.1f}", f"{p99s[0]:.1f}-{p99s[-1]:.1f}", fmt_ratio(median(p99s), base_p99),
+            t.add_row(label, f"{median([r['p50'] for r in runs]):.1f}", f"{median(p99s):.1f}", f"{p99s[0]:.1f}-{p99s[-1]:.1f}", fmt_ratio(median(p99s), floor_p99),
                       f"{median([r['max'] for r in runs]):.1f}", f"{median([r['read_p99'] for r in runs]):.1f}", f"{median([r['cpu_ms'] for r in runs]):.2f}",
-                      f"{runs[-1]['receipts']:,.0f}", f"{closed:,.0f} of {RUNS}" if slow else "-")
+                      f"{runs[-1]['receipts']:,.0f}", f"{closed:,.0f} of {RUNS}" if label == slow_label else "-")
         console.print(t)
 
         if shutil.which("wrk") is None:
@@ -402,3 +453,7 @@ def run() -> None:
             q.add_row(label, f"{median(rps):,.0f}", f"{rps[0]:,.0f}-{rps[-1]:,.0f}", f"{median([r[1] for r in runs]):.1f}", fmt_ratio(median(rps), floor_rps),
                       f"{median([r[2] for r in runs]):.0f}")
         console.print(q)
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["floor"]:  # fanout_floor's process: python -m benchmarks.bench_gateway floor --port N
+    fanout_floor(int(sys.argv[3]))

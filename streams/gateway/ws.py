@@ -103,11 +103,13 @@ class Client:
     once the transport drains. Under another ASGI server than uvicorn's websockets-sansio, every
     frame goes through the queue and the ASGI send."""
 
-    __slots__ = ("closed", "conn", "maxsize", "overflowed", "queue", "rooms", "wake", "ws")
+    __slots__ = ("closed", "conn", "maxsize", "overflowed", "queue", "rooms", "transport", "wake", "writable", "ws")
 
     def __init__(self, ws: WebSocket, maxsize: int) -> None:
         self.ws, self.maxsize = ws, maxsize
         self.conn = server_connection(ws)
+        self.transport = self.conn.transport if self.conn is not None else None
+        self.writable = self.conn.writable.is_set if self.conn is not None else None
         self.queue: deque[bytes] = deque()
         self.wake = asyncio.Event()
         self.rooms: set[str] = set()
@@ -117,15 +119,12 @@ class Client:
     def offer(self, frame: bytes) -> int:
         """Write or queue ``frame`` (from :func:`text_frame`): WRITTEN, QUEUED, or NOT_SENT when the
         client is closed or has just overflowed its queue."""
-        if self.closed is not None:
-            return NOT_SENT
-        conn = self.conn
-        if conn is not None:
-            if conn.close_sent or conn.transport.is_closing():
-                return NOT_SENT  # the connection is ending: the server's own close handling finishes it
-            if not self.queue and conn.writable.is_set():
-                conn.transport.write(frame)
-                return WRITTEN
+        conn, transport = self.conn, self.transport
+        if self.closed is None and conn is not None and not self.queue and self.writable() and not conn.close_sent and not transport.is_closing():  # type: ignore[misc, union-attr]
+            transport.write(frame)  # type: ignore[union-attr]
+            return WRITTEN  # the common case, once per client and message: kept to these checks
+        if self.closed is not None or (conn is not None and (conn.close_sent or transport.is_closing())):  # type: ignore[union-attr]
+            return NOT_SENT  # closed, or ending: the server's own close handling finishes it
         if len(self.queue) >= self.maxsize:
             WS_DROPPED.labels("slow_consumer").inc()
             self.closed = (CLOSE_SLOW, f"slow consumer: more than {self.maxsize} messages queued")
