@@ -10,9 +10,11 @@ Fan-out: clients in one room on raw sockets, all in one epoll loop written here 
 library spends more time per message than the gateway does). A message's delay runs from just before
 its PUBLISH to Redis to its receipt, timed twice: by the kernel when the frame reached the client's
 socket (SO_TIMESTAMPNS: what the gateway controls) and when the client process read it (adds that
-process's own turn through 1,000 sockets). The baseline is the same room with one client. The slow
-client never reads and is also in a second room where large messages fill its buffers until the
-gateway closes it; the others' delays must not move.
+process's own turn through 1,000 sockets). The floor is a bare uvloop server writing the same
+messages to as many sockets, framed once (:func:`fanout_floor`), in the same run. The slow client
+never reads; before the window opens, large messages in a second room of its own fill its socket
+and the gateway's buffer for it, so during the window every frame for it queues (the queue
+overflows, closing it, just after): the others' delays must not move.
 
 Queries: wrk on one cached URL, against a plain Starlette app on the same uvicorn settings serving
 the same body (the floor of the HTTP stack), and with the cache off (PostgreSQL on every request).
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import math
 import os
 import platform
 import re
@@ -46,8 +49,8 @@ ROOM_RATE = 10  # messages/s into the room: a symbol's in-progress updates at CA
 SECONDS = 5.0
 RUNS = 3
 CLIENTS = 1000
-FIREHOSE_RATE, FIREHOSE_BYTES = 50, 64_000  # the slow client's second room: fills its buffers within seconds
-SLOW_QUEUE = 50  # GATEWAY_WS_QUEUE of the benchmark's gateway: the slow client is closed within the run
+FILLER_BYTES = 64_000  # messages of the slow client's second room, sent before the measured window until its socket is full
+SLOW_QUEUE = int(SECONDS * ROOM_RATE) + 10  # GATEWAY_WS_QUEUE: the slow client stays backlogged through the window, and is closed after it
 WRK_CONNECTIONS, WRK_SECONDS = 32, 5
 SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)  # Linux's value; Python names it from 3.12 only
 TARGETS = {
@@ -62,11 +65,14 @@ def cores() -> tuple[int, int]:
     return allowed[0], allowed[-1]
 
 
+def load() -> str:
+    return ", ".join(f"{v:.1f}" for v in os.getloadavg())
+
+
 def hardware() -> str:
     model = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("model name")), platform.processor())
-    load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
     gw, gen = cores()
-    return (f"{model}, {os.cpu_count()} cores, Linux {platform.release()}, Python {platform.python_version()}; load average {load} "
+    return (f"{model}, {os.cpu_count()} cores, Linux {platform.release()}, Python {platform.python_version()}; load average {load()} "
             f"(other work on the machine); gateway pinned to core {gw}, load generators to core {gen} (taskset), Redis and PostgreSQL not pinned")
 
 
@@ -311,7 +317,7 @@ def _clients_process(base: str, key: str, rooms: tuple[str, str], n: int, slow: 
 
 def fanout(gw: Running, key: str, n: int, slow: int, tmp: Path) -> dict[str, float]:
     """Delay percentiles (ms) over n clients of one room at ROOM_RATE messages/s, the receipts, and the
-    gateway's CPU milliseconds per room message (the firehose's included when there is a slow client)."""
+    server's CPU milliseconds per message. ``slow`` clients are backlogged (their frames queue) before the window opens."""
     base = gw.base
     import multiprocessing
 
@@ -335,20 +341,25 @@ def fanout(gw: Running, key: str, n: int, slow: int, tmp: Path) -> dict[str, flo
     os.sched_setaffinity(0, {core})
     try:
         r = redis.Redis.from_url(REDIS_URL)
-        pad, big = "x" * 300, orjson.dumps({"pad": "x" * FIREHOSE_BYTES})  # pad: about an in-progress candle's JSON size
-        every = FIREHOSE_RATE // ROOM_RATE if slow else 0
+        pad = "x" * 300  # about an in-progress candle's JSON size
+        if slow:  # fill the slow client's socket and the gateway's buffer for it: from then on its frames queue
+            queued, filler = frames_queued(base), orjson.dumps({"pad": "x" * FILLER_BYTES})
+            until = time.monotonic() + 120
+            while frames_queued(base) == queued:
+                if time.monotonic() > until:
+                    raise RuntimeError("the slow client's socket did not fill within 120 s")
+                for _ in range(20):
+                    r.publish(channels[1], filler)
+                time.sleep(0.2)
         cpu0, t0 = gw.cpu_s(), time.monotonic()
         for i in range(int(SECONDS * ROOM_RATE)):
             r.publish(channels[0], orjson.dumps({"sent": time.time(), "i": i, "pad": pad}))
-            for j in range(every):
-                time.sleep(max(0.0, t0 + (i + j / every) / ROOM_RATE - time.monotonic()))
-                r.publish(channels[1], big)
             time.sleep(max(0.0, t0 + (i + 1) / ROOM_RATE - time.monotonic()))
         time.sleep(0.5)  # the last messages' fan-out
         cpu_ms = (gw.cpu_s() - cpu0) * 1000 / int(SECONDS * ROOM_RATE)
-        for _ in range(600):  # until every client has seen the end
+        for _ in range(240):  # until every client has seen the end (a gateway starved by other work may take long)
             r.publish(channels[0], orjson.dumps({"end": True}))
-            proc.join(0.1)
+            proc.join(0.5)
             if proc.exitcode is not None:
                 break
     finally:
@@ -362,13 +373,23 @@ def fanout(gw: Running, key: str, n: int, slow: int, tmp: Path) -> dict[str, flo
     return {"p50": pick(kernel, 0.5), "p99": pick(kernel, 0.99), "max": kernel[-1] * 1000, "read_p99": pick(read, 0.99), "receipts": len(delays), "cpu_ms": cpu_ms}
 
 
-def slow_closed(base: str) -> float:
-    """Clients the gateway has closed as slow consumers (its own counter)."""
+def metric(base: str, name: str) -> float:
+    """One sample of the gateway's /metrics (0 when absent)."""
     import httpx
 
-    text = httpx.get(f"http://{base}/metrics", timeout=5).text
-    m = re.search(r'tickflow_gateway_ws_dropped_total\{reason="slow_consumer"\} ([\d.e+]+)', text)
+    text = httpx.get(f"http://{base}/metrics", timeout=30).text
+    m = re.search(re.escape(name) + r" ([\d.e+]+)", text)
     return float(m.group(1)) if m else 0.0
+
+
+def slow_closed(base: str) -> float:
+    """Clients the gateway has closed as slow consumers (its own counter)."""
+    return metric(base, 'tickflow_gateway_ws_dropped_total{reason="slow_consumer"}')
+
+
+def frames_queued(base: str) -> float:
+    """Room message frames the gateway queued behind a full socket (its own counter)."""
+    return metric(base, 'tickflow_gateway_ws_messages_total{how="queued"}')
 
 
 # queries
@@ -384,7 +405,8 @@ def wrk(target: Running, url: str, key: str, seconds: int = WRK_SECONDS) -> tupl
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", run.stdout)
     if errors or "Requests/sec" not in run.stdout:
         raise RuntimeError(f"wrk: {errors.group(1) + ' error responses' if errors else run.stdout + run.stderr}")
-    cpu_us = (target.cpu_s() - cpu0) * 1e6 / int(re.search(r"(\d+) requests in", run.stdout).group(1))  # type: ignore[union-attr]
+    requests = int(re.search(r"(\d+) requests in", run.stdout).group(1))  # type: ignore[union-attr]
+    cpu_us = (target.cpu_s() - cpu0) * 1e6 / requests if requests else math.nan
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", run.stdout).group(1))  # type: ignore[union-attr]
     m = re.search(r"99%\s+([\d.]+)(us|ms|s)", run.stdout)
     return rps, float(m.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[m.group(2)], cpu_us  # type: ignore[union-attr]
@@ -411,7 +433,7 @@ def run() -> None:
 
         t = table(f"WebSocket fan-out, one room, {ROOM_RATE} messages/s for {SECONDS:.0f} s: Redis PUBLISH -> client socket (median of {RUNS} runs; {TARGETS['fanout']})",
                   "", "p50 ms", "p99 ms", "p99 runs", "p99 vs floor", "max ms", "p99 read by the client process", "server CPU ms per message", "receipts (last run)", "closed as slow")
-        slow_label = f"gateway, {CLIENTS:,} + 1 that never reads (also in a room of {FIREHOSE_BYTES // 1000} KB messages at {FIREHOSE_RATE}/s)"
+        slow_label = f"gateway, {CLIENTS:,} + 1 that never reads (its socket full before the window: its frames queue)"
         cases = {"gateway, 1 client": (1, 0), f"bare uvloop fan-out, {CLIENTS:,} clients (floor)": (CLIENTS, 0), f"gateway, {CLIENTS:,} clients": (CLIENTS, 0), slow_label: (CLIENTS, 1)}
         rows: dict[str, list[dict[str, float]]] = {}
         with gateway(db) as gw, server([sys.executable, "-m", "benchmarks.bench_gateway", "floor"], {}) as floor:
@@ -426,6 +448,7 @@ def run() -> None:
                       f"{median([r['max'] for r in runs]):.1f}", f"{median([r['read_p99'] for r in runs]):.1f}", f"{median([r['cpu_ms'] for r in runs]):.2f}",
                       f"{runs[-1]['receipts']:,.0f}", f"{closed:,.0f} of {RUNS}" if label == slow_label else "-")
         console.print(t)
+        console.print(f"load average after the fan-out runs: {load()}")
 
         if shutil.which("wrk") is None:
             console.print("gateway queries: wrk not installed (apt-get install wrk), skipped")
@@ -441,18 +464,22 @@ def run() -> None:
                 targets = {"Starlette, same bytes (baseline)": (floor, f"http://{floor.base}/"), "gateway, cached (L1)": (gw, f"http://{gw.base}{path}"),
                            "gateway, uncached (PostgreSQL every request)": (uncached, f"http://{uncached.base}{path}")}
                 for target, url in targets.values():
-                    wrk(target, url, key, seconds=1)  # warm: connections, the key check, the cache
+                    wrk(target, url, key, seconds=3)  # warm: connections, the key check, the cache
                 for _ in range(RUNS):  # turn about, as above
                     for label, (target, url) in targets.items():
                         results.setdefault(label, []).append(wrk(target, url, key))
         q = table(f"GET {path} (100 candles, {body.stat().st_size:,} bytes), wrk 1 thread, {WRK_CONNECTIONS} connections, {WRK_SECONDS} s "
                   f"(median of {RUNS} runs; {TARGETS['queries']})", "", "requests/s", "runs", "p99 ms", "vs baseline", "server CPU us per request")
         floor_rps = median([r[0] for r in results["Starlette, same bytes (baseline)"]])
+        cached_us = median([r[2] for r in results["gateway, cached (L1)"]])
+        capacity = (f"the cached path's CPU time per request ({cached_us:.0f} us, wrk's share excluded) is {1e6 / cached_us:,.0f} requests/s "
+                    "of one core to itself" if cached_us else "")
         for label, runs in results.items():
             rps = sorted(r[0] for r in runs)
             q.add_row(label, f"{median(rps):,.0f}", f"{rps[0]:,.0f}-{rps[-1]:,.0f}", f"{median([r[1] for r in runs]):.1f}", fmt_ratio(median(rps), floor_rps),
                       f"{median([r[2] for r in runs]):.0f}")
         console.print(q)
+        console.print(f"load average after the query runs: {load()}; {capacity}")
 
 
 if __name__ == "__main__" and sys.argv[1:2] == ["floor"]:  # fanout_floor's process: python -m benchmarks.bench_gateway floor --port N

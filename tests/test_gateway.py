@@ -210,6 +210,22 @@ def test_cache_hits_and_a_closed_candle_invalidates(gateway: str, keys: dict[str
     assert rows[-1]["open_time"] == new.open_time
 
 
+def test_a_cached_answer_still_checks_the_key_its_scope_and_its_limit(gateway: str, keys: dict[str, str], symbol: str, pg_url: str) -> None:
+    """Answers from L1 skip FastAPI, not the checks: the same URL, once cached, with other keys."""
+    from streams.gateway.cache import CACHE_REQUESTS
+
+    params = {"symbol": symbol, "interval": "5m", "limit": "3"}  # 5m: no other test closes a candle of it (which would empty L1)
+    assert get(gateway, "/api/v1/candles", keys["all"], **params).status_code == 200  # now in L1
+    hits = CACHE_REQUESTS.labels("l1", "hit")._value.get()
+    store = KeyStore(pg_url)
+    stream_only, one = store.create("streamonly", ("stream",)), store.create("one", ("read",), rate_limit=0.01)  # one request per 100 s
+    assert get(gateway, "/api/v1/candles", None, **params).status_code == 401
+    assert get(gateway, "/api/v1/candles", keys["all"][:-4] + "AAAA", **params).status_code == 401
+    assert get(gateway, "/api/v1/candles", stream_only, **params).status_code == 403
+    assert [get(gateway, "/api/v1/candles", one, **params).status_code for _ in range(3)] == [200, 429, 429]
+    assert CACHE_REQUESTS.labels("l1", "hit")._value.get() == hits + 1  # only the answered one
+
+
 def test_latest_and_series(gateway: str, keys: dict[str, str], exchange: str, symbol: str) -> None:
     live = candles(exchange, symbol, 40)[-1]
     live.is_final = False
