@@ -44,12 +44,11 @@ def pg_database() -> Iterator[str]:
 
 @contextmanager
 def running_gateway(settings: Settings, store=None) -> Iterator[str]:  # noqa: ANN001
-    """The gateway app under uvicorn in a thread; yields its base URL."""
-    from streams.gateway.app import create_app
+    """The gateway under uvicorn as `tickflow serve` configures it, in a thread; yields its base URL."""
+    from streams.gateway.server import config
 
     port = free_port()
-    config = uvicorn.Config(create_app(settings, store), host="127.0.0.1", port=port, log_config=None, lifespan="on", ws="websockets-sansio", ws_max_size=64 * 1024)
-    server = uvicorn.Server(config)
+    server = uvicorn.Server(config(settings, "127.0.0.1", port, store))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30

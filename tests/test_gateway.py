@@ -210,6 +210,22 @@ def test_cache_hits_and_a_closed_candle_invalidates(gateway: str, keys: dict[str
     assert rows[-1]["open_time"] == new.open_time
 
 
+def test_a_cached_answer_still_checks_the_key_its_scope_and_its_limit(gateway: str, keys: dict[str, str], symbol: str, pg_url: str) -> None:
+    """Answers from L1 skip FastAPI, not the checks: the same URL, once cached, with other keys."""
+    from streams.gateway.cache import CACHE_REQUESTS
+
+    params = {"symbol": symbol, "interval": "5m", "limit": "3"}  # 5m: no other test closes a candle of it (which would empty L1)
+    assert get(gateway, "/api/v1/candles", keys["all"], **params).status_code == 200  # now in L1
+    hits = CACHE_REQUESTS.labels("l1", "hit")._value.get()
+    store = KeyStore(pg_url)
+    stream_only, one = store.create("streamonly", ("stream",)), store.create("one", ("read",), rate_limit=0.01)  # one request per 100 s
+    assert get(gateway, "/api/v1/candles", None, **params).status_code == 401
+    assert get(gateway, "/api/v1/candles", keys["all"][:-4] + "AAAA", **params).status_code == 401
+    assert get(gateway, "/api/v1/candles", stream_only, **params).status_code == 403
+    assert [get(gateway, "/api/v1/candles", one, **params).status_code for _ in range(3)] == [200, 429, 429]
+    assert CACHE_REQUESTS.labels("l1", "hit")._value.get() == hits + 1  # only the answered one
+
+
 def test_latest_and_series(gateway: str, keys: dict[str, str], exchange: str, symbol: str) -> None:
     live = candles(exchange, symbol, 40)[-1]
     live.is_final = False
@@ -231,6 +247,9 @@ async def _recv_type(ws, kind: str, timeout: float = 5.0) -> dict:  # noqa: ANN0
 
 
 def test_websocket_rooms_sequences_and_recovery(gateway: str, keys: dict[str, str], exchange: str, symbol: str) -> None:
+    from streams.gateway.ws import WS_SENT
+
+    written = WS_SENT.labels("written")._value.get()
     r = redis.Redis.from_url(REDIS_URL)
     channel = f"candles:{exchange}:{symbol}:1m"
     cs = candles(exchange, symbol, 12)
@@ -275,6 +294,8 @@ def test_websocket_rooms_sequences_and_recovery(gateway: str, keys: dict[str, st
             assert (await _recv_type(a, "subscribed"))["recovered"] is False
 
     asyncio.run(go())
+    # the frames went straight to uvicorn's transport, encoded once per room, not through the ASGI send
+    assert WS_SENT.labels("written")._value.get() >= written + 4
 
 
 def test_bad_websocket_input_gets_clear_errors_and_the_gateway_stays_up(gateway: str, keys: dict[str, str], exchange: str, symbol: str) -> None:
@@ -387,8 +408,8 @@ def test_slow_consumer_is_closed_and_others_keep_receiving(gateway: str, keys: d
                         received += 1
 
             reader = asyncio.create_task(read_fast())
-            for _ in range(n):
-                r.publish(channel, payload)
+            # published from a thread: the fast client reads meanwhile, as a fast client does
+            await asyncio.to_thread(lambda: [r.publish(channel, payload) for _ in range(n)])
             await reader
             assert received == n
 

@@ -153,3 +153,105 @@ async def test_cache_single_flight_and_invalidation_during_a_load() -> None:
     gate.set()
     assert await task == b"v3"
     assert await cache.get("k", "candles:X:1m", load) == b"v4"
+
+
+def test_text_frames_parse_as_websocket_frames() -> None:
+    from websockets.frames import Frame, Opcode
+    from websockets.streams import StreamReader
+
+    from streams.gateway.protocol import frame_payload, text_frame
+
+    for size in (0, 125, 126, 65_535, 65_536, 200_000):
+        payload = b"x" * size
+        reader = StreamReader()
+        reader.feed_data(text_frame(payload))
+        parse = Frame.parse(reader.read_exact, mask=False)
+        try:
+            next(parse)
+        except StopIteration as done:
+            frame = done.value
+        assert (frame.opcode, frame.fin, frame.data) == (Opcode.TEXT, True, payload)
+        assert frame_payload(text_frame(payload)) == payload
+
+
+class _Transport:
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+        self.closing = False
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+
+class _Conn:
+    """What the hub uses of uvicorn's websockets-sansio connection."""
+
+    def __init__(self) -> None:
+        import asyncio
+
+        self.transport, self.writable, self.close_sent = _Transport(), asyncio.Event(), False
+        self.writable.set()
+
+    async def send(self, message: dict) -> None:
+        raise AssertionError("frames go to the transport, not through the ASGI send")
+
+
+class _WebSocket:
+    def __init__(self, server_send: object) -> None:
+        from streams.gateway.ws import SERVER_SEND
+
+        self.scope = {SERVER_SEND: server_send}
+        self.texts: list[str] = []
+
+    async def send_text(self, text: str) -> None:
+        self.texts.append(text)
+
+
+async def test_a_client_gets_frames_written_queued_while_its_socket_is_full_and_is_closed_on_overflow() -> None:
+    import asyncio
+
+    from streams.gateway.protocol import text_frame
+    from streams.gateway.ws import CLOSE_SLOW, NOT_SENT, QUEUED, WRITTEN, Client
+
+    conn = _Conn()
+    client = Client(_WebSocket(conn.send), 4)  # type: ignore[arg-type]
+    sender = asyncio.create_task(client.drain())
+    frames = [text_frame(b'{"n":%d}' % i) for i in range(8)]
+    assert client.offer(frames[0]) == WRITTEN
+    conn.writable.clear()  # uvicorn's pause_writing: the transport's buffer is over its high-water mark
+    assert [client.offer(f) for f in frames[1:4]] == [QUEUED] * 3
+    await asyncio.sleep(0)
+    assert conn.transport.written == frames[:1]
+    conn.writable.set()  # resume_writing
+    assert client.offer(frames[4]) == QUEUED  # behind the queue, in order
+    await asyncio.sleep(0)
+    assert conn.transport.written == frames[:5] and not client.queue
+    assert client.offer(frames[5]) == WRITTEN
+    conn.writable.clear()
+    assert [client.offer(f) for f in frames[:4]] == [QUEUED] * 4
+    assert client.offer(frames[4]) == NOT_SENT and client.closed is not None and client.closed[0] == CLOSE_SLOW
+    assert client.overflowed.is_set() and not client.queue
+    conn.writable.set()
+    await asyncio.sleep(0)  # the sender finds the queue emptied by the overflow, writes nothing more
+    assert len(conn.transport.written) == 6 and not sender.done()
+    sender.cancel()
+
+
+async def test_a_client_of_another_asgi_server_gets_its_frames_through_the_asgi_send() -> None:
+    import asyncio
+
+    from streams.gateway.protocol import text_frame
+    from streams.gateway.ws import QUEUED, Client
+
+    ws = _WebSocket(object())
+    client = Client(ws, 10)  # type: ignore[arg-type]
+    assert client.conn is None
+    sender = asyncio.create_task(client.drain())
+    assert client.offer(text_frame(b'{"a":1}')) == QUEUED
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert ws.texts == ['{"a":1}']
+    sender.cancel()

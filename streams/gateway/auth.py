@@ -5,7 +5,10 @@ PostgreSQL (``api_keys``, migration 0008); only a salted scrypt hash of the secr
 leaked table gives no usable key. scrypt is slow on purpose (about 20 ms), so verified keys are
 remembered for ``GATEWAY_KEY_CACHE_S`` in memory, by a SHA-256 of the presented key: a revoked key
 stops working within that time in every gateway process. Keys with an unknown ``key_id`` are refused
-without hashing, so a flood of wrong keys costs no scrypt.
+without hashing, so a flood of wrong keys costs no scrypt. One check per key runs at a time (the
+first requests of a key's burst wait for it rather than each running scrypt), and a key in use is
+checked again in the background once half its time is over, so a busy key never waits for scrypt
+after its first request; the entry still expires on time, so revocation takes no longer.
 """
 
 from __future__ import annotations
@@ -120,7 +123,9 @@ class KeyStore:
     def __init__(self, conninfo: str, cache_s: float = 30.0) -> None:
         self.conninfo = conninfo
         self._pool: AsyncConnectionPool | None = None
-        self._verified: TTLCache[bytes, KeyInfo | None] = TTLCache(50_000, ttl=cache_s)
+        self._verified: TTLCache[bytes, tuple[KeyInfo | None, float]] = TTLCache(50_000, ttl=cache_s)  # digest -> (key, checked at)
+        self._refresh_after = cache_s / 2
+        self._checking: dict[bytes, asyncio.Future[KeyInfo | None]] = {}
 
     # CLI side
     def create(self, name: str, scopes: tuple[str, ...], rate_limit: float | None = None) -> str:
@@ -156,14 +161,38 @@ class KeyStore:
         if self._pool is not None:
             await self._pool.close()
 
+    def cached(self, key: str) -> tuple[bool, KeyInfo | None]:
+        """(known, key) from the memory of checked keys, without I/O: (False, None) when it must be checked."""
+        digest = hashlib.sha256(key.encode()).digest()
+        entry = self._verified.get(digest)
+        if entry is None:
+            return False, None
+        info, checked = entry
+        if info is not None and time.monotonic() - checked > self._refresh_after and digest not in self._checking:
+            self._check(digest, key)  # in the background: this request goes on with the current answer
+        return True, info
+
     async def verify(self, key: str) -> KeyInfo | None:
         """The key's name and scopes, or None for a malformed, unknown, wrong or revoked key."""
+        known, info = self.cached(key)
+        if known:
+            return info
         digest = hashlib.sha256(key.encode()).digest()
-        if digest in self._verified:
-            return self._verified[digest]
-        info = await self._lookup(key)
-        self._verified[digest] = info
-        return info
+        return await asyncio.shield(self._checking.get(digest) or self._check(digest, key))
+
+    def _check(self, digest: bytes, key: str) -> asyncio.Future[KeyInfo | None]:
+        async def check() -> KeyInfo | None:
+            try:
+                started = time.monotonic()
+                info = await self._lookup(key)
+                self._verified[digest] = (info, started)
+                return info
+            finally:
+                del self._checking[digest]
+
+        task = self._checking[digest] = asyncio.ensure_future(check())
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())  # a failed background check: the entry expires as usual
+        return task
 
     async def _lookup(self, key: str) -> KeyInfo | None:
         parts = split_key(key)

@@ -81,6 +81,14 @@ class QueryCache:
         finally:
             del self._inflight[key]
 
+    def peek(self, key: str) -> bytes | None:
+        """The L1 entry of ``key`` without counting a lookup: the caller counts it with :meth:`hit` once it answers from it."""
+        return self._l1.get(key) if self.enabled else None
+
+    @staticmethod
+    def hit() -> None:
+        _L1_HIT.inc()
+
     async def _fill(self, key: str, tag: str, load: Callable[[], Awaitable[bytes]]) -> bytes:
         gen = self._gen[tag]
         if self._redis is not None:

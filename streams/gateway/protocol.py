@@ -14,6 +14,7 @@ echoing ``id``, ``message`` frames (``room``, ``seq``, ``channel``, ``data``), `
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 
 import orjson
@@ -85,3 +86,22 @@ def error_frame(code: str, message: str, request_id: object = None, room: str | 
     if room is not None:
         doc["room"] = room
     return orjson.dumps(doc)
+
+
+def text_frame(payload: bytes) -> bytes:
+    """``payload`` as one unmasked, uncompressed WebSocket text frame (RFC 6455 5.2), as a server sends it.
+
+    A room's message is framed once and the same bytes are written to every client of the room:
+    server frames carry no mask, and the gateway negotiates no compression, so they do not differ."""
+    n = len(payload)
+    if n < 126:
+        return bytes((0x81, n)) + payload
+    if n < 1 << 16:
+        return struct.pack("!BBH", 0x81, 126, n) + payload
+    return struct.pack("!BBQ", 0x81, 127, n) + payload
+
+
+def frame_payload(frame: bytes) -> bytes:
+    """The payload of a frame made by :func:`text_frame`."""
+    n = frame[1]
+    return frame[2:] if n < 126 else frame[4:] if n == 126 else frame[10:]

@@ -2,9 +2,12 @@
 
 The :class:`Hub` holds one Redis pub/sub connection. The first client of a room makes the hub
 PSUBSCRIBE the room's channel pattern (rooms sharing a pattern share it); a Redis message is
-numbered once per room, framed once, kept in the room's history for recovery, and put on each
-client's queue without waiting. A client whose queue is full is a slow consumer: it is dropped from
-its rooms at once and closed with 4008, and nobody else waits for it. A room without clients keeps
+numbered once per room, encoded once as a complete WebSocket frame (bytes), kept in the room's
+history for recovery, and handed to each client without waiting: written straight to the client's
+socket while its send buffer has room, queued otherwise. Per client and message that is one
+buffer write, no task switch and no JSON or frame encoding, which is what lets one process fan a
+message out to a thousand clients within milliseconds. A client whose queue is full is a slow
+consumer: it is dropped from its rooms at once and closed with 4008, and nobody else waits for it. A room without clients keeps
 its subscription and history for ``GATEWAY_WS_ROOM_IDLE_S`` so reconnecting clients can recover,
 then is dropped.
 
@@ -19,8 +22,10 @@ import asyncio
 import contextlib
 import time
 import uuid
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
@@ -29,7 +34,7 @@ from prometheus_client import Counter, Gauge, Histogram
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from streams.gateway.auth import TokenBucket
-from streams.gateway.protocol import Command, ProtocolError, error_frame, parse_command
+from streams.gateway.protocol import Command, ProtocolError, error_frame, frame_payload, parse_command, text_frame
 from streams.gateway.rooms import Room, RoomError, RoomHistory, message_frame, parse_room
 
 log = structlog.get_logger(__name__)
@@ -42,7 +47,12 @@ WS_DROPPED = Counter(
     "bad_payload (a non-JSON Redis message not forwarded), redis_down (pub/sub connection lost)",
     ["reason"],
 )
-WS_SENT = Counter("tickflow_gateway_ws_messages_total", "Message frames put on client queues")
+WS_SENT = Counter(
+    "tickflow_gateway_ws_messages_total",
+    "Room message frames handed to clients, by how: written (straight to the socket) or queued (behind a full socket buffer)", ["how"],
+)
+_WRITTEN, _QUEUED = WS_SENT.labels("written"), WS_SENT.labels("queued")
+NOT_SENT, WRITTEN, QUEUED = 0, 1, 2  # Client.offer's answers
 WS_FANOUT = Histogram(
     "tickflow_gateway_ws_fanout_seconds", "Time to number, frame and queue one Redis message for every client of its rooms",
     buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1),
@@ -51,34 +61,96 @@ WS_FANOUT = Histogram(
 CLOSE_UNAUTHORIZED, CLOSE_FORBIDDEN, CLOSE_SLOW, CLOSE_FLOOD = 4401, 4403, 4008, 4429
 
 
+def _frame(doc: dict[str, object]) -> bytes:
+    return text_frame(orjson.dumps(doc))
+
+
+def _error(code: str, message: str, request_id: object = None, room: str | None = None) -> bytes:
+    return text_frame(error_frame(code, message, request_id, room))
+
+
+SERVER_SEND = "tickflow.server_send"  # scope key: the ASGI server's own send, kept before Starlette wraps it
+
+
+def server_connection(ws: WebSocket) -> Any | None:
+    """uvicorn's websockets-sansio connection behind ``ws`` (the one ``serve`` configures), else None.
+
+    The application keeps the server's send in the scope (:data:`SERVER_SEND`); the connection is
+    the object it is bound to. Its transport takes ready-made frames; its ``writable`` event is
+    cleared while the transport's buffer is over its high-water mark and ``close_sent`` is set once
+    the close frame went out. Frames written here never interleave with uvicorn's own (pings,
+    close): each is one whole ``write``."""
+    conn = getattr(ws.scope.get(SERVER_SEND), "__self__", None)
+    if all(hasattr(conn, a) for a in ("transport", "writable", "close_sent")) and isinstance(conn.writable, asyncio.Event):
+        return conn
+    return None
+
+
 def abort(ws: WebSocket) -> None:
     """Drop the connection at once. A client that reads nothing keeps the server's write buffer
     full, so even the close frame cannot be queued (uvicorn waits for the buffer to drain); after
     ``close_timeout_s`` its transport is aborted instead of being held until the ping timeout."""
-    transport = getattr(getattr(ws._send, "__self__", None), "transport", None)  # noqa: SLF001 - uvicorn's protocol
-    if transport is not None:
-        transport.abort()
+    conn = server_connection(ws)
+    if conn is not None:
+        conn.transport.abort()
 
 
-@dataclass(eq=False)
 class Client:
-    ws: WebSocket
-    queue: asyncio.Queue[str]
-    rooms: set[str] = field(default_factory=set)
-    closed: tuple[int, str] | None = None
-    overflowed: asyncio.Event = field(default_factory=asyncio.Event)
+    """One connection's outgoing side: frames go to the socket at once, or wait in a bounded queue.
 
-    def offer(self, frame: str) -> bool:
-        if self.closed is not None:
-            return False
-        try:
-            self.queue.put_nowait(frame)
-            return True
-        except asyncio.QueueFull:
+    A frame is written straight to the transport when nothing is queued and the transport is under
+    its high-water mark; otherwise it is queued (order kept) and the client's sender task writes it
+    once the transport drains. Under another ASGI server than uvicorn's websockets-sansio, every
+    frame goes through the queue and the ASGI send."""
+
+    __slots__ = ("closed", "conn", "maxsize", "overflowed", "queue", "rooms", "transport", "wake", "writable", "ws")
+
+    def __init__(self, ws: WebSocket, maxsize: int) -> None:
+        self.ws, self.maxsize = ws, maxsize
+        self.conn = server_connection(ws)
+        self.transport = self.conn.transport if self.conn is not None else None
+        self.writable = self.conn.writable.is_set if self.conn is not None else None
+        self.queue: deque[bytes] = deque()
+        self.wake = asyncio.Event()
+        self.rooms: set[str] = set()
+        self.closed: tuple[int, str] | None = None
+        self.overflowed = asyncio.Event()
+
+    def offer(self, frame: bytes) -> int:
+        """Write or queue ``frame`` (from :func:`text_frame`): WRITTEN, QUEUED, or NOT_SENT when the
+        client is closed or has just overflowed its queue."""
+        conn, transport = self.conn, self.transport
+        if self.closed is None and conn is not None and not self.queue and self.writable() and not conn.close_sent and not transport.is_closing():  # type: ignore[misc, union-attr]
+            transport.write(frame)  # type: ignore[union-attr]
+            return WRITTEN  # the common case, once per client and message: kept to these checks
+        if self.closed is not None or (conn is not None and (conn.close_sent or transport.is_closing())):  # type: ignore[union-attr]
+            return NOT_SENT  # closed, or ending: the server's own close handling finishes it
+        if len(self.queue) >= self.maxsize:
             WS_DROPPED.labels("slow_consumer").inc()
-            self.closed = (CLOSE_SLOW, f"slow consumer: more than {self.queue.maxsize} messages queued")
+            self.closed = (CLOSE_SLOW, f"slow consumer: more than {self.maxsize} messages queued")
+            self.queue.clear()
             self.overflowed.set()
-            return False
+            return NOT_SENT
+        self.queue.append(frame)
+        self.wake.set()
+        return QUEUED
+
+    async def drain(self) -> None:
+        """The sender task: write queued frames as the transport accepts them."""
+        conn, queue = self.conn, self.queue
+        with contextlib.suppress(WebSocketDisconnect, RuntimeError, OSError):
+            while True:
+                await self.wake.wait()
+                self.wake.clear()
+                while queue:
+                    if conn is None:
+                        await self.ws.send_text(frame_payload(queue.popleft()).decode())
+                    elif not conn.writable.is_set():
+                        await conn.writable.wait()  # then look again: an overflow may have emptied the queue meanwhile
+                    elif conn.close_sent or conn.transport.is_closing():
+                        return
+                    else:
+                        conn.transport.write(queue.popleft())
 
 
 @dataclass(eq=False)
@@ -182,18 +254,24 @@ class Hub:
             WS_DROPPED.labels("bad_payload").inc()
             log.error("non-JSON message on a Redis channel: not forwarded", channel=channel, head=data[:80])
             return
+        written = queued = 0
         for rs in rooms:
-            _, frame = rs.history.append(lambda seq, rs=rs: message_frame(rs.room.name, seq, channel, data).decode())
+            _, frame = rs.history.append(lambda seq, rs=rs: text_frame(message_frame(rs.room.name, seq, channel, data)))
             for c in rs.clients:
-                if c.offer(frame):
-                    WS_SENT.inc()
+                how = c.offer(frame)
+                if how == WRITTEN:
+                    written += 1
+                elif how == QUEUED:
+                    queued += 1
+        _WRITTEN.inc(written)
+        _QUEUED.inc(queued)
         WS_FANOUT.observe(time.perf_counter() - t0)
 
     async def _housekeeping(self) -> None:
         """Heartbeats to every client; drop rooms idle longer than ``room_idle_s``."""
         while True:
             await asyncio.sleep(min(self.heartbeat_s, self.room_idle_s / 2))
-            beat = orjson.dumps({"type": "heartbeat", "ts": int(time.time() * 1000)}).decode()
+            beat = _frame({"type": "heartbeat", "ts": int(time.time() * 1000)})
             for c in list(self._clients):
                 c.offer(beat)
             now = time.monotonic()
@@ -247,19 +325,19 @@ class Hub:
         for name in cmd.rooms:
             if name in client.rooms:
                 h = self.rooms[name].history
-                client.offer(orjson.dumps({"type": "subscribed", "id": cmd.request_id, "room": name, "epoch": h.epoch, "seq": h.seq, "already": True}).decode())
+                client.offer(_frame({"type": "subscribed", "id": cmd.request_id, "room": name, "epoch": h.epoch, "seq": h.seq, "already": True}))
                 continue
             if len(client.rooms) >= self.max_rooms_per_client:
-                client.offer(error_frame("too_many_rooms", f"at most {self.max_rooms_per_client} rooms per connection", cmd.request_id, name).decode())
+                client.offer(_error("too_many_rooms", f"at most {self.max_rooms_per_client} rooms per connection", cmd.request_id, name))
                 continue
             try:
                 room = parse_room(name, self.templates)
                 rs = await self._room(room)
             except RoomError as exc:
-                client.offer(error_frame("bad_room", str(exc), cmd.request_id, name).decode())
+                client.offer(_error("bad_room", str(exc), cmd.request_id, name))
                 continue
             ack: dict[str, object] = {"type": "subscribed", "id": cmd.request_id, "room": name, "epoch": rs.history.epoch, "seq": rs.history.seq}
-            missed: list[str] = []
+            missed: list[bytes] = []
             if cmd.since is not None:
                 rec = rs.history.since(cmd.since, cmd.epoch)
                 ack["recovered"] = rec.messages is not None
@@ -269,7 +347,7 @@ class Hub:
                     missed = rec.messages  # type: ignore[assignment]
             # ack, then the missed messages, then live ones: nothing is sent twice or skipped since
             # dispatch runs on this loop and cannot interleave between these offers
-            client.offer(orjson.dumps(ack).decode())
+            client.offer(_frame(ack))
             for frame in missed:
                 client.offer(frame)
             rs.clients.add(client)
@@ -279,19 +357,20 @@ class Hub:
     def _unsubscribe(self, client: Client, cmd: Command) -> None:
         for name in cmd.rooms:
             if name not in client.rooms:
-                client.offer(error_frame("not_subscribed", f"not subscribed to {name!r}", cmd.request_id, name).decode())
+                client.offer(_error("not_subscribed", f"not subscribed to {name!r}", cmd.request_id, name))
                 continue
             self._leave(client, name)
-            client.offer(orjson.dumps({"type": "unsubscribed", "id": cmd.request_id, "room": name}).decode())
+            client.offer(_frame({"type": "unsubscribed", "id": cmd.request_id, "room": name}))
 
     # connections
 
     async def serve(self, ws: WebSocket) -> None:
         """Run one accepted connection until it closes, is dropped as slow, or floods."""
-        client = Client(ws, asyncio.Queue(self.queue_size))
+        client = Client(ws, self.queue_size)
+        client.offer(_frame({"type": "welcome", "heartbeat_s": self.heartbeat_s}))
         self._clients.add(client)
         WS_CLIENTS.set(len(self._clients))
-        sender = asyncio.create_task(self._send(client))
+        sender = asyncio.create_task(client.drain())
         receiver = asyncio.create_task(self._receive(client))
         overflow = asyncio.create_task(client.overflowed.wait())
         try:
@@ -314,13 +393,6 @@ class Hub:
                 except Exception:  # noqa: BLE001 - the client went away meanwhile
                     pass
 
-    async def _send(self, client: Client) -> None:
-        send = client.ws.send_text
-        queue = client.queue
-        with contextlib.suppress(WebSocketDisconnect, RuntimeError, OSError):
-            while True:
-                await send(await queue.get())
-
     async def _receive(self, client: Client) -> None:
         bucket = TokenBucket(self.client_msgs_per_s, self.client_msgs_per_s * 2, time.monotonic())
         with contextlib.suppress(WebSocketDisconnect, RuntimeError):
@@ -338,10 +410,10 @@ class Hub:
                 try:
                     cmd = parse_command(frame)
                 except ProtocolError as exc:
-                    client.offer(error_frame(exc.code, str(exc), exc.request_id).decode())
+                    client.offer(_error(exc.code, str(exc), exc.request_id))
                     continue
                 if cmd.op == "ping":
-                    client.offer(orjson.dumps({"type": "pong", "id": cmd.request_id}).decode())
+                    client.offer(_frame({"type": "pong", "id": cmd.request_id}))
                 elif cmd.op == "subscribe":
                     await self._subscribe(client, cmd)
                 else:
