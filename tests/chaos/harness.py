@@ -19,11 +19,14 @@ Stable API (other chaos scenarios import it):
   ``log(name)``, ``progress()`` (records in the topics), ``wait_settled()`` (everything read,
   written and committed, every open window closed), ``dump(out_dir) -> Dump``, ``close()``.
 - :func:`clean_dump` ``(replay, workdir) -> Dump``: the reference, ``tickflow run --source
-  replay:FILE --until-drained`` into fresh stores, computed once per file and process.
+  replay:FILE --speed NO_WAIT_SPEED --until-drained`` into fresh stores, computed once per file and
+  process. Ingest in a faulted run must be paced too (``start_all`` does it): paced and unpaced
+  replays cut trade batches differently, which numbers candle revisions differently.
 - :func:`differences` ``(clean, other) -> list[str]``: empty when every table holds the same rows
   in both; else which table, row counts and the first differing lines.
-- :func:`record` ``(scenario, trades, kills, dump, result, seconds)``: a line of ``make chaos``'s
-  summary (``TICKFLOW_CHAOS_SUMMARY`` names the file; nothing is written without it).
+- :func:`compare` ``(scenario, clean, roles, replay, kills=, started=)``: dump ``roles``' stores, add the
+  line of ``make chaos``'s summary (:func:`record`; ``TICKFLOW_CHAOS_SUMMARY`` names the file,
+  nothing is written without it) and fail with the differences, if any.
 
 Dumps are files, one per store and table, ``SELECT *`` ordered by the table's key (ClickHouse with
 FINAL, read through the process owning the embedded store, as ``tickflow sql`` does); equal means
@@ -55,6 +58,11 @@ CHAOS_SEED = int(os.environ.get("TICKFLOW_CHAOS_SEED", "20261207"))
 SYMBOLS = ("BTCUSDT", "ETHUSDT", "SOLUSDT", "XRPUSDT", "DOGEUSDT")
 START_US = 1_704_067_200_000_000  # 2024-01-01T00:00:00Z
 MEAN_GAP_US = 100_000  # all symbols together: 10 trades/s of event time, so 30,000 trades span 50 minutes
+# Every ingest of the harness is paced, at least at this speed (which never waits): paced and
+# unpaced replays cut trade batches differently (``BATCH_MAX_MS`` vs ``UNPACED_BATCH_MAX_MS``), and
+# a candle's revision number counts the revisions its batches caused, so the clean run and the
+# faulted ones must read the same ``ticks`` log.
+NO_WAIT_SPEED = "1000000x"
 SETTLE_S = 3.0  # everything read and committed this long: Tansu's end offsets can trail the last batch
 PG_DEFAULT = "postgresql://127.0.0.1:5432/test"
 
@@ -68,6 +76,11 @@ class Replay:
     trades: int
     seed: int
     symbols: tuple[str, ...]
+    span_s: float  # event time from the first trade to the last
+
+    def speed_for(self, seconds: float) -> str:
+        """The ``--speed`` that makes ingest take about ``seconds``."""
+        return f"{max(self.span_s / seconds, 1.0):.1f}x"
 
 
 def write_replay(path: Path, trades: int, seed: int = CHAOS_SEED, symbols: tuple[str, ...] = SYMBOLS) -> Replay:
@@ -94,7 +107,7 @@ def write_replay(path: Path, trades: int, seed: int = CHAOS_SEED, symbols: tuple
     with path.open("w") as f:
         f.write("exchange,symbol,timestamp,local_timestamp,id,side,price,amount\n")
         f.writelines(line for _, line in rows)
-    return Replay(path, trades, seed, symbols)
+    return Replay(path, trades, seed, symbols, (now - START_US) / 1e6)
 
 
 _REPLAYS: dict[tuple[int, int], Replay] = {}
@@ -268,12 +281,12 @@ _CLEAN: dict[Path, Dump] = {}
 
 def clean_dump(replay: Replay, workdir: Path) -> Dump:
     """The reference: the README's one-command replay, ``tickflow run --source replay:FILE
-    --until-drained``, into fresh stores; computed once per replay file and process."""
+    --speed NO_WAIT_SPEED --until-drained``, into fresh stores; computed once per replay file and process."""
     if replay.path in _CLEAN:
         return _CLEAN[replay.path]
     with fresh_database() as database:
         env = role_env(workdir, database, METRICS_PORT="0", REDIS_URL="")  # the reference is the analytic stores
-        done = tickflow("run", "--source", f"replay:{replay.path}", "--until-drained", "--quiet", env=env, timeout=3600)
+        done = tickflow("run", "--source", f"replay:{replay.path}", "--speed", NO_WAIT_SPEED, "--until-drained", "--quiet", env=env, timeout=3600)
         if done.returncode != 0:
             raise AssertionError(f"clean run failed:\n{done.stderr[-3000:]}")
         _CLEAN[replay.path] = dump_with(env, workdir / "dump")
@@ -325,9 +338,10 @@ class Roles:
             self.procs[name] = subprocess.Popen([sys.executable, "-m", "streams", *args], env=env, cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
         return self.procs[name]
 
-    def start_all(self, replay: Replay, *, workers: int = 1) -> None:
+    def start_all(self, replay: Replay, *, workers: int = 1, ingest_s: float | None = None) -> None:
         """The README's side-by-side block with ``replay`` as the source: broker, workers, every
-        configured sink, then ingest."""
+        configured sink, then ingest (at full speed, or paced to last about ``ingest_s``), once
+        the workers have their partitions."""
         from streams.broker import port_open
 
         self.start("broker")
@@ -336,7 +350,9 @@ class Roles:
             self.start("worker" if i == 0 else f"worker-{i + 1}")
         for name in self.sinks():
             self.start(name)
-        self.start("ingest", "ingest", "--source", f"replay:{replay.path}")
+        self.wait_for("the workers' partitions", self.workers_timing)
+        speed = replay.speed_for(ingest_s) if ingest_s else NO_WAIT_SPEED
+        self.start("ingest", "ingest", "--source", f"replay:{replay.path}", "--speed", speed)
 
     def sinks(self) -> list[str]:
         return ["sink-clickhouse", *(["sink-postgres"] if self.env.get("DATABASE_URL") else []), *(["sink-redis"] if self.env.get("REDIS_URL") else [])]
@@ -500,6 +516,15 @@ def record(scenario: str, trades: int, kills: int, dump: Dump, result: str, seco
     row = {"scenario": scenario, "trades": trades, "kills": kills, "rows": dump.rows, "result": result, "seconds": round(seconds, 1)}
     with open(target, "a") as f:
         f.write(json.dumps(row) + "\n")
+
+
+def compare(scenario: str, clean: Dump, roles: Roles, replay: Replay, *, kills: int, started: float) -> Dump:
+    """The scenario's end: dump ``roles``' stores, record the summary row, fail on any difference."""
+    dump = roles.dump()
+    diff = differences(clean, dump)
+    record(scenario, replay.trades, kills, dump, "equal" if not diff else f"{len(diff)} tables differ", time.monotonic() - started)
+    assert not diff, f"{scenario}: the stores differ from the clean run's:\n" + "\n".join(diff)
+    return dump
 
 
 def _main(argv: list[str]) -> None:

@@ -1,0 +1,87 @@
+"""Processes killed outright (SIGKILL: no handler, nothing flushed or committed) while a seeded
+replay flows through the roles side by side; after restarts the stores equal a clean run's.
+
+Ingest is paced (``--speed``) to last ``INGEST_S``, so the kills land while trades still arrive.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.chaos.harness import CHAOS_SEED, Dump, Replay, Roles, compare, fresh_database
+
+pytestmark = pytest.mark.integration
+
+KILLS = 5
+
+
+def ingest_seconds(replay: Replay) -> float:
+    """Long enough for several worker restarts; 1M trades at about 4,000 trades/s."""
+    return max(12.0, replay.trades / 4000)
+
+
+def wait_until(roles: Roles, at: float, what: str) -> None:
+    roles.wait_for(what, lambda: time.monotonic() >= at, timeout=max(at - time.monotonic(), 0) + 10)
+
+
+def test_worker_killed_five_times_and_restarted_leaves_the_stores_of_a_clean_run(chaos_replay: Replay, chaos_clean: Dump, tmp_path: Path) -> None:
+    """Four kills at seeded random points of the input; the fifth after the input ended, once the
+    worker has caught up and before its idle close: the restarted worker restores partitions with
+    open windows that get no further input, and must still close them."""
+    started = time.monotonic()
+    rng = random.Random(CHAOS_SEED + 1)
+    ingest_s = ingest_seconds(chaos_replay)
+    with fresh_database() as database, Roles(tmp_path, database) as roles:
+        roles.start_all(chaos_replay, ingest_s=ingest_s)
+        t0 = time.monotonic()
+        for at in sorted(rng.uniform(0.05, 0.9) * ingest_s for _ in range(KILLS - 1)):
+            wait_until(roles, t0 + at, f"kill point {at:.1f} s")
+            roles.wait_for("the restarted worker's partitions", roles.workers_timing)
+            roles.kill("worker")
+            roles.start("worker")
+        candles_group = f"{roles.settings.app_id}-candles"
+        roles.wait_for("the end of the input", lambda: not roles.alive("ingest"), timeout=ingest_s * 4 + 120)
+        roles.wait_for("the worker to catch up", lambda: roles.workers_timing() and roles.lag()[candles_group] == 0, timeout=300)
+        roles.kill("worker")
+        roles.start("worker")
+        roles.wait_settled()
+        compare("worker killed x5", chaos_clean, roles, chaos_replay, kills=KILLS, started=started)
+
+
+def test_one_of_two_workers_killed_mid_stream_leaves_the_stores_of_a_clean_run(chaos_replay: Replay, chaos_clean: Dump, tmp_path: Path) -> None:
+    """Two workers share the partitions; one is killed and not restarted: its partitions move to
+    the other (a rebalance mid-stream), which restores their checkpoints."""
+    started = time.monotonic()
+    rng = random.Random(CHAOS_SEED + 2)
+    ingest_s = ingest_seconds(chaos_replay)
+    with fresh_database() as database, Roles(tmp_path, database) as roles:
+        roles.start_all(chaos_replay, workers=2, ingest_s=ingest_s)
+        wait_until(roles, time.monotonic() + rng.uniform(0.2, 0.7) * ingest_s, "the kill point")
+        assert roles.alive("ingest"), "the input ended before the kill"
+        roles.kill("worker-2")
+        roles.wait_settled()
+        compare("two workers, one killed", chaos_clean, roles, chaos_replay, kills=1, started=started)
+
+
+def test_each_store_sink_killed_mid_batch_and_restarted_leaves_the_stores_of_a_clean_run(chaos_replay: Replay, chaos_clean: Dump, tmp_path: Path) -> None:
+    """The ClickHouse sink (holding the embedded store) and then the PostgreSQL sink are killed
+    while records flow, with records consumed or waiting that are not committed, and restarted."""
+    started = time.monotonic()
+    rng = random.Random(CHAOS_SEED + 3)
+    ingest_s = ingest_seconds(chaos_replay)
+    with fresh_database() as database, Roles(tmp_path, database) as roles:
+        roles.start_all(chaos_replay, ingest_s=ingest_s)
+        t0 = time.monotonic()
+        sinks = ("sink-clickhouse", "sink-postgres")
+        for name, at in zip(sinks, sorted(rng.uniform(0.2, 0.8) * ingest_s for _ in sinks), strict=True):
+            wait_until(roles, t0 + at, f"kill point of {name}")
+            group = f"{roles.settings.app_id}-{name}"
+            roles.wait_for(f"uncommitted records of {name}", lambda group=group: roles.lag()[group] > 0)
+            roles.kill(name)
+            roles.start(name)
+        roles.wait_settled()
+        compare("sinks killed", chaos_clean, roles, chaos_replay, kills=len(sinks), started=started)
