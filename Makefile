@@ -7,7 +7,7 @@ QUIX_VENV := .venv-quix
 QUIX_STAMP := $(QUIX_VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install run test bench services clean
+.PHONY: install run test bench chaos services clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -35,5 +35,13 @@ test: install services
 bench: install services $(QUIX_STAMP)
 	$(BIN)/python -m benchmarks
 
+# The fault scenarios of tests/chaos at full length (1M trades each), then one summary row per scenario.
+CHAOS_TRADES ?= 1000000
+CHAOS_SUMMARY := .chaos-summary.jsonl
+chaos: install services
+	rm -f $(CHAOS_SUMMARY)
+	TICKFLOW_CHAOS_TRADES=$(CHAOS_TRADES) TICKFLOW_CHAOS_SUMMARY=$(CURDIR)/$(CHAOS_SUMMARY) $(BIN)/python -m pytest tests/chaos -q --timeout 14400 $(PYTEST_ARGS); \
+	  status=$$?; $(BIN)/python -m tests.chaos.harness summary $(CHAOS_SUMMARY); exit $$status
+
 clean:
-	rm -rf $(VENV) $(QUIX_VENV) data .pytest_cache
+	rm -rf $(VENV) $(QUIX_VENV) data .pytest_cache .chaos-summary.jsonl

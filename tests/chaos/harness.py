@@ -527,12 +527,26 @@ def compare(scenario: str, clean: Dump, roles: Roles, replay: Replay, *, kills: 
     return dump
 
 
+def summary(path: Path) -> str:
+    """``make chaos``'s table: one row per recorded scenario."""
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    head = ("scenario", "trades", "kills", "rows compared", "result", "seconds")
+    cells = [head, *((r["scenario"], f"{r['trades']:,}", str(r["kills"]), f"{r['rows']:,}", r["result"], f"{r['seconds']:.0f}") for r in rows)]
+    widths = [max(len(c[i]) for c in cells) for i in range(len(head))]
+    lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) + " |" for row in cells]
+    lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    return "\n".join(lines) if rows else "no chaos scenario recorded a result"
+
+
 def _main(argv: list[str]) -> None:
     if argv[:1] == ["dump"] and len(argv) == 2:
         dump = dump_stores(Path(argv[1]))
         print(json.dumps({name: {"path": str(t.path), "rows": t.rows, "digest": t.digest} for name, t in dump.tables.items()}))
         return
-    raise SystemExit("usage: python -m tests.chaos.harness dump OUT_DIR")
+    if argv[:1] == ["summary"] and len(argv) == 2:
+        print(summary(Path(argv[1])))
+        return
+    raise SystemExit("usage: python -m tests.chaos.harness dump OUT_DIR | summary FILE")
 
 
 if __name__ == "__main__":
