@@ -37,10 +37,11 @@ bench: install services $(QUIX_STAMP)
 
 # The fault scenarios of tests/chaos at full length (1M trades each), then one summary row per scenario.
 CHAOS_TRADES ?= 1000000
+CHAOS_KILLS ?= 5
 CHAOS_SUMMARY := .chaos-summary.jsonl
 chaos: install services
 	rm -f $(CHAOS_SUMMARY)
-	TICKFLOW_CHAOS_TRADES=$(CHAOS_TRADES) TICKFLOW_CHAOS_SUMMARY=$(CURDIR)/$(CHAOS_SUMMARY) $(BIN)/python -m pytest tests/chaos -q --timeout 14400 $(PYTEST_ARGS); \
+	TICKFLOW_CHAOS_TRADES=$(CHAOS_TRADES) TICKFLOW_CHAOS_KILLS=$(CHAOS_KILLS) TICKFLOW_CHAOS_SUMMARY=$(CURDIR)/$(CHAOS_SUMMARY) $(BIN)/python -m pytest tests/chaos -q --timeout 14400 $(PYTEST_ARGS); \
 	  status=$$?; $(BIN)/python -m tests.chaos.harness summary $(CHAOS_SUMMARY); exit $$status
 
 clean:

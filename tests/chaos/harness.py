@@ -3,9 +3,12 @@ ordered dumps of every stored table compared with a clean run's.
 
 Stable API (other chaos scenarios import it):
 
-- ``CHAOS_TRADES``, ``CHAOS_SEED``: trades per replay file and its seed, from the environment
-  (``TICKFLOW_CHAOS_TRADES``, default 30,000, which keeps ``make test`` cheap; ``make chaos`` sets
-  1,000,000; ``TICKFLOW_CHAOS_SEED``).
+- ``CHAOS_TRADES``, ``CHAOS_SEED``, ``CHAOS_KILLS``: trades per replay file, its seed, and how
+  often a scenario kills the worker, from the environment (``TICKFLOW_CHAOS_TRADES``, default
+  20,000, and ``TICKFLOW_CHAOS_KILLS``, default 2, keep ``make test`` cheap; ``make chaos`` sets
+  1,000,000 and 5; ``TICKFLOW_CHAOS_SEED``).
+- :func:`ingest_seconds` ``(replay)``: how long a scenario paces ingest (``Roles.start_all(replay,
+  ingest_s=...)``), so that faults land while trades still arrive.
 - :func:`write_replay` ``(path, trades, seed) -> Replay``: a Tardis-format CSV of ``trades`` trades
   over several symbols, the same bytes for the same arguments (a few trades out of order within the
   allowed lateness, a few later than that but within the grace period, so candles get revisions).
@@ -18,9 +21,10 @@ Stable API (other chaos scenarios import it):
   ``kill(name)`` (SIGKILL), ``stop(*names)`` (SIGTERM, expects exit 0), ``alive(name)``,
   ``log(name)``, ``progress()`` (records in the topics), ``wait_settled()`` (everything read,
   written and committed, every open window closed), ``dump(out_dir) -> Dump``, ``close()``.
-- :func:`clean_dump` ``(replay, workdir) -> Dump``: the reference, ``tickflow run --source
-  replay:FILE --speed NO_WAIT_SPEED --until-drained`` into fresh stores, computed once per file and
-  process. Ingest in a faulted run must be paced too (``start_all`` does it): paced and unpaced
+- :func:`replay_and_dump` ``(path, workdir, speed=) -> Dump``: ``tickflow run --source
+  replay:PATH --until-drained`` into fresh stores, then their dumps.
+- :func:`clean_dump` ``(replay, workdir) -> Dump``: the reference, that run at ``NO_WAIT_SPEED``,
+  computed once per file and process. Ingest in a faulted run must be paced too (``start_all`` does it): paced and unpaced
   replays cut trade batches differently, which numbers candle revisions differently.
 - :func:`differences` ``(clean, other) -> list[str]``: empty when every table holds the same rows
   in both; else which table, row counts and the first differing lines.
@@ -51,13 +55,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from streams.broker import die_with_parent
 from tests.conftest import REPO
 
-CHAOS_TRADES = int(os.environ.get("TICKFLOW_CHAOS_TRADES", "30000"))
+CHAOS_TRADES = int(os.environ.get("TICKFLOW_CHAOS_TRADES", "20000"))
 CHAOS_SEED = int(os.environ.get("TICKFLOW_CHAOS_SEED", "20261207"))
+CHAOS_KILLS = int(os.environ.get("TICKFLOW_CHAOS_KILLS", "2"))  # worker kills: each restart waits out a rebalance
 SYMBOLS = ("BTCUSDT", "ETHUSDT", "SOLUSDT", "XRPUSDT", "DOGEUSDT")
 START_US = 1_704_067_200_000_000  # 2024-01-01T00:00:00Z
-MEAN_GAP_US = 100_000  # all symbols together: 10 trades/s of event time, so 30,000 trades span 50 minutes
+MEAN_GAP_US = 100_000  # all symbols together: 10 trades/s of event time, so 20,000 trades span 33 minutes
 # Every ingest of the harness is paced, at least at this speed (which never waits): paced and
 # unpaced replays cut trade batches differently (``BATCH_MAX_MS`` vs ``UNPACED_BATCH_MAX_MS``), and
 # a candle's revision number counts the revisions its batches caused, so the clean run and the
@@ -108,6 +114,11 @@ def write_replay(path: Path, trades: int, seed: int = CHAOS_SEED, symbols: tuple
         f.write("exchange,symbol,timestamp,local_timestamp,id,side,price,amount\n")
         f.writelines(line for _, line in rows)
     return Replay(path, trades, seed, symbols, (now - START_US) / 1e6)
+
+
+def ingest_seconds(replay: Replay) -> float:
+    """How long a scenario's paced ingest lasts: 8 s for the short file, 1M trades at 4,000 trades/s."""
+    return max(8.0, replay.trades / 4000)
 
 
 _REPLAYS: dict[tuple[int, int], Replay] = {}
@@ -276,20 +287,26 @@ def differences(clean: Dump, other: Dump, *, lines: int = 5) -> list[str]:
     return out
 
 
+def replay_and_dump(path: Path, workdir: Path, *, speed: str | None = NO_WAIT_SPEED) -> Dump:
+    """``tickflow run --source replay:PATH [--speed S] --until-drained`` with default settings (its
+    own embedded broker) into a fresh database and ``workdir/data``, then dumps of both stores."""
+    with fresh_database() as database:
+        env = role_env(workdir, database, METRICS_PORT="0", REDIS_URL="")  # the analytic stores only
+        pace = ("--speed", speed) if speed else ()
+        done = tickflow("run", "--source", f"replay:{path}", *pace, "--until-drained", "--quiet", env=env, timeout=3600)
+        if done.returncode != 0:
+            raise AssertionError(f"tickflow run failed:\n{done.stderr[-3000:]}")
+        return dump_with(env, workdir / "dump")
+
+
 _CLEAN: dict[Path, Dump] = {}
 
 
 def clean_dump(replay: Replay, workdir: Path) -> Dump:
-    """The reference: the README's one-command replay, ``tickflow run --source replay:FILE
-    --speed NO_WAIT_SPEED --until-drained``, into fresh stores; computed once per replay file and process."""
-    if replay.path in _CLEAN:
-        return _CLEAN[replay.path]
-    with fresh_database() as database:
-        env = role_env(workdir, database, METRICS_PORT="0", REDIS_URL="")  # the reference is the analytic stores
-        done = tickflow("run", "--source", f"replay:{replay.path}", "--speed", NO_WAIT_SPEED, "--until-drained", "--quiet", env=env, timeout=3600)
-        if done.returncode != 0:
-            raise AssertionError(f"clean run failed:\n{done.stderr[-3000:]}")
-        _CLEAN[replay.path] = dump_with(env, workdir / "dump")
+    """The reference: the README's one-command replay at ``NO_WAIT_SPEED`` (:func:`replay_and_dump`),
+    computed once per replay file and process."""
+    if replay.path not in _CLEAN:
+        _CLEAN[replay.path] = replay_and_dump(replay.path, workdir)
     return _CLEAN[replay.path]
 
 
@@ -335,7 +352,9 @@ class Roles:
         if args[0] != "broker":
             env["KAFKA_BOOTSTRAP"] = self.bootstrap
         with (self.logs / f"{name}.{n}").open("w") as out:
-            self.procs[name] = subprocess.Popen([sys.executable, "-m", "streams", *args], env=env, cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
+            self.procs[name] = subprocess.Popen(
+                [sys.executable, "-m", "streams", *args], env=env, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, preexec_fn=die_with_parent()
+            )
         return self.procs[name]
 
     def start_all(self, replay: Replay, *, workers: int = 1, ingest_s: float | None = None) -> None:

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from streams.settings import Settings
-from tests.chaos.harness import CHAOS_SEED, Dump, Replay, Roles, compare, fresh_database
+from tests.chaos.harness import CHAOS_SEED, Dump, Replay, Roles, compare, fresh_database, ingest_seconds
 from tests.conftest import data_path
 from tests.fake_bitcoind import FakeBitcoind
 from tests.kafka_util import read_topic
@@ -73,7 +73,7 @@ def test_a_full_data_dir_holds_the_clickhouse_sink_back_and_loses_nothing(
 ) -> None:
     started = time.monotonic()
     rng = random.Random(CHAOS_SEED + 4)
-    ingest_s = max(12.0, chaos_replay.trades / 4000)
+    ingest_s = ingest_seconds(chaos_replay)
     with fresh_database() as database, Roles(tmp_path, database) as roles:
         roles.start_all(chaos_replay, ingest_s=ingest_s)
         time.sleep(rng.uniform(0.2, 0.4) * ingest_s)

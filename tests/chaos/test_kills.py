@@ -1,7 +1,7 @@
 """Processes killed outright (SIGKILL: no handler, nothing flushed or committed) while a seeded
 replay flows through the roles side by side; after restarts the stores equal a clean run's.
 
-Ingest is paced (``--speed``) to last ``INGEST_S``, so the kills land while trades still arrive.
+Ingest is paced (``--speed``) to last ``ingest_seconds``, so the kills land while trades still arrive.
 """
 
 from __future__ import annotations
@@ -12,33 +12,26 @@ from pathlib import Path
 
 import pytest
 
-from tests.chaos.harness import CHAOS_SEED, Dump, Replay, Roles, compare, fresh_database
+from tests.chaos.harness import CHAOS_KILLS, CHAOS_SEED, Dump, Replay, Roles, compare, fresh_database, ingest_seconds
 
 pytestmark = pytest.mark.integration
-
-KILLS = 5
-
-
-def ingest_seconds(replay: Replay) -> float:
-    """Long enough for several worker restarts; 1M trades at about 4,000 trades/s."""
-    return max(12.0, replay.trades / 4000)
-
 
 def wait_until(roles: Roles, at: float, what: str) -> None:
     roles.wait_for(what, lambda: time.monotonic() >= at, timeout=max(at - time.monotonic(), 0) + 10)
 
 
-def test_worker_killed_five_times_and_restarted_leaves_the_stores_of_a_clean_run(chaos_replay: Replay, chaos_clean: Dump, tmp_path: Path) -> None:
-    """Four kills at seeded random points of the input; the fifth after the input ended, once the
-    worker has caught up and before its idle close: the restarted worker restores partitions with
-    open windows that get no further input, and must still close them."""
+def test_worker_killed_and_restarted_leaves_the_stores_of_a_clean_run(chaos_replay: Replay, chaos_clean: Dump, tmp_path: Path) -> None:
+    """``CHAOS_KILLS`` kills (5 under ``make chaos``): all but the last at seeded random points of
+    the input; the last after the input ended, once the worker has caught up and before its idle
+    close: the restarted worker restores partitions with open windows that get no further input,
+    and must still close them."""
     started = time.monotonic()
     rng = random.Random(CHAOS_SEED + 1)
     ingest_s = ingest_seconds(chaos_replay)
     with fresh_database() as database, Roles(tmp_path, database) as roles:
         roles.start_all(chaos_replay, ingest_s=ingest_s)
         t0 = time.monotonic()
-        for at in sorted(rng.uniform(0.05, 0.9) * ingest_s for _ in range(KILLS - 1)):
+        for at in sorted(rng.uniform(0.05, 0.9) * ingest_s for _ in range(CHAOS_KILLS - 1)):
             wait_until(roles, t0 + at, f"kill point {at:.1f} s")
             roles.wait_for("the restarted worker's partitions", roles.workers_timing)
             roles.kill("worker")
@@ -49,7 +42,7 @@ def test_worker_killed_five_times_and_restarted_leaves_the_stores_of_a_clean_run
         roles.kill("worker")
         roles.start("worker")
         roles.wait_settled()
-        compare("worker killed x5", chaos_clean, roles, chaos_replay, kills=KILLS, started=started)
+        compare("worker killed", chaos_clean, roles, chaos_replay, kills=CHAOS_KILLS, started=started)
 
 
 def test_one_of_two_workers_killed_mid_stream_leaves_the_stores_of_a_clean_run(chaos_replay: Replay, chaos_clean: Dump, tmp_path: Path) -> None:
