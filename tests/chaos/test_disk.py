@@ -68,6 +68,7 @@ def sink_failures(roles: Roles) -> int:
     return roles.log("sink-clickhouse", tail=10**7).count('"sink write failed; retrying"')
 
 
+@pytest.mark.chaos  # a run of the roles: make chaos runs it; make test the cheap tests below
 def test_a_full_data_dir_holds_the_clickhouse_sink_back_and_loses_nothing(
     chaos_replay: Replay, chaos_clean: Dump, small_disk: Path, tmp_path: Path
 ) -> None:
