@@ -32,6 +32,11 @@ Stable API (other chaos scenarios import it):
   line of ``make chaos``'s summary (:func:`record`; ``TICKFLOW_CHAOS_SUMMARY`` names the file,
   nothing is written without it) and fail with the differences, if any.
 
+A scenario that runs the roles is marked ``@pytest.mark.chaos``: ``make chaos`` runs those at 1M
+trades (``-m chaos``) and prints their rows; ``make test`` leaves them out (``-m "not chaos"``) and
+runs a cheap combined run instead. The fixtures ``chaos_replay`` and ``chaos_clean`` (conftest.py)
+give the session's replay file and its clean dumps.
+
 Dumps are files, one per store and table, ``SELECT *`` ordered by the table's key (ClickHouse with
 FINAL, read through the process owning the embedded store, as ``tickflow sql`` does); equal means
 byte-equal: no lost row, no doubled row, no changed value.
