@@ -12,6 +12,7 @@ snapshot's JSON.
 
 from __future__ import annotations
 
+import time
 import zlib
 from typing import Any
 
@@ -69,36 +70,46 @@ class CheckpointStore:
         self.topic = topic
         self.inputs = inputs or []
 
-    def load(self, partition: int, timeout: float = 10.0) -> tuple[dict[str, int], bytes, TableOffsets] | None:
-        """The newest checkpoint of ``partition`` (input offsets, snapshot, table offsets), or None when there is none."""
+    def decode(self, partition: int, data: bytes) -> tuple[dict[str, int], bytes, TableOffsets]:
+        """(input offsets, snapshot, table offsets) of a checkpoint record; zlib.error, ValueError or KeyError when damaged."""
+        offsets, snapshot = decode_checkpoint(data, self.inputs)
+        log.info("checkpoint loaded", topic=self.topic, partition=partition, offsets=offsets, bytes=len(data))
+        return offsets, snapshot, decode_tables(data)
+
+    def newest(self, partitions: list[int], timeout: float = 10.0) -> dict[int, bytes]:
+        """The newest checkpoint record of each of ``partitions`` that has one, read with one
+        consumer for all of them: a restart or rebalance restores every partition it gets at once,
+        and each read ends as soon as the last record arrived."""
+        if not partitions:
+            return {}
         consumer = Consumer(
             {
                 "bootstrap.servers": self.settings.kafka.bootstrap,
                 "group.id": f"{self.settings.kafka.app_id}-checkpoint-reader",
                 "enable.auto.commit": False,
                 "fetch.message.max.bytes": 64 * 1024 * 1024,
+                "fetch.wait.max.ms": 10,
             }
         )
         try:
-            tp = TopicPartition(self.topic, partition)
-            lo, hi = high_watermarks(consumer, [tp], timeout)[(self.topic, partition)]
-            if hi <= lo:
-                return None
-            consumer.assign([TopicPartition(self.topic, partition, max(lo, hi - 1))])
-            last = None
-            while True:
-                msgs = consumer.consume(100, 1.0)
-                if not msgs:
-                    break
-                for msg in msgs:
-                    if msg.error() is None:
-                        last = msg
-                if last is not None and last.offset() >= hi - 1:
-                    break
-            if last is None:
-                return None
-            offsets, snapshot = decode_checkpoint(last.value(), self.inputs)
-            log.info("checkpoint loaded", topic=self.topic, partition=partition, offsets=offsets, bytes=len(last.value()))
-            return offsets, snapshot, decode_tables(last.value())
+            marks = high_watermarks(consumer, [TopicPartition(self.topic, p) for p in partitions], timeout)
+            last_offset = {p: hi - 1 for (_, p), (lo, hi) in marks.items() if hi > lo}
+            if not last_offset:
+                return {}
+            consumer.assign([TopicPartition(self.topic, p, o) for p, o in last_offset.items()])
+            found: dict[int, bytes] = {}
+            waiting = set(last_offset)
+            deadline = time.monotonic() + timeout
+            while waiting and time.monotonic() < deadline:
+                msg = consumer.poll(0.1)
+                if msg is None or msg.error() is not None:
+                    continue
+                p = msg.partition()
+                found[p] = msg.value()
+                if msg.offset() >= last_offset[p]:
+                    waiting.discard(p)
+            if waiting:
+                log.error("newest checkpoints not read in time", topic=self.topic, partitions=sorted(waiting), timeout_s=timeout)
+            return found
         finally:
             consumer.close()

@@ -18,6 +18,7 @@ from rich.live import Live
 from rich.table import Table
 
 from streams.settings import PROJECT_ROOT, Settings, get_settings
+from streams.statefile import StateFileError
 
 app = typer.Typer(help="tickflow: crypto trades to candles, indicators and signals, event-sourced on Kafka.", no_args_is_help=True, add_completion=False)
 console = Console(stderr=True)
@@ -245,7 +246,10 @@ def ingest(
     if not settings.kafka.kafka_bootstrap:
         raise typer.BadParameter("KAFKA_BOOTSTRAP is not set: start `tickflow broker` and export it, or use `tickflow run`")
     ensure_topics(settings)
-    src = open_source(source, settings, symbols=_symbols(symbols), fmt=fmt, speed=speed, rate=rate, limit=limit, exchange=exchange)
+    try:
+        src = open_source(source, settings, symbols=_symbols(symbols), fmt=fmt, speed=speed, rate=rate, limit=limit, exchange=exchange)
+    except StateFileError as exc:
+        _state_file_failed(exc)
 
     seen: list[IngestStats] = []
 
@@ -269,7 +273,20 @@ def ingest(
         finally:
             producer.close()
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    except StateFileError as exc:
+        _state_file_failed(exc)
+
+
+def _state_file_failed(exc: Exception) -> None:
+    """A source could not save (or read) its position: stop, saying what the next start does."""
+    console.print(
+        f"[red]error:[/] {exc}\nstopped: every record read was delivered first; the next start resumes from the last saved position (records after it are delivered again)",
+        highlight=False,
+        soft_wrap=True,
+    )
+    raise typer.Exit(1) from None
 
 
 def _summary(status) -> Group:  # noqa: ANN001
@@ -382,6 +399,8 @@ def run(
     except (DrainStalled, SinkFailed) as exc:
         console.print(f"[red]{'not drained' if isinstance(exc, DrainStalled) else 'sink failed'}:[/] {exc}")
         raise typer.Exit(1) from exc
+    except StateFileError as exc:
+        _state_file_failed(exc)
     finally:
         if gateway is not None:
             gateway.terminate()

@@ -276,9 +276,10 @@ class AgentRunner:
     # -- partitions
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        for p in sorted({tp.partition for tp in partitions}):
-            if p not in self.parts:
-                self.parts[p] = self._load(p)
+        new = sorted({tp.partition for tp in partitions} - set(self.parts))
+        saved = self.checkpoints.newest(new)
+        for p in new:
+            self.parts[p] = self._load(p, saved.get(p))
         for tp in partitions:
             tp.offset = self.parts[tp.partition].offsets.get(tp.topic, OFFSET_BEGINNING)
         consumer.assign(partitions)
@@ -299,13 +300,15 @@ class AgentRunner:
         for tp in partitions:
             self.parts.pop(tp.partition, None)
 
-    def _load(self, partition: int) -> PartitionState:
+    def _load(self, partition: int, data: bytes | None) -> PartitionState:
+        """The partition's state from its newest checkpoint record ``data`` (None: none)."""
         logic = self.spec.logic(AgentContext(self.settings, partition, self.history))
-        try:
-            found = self.checkpoints.load(partition)
-        except (zlib.error, ValueError, KeyError) as exc:  # zlib's checksum caught a damaged record
-            self._log.error("checkpoint unreadable: rebuilding from the input", partition=partition, error=str(exc))
-            found = None
+        found = None
+        if data is not None:
+            try:
+                found = self.checkpoints.decode(partition, data)
+            except (zlib.error, ValueError, KeyError) as exc:  # zlib's checksum caught a damaged record
+                self._log.error("checkpoint unreadable: rebuilding from the input", partition=partition, error=str(exc))
         offsets: dict[str, int] = {}
         tables: TableOffsets = {}
         if found is not None:

@@ -34,7 +34,7 @@ from streams.topics import ensure_topics, isolated
 from tests.hostile import Stream, build, write_file
 from tests.kafka_util import read_topic
 from tests.test_candles_e2e import drop_database, env_for, fresh_database, tickflow
-from tests.test_determinism import dump_tables
+from tests.chaos.harness import dump_with
 from tests.test_runtime import produce_raw
 
 NOW = 1_800_000_000_000_000
@@ -131,7 +131,8 @@ def run_stream(settings: Settings, stream: Stream, work: Path) -> dict[str, byte
         run = tickflow("run", "--source", f"replay:{path}", "--format", "tardis", "--until-drained", "--quiet", env=env, timeout=900 + len(stream.lines) / 500)
         assert run.returncode == 0, run.stderr[-3000:]
         assert "Traceback" not in run.stderr, run.stderr[-3000:]
-        return dump_tables(env)
+        dump = dump_with(env, work / "dump")
+        return {name: t.path.read_bytes() for name, t in dump.tables.items() if name.split(".", 1)[1] in ("candles", "technical_metrics")}
     finally:
         drop_database(database)
 

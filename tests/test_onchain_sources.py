@@ -20,6 +20,7 @@ from streams.sources.base import BadInput, Record
 from streams.sources.bitcoind import BitcoindSource
 from streams.sources.bitcoind_replay import BitcoindReplaySource
 from streams.sources.coinmetrics import CoinMetricsSource
+from streams.statefile import read_state
 from tests.conftest import data_path
 from tests.fake_bitcoind import FakeBitcoind
 from tests.kafka_util import read_topic
@@ -94,7 +95,7 @@ def test_live_source_follows_resumes_and_handles_a_reorg(tmp_path: Path) -> None
         fake.extend("c")
         fork = [i.value for i in collect(live(fake, tmp_path))]
         assert [(b.height, b.hash) for b in fork] == [(50002, "b" * 64), (50003, "c" * 64)]
-        saved = dict(json.loads((tmp_path / "bitcoind-btc.json").read_text())["heights"])
+        saved = dict(read_state(tmp_path / "bitcoind-btc.json")["heights"])
         assert saved[50002] == "b" * 64 and saved[50003] == "c" * 64 and saved[50001] == first[1].hash
         # The metrics retract the replaced block and revise the day
         m = OnchainMetrics()

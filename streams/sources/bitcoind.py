@@ -32,6 +32,7 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt,
 
 from streams.sources.base import BadInput, Record, Source, SourceItem
 from streams.sources.bitcoin_json import BlockError, RpcError, parse_block, prevout_heights, spent_txids, unwrap
+from streams.statefile import read_state, write_state
 
 log = structlog.get_logger(__name__)
 
@@ -147,10 +148,8 @@ class BitcoindSource(Source):
 
     # saved position
     def _read_state(self) -> dict[int, str]:
-        if not self.state_path.exists():
-            return {}
-        doc = orjson.loads(self.state_path.read_bytes())
-        return {int(h): x for h, x in doc["heights"]}
+        doc = read_state(self.state_path)
+        return {} if doc is None else {int(h): x for h, x in doc["heights"]}
 
     def _delivered(self, height: int, block_hash: str) -> Callable[[], None]:
         def save() -> None:
@@ -159,10 +158,7 @@ class BitcoindSource(Source):
                 del self.saved[h]  # a reorg delivered a lower block: what was above it is gone
             for h in sorted(self.saved)[:-HEIGHTS_SAVED]:
                 del self.saved[h]
-            self.state_path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.state_path.with_suffix(".tmp")
-            tmp.write_bytes(orjson.dumps({"asset": self.asset, "heights": sorted(self.saved.items())}))
-            tmp.replace(self.state_path)
+            write_state(self.state_path, {"asset": self.asset, "heights": sorted(self.saved.items())})
 
         return save
 

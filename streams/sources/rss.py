@@ -11,18 +11,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import httpx
-import orjson
 import structlog
 
 from agents.sentiment import Scorer
 from streams.sources.base import BadInput, Source, SourceItem
 from streams.sources.news import parse_time_ms, scored
+from streams.statefile import StateFileError, read_state, write_state
 
 log = structlog.get_logger(__name__)
 ATOM = "{http://www.w3.org/2005/Atom}"
@@ -67,20 +66,16 @@ class RssState:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.feeds: dict[str, dict] = {}
-        if path.exists():
-            try:
-                self.feeds = orjson.loads(path.read_bytes())
-            except orjson.JSONDecodeError:
-                log.warning("rss state unreadable, starting afresh", path=str(path))
+        try:
+            self.feeds = read_state(path) or {}
+        except StateFileError as exc:
+            log.warning("rss state unreadable, starting afresh", path=str(path), error=str(exc))
 
     def feed(self, url: str) -> dict:
         return self.feeds.setdefault(url, {"etag": None, "last_modified": None, "seen": []})
 
     def save(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_bytes(orjson.dumps(self.feeds))
-        os.replace(tmp, self.path)
+        write_state(self.path, self.feeds)
 
 
 class RssSource(Source):

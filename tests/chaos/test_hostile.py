@@ -16,6 +16,7 @@ BAD_RECORDS = 10_000
 
 pytestmark = [
     pytest.mark.integration,
+    pytest.mark.chaos,
     pytest.mark.skipif(CHAOS_TRADES < 10 * BAD_RECORDS, reason=f"make chaos runs it (TICKFLOW_CHAOS_TRADES >= {10 * BAD_RECORDS:,}); make test runs tests/test_hostile.py"),
 ]
 
