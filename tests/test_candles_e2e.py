@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -29,7 +28,6 @@ from streams.producer import RecordProducer
 from streams.settings import Settings
 from streams.sources.formats import iter_trades
 from streams.sources.replay import ReplaySource
-from streams.topics import end_offsets
 from tests.conftest import REPO, data_path
 from tests.kafka_util import read_topic
 
@@ -211,46 +209,6 @@ def _ms(value: str) -> int:
     from datetime import datetime
 
     return int(datetime.fromisoformat(value).replace(tzinfo=__import__("datetime").UTC).timestamp() * 1000)
-
-
-def test_sigkill_mid_replay_then_restart_equals_uninterrupted_run_candles_and_indicators(xrp_ticks: Settings, tmp_path: Path) -> None:
-    db_a, db_b = fresh_database(), fresh_database()
-    try:
-        from streams.topics import ensure_topics, isolated
-
-        crashed = isolated(xrp_ticks, "b", keep=("topic_ticks",))  # the same trades, everything else its own
-        ensure_topics(crashed)
-        env_a = env_for(xrp_ticks, data_dir=tmp_path / "a", database=db_a)
-        env_b = env_for(crashed, data_dir=tmp_path / "b", database=db_b)
-
-        uninterrupted = tickflow("run", "--no-source", "--until-drained", "--quiet", env=env_a)
-        assert uninterrupted.returncode == 0, uninterrupted.stderr[-3000:]
-
-        proc = subprocess.Popen([sys.executable, "-m", "streams", "run", "--no-source", "--quiet"], env=env_b, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            emitted = sum(hi for _, _, hi in end_offsets(crashed).get(crashed.kafka.topic_candles, []))
-            if emitted >= 1500:
-                break
-            time.sleep(0.1)
-        assert proc.poll() is None, "worker ended before it could be killed"
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
-        assert emitted < 4800, "the kill came after the replay had finished"
-
-        restarted = tickflow("run", "--no-source", "--until-drained", "--quiet", env=env_b)
-        assert restarted.returncode == 0, restarted.stderr[-3000:]
-
-        assert pg_candles(db_b) == pg_candles(db_a)
-        assert ch_candles(env_b) == ch_candles(env_a)
-        assert len(pg_candles(db_a)) > 3560
-        # The indicator agent was killed mid-stream too: its rows equal the uninterrupted run's.
-        assert pg_indicators(db_b) == pg_indicators(db_a)
-        assert ch_indicators(env_b) == ch_indicators(env_a)
-        assert len(pg_indicators(db_a)) == len(pg_candles(db_a))
-    finally:
-        drop_database(db_a)
-        drop_database(db_b)
 
 
 def test_a_sink_that_cannot_open_its_store_fails_the_run_with_its_name(topics: Settings, tmp_path: Path) -> None:

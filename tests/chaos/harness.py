@@ -432,10 +432,10 @@ class Roles:
 
     @property
     def settings(self):  # noqa: ANN201 - streams.settings.Settings, imported late like the rest
-        from streams.settings import Settings
+        from streams.settings import GROUP_OF, Settings
 
         env = {**self.env, "KAFKA_BOOTSTRAP": self.bootstrap}
-        fields = {f: env[f.upper()] for f in Settings.model_fields if f.upper() in env}
+        fields = {f: env[f.upper()] for f in GROUP_OF if f.upper() in env}
         return Settings(**fields)
 
     def metrics(self, name: str) -> str:
