@@ -416,7 +416,7 @@ def sink(name: Annotated[str, typer.Argument(help="clickhouse | postgres | redis
     """
     import threading
 
-    from sinks.runner import SINKS, SinkRunner, open_sinks
+    from sinks.runner import SINKS, SinkRunner, StoppedWaiting, open_sinks
     from streams.producer import RecordProducer
     from streams.shutdown import stop_on_signals
 
@@ -428,7 +428,11 @@ def sink(name: Annotated[str, typer.Argument(help="clickhouse | postgres | redis
     settings = _setup(settings, f"sink-{name}", metrics_port)
     stop = threading.Event()
     stop_on_signals(stop.set)
-    chosen = open_sinks(settings, only=name)
+    try:
+        chosen = open_sinks(settings, only=name, stop=stop)
+    except StoppedWaiting:
+        console.print("stopped while waiting for the store")
+        return
     if not chosen:
         raise typer.BadParameter(f"sink {name!r} is not configured (clickhouse, postgres with DATABASE_URL, redis with REDIS_URL)")
     producer = RecordProducer(settings)

@@ -29,7 +29,7 @@ from agents.spec import CandleHistory
 from sinks.clickhouse import ClickHouseCandleHistory
 from sinks.postgres import PostgresCandleHistory
 from sinks.redis import LiveFanout
-from sinks.runner import SinkRunner, configured_sinks, open_sinks, sink_lag
+from sinks.runner import SinkRunner, StoppedWaiting, configured_sinks, open_sinks, sink_lag
 from streams.broker import EmbeddedBroker
 from streams.ingest import IngestStats, run_ingest
 from streams.observability import MetricsPortInUse, configure_logging, metrics_port, role_port_offset, serve_metrics
@@ -114,7 +114,10 @@ def _sink_process(settings: Settings, name: str, ready: EventT, parent: int, met
         # with every sink on two cores the latency p99 is 50-125 ms at nice 19, 85-159 at nice 10.
         os.nice(BATCH_SINK_NICENESS)
     threading.Thread(target=_exit_with_parent, args=(parent,), name="parent-watch", daemon=True).start()
-    (sink,) = open_sinks(settings, only=name)
+    try:
+        (sink,) = open_sinks(settings, only=name, stop=stop)
+    except StoppedWaiting:
+        return
     producer = RecordProducer(settings)
     runner = SinkRunner(sink, settings, dead_letter=producer.dead_letter_durably)
     ready.set()

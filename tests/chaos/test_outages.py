@@ -1,0 +1,211 @@
+"""Store outages: a sink whose store goes away keeps retrying with backoff, says so in its log and
+metrics, never exits and never skips a record; the gateway's rooms come back with Redis.
+
+Each test stops a PRIVATE server (``tests.chaos.stores``), never the machine's shared ones.
+Short by default (an outage of ``TICKFLOW_CHAOS_OUTAGE_S``, 2 s); ``make chaos`` sets 30 s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import orjson
+import psycopg
+import pytest
+import redis
+from prometheus_client import REGISTRY
+
+from schemas.models import DeadLetter
+from schemas.registry import RECORDS
+from sinks.migrations import migrate_postgres
+from sinks.postgres import PostgresSink
+from sinks.redis import RedisSink
+from sinks.runner import SinkRunner, StoppedWaiting, open_sinks
+from streams.gateway.protocol import parse_command
+from streams.gateway.rooms import channel_templates
+from streams.gateway.ws import Client, Hub
+from streams.settings import Settings
+from tests.chaos.stores import PrivatePostgres, PrivateRedis
+from tests.test_sink_runner import CANDLE, T0, candle, produce, sample, settings_for
+
+pytestmark = pytest.mark.integration
+
+OUTAGE_S = float(os.environ.get("TICKFLOW_CHAOS_OUTAGE_S", "2"))
+
+
+def metric(name: str, sink: str) -> float:
+    return REGISTRY.get_sample_value(name, {"sink": sink}) or 0.0
+
+
+def wait_for(check: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"{what} within {timeout}s"
+        time.sleep(0.1)
+
+
+@pytest.fixture(scope="module")
+def postgres() -> Iterator[PrivatePostgres]:
+    pg = PrivatePostgres().start()
+    try:
+        yield pg
+    finally:
+        pg.remove()
+
+
+@pytest.fixture
+def redis_server() -> Iterator[PrivateRedis]:
+    r = PrivateRedis().start()
+    try:
+        yield r
+    finally:
+        r.stop()
+
+
+class Running:
+    """A SinkRunner in a thread, as ``tickflow sink`` runs it."""
+
+    def __init__(self, runner: SinkRunner) -> None:
+        self.runner = runner
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=runner.run, args=(self.stop,), daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(30)
+        self.runner.close()
+
+
+def pg_counts(url: str) -> tuple[int, int]:
+    with psycopg.connect(url, connect_timeout=2) as conn:
+        trades = conn.execute("SELECT count(*) FROM trades WHERE exchange = 'binance'").fetchone()[0]
+        candles = conn.execute("SELECT count(*) FROM candles WHERE exchange = 'binance'").fetchone()[0]
+    return trades, candles
+
+
+def test_postgres_outage_sink_retries_reports_and_catches_up(topics: Settings, postgres: PrivatePostgres, capsys: pytest.CaptureFixture[str]) -> None:
+    settings = settings_for(topics).model_copy(update={"database_url": postgres.url, "sink_retry_max_s": 0.5})
+    migrate_postgres(postgres.url)
+    with psycopg.connect(postgres.url, autocommit=True) as conn:
+        conn.execute("TRUNCATE trades, candles")
+    items, n_trades, n_candles = sample(settings)
+    half = len(items) // 2
+    sink = PostgresSink(postgres.url, connect_timeout=1)
+    running = Running(SinkRunner(sink, settings, dead_letter=_no_letters, backoff_initial_s=0.05))
+    try:
+        produce(settings, items[:half])
+        wait_for(lambda: sum(pg_counts(postgres.url)) > 0, "first rows written")
+        retries = metric("tickflow_sink_retries_total", "postgres")
+        postgres.stop()
+        produce(settings, items[half:])  # arrives while the store is down
+        time.sleep(OUTAGE_S)
+        assert metric("tickflow_sink_store_up", "postgres") == 0
+        assert metric("tickflow_sink_retries_total", "postgres") > retries
+        assert running.thread.is_alive()
+        down_since = metric("tickflow_sink_last_write_timestamp_seconds", "postgres")
+        assert time.time() - down_since >= OUTAGE_S * 0.9  # the age of the last write shows the outage
+        postgres.start()
+        wait_for(lambda: pg_counts(postgres.url) == (n_trades, n_candles), "every row after the store came back")
+        assert metric("tickflow_sink_store_up", "postgres") == 1
+        wait_for(lambda: running.runner.lag() == 0, "lag caught up")
+    finally:
+        running.close()
+        sink.close()
+    logs = capsys.readouterr()
+    text = logs.out + logs.err
+    assert "sink write failed; retrying" in text and "store reachable again; catching up" in text
+
+
+def test_sink_started_during_postgres_outage_waits_for_it(topics: Settings, postgres: PrivatePostgres) -> None:
+    settings = topics.model_copy(update={"database_url": postgres.url, "redis_url": None, "sink_retry_max_s": 0.5})
+    postgres.stop()
+    stop = threading.Event()
+    opened: list[object] = []
+    t = threading.Thread(target=lambda: opened.extend(open_sinks(settings, only="postgres", stop=stop)), daemon=True)
+    try:
+        t.start()
+        time.sleep(1.5)
+        assert t.is_alive() and not opened  # waiting, not exited
+        assert metric("tickflow_sink_store_up", "postgres") == 0
+    finally:
+        postgres.start()
+    t.join(30)
+    assert len(opened) == 1 and metric("tickflow_sink_store_up", "postgres") == 1
+    opened[0].close()  # type: ignore[attr-defined]
+    postgres.stop()
+    with pytest.raises(StoppedWaiting):  # a stop request ends the wait
+        stop.set()
+        open_sinks(settings, only="postgres", stop=stop)
+    postgres.start()
+
+
+def test_redis_outage_sink_and_gateway_rooms_come_back(topics: Settings, redis_server: PrivateRedis) -> None:
+    """Redis restarted empty: the sink writes the batch it was retrying once Redis is back, the
+    gateway's hub subscribes its rooms again and forwards what is published from then on (pub/sub
+    keeps nothing for a subscriber that was away: messages of the outage reach no room)."""
+    settings = settings_for(topics).model_copy(update={"redis_url": redis_server.url, "sink_retry_max_s": 0.5, "redis_sink_batch_ms": 5})
+    received: list[dict] = []
+    channel = "candles:binance:BTCUSDT:1m"
+
+    def candles(minutes: range) -> list[tuple[str, bytes, bytes]]:
+        return [(settings.topic_candles, b"binance:BTCUSDT:1m", CANDLE.encode(candle("BTCUSDT", m).to_avro())) for m in minutes]
+
+    async def scenario() -> None:
+        hub = Hub(redis_server.url, channel_templates(RECORDS.values()))
+        await hub.start()
+        client = Client(None, asyncio.Queue(10_000))  # type: ignore[arg-type]  # frames are read from the queue
+        await hub._subscribe(client, parse_command(orjson.dumps({"op": "subscribe", "room": "candles:BTCUSDT:1m"})))  # noqa: SLF001
+        sink = RedisSink(redis_server.url)
+        running = Running(SinkRunner(sink, settings, dead_letter=_no_letters, backoff_initial_s=0.05))
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(None, produce, settings, candles(range(2)))
+            await _collect(client, received, {0, 1})
+            redis_server.stop()
+            await loop.run_in_executor(None, produce, settings, candles(range(2, 4)))
+            await asyncio.sleep(OUTAGE_S)
+            assert metric("tickflow_sink_store_up", "redis") == 0 and running.thread.is_alive()
+            redis_server.start()
+            await loop.run_in_executor(None, wait_for, lambda: metric("tickflow_sink_store_up", "redis") == 1, "the sink's retried batch written")
+            r = redis.Redis.from_url(redis_server.url)
+            probe = candle("BTCUSDT", 100)
+            while not any(m["data"]["open_time"] == probe.open_time for m in received):  # the hub is back when a publish reaches the room
+                r.publish(channel, orjson.dumps(probe))
+                await _collect(client, received, {100}, timeout=0.5, strict=False)
+            await loop.run_in_executor(None, produce, settings, candles(range(4, 6)))
+            await _collect(client, received, {4, 5})
+            await loop.run_in_executor(None, wait_for, lambda: running.runner.lag() == 0, "lag caught up")
+            snapshot = orjson.loads(r.get(f"latest:{channel}"))
+            assert snapshot["open_time"] == probe.open_time or snapshot["open_time"] == T0 + 5 * 60_000
+        finally:
+            await loop.run_in_executor(None, running.close)
+            sink.close()
+            await hub.close()
+
+    asyncio.run(scenario())
+
+
+async def _collect(client: Client, out: list[dict], minutes: set[int], timeout: float = 30.0, *, strict: bool = True) -> None:
+    """Read the room's frames into ``out`` until the candles of ``minutes`` are among them."""
+    want = {T0 + m * 60_000 for m in minutes}
+    deadline = time.monotonic() + timeout
+    while not want <= {m["data"]["open_time"] for m in out}:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            assert not strict, f"candles of minutes {sorted(minutes)} through the gateway's room within {timeout}s; got {len(out)} messages"
+            return
+        try:
+            frame = orjson.loads(await asyncio.wait_for(client.queue.get(), left))
+        except asyncio.TimeoutError:
+            continue
+        if frame.get("type") == "message":
+            out.append(frame)
+
+
+def _no_letters(letter: DeadLetter) -> None:
+    raise AssertionError(f"nothing is dead-lettered in an outage: {letter.reason}")
