@@ -29,7 +29,7 @@ from typing import Any
 import psycopg
 import structlog
 from clickhouse_connect.driver import exceptions as ch_errors
-from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, Consumer, ConsumerGroupTopicPartitions, IsolationLevel, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, TIMESTAMP_NOT_AVAILABLE, Consumer, ConsumerGroupTopicPartitions, IsolationLevel, KafkaError, KafkaException, Message, TopicPartition
 from confluent_kafka.admin import AdminClient, OffsetSpec
 from prometheus_client import Counter, Gauge, Histogram
 from psycopg_pool import PoolTimeout
@@ -45,6 +45,7 @@ from sinks.postgres import PostgresSink
 from sinks.query import QueryServer
 from sinks.redis import RedisSink
 from sinks.telemetry import BROKER_UP, LAST_WRITE, RETRIES, STORE_UP, Written, observe_written, set_partition_lag
+from streams.broker import BrokerIdentity
 from streams.observability import received_header
 from streams.settings import Settings
 
@@ -63,6 +64,7 @@ LAG = Gauge("tickflow_sink_lag", "Records in the sink's topics not yet committed
 
 
 LAG_EVERY_S = 10.0  # how often run() refreshes the lag gauge
+BROKER_CHECK_S = 2.0  # how often the broker's identity is checked (a restarted embedded broker lost its log)
 COMMIT_EVERY_S = 1.0  # longest written offsets wait for their commit while records keep coming
 _CONSUMER_ONLY = frozenset({"group.id", "enable.auto.commit", "auto.offset.reset", "session.timeout.ms", "fetch.wait.max.ms", "fetch.min.bytes"})
 STORE_FETCH_MIN_BYTES = 1_000_000
@@ -183,6 +185,8 @@ class SinkRunner:
         self._pending: list[_Record] = []
         self._to_commit: dict[tuple[str, int], int] = {}
         self._next_commit = 0.0
+        self._identity = BrokerIdentity(self._lag._admin, self._component)
+        self._next_identity = 0.0
         self._stop = threading.Event()
         self._closed = False
 
@@ -262,6 +266,10 @@ class SinkRunner:
 
     def _cycle(self) -> int:
         """Collect one batch, write and commit it; return the number of records consumed."""
+        if time.monotonic() >= self._next_identity:
+            self._next_identity = time.monotonic() + BROKER_CHECK_S
+            if (change := self._identity.check()) is not None:
+                self._broker_lost_log(*change)
         n = self._poll_batch()
         self._flush(commit=n == 0 or time.monotonic() >= self._next_commit)
         return n
@@ -306,6 +314,23 @@ class SinkRunner:
             return _Record(msg, SinkBatch.decoded(rt, self._codecs[msg.topic()].decode(msg.value())))
         except Exception as exc:  # any failure to read the bytes is the record's fault
             return _Record(msg, None, f"undecodable {rt.schema} record: {exc}")
+
+    def _broker_lost_log(self, old: str, new: str) -> None:
+        """The broker restarted without its log: positions and commits refer to records that are
+        gone, and the new log's records sit below them. Read every assigned partition again from
+        the new log's start (writes are idempotent); what the old log held beyond what was written
+        is lost with it."""
+        assigned = self._consumer.assignment()
+        self._log.error(
+            "broker restarted without its log: reading every partition again from the start of the new log",
+            old_cluster_id=old, new_cluster_id=new, unwritten_records_lost=len(self._pending), partitions=len(assigned),
+        )
+        self._pending, self._to_commit = [], {}
+        for tp in assigned:
+            try:
+                self._consumer.seek(TopicPartition(tp.topic, tp.partition, OFFSET_BEGINNING))
+            except KafkaException as exc:  # not fetching yet: it starts at the group's offset, none on a new broker, so the beginning
+                self._log.info("partition not seekable yet", partition=f"{tp.topic}[{tp.partition}]", error=str(exc))
 
     # -- write
 

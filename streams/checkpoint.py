@@ -81,6 +81,13 @@ class CheckpointStore:
             if last is None:
                 return None
             offsets, snapshot = decode_checkpoint(last.value(), self.inputs)
+            ends = high_watermarks(consumer, [TopicPartition(t, partition) for t in offsets], timeout)
+            beyond = {t: (o, ends[(t, partition)][1]) for t, o in offsets.items() if o > ends[(t, partition)][1]}
+            if beyond:
+                # The input log restarted below the checkpoint (a broker that lost its log, a topic
+                # recreated): its offsets name records that are gone. Rebuild from the input instead.
+                log.error("checkpoint refers to offsets beyond its input's end: ignored, state rebuilt from the input", topic=self.topic, partition=partition, offset_and_end=beyond)
+                return None
             log.info("checkpoint loaded", topic=self.topic, partition=partition, offsets=offsets, bytes=len(last.value()))
             return offsets, snapshot
         finally:

@@ -45,6 +45,9 @@ class RecordProducer:
             "queue.buffering.max.kbytes": 512_000,
             "delivery.timeout.ms": 120_000,
             "partitioner": "murmur2_random",
+            # Topics are created with their partition counts (streams.topics), never by a record:
+            # a broker that restarted empty would otherwise make them with its default count.
+            "allow.auto.create.topics": False,
         }
         conf.update(overrides)
         self._producer = Producer(conf)

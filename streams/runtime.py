@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
 from prometheus_client import Counter, Gauge, Histogram
 
 from agents.spec import AgentContext, AgentLogic, AgentSpec, CandleHistory, Emit, Inbound, Reject
@@ -42,6 +42,7 @@ from schemas.codec import AvroCodec, DecodeError, codec_for
 from schemas.models import DeadLetter
 from schemas.registry import RecordType, record_type, topic_of
 from schemas.wire import encoder_for
+from streams.broker import BrokerIdentity
 from streams.checkpoint import CheckpointStore, encode_checkpoint
 from streams.observability import RECEIVED_HEADER, received_header
 from streams.settings import Settings
@@ -71,6 +72,7 @@ INPUT_DELAY = Histogram(
 CONSUME_MAX = 2000  # records taken from librdkafka per call
 IDLE_WAIT_S = 0.1  # longest a consume call waits when no timer is due sooner
 LAG_EVERY_S = 1.0
+BROKER_CHECK_S = 2.0  # how often the broker's identity is checked (a restarted embedded broker lost its log)
 
 
 def _now_us() -> int:
@@ -200,6 +202,7 @@ class AgentRunner:
         next_checkpoint = time.monotonic() + checkpoint_s
         next_timer = 0.0
         next_lag = 0.0
+        identity, next_identity = BrokerIdentity(consumer, f"agent-{self.name}"), 0.0
         timer_s = self.spec.timer_s
         try:
             while not stop.is_set():
@@ -219,6 +222,10 @@ class AgentRunner:
                 if now >= next_lag:
                     self._update_lag()
                     next_lag = now + LAG_EVERY_S
+                if now >= next_identity:
+                    if (change := identity.check()) is not None:
+                        self._broker_lost_log(consumer, *change)
+                    next_identity = time.monotonic() + BROKER_CHECK_S
                 self.producer.poll(0)
             self._run_calls()
             self.write_checkpoints()
@@ -258,6 +265,23 @@ class AgentRunner:
         for p in mine:
             del self.parts[p]
         consumer.unassign()
+
+    def _broker_lost_log(self, consumer: Consumer, old: str, new: str) -> None:
+        """The broker restarted without its log: this agent's state was derived from records that
+        are gone and its next offsets point past the new log's records. Every partition starts
+        again, empty, from the new log's start, so that its state is again the fold of its input
+        log (and checkpoints written from now on refer to that log)."""
+        self._log.error(
+            "broker restarted without its log: every partition's state rebuilt from the start of the new log",
+            old_cluster_id=old, new_cluster_id=new, next_offsets_lost={p: dict(ps.offsets) for p, ps in self.parts.items()},
+        )
+        for p in list(self.parts):
+            self.parts[p] = PartitionState(self.spec.logic(AgentContext(self.settings, p, self.history)), {}, changed=True)
+            for topic in self.inputs:
+                try:
+                    consumer.seek(TopicPartition(topic, p, OFFSET_BEGINNING))
+                except KafkaException as exc:  # not fetching yet: it starts where _on_assign says, the beginning
+                    self._log.info("partition not seekable yet", partition=f"{topic}[{p}]", error=str(exc))
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         """Another member owns them now: what changed here since the last checkpoint is its to redo."""

@@ -209,3 +209,65 @@ async def _collect(client: Client, out: list[dict], minutes: set[int], timeout: 
 
 def _no_letters(letter: DeadLetter) -> None:
     raise AssertionError(f"nothing is dead-lettered in an outage: {letter.reason}")
+
+
+# -- the roles side by side (make chaos): a store down mid-replay, tables equal to a clean run's
+
+FULL = "TICKFLOW_CHAOS_TRADES" in os.environ  # make chaos; in make test the focused tests above cover the product's side
+
+
+@pytest.mark.skipif(not FULL, reason="roles side by side with a clean run to compare: make chaos (TICKFLOW_CHAOS_TRADES)")
+@pytest.mark.parametrize("store", ["postgres", "redis", "clickhouse"])
+def test_store_down_mid_replay_tables_equal_a_clean_run(store: str, postgres: PrivatePostgres, redis_server: PrivateRedis, tmp_path) -> None:  # noqa: ANN001
+    from tests.chaos import harness
+
+    replay = harness.replay_file()
+    clean = harness.clean_dump(replay, tmp_path / "clean")
+    database = f"chaos_{store}"
+    with psycopg.connect(postgres.url, autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
+        conn.execute(f"CREATE DATABASE {database}")
+    started = time.monotonic()
+    with harness.Roles(tmp_path / "run", postgres.url.rsplit("/", 1)[0] + f"/{database}", REDIS_URL=redis_server.url) as roles:
+        roles.start_all(replay)
+        sink = f"sink-{store}"
+        roles.wait_for(f"the {store} sink writing", lambda: f'tickflow_sink_last_write_timestamp_seconds{{sink="{store}"}}' in roles.metrics(sink))
+        if store == "postgres":
+            postgres.stop()
+        elif store == "redis":
+            redis_server.stop()
+        else:
+            roles.kill(sink)  # the owner of the embedded ClickHouse store
+            during = roles.tickflow("sql", "SELECT count() FROM trades")  # nobody owns the store: the query opens it
+            assert during.returncode == 0, during.stderr
+        time.sleep(OUTAGE_S)
+        if store == "postgres":
+            assert "tickflow_sink_store_up{sink=\"postgres\"} 0.0" in roles.metrics(sink)
+            postgres.start()
+        elif store == "redis":
+            assert "tickflow_sink_store_up{sink=\"redis\"} 0.0" in roles.metrics(sink)
+            redis_server.start()
+        else:
+            roles.start(sink)
+        roles.wait_settled()
+        assert all(roles.alive(name) for name in ("broker", "worker", *roles.sinks())), "every role survived the outage"
+        after = roles.tickflow("sql", "SELECT count() FROM trades")  # through the restarted owner
+        assert after.returncode == 0, after.stderr
+        if store != "clickhouse":
+            assert "store reachable again; catching up" in roles.log(sink, tail=10**7)
+        dump = roles.dump(tmp_path / "dump")
+    diff = harness.differences(clean, dump)
+    harness.record(f"store down: {store}", harness.CHAOS_TRADES, 0, dump, "equal" if not diff else "DIFFERENT", time.monotonic() - started)
+    assert not diff, "\n".join(diff)
+
+
+def test_broker_identity_tells_a_lost_log_from_a_reconnect() -> None:
+    """A durable broker keeps its cluster id across restarts: nothing to redo. The embedded one
+    takes a new id at each start, which every role reads as "the log is gone"."""
+    from streams.broker import BrokerIdentity
+
+    identity = BrokerIdentity(object(), "test")
+    before = REGISTRY.get_sample_value("tickflow_broker_log_lost_total", {"component": "test"}) or 0
+    assert identity.seen("a") is None and identity.seen(None) is None and identity.seen("a") is None
+    assert identity.seen("b") == ("a", "b")
+    assert REGISTRY.get_sample_value("tickflow_broker_log_lost_total", {"component": "test"}) == before + 1
