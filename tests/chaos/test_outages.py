@@ -271,3 +271,31 @@ def test_broker_identity_tells_a_lost_log_from_a_reconnect() -> None:
     assert identity.seen("a") is None and identity.seen(None) is None and identity.seen("a") is None
     assert identity.seen("b") == ("a", "b")
     assert REGISTRY.get_sample_value("tickflow_broker_log_lost_total", {"component": "test"}) == before + 1
+
+
+@pytest.mark.skipif(not FULL, reason="roles side by side with a clean run to compare: make chaos (TICKFLOW_CHAOS_TRADES)")
+def test_broker_restart_roles_reconnect_and_a_replay_again_gives_the_clean_tables(tmp_path) -> None:  # noqa: ANN001
+    """``tickflow broker`` restarted (its log was in memory): every role stays up, says what was lost,
+    and starts again from the new log; the replay ingested again ends in a clean run's tables."""
+    from tests.chaos import harness
+
+    replay = harness.replay_file()
+    clean = harness.clean_dump(replay, tmp_path / "clean")
+    started = time.monotonic()
+    with harness.fresh_database() as database, harness.Roles(tmp_path / "run", database, REDIS_URL="") as roles:
+        roles.start_all(replay)
+        roles.wait_for("the ClickHouse sink writing", lambda: 'tickflow_sink_last_write_timestamp_seconds{sink="clickhouse"}' in roles.metrics("sink-clickhouse"))
+        roles.stop("ingest")
+        roles.stop("broker")
+        time.sleep(OUTAGE_S)
+        roles.start("broker")
+        lost = "broker restarted without its log"
+        roles.wait_for("every role to see the lost log", lambda: all(lost in roles.log(n, tail=10**7) for n in ("worker", *roles.sinks())), timeout=60)
+        roles.start("ingest", "ingest", "--source", f"replay:{replay.path}")
+        roles.wait_settled()
+        assert all(roles.alive(name) for name in ("broker", "worker", *roles.sinks()))
+        assert "tickflow_broker_log_lost_total" in roles.metrics("worker")
+        dump = roles.dump(tmp_path / "dump")
+    diff = harness.differences(clean, dump)
+    harness.record("broker restart", harness.CHAOS_TRADES, 0, dump, "equal" if not diff else "DIFFERENT", time.monotonic() - started)
+    assert not diff, "\n".join(diff)
