@@ -16,6 +16,11 @@ from prometheus_client.registry import Collector
 TRADES_IN = Counter("tickflow_trades_in_total", "Trades accepted from sources", ["source"])
 BATCHES_OUT = Counter("tickflow_batches_produced_total", "TradeBatch records produced", ["topic"])
 RECORDS_IN = Counter("tickflow_source_records_total", "Records other than trades (on-chain rows, blocks, news items, Fear & Greed days) accepted from sources", ["source", "record"])
+PRODUCER_DISCARDED = Counter(
+    "tickflow_producer_records_discarded_total",
+    "Records a producer had not delivered when the broker restarted without its log: discarded (they were bound for the lost log)",
+    ["component"],
+)
 BROKER_LOST_LOG = Counter(
     "tickflow_broker_log_lost_total",
     "Times a component found the broker restarted without its log (a new cluster id: the embedded broker keeps memory only); "

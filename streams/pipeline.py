@@ -118,7 +118,7 @@ def _sink_process(settings: Settings, name: str, ready: EventT, parent: int, met
         (sink,) = open_sinks(settings, only=name, stop=stop)
     except StoppedWaiting:
         return
-    producer = RecordProducer(settings)
+    producer = RecordProducer(settings, component=f"sink-{name}")
     runner = SinkRunner(sink, settings, dead_letter=producer.dead_letter_durably)
     ready.set()
     try:
@@ -296,7 +296,7 @@ async def run_pipeline(
     for sig in STOP_SIGNALS:
         with contextlib.suppress(NotImplementedError, RuntimeError):  # not the main thread: the caller stops it
             loop.add_signal_handler(sig, requested, sig)
-    producer = RecordProducer(settings)
+    producer = RecordProducer(settings, component="worker")
     sink_processes = None
     if sinks_enabled:
         settings = reachable_services(settings, say)

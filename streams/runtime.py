@@ -42,9 +42,9 @@ from schemas.codec import AvroCodec, DecodeError, codec_for
 from schemas.models import DeadLetter
 from schemas.registry import RecordType, record_type, topic_of
 from schemas.wire import encoder_for
-from streams.broker import BrokerIdentity
 from streams.checkpoint import CheckpointStore, encode_checkpoint
-from streams.observability import RECEIVED_HEADER, received_header
+from streams.observability import BROKER_LOST_LOG, RECEIVED_HEADER, received_header
+from streams.producer import LogLost
 from streams.settings import Settings
 from streams.topics import state_topic
 
@@ -72,7 +72,6 @@ INPUT_DELAY = Histogram(
 CONSUME_MAX = 2000  # records taken from librdkafka per call
 IDLE_WAIT_S = 0.1  # longest a consume call waits when no timer is due sooner
 LAG_EVERY_S = 1.0
-BROKER_CHECK_S = 2.0  # how often the broker's identity is checked (a restarted embedded broker lost its log)
 
 
 def _now_us() -> int:
@@ -152,6 +151,7 @@ class AgentRunner:
         self.thread: threading.Thread | None = None
         self.error: BaseException | None = None
         self.assigned = threading.Event()  # set once partitions have been assigned and their state loaded
+        self._generation = 0  # the producer's generation this agent's state and outputs belong to
 
     @property
     def state_topic(self) -> str:
@@ -202,33 +202,37 @@ class AgentRunner:
         next_checkpoint = time.monotonic() + checkpoint_s
         next_timer = 0.0
         next_lag = 0.0
-        identity, next_identity = BrokerIdentity(consumer, f"agent-{self.name}"), 0.0
+        self._generation = self.producer.generation
         timer_s = self.spec.timer_s
         try:
             while not stop.is_set():
                 self._run_calls()
                 now = time.monotonic()
                 wait = IDLE_WAIT_S if timer_s is None else max(0.0, min(IDLE_WAIT_S, next_timer - now))
-                msgs = consumer.consume(CONSUME_MAX, wait)
-                if msgs:
-                    self._handle(msgs)
-                now = time.monotonic()
-                if timer_s is not None and (msgs or now >= next_timer):
-                    self._timers(now)
-                    next_timer = now + timer_s
-                if now >= next_checkpoint:
-                    self.write_checkpoints()
-                    next_checkpoint = time.monotonic() + checkpoint_s
+                try:
+                    msgs = consumer.consume(CONSUME_MAX, wait)  # a rebalance's checkpoint may find the log lost
+                    if self.producer.generation != self._generation:
+                        raise LogLost("the producer found the broker without its log")
+                    if msgs:
+                        self._handle(msgs)
+                    now = time.monotonic()
+                    if timer_s is not None and (msgs or now >= next_timer):
+                        self._timers(now)
+                        next_timer = now + timer_s
+                    if now >= next_checkpoint:
+                        self.write_checkpoints()
+                        next_checkpoint = time.monotonic() + checkpoint_s
+                except LogLost as lost:
+                    self._broker_lost_log(consumer, str(lost))
                 if now >= next_lag:
                     self._update_lag()
                     next_lag = now + LAG_EVERY_S
-                if now >= next_identity:
-                    if (change := identity.check()) is not None:
-                        self._broker_lost_log(consumer, *change)
-                    next_identity = time.monotonic() + BROKER_CHECK_S
                 self.producer.poll(0)
             self._run_calls()
-            self.write_checkpoints()
+            try:
+                self.write_checkpoints()
+            except LogLost as lost:  # nothing to keep: the next start rebuilds from the new log
+                self._log.error("checkpoints at stop discarded: the broker lost its log", error=str(lost))
         finally:
             self._consumer = None
             consumer.close()  # leaves the group: the partitions move to another worker at once
@@ -261,19 +265,25 @@ class AgentRunner:
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         mine = sorted({tp.partition for tp in partitions} & set(self.parts))
         if mine:
-            self.write_checkpoints(mine)
+            try:
+                self.write_checkpoints(mine)
+            except LogLost as lost:  # their next owner rebuilds them from the new log
+                self._log.error("checkpoints of revoked partitions discarded: the broker lost its log", partitions=mine, error=str(lost))
         for p in mine:
             del self.parts[p]
         consumer.unassign()
 
-    def _broker_lost_log(self, consumer: Consumer, old: str, new: str) -> None:
-        """The broker restarted without its log: this agent's state was derived from records that
-        are gone and its next offsets point past the new log's records. Every partition starts
-        again, empty, from the new log's start, so that its state is again the fold of its input
-        log (and checkpoints written from now on refer to that log)."""
+    def _broker_lost_log(self, consumer: Consumer, why: str) -> None:
+        """The broker restarted without its log (the producer found it and discarded the outputs it
+        had not delivered): this agent's state was derived from records that are gone and its next
+        offsets point past the new log's records. Every partition starts again, empty, from the new
+        log's start, so that its state is again the fold of its input log, its outputs are emitted
+        again, and checkpoints written from now on refer to that log."""
+        self._generation = self.producer.generation
+        BROKER_LOST_LOG.labels(f"agent-{self.name}").inc()
         self._log.error(
             "broker restarted without its log: every partition's state rebuilt from the start of the new log",
-            old_cluster_id=old, new_cluster_id=new, next_offsets_lost={p: dict(ps.offsets) for p, ps in self.parts.items()},
+            reason=why, next_offsets_lost={p: dict(ps.offsets) for p, ps in self.parts.items()},
         )
         for p in list(self.parts):
             self.parts[p] = PartitionState(self.spec.logic(AgentContext(self.settings, p, self.history)), {}, changed=True)
@@ -391,7 +401,7 @@ class AgentRunner:
                     if not self.live.to_topic:
                         counts[out.record] = counts.get(out.record, 0) + 1
                         continue
-                self.producer.produce(topic, out.key, encode(out.value), headers=headers)
+                self.producer.produce(topic, out.key, encode(out.value), headers=headers, expect=self._generation)
                 counts[out.record] = counts.get(out.record, 0) + 1
             else:
                 msg = None
@@ -463,12 +473,12 @@ class AgentRunner:
             ps = self.parts.get(p)
             if ps is None or not ps.changed or not ps.offsets:
                 continue
-            self.producer.produce(self.state_topic, str(p), encode_checkpoint(ps.offsets, ps.logic.snapshot()), partition=p)
+            self.producer.produce(self.state_topic, str(p), encode_checkpoint(ps.offsets, ps.logic.snapshot()), partition=p, expect=self._generation)
             ps.changed = False
             written.append(p)
         if not written:
             return 0
-        self.producer.flush()
+        self.producer.flush(expect=self._generation)
         CHECKPOINT_SECONDS.labels(self.name).observe(time.perf_counter() - started)
         consumer = self._consumer
         if consumer is not None:

@@ -64,6 +64,9 @@ class ReplaySource(Source):
         self.max_ms = max_ms
         self._stopped = False
 
+    def again(self) -> ReplaySource:
+        return ReplaySource(self.path, fmt=self.fmt, speed=self.speed, exchange=self.exchange, symbol=self.symbol, max_trades=self.max_trades, max_ms=self.max_ms)
+
     async def stream(self) -> AsyncIterator[SourceItem]:
         loop = asyncio.get_running_loop()
         batchers: dict[str, MicroBatcher] = {}

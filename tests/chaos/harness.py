@@ -325,9 +325,9 @@ class Roles:
             self.procs[name] = subprocess.Popen([sys.executable, "-m", "streams", *args], env=env, cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
         return self.procs[name]
 
-    def start_all(self, replay: Replay, *, workers: int = 1) -> None:
+    def start_all(self, replay: Replay, *, workers: int = 1, ingest_args: tuple[str, ...] = ()) -> None:
         """The README's side-by-side block with ``replay`` as the source: broker, workers, every
-        configured sink, then ingest."""
+        configured sink, then ingest (with ``ingest_args`` added, e.g. ``("--speed", "100x")``)."""
         from streams.broker import port_open
 
         self.start("broker")
@@ -336,7 +336,7 @@ class Roles:
             self.start("worker" if i == 0 else f"worker-{i + 1}")
         for name in self.sinks():
             self.start(name)
-        self.start("ingest", "ingest", "--source", f"replay:{replay.path}")
+        self.start("ingest", "ingest", "--source", f"replay:{replay.path}", *ingest_args)
 
     def sinks(self) -> list[str]:
         return ["sink-clickhouse", *(["sink-postgres"] if self.env.get("DATABASE_URL") else []), *(["sink-redis"] if self.env.get("REDIS_URL") else [])]

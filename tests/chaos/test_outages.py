@@ -275,29 +275,86 @@ def test_broker_identity_tells_a_lost_log_from_a_reconnect() -> None:
     assert REGISTRY.get_sample_value("tickflow_broker_log_lost_total", {"component": "test"}) == before + 1
 
 
+REPLAY_S = 30.0  # how long the broker-restart scenario's replay lasts: the broker restarts while ingest is sending
+
+
 @pytest.mark.skipif(not FULL, reason="roles side by side with a clean run to compare: make chaos (TICKFLOW_CHAOS_TRADES)")
-def test_broker_restart_roles_reconnect_and_a_replay_again_gives_the_clean_tables(tmp_path) -> None:  # noqa: ANN001
-    """``tickflow broker`` restarted (its log was in memory): every role stays up, says what was lost,
-    and starts again from the new log; the replay ingested again ends in a clean run's tables."""
+def test_broker_restart_roles_reconnect_and_the_replay_resumes_to_the_clean_tables(tmp_path) -> None:  # noqa: ANN001
+    """``tickflow broker`` restarted mid-replay (its log was in memory): no role exits, each says
+    what was lost, ingest sends its replay file again from the start by itself, and the stores end
+    equal to a clean run's."""
     from tests.chaos import harness
 
     replay = harness.replay_file()
     clean = harness.clean_dump(replay, tmp_path / "clean")
+    speed = max(replay.trades * harness.MEAN_GAP_US / 1e6 / REPLAY_S, 1.0)  # event time over wall time
     started = time.monotonic()
     with harness.fresh_database() as database, harness.Roles(tmp_path / "run", database, REDIS_URL="") as roles:
-        roles.start_all(replay)
+        roles.start_all(replay, ingest_args=("--speed", f"{speed:.0f}x"))
         roles.wait_for("the ClickHouse sink writing", lambda: 'tickflow_sink_last_write_timestamp_seconds{sink="clickhouse"}' in roles.metrics("sink-clickhouse"))
-        roles.stop("ingest")
+        assert roles.alive("ingest"), "ingest still sending when the broker stops"
         roles.stop("broker")
         time.sleep(OUTAGE_S)
         roles.start("broker")
         lost = "broker restarted without its log"
-        roles.wait_for("every role to see the lost log", lambda: all(lost in roles.log(n, tail=10**7) for n in ("worker", *roles.sinks())), timeout=60)
-        roles.start("ingest", "ingest", "--source", f"replay:{replay.path}")
+        roles.wait_for("every role to see the lost log", lambda: all(lost in roles.log(n, tail=10**7) for n in ("ingest", "worker", *roles.sinks())), timeout=60)
         roles.wait_settled()
+        assert "sending the source again from its start" in roles.log("ingest", tail=10**7)
         assert all(roles.alive(name) for name in ("broker", "worker", *roles.sinks()))
         assert "tickflow_broker_log_lost_total" in roles.metrics("worker")
         dump = roles.dump(tmp_path / "dump")
     diff = harness.differences(clean, dump)
     harness.record("broker restart", harness.CHAOS_TRADES, 0, dump, "equal" if not diff else "DIFFERENT", time.monotonic() - started)
     assert not diff, "\n".join(diff)
+
+
+def test_broker_restart_mid_replay_ingest_sends_the_file_again_and_the_new_log_holds_it_once(topics: Settings, tmp_path) -> None:  # noqa: ANN001
+    """The embedded broker restarted while ingest replays a file: the records queued for the lost
+    log are discarded (an idempotent producer could never deliver them: the new broker does not
+    know its producer id), none of them reaches the new log, and ingest sends the file again from
+    its start, so the new log holds every trade once, in file order per symbol."""
+    import asyncio
+
+    from schemas.codec import AvroCodec
+    from streams.broker import EmbeddedBroker, free_port
+    from streams.ingest import run_ingest
+    from streams.producer import RecordProducer
+    from streams.sources.replay import ReplaySource
+    from streams.topics import ensure_topics
+    from tests.chaos import harness
+    from tests.kafka_util import read_topic
+
+    replay = harness.write_replay(tmp_path / "trades.csv", 2000, symbols=("BTCUSDT", "ETHUSDT"))
+    broker = EmbeddedBroker(free_port()).start()
+    settings = topics.model_copy(update={"kafka_bootstrap": broker.bootstrap})
+    ensure_topics(settings)
+    producer = RecordProducer(settings, component="test-ingest")
+    discarded = REGISTRY.get_sample_value("tickflow_producer_records_discarded_total", {"component": "test-ingest"}) or 0.0
+    source = ReplaySource(replay.path, speed=replay.trades * harness.MEAN_GAP_US / 1e6 / 2.5)  # about 2.5 s
+
+    async def scenario() -> None:
+        ingest = asyncio.create_task(run_ingest(source, producer, settings))
+        await asyncio.sleep(1.0)
+        assert not ingest.done()
+        broker.stop()
+        await asyncio.sleep(0.5)  # records queue meanwhile
+        await asyncio.get_running_loop().run_in_executor(None, broker.start)
+        ensure_topics(settings)
+        stats = await asyncio.wait_for(ingest, 60)
+        assert stats.trades == replay.trades  # the last pass: the whole file
+
+    try:
+        asyncio.run(scenario())
+        producer.close()
+        codec = AvroCodec("tickflow.TradeBatch")
+        ids: dict[str, list[int]] = {}
+        for msg in read_topic(settings, settings.topic_ticks):
+            batch = codec.decode(msg.value())
+            ids.setdefault(batch["symbol"], []).extend(int(t["trade_id"]) for t in batch["trades"])
+    finally:
+        broker.stop()
+    assert producer.generation == 1
+    assert (REGISTRY.get_sample_value("tickflow_producer_records_discarded_total", {"component": "test-ingest"}) or 0.0) > discarded
+    assert sum(len(v) for v in ids.values()) == replay.trades, "every trade once in the new log"
+    for symbol, seen in ids.items():
+        assert seen == sorted(seen), f"{symbol}: file order"
