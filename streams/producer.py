@@ -134,9 +134,9 @@ class RecordProducer:
                 else:
                     fatal = None
             if fatal is not None:
-                self._fatal(fatal)
+                self._fatal(fatal, producer)
                 continue
-            producer.poll(0.05)
+            self._poll(producer, 0.05)
         counter = self._bytes_out.get(topic)
         if counter is None:
             counter = self._bytes_out[topic] = BYTES_OUT.labels(topic)
@@ -144,7 +144,7 @@ class RecordProducer:
         now = time.monotonic()
         if now - self._polled >= POLL_EVERY_S:
             self._polled = now
-            self._producer.poll(0)
+            self._poll(self._producer, 0)
 
     def dead_letter(self, letter: DeadLetter) -> None:
         """Send a rejected input to the dead-letter topic with its reason and original bytes."""
@@ -173,7 +173,13 @@ class RecordProducer:
         return True
 
     def poll(self, timeout: float = 0) -> None:
-        self._producer.poll(timeout)
+        self._poll(self._producer, timeout)
+
+    def _poll(self, producer: Producer, timeout: float) -> None:
+        try:
+            producer.poll(timeout)
+        except KafkaException as exc:
+            self._fatal(exc, producer)
 
     def check(self) -> None:
         """Raise the delivery errors reported so far, but those of records bound for a log the broker
@@ -191,10 +197,11 @@ class RecordProducer:
         start = self.generation if expect is None else expect
         deadline = time.monotonic() + timeout
         while True:
+            producer = self._producer
             try:
-                remaining = self._producer.flush(max(min(BROKER_CHECK_S, deadline - time.monotonic()), 0))
+                remaining = producer.flush(max(min(BROKER_CHECK_S, deadline - time.monotonic()), 0))
             except KafkaException as exc:
-                self._fatal(exc)
+                self._fatal(exc, producer)
                 remaining = 1
             if self.generation != start:
                 break
@@ -206,13 +213,13 @@ class RecordProducer:
         if remaining:
             raise DeliveryError(f"{remaining} records not delivered within {timeout}s")
 
-    def _fatal(self, exc: KafkaException) -> None:
-        """librdkafka's producer failed for good. An idempotent producer does when another client got
-        its producer id from a restarted broker (out-of-order sequence): check the broker at once; a
-        new log replaces the producer (the caller then sees the generation moved on), else re-raise."""
-        generation = self.generation
-        self.watch_once()
-        if self.generation == generation:
+    def _fatal(self, exc: KafkaException, failed: Producer) -> None:
+        """librdkafka's producer ``failed`` for good. An idempotent producer does when a restarted
+        broker refuses its producer id: unless it was replaced already, check the broker at once; a
+        new log replaces it (the caller then sees the generation moved on), else re-raise."""
+        if failed is self._producer:
+            self.watch_once()
+        if failed is self._producer:
             raise exc
 
     def broker_changed(self, old: str, new: str) -> None:

@@ -18,8 +18,9 @@ Stable API (other chaos scenarios import it):
   ``kill(name)`` (SIGKILL), ``stop(*names)`` (SIGTERM, expects exit 0), ``alive(name)``,
   ``log(name)``, ``progress()`` (records in the topics), ``wait_settled()`` (everything read,
   written and committed, every open window closed), ``dump(out_dir) -> Dump``, ``close()``.
-- :func:`clean_dump` ``(replay, workdir) -> Dump``: the reference, ``tickflow run --source
-  replay:FILE --until-drained`` into fresh stores, computed once per file and process.
+- :func:`clean_dump` ``(replay, workdir, speed="max") -> Dump``: the reference, ``tickflow run
+  --source replay:FILE --speed SPEED --until-drained`` into fresh stores, computed once per file,
+  speed and process.
 - :func:`differences` ``(clean, other) -> list[str]``: empty when every table holds the same rows
   in both; else which table, row counts and the first differing lines.
 - :func:`record` ``(scenario, trades, kills, dump, result, seconds)``: a line of ``make chaos``'s
@@ -263,21 +264,25 @@ def differences(clean: Dump, other: Dump, *, lines: int = 5) -> list[str]:
     return out
 
 
-_CLEAN: dict[Path, Dump] = {}
+_CLEAN: dict[tuple[Path, str], Dump] = {}
 
 
-def clean_dump(replay: Replay, workdir: Path) -> Dump:
+def clean_dump(replay: Replay, workdir: Path, *, speed: str = "max") -> Dump:
     """The reference: the README's one-command replay, ``tickflow run --source replay:FILE
-    --until-drained``, into fresh stores; computed once per replay file and process."""
-    if replay.path in _CLEAN:
-        return _CLEAN[replay.path]
+    --until-drained``, into fresh stores; computed once per replay file, speed and process. A
+    scenario that paces its replay compares with a clean run at the same ``speed``: a candle's
+    ``revision`` counts re-emissions, which are coalesced per batch the worker reads, and pacing
+    changes those batches (the values never depend on them)."""
+    key = (replay.path, speed)
+    if key in _CLEAN:
+        return _CLEAN[key]
     with fresh_database() as database:
         env = role_env(workdir, database, METRICS_PORT="0", REDIS_URL="")  # the reference is the analytic stores
-        done = tickflow("run", "--source", f"replay:{replay.path}", "--until-drained", "--quiet", env=env, timeout=3600)
+        done = tickflow("run", "--source", f"replay:{replay.path}", "--speed", speed, "--until-drained", "--quiet", env=env, timeout=3600)
         if done.returncode != 0:
             raise AssertionError(f"clean run failed:\n{done.stderr[-3000:]}")
-        _CLEAN[replay.path] = dump_with(env, workdir / "dump")
-    return _CLEAN[replay.path]
+        _CLEAN[key] = dump_with(env, workdir / "dump")
+    return _CLEAN[key]
 
 
 # -- the roles

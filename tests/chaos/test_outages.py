@@ -286,11 +286,11 @@ def test_broker_restart_roles_reconnect_and_the_replay_resumes_to_the_clean_tabl
     from tests.chaos import harness
 
     replay = harness.replay_file()
-    clean = harness.clean_dump(replay, tmp_path / "clean")
-    speed = max(replay.trades * harness.MEAN_GAP_US / 1e6 / REPLAY_S, 1.0)  # event time over wall time
+    speed = f"{max(replay.trades * harness.MEAN_GAP_US / 1e6 / REPLAY_S, 1.0):.0f}x"  # event time over wall time
+    clean = harness.clean_dump(replay, tmp_path / "clean", speed=speed)
     started = time.monotonic()
     with harness.fresh_database() as database, harness.Roles(tmp_path / "run", database, REDIS_URL="") as roles:
-        roles.start_all(replay, ingest_args=("--speed", f"{speed:.0f}x"))
+        roles.start_all(replay, ingest_args=("--speed", speed))
         roles.wait_for("the ClickHouse sink writing", lambda: 'tickflow_sink_last_write_timestamp_seconds{sink="clickhouse"}' in roles.metrics("sink-clickhouse"))
         assert roles.alive("ingest"), "ingest still sending when the broker stops"
         roles.stop("broker")
