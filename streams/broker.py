@@ -119,11 +119,12 @@ class EmbeddedBroker:
             return 0.0
         return float(pages * os.sysconf("SC_PAGE_SIZE"))
 
-    def stop(self) -> None:
+    def stop(self, grace_s: float = 5.0) -> None:
+        """SIGTERM, then SIGKILL after ``grace_s`` (0: at once, as a crash would)."""
         if self.proc and self.proc.poll() is None:
             self.proc.terminate()
             try:
-                self.proc.wait(5)
+                self.proc.wait(grace_s)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()

@@ -21,6 +21,7 @@ from typing import Any
 
 import structlog
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
+from confluent_kafka.admin import AdminClient
 
 from schemas.codec import codec_for
 from schemas.models import DeadLetter
@@ -76,7 +77,9 @@ class RecordProducer:
         self._lock = threading.Lock()  # a record goes to the current librdkafka producer, never to one being replaced
         self._watching = threading.Lock()
         self.generation = 0  # goes up each time the broker is found to have lost its log
-        self._identity = BrokerIdentity(None, component)
+        # The cluster id is read through a client of its own: a librdkafka producer that failed for
+        # good (its id refused by a restarted broker) answers no metadata request any more.
+        self._identity = BrokerIdentity(AdminClient({"bootstrap.servers": conf["bootstrap.servers"]}), component, timeout_s=BROKER_CHECK_S)
         self._discarded = PRODUCER_DISCARDED.labels(component)
         self._closed = threading.Event()
         threading.Thread(target=_watch, args=(weakref.ref(self), self._closed), name=f"{component}-broker-watch", daemon=True).start()
@@ -227,14 +230,17 @@ class RecordProducer:
         producer (the new broker does not know the old one's producer id)."""
         with self._lock:
             retired = self._producer
-            queued = len(retired) + len(self._errors)
-            self._errors, self._suspect = [], False  # reports of records bound for the lost log
-            retired.purge(in_queue=True, in_flight=True, blocking=False)
+            queued = len(retired)  # records, requests and reports not yet served (the counter counts the records)
+            errors, self._errors, self._suspect = self._errors, [], False  # reports of records bound for the lost log
+            try:
+                retired.purge(in_queue=True, in_flight=True, blocking=False)
+            except KafkaException as exc:  # failed for good already: it delivers nothing more anyway
+                log.info("replaced producer not purged", component=self.component, error=str(exc))
             self._producer = Producer(self._conf)
             self.generation += 1
         log.error(
             "broker restarted without its log: records not yet delivered discarded, producing to the new log",
-            component=self.component, old_cluster_id=old, new_cluster_id=new, records_discarded=queued,
+            component=self.component, old_cluster_id=old, new_cluster_id=new, queue_length=queued, delivery_errors_dropped=len(errors),
         )
         try:
             retired.poll(0)  # their delivery reports: counted as discarded; a flush still waiting on it returns
@@ -254,19 +260,21 @@ class RecordProducer:
     def watch_once(self) -> None:
         """One check of the broker's cluster id (the watcher thread's step)."""
         with self._watching:  # the watcher thread and a caller that met a fatal error
-            try:
-                current = self._producer.list_topics(timeout=BROKER_CHECK_S).cluster_id
-            except KafkaException:
-                return
-            if (change := self._identity.seen(current)) is not None:
+            if (change := self._identity.check()) is not None:
                 self.broker_changed(*change)
 
 
 def _watch(ref: weakref.ref[RecordProducer], closed: threading.Event) -> None:
-    """The watcher thread: holds its producer weakly, so an unclosed one is still collected."""
-    while not closed.wait(BROKER_CHECK_S):
+    """The watcher thread: holds its producer weakly, so an unclosed one is still collected. The first
+    check runs at once: the cluster id the producer's first records went to is the one to compare with."""
+    while True:
         producer = ref()
         if producer is None:
             return
-        producer.watch_once()
+        try:
+            producer.watch_once()
+        except Exception:  # noqa: BLE001 - the watch must outlive any one failed check
+            log.exception("broker check failed", component=producer.component)
         del producer
+        if closed.wait(BROKER_CHECK_S):
+            return

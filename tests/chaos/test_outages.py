@@ -330,14 +330,14 @@ def test_broker_restart_mid_replay_ingest_sends_the_file_again_and_the_new_log_h
     ensure_topics(settings)
     producer = RecordProducer(settings, component="test-ingest")
     discarded = REGISTRY.get_sample_value("tickflow_producer_records_discarded_total", {"component": "test-ingest"}) or 0.0
-    source = ReplaySource(replay.path, speed=replay.trades * harness.MEAN_GAP_US / 1e6 / 2.5)  # about 2.5 s
+    source = ReplaySource(replay.path, speed=replay.trades * harness.MEAN_GAP_US / 1e6 / 1.5)  # about 1.5 s
 
     async def scenario() -> None:
         ingest = asyncio.create_task(run_ingest(source, producer, settings))
-        await asyncio.sleep(1.0)
+        await asyncio.sleep(0.6)
         assert not ingest.done()
-        broker.stop()
-        await asyncio.sleep(0.5)  # records queue meanwhile
+        broker.stop(grace_s=0)  # blocks the loop: ingest waits, its queue keeps what it sent
+        await asyncio.sleep(0.3)  # records queue meanwhile
         await asyncio.get_running_loop().run_in_executor(None, broker.start)
         ensure_topics(settings)
         stats = await asyncio.wait_for(ingest, 60)
@@ -352,7 +352,7 @@ def test_broker_restart_mid_replay_ingest_sends_the_file_again_and_the_new_log_h
             batch = codec.decode(msg.value())
             ids.setdefault(batch["symbol"], []).extend(int(t["trade_id"]) for t in batch["trades"])
     finally:
-        broker.stop()
+        broker.stop(grace_s=0)
     assert producer.generation == 1
     assert (REGISTRY.get_sample_value("tickflow_producer_records_discarded_total", {"component": "test-ingest"}) or 0.0) > discarded
     assert sum(len(v) for v in ids.values()) == replay.trades, "every trade once in the new log"
