@@ -14,6 +14,7 @@ discarded records pass the generation they started from (``expect``) and get :cl
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 import weakref
@@ -39,7 +40,10 @@ BROKER_CHECK_S = 2.0  # how often the broker's cluster id is checked
 PURGED = (KafkaError._PURGE_QUEUE, KafkaError._PURGE_INFLIGHT)
 # Delivery errors that a broker without the producer's log gives (or a broker away for too long):
 # before raising them, check whether the broker lost its log.
-SUSPECT = (KafkaError.UNKNOWN_PRODUCER_ID, KafkaError.OUT_OF_ORDER_SEQUENCE_NUMBER, KafkaError._MSG_TIMED_OUT)
+SUSPECT = (
+    KafkaError.UNKNOWN_PRODUCER_ID, KafkaError.OUT_OF_ORDER_SEQUENCE_NUMBER, KafkaError.PRODUCER_FENCED,
+    KafkaError.INVALID_PRODUCER_EPOCH, KafkaError._MSG_TIMED_OUT,
+)
 
 
 class DeliveryError(RuntimeError):
@@ -74,6 +78,7 @@ class RecordProducer:
         conf.update(overrides)
         self._conf = conf
         self._producer = Producer(conf)
+        self._report = functools.partial(self._on_delivery, 0)  # the delivery callback of the current producer
         self._lock = threading.Lock()  # a record goes to the current librdkafka producer, never to one being replaced
         self._watching = threading.Lock()
         self.generation = 0  # goes up each time the broker is found to have lost its log
@@ -90,10 +95,11 @@ class RecordProducer:
         self._bytes_out: dict[str, Any] = {}  # BYTES_OUT children by topic: labels() on every record is costly
         self._polled = 0.0
 
-    def _on_delivery(self, err: KafkaError | None, msg: Message) -> None:
-        """One bound method for every record: a closure per record was a tenth of the worker's time."""
+    def _on_delivery(self, generation: int, err: KafkaError | None, msg: Message) -> None:
+        """One callable per librdkafka producer, for all its records: a closure per record was a tenth
+        of the worker's time. Reports of a replaced producer are of records bound for a lost log."""
         if err is not None:
-            if err.code() in PURGED:  # discarded on purpose: logged and counted by broker_changed
+            if err.code() in PURGED or generation != self.generation:  # discarded with the lost log (logged by broker_changed)
                 self._discarded.inc()
                 return
             self._errors.append(f"{msg.topic()}: {err}")
@@ -123,12 +129,12 @@ class RecordProducer:
             with self._lock:
                 if expect is not None and expect != self.generation:
                     raise LogLost(f"the broker lost its log (producer generation {expect} -> {self.generation})")
-                producer = self._producer
+                producer, report = self._producer, self._report
                 try:
                     if partition is None:
-                        producer.produce(topic, value, key, on_delivery=self._on_delivery, headers=headers)
+                        producer.produce(topic, value, key, on_delivery=report, headers=headers)
                     else:
-                        producer.produce(topic, value, key, partition, on_delivery=self._on_delivery, headers=headers)
+                        producer.produce(topic, value, key, partition, on_delivery=report, headers=headers)
                     break
                 except BufferError:  # local queue full: let deliveries drain
                     pass
@@ -238,6 +244,7 @@ class RecordProducer:
                 log.info("replaced producer not purged", component=self.component, error=str(exc))
             self._producer = Producer(self._conf)
             self.generation += 1
+            self._report = functools.partial(self._on_delivery, self.generation)
         log.error(
             "broker restarted without its log: records not yet delivered discarded, producing to the new log",
             component=self.component, old_cluster_id=old, new_cluster_id=new, queue_length=queued, delivery_errors_dropped=len(errors),
