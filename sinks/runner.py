@@ -28,10 +28,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
+import psycopg
 import structlog
-from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, Consumer, ConsumerGroupTopicPartitions, IsolationLevel, KafkaError, KafkaException, Message, TopicPartition
+from clickhouse_connect.driver import exceptions as ch_errors
+from confluent_kafka import OFFSET_BEGINNING, TIMESTAMP_NOT_AVAILABLE, Consumer, ConsumerGroupTopicPartitions, IsolationLevel, KafkaError, KafkaException, Message, TopicPartition
 from confluent_kafka.admin import AdminClient, OffsetSpec
 from prometheus_client import Counter, Gauge, Histogram
+from psycopg_pool import PoolTimeout
 from tenacity import RetryCallState, RetryError, Retrying, retry_if_exception, retry_if_exception_type, wait_exponential
 
 from schemas.codec import codec_for
@@ -44,7 +47,8 @@ from sinks.migrations import check_clickhouse, check_postgres, migrate_clickhous
 from sinks.postgres import PostgresSink
 from sinks.query import QueryServer
 from sinks.redis import RedisSink
-from sinks.telemetry import BROKER_UP, RETRIES, STORE_UP, Written, observe_written, set_partition_lag
+from sinks.telemetry import BROKER_UP, LAST_WRITE, RETRIES, STORE_UP, Written, observe_written, set_partition_lag
+from streams.broker import BrokerIdentity
 from streams.observability import received_header
 from streams.settings import Settings
 
@@ -63,6 +67,7 @@ LAG = Gauge("tickflow_sink_lag", "Records in the sink's topics not yet committed
 
 
 LAG_EVERY_S = 10.0  # how often run() refreshes the lag gauge
+BROKER_CHECK_S = 2.0  # how often the broker's identity is checked (a restarted embedded broker lost its log)
 COMMIT_EVERY_S = 1.0  # longest written offsets wait for their commit while records keep coming
 _CONSUMER_ONLY = frozenset({"group.id", "enable.auto.commit", "auto.offset.reset", "session.timeout.ms", "fetch.wait.max.ms", "fetch.min.bytes"})
 STORE_FETCH_MIN_BYTES = 1_000_000
@@ -150,14 +155,16 @@ class SinkRunner:
         dead_letter: Callable[[DeadLetter], None],
         group_id: str | None = None,
         backoff_initial_s: float = 0.5,
-        backoff_max_s: float = 30.0,
+        backoff_max_s: float | None = None,
         consumer_config: dict[str, Any] | None = None,
     ) -> None:
         self.sink = sink
         self.settings = settings
         self.group_id = group_id or sink_group_id(settings, sink.name)
         self._dead_letter = dead_letter
-        self._wait = wait_exponential(multiplier=backoff_initial_s, max=backoff_max_s)
+        self._wait = wait_exponential(multiplier=backoff_initial_s, max=settings.stores.sink_retry_max_s if backoff_max_s is None else backoff_max_s)
+        self._failing_since: float | None = None  # monotonic time of the first failed write of an outage
+        self._failed_attempts = 0
         self._component = f"sink-{sink.name}"
         self._log = log.bind(sink=sink.name)
         for kind in ERROR_KINDS:  # every series from the start: rate() and alerts see 0, not "no data"
@@ -184,6 +191,8 @@ class SinkRunner:
         self._pending: list[_Record] = []
         self._to_commit: dict[tuple[str, int], int] = {}
         self._next_commit = 0.0
+        self._identity = BrokerIdentity(self._lag._admin, self._component)
+        self._next_identity = 0.0
         self._stop = threading.Event()
         self._closed = False
 
@@ -263,6 +272,10 @@ class SinkRunner:
 
     def _cycle(self) -> int:
         """Collect one batch, write and commit it; return the number of records consumed."""
+        if time.monotonic() >= self._next_identity:
+            self._next_identity = time.monotonic() + BROKER_CHECK_S
+            if (change := self._identity.check()) is not None:
+                self._broker_lost_log(*change)
         n = self._poll_batch()
         self._flush(commit=n == 0 or time.monotonic() >= self._next_commit)
         return n
@@ -315,6 +328,23 @@ class SinkRunner:
             return _Record(msg, None, checked.problem, checked.rejected)
         return _Record(msg, SinkBatch.of_model(rt, checked.value), None, checked.rejected)
 
+    def _broker_lost_log(self, old: str, new: str) -> None:
+        """The broker restarted without its log: positions and commits refer to records that are
+        gone, and the new log's records sit below them. Read every assigned partition again from
+        the new log's start (writes are idempotent); what the old log held beyond what was written
+        is lost with it."""
+        assigned = self._consumer.assignment()
+        self._log.error(
+            "broker restarted without its log: reading every partition again from the start of the new log",
+            old_cluster_id=old, new_cluster_id=new, unwritten_records_lost=len(self._pending), partitions=len(assigned),
+        )
+        self._pending, self._to_commit = [], {}
+        for tp in assigned:
+            try:
+                self._consumer.seek(TopicPartition(tp.topic, tp.partition, OFFSET_BEGINNING))
+            except KafkaException as exc:  # not fetching yet: it starts at the group's offset, none on a new broker, so the beginning
+                self._log.info("partition not seekable yet", partition=f"{tp.topic}[{tp.partition}]", error=str(exc))
+
     # -- write
 
     def _flush(self, *, commit: bool = True) -> None:
@@ -359,6 +389,9 @@ class SinkRunner:
             ERRORS.labels(self.sink.name, "write").inc()
             RETRIES.labels(self.sink.name).inc()
             STORE_UP.labels(self.sink.name).set(0)
+            self._failed_attempts += 1
+            if self._failing_since is None:
+                self._failing_since = time.monotonic()
             exc = state.outcome.exception() if state.outcome else None
             first, last = records[0].msg, records[-1].msg
             self._log.warning(
@@ -379,10 +412,20 @@ class SinkRunner:
                     started = time.perf_counter()
                     self.sink.write(batch)
                     WRITE_SECONDS.labels(self.sink.name).observe(time.perf_counter() - started)
-            STORE_UP.labels(self.sink.name).set(1)
+            self._recovered()
             observe_written(self.sink.name, self._written(records), time.time_ns() // 1000)
         except RetryError as exc:
             raise _Stopped from exc
+
+    def _recovered(self) -> None:
+        """A write went through: the store is up; after an outage, say how long it lasted."""
+        STORE_UP.labels(self.sink.name).set(1)
+        LAST_WRITE.labels(self.sink.name).set(time.time())
+        if self._failing_since is not None:
+            self._log.warning(
+                "store reachable again; catching up", down_s=round(time.monotonic() - self._failing_since, 1), failed_attempts=self._failed_attempts
+            )
+            self._failing_since, self._failed_attempts = None, 0
 
     @staticmethod
     def _written(records: list[_Record]) -> list[Written]:
@@ -535,30 +578,76 @@ def configured_sinks(settings: Settings) -> list[str]:
     return ["clickhouse"] + (["postgres"] if settings.stores.database_url else []) + (["redis"] if settings.stores.redis_url else [])
 
 
-def open_sinks(settings: Settings, *, migrate: bool = True, only: str | None = None) -> list[Sink]:
+def open_sinks(settings: Settings, *, migrate: bool = True, only: str | None = None, stop: threading.Event | None = None) -> list[Sink]:
     """The configured sinks (or just ``only``), their stores migrated first and then checked to hold
-    every registry type's table (SchemaMismatch names what a missing migration left out)."""
+    every registry type's table (SchemaMismatch names what a missing migration left out).
+
+    With ``stop`` (a long-running sink), a store that cannot be reached yet is waited for, with
+    backoff and a log line per attempt, until it answers or ``stop`` is set (then
+    :class:`StoppedWaiting`): a sink started during a store outage waits for it like a running one,
+    rather than exiting. Without it (one-off commands) the error is raised at once.
+    """
     names = [n for n in configured_sinks(settings) if only is None or n == only]
     sinks: list[Sink] = []
     if "clickhouse" in names:
-        dsn = settings.stores.clickhouse_dsn
-        client = open_store(dsn)
-        # Embedded chdb is open in one process only: from now on this one answers `tickflow sql`.
-        server = QueryServer(dsn).start() if dsn.startswith("chdb://") else None
-        try:
-            if migrate:
-                migrate_clickhouse(client)
-                check_clickhouse(client)
-        except BaseException:
-            if server is not None:
-                server.close()
-            raise
-        sinks.append(ClickHouseSink(client, owns_client=True, query_server=server))
+        sinks.append(_when_reachable(settings, "clickhouse", stop, lambda: _open_clickhouse(settings, migrate)))
     if "postgres" in names:
-        if migrate:
-            migrate_postgres(settings.stores.database_url, **postgres_options(settings))  # type: ignore[arg-type]
-            check_postgres(settings.stores.database_url)  # type: ignore[arg-type]
-        sinks.append(PostgresSink(settings.stores.database_url))  # type: ignore[arg-type]
+        sinks.append(_when_reachable(settings, "postgres", stop, lambda: _open_postgres(settings, migrate)))
     if "redis" in names:
-        sinks.append(RedisSink(settings.stores.redis_url))  # type: ignore[arg-type]
+        sinks.append(RedisSink(settings.stores.redis_url))  # type: ignore[arg-type]  # connects on its first write
     return sinks
+
+
+UNREACHABLE = (psycopg.OperationalError, PoolTimeout, ch_errors.OperationalError)
+
+
+class StoppedWaiting(Exception):
+    """Stop was requested while a sink waited for its store to become reachable."""
+
+
+def _when_reachable(settings: Settings, name: str, stop: threading.Event | None, open_: Callable[[], Sink]) -> Sink:
+    if stop is None:
+        return open_()
+
+    def before_sleep(state: RetryCallState) -> None:
+        STORE_UP.labels(name).set(0)
+        exc = state.outcome.exception() if state.outcome else None
+        log.warning("store not reachable; waiting for it", sink=name, attempt=state.attempt_number, error=f"{type(exc).__name__}: {exc}")
+
+    retrying = Retrying(
+        retry=retry_if_exception_type(UNREACHABLE),
+        wait=wait_exponential(multiplier=0.5, max=settings.stores.sink_retry_max_s),
+        stop=lambda _state: stop.is_set(),
+        sleep=stop.wait,
+        before_sleep=before_sleep,
+    )
+    try:
+        sink = retrying(open_)
+    except RetryError as exc:
+        raise StoppedWaiting(f"stopped while waiting for the {name} store") from exc
+    STORE_UP.labels(name).set(1)
+    return sink
+
+
+def _open_clickhouse(settings: Settings, migrate: bool) -> ClickHouseSink:
+    dsn = settings.stores.clickhouse_dsn
+    client = open_store(dsn)
+    # Embedded chdb is open in one process only: from now on this one answers `tickflow sql`.
+    server = QueryServer(dsn).start() if dsn.startswith("chdb://") else None
+    try:
+        if migrate:
+            migrate_clickhouse(client)
+            check_clickhouse(client)
+    except BaseException:
+        if server is not None:
+            server.close()
+        client.close()
+        raise
+    return ClickHouseSink(client, owns_client=True, query_server=server)
+
+
+def _open_postgres(settings: Settings, migrate: bool) -> PostgresSink:
+    if migrate:
+        migrate_postgres(settings.stores.database_url, **postgres_options(settings))  # type: ignore[arg-type]
+        check_postgres(settings.stores.database_url)  # type: ignore[arg-type]
+    return PostgresSink(settings.stores.database_url)  # type: ignore[arg-type]

@@ -32,6 +32,11 @@ CONSUMER_LAG = Gauge(
 )
 STORE_UP = Gauge("tickflow_sink_store_up", "1 after the sink's last write succeeded, 0 while its writes fail", ["sink"])
 BROKER_UP = Gauge("tickflow_broker_reachable", "1 when the component's last request to the Kafka broker succeeded, else 0", ["component"])
+LAST_WRITE = Gauge(
+    "tickflow_sink_last_write_timestamp_seconds",
+    "Unix time of the sink's last successful write: time() minus it is how long the store has had nothing new (an outage, or no input)",
+    ["sink"],
+)
 RETRIES = Counter("tickflow_sink_retries_total", "Sink writes that failed and were retried (same batch, after a backoff)", ["sink"])
 
 

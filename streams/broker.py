@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from pathlib import Path
 
 import structlog
@@ -74,6 +75,7 @@ class EmbeddedBroker:
         self.port = port
         self.log_file = log_file
         self.proc: subprocess.Popen[bytes] | None = None
+        self.cluster_id: str | None = None
 
     @property
     def bootstrap(self) -> str:
@@ -83,9 +85,12 @@ class EmbeddedBroker:
         if port_open("127.0.0.1", self.port):
             raise RuntimeError(f"port {self.port} is taken: is a broker already running? set KAFKA_BOOTSTRAP to use it")
         url = f"tcp://127.0.0.1:{self.port}"
+        # A new cluster id per start: the log lives in this process's memory only, and clients tell
+        # a restarted broker (whose log is gone) from a reconnect by it (:class:`BrokerIdentity`).
+        self.cluster_id = f"tickflow-{uuid.uuid4().hex[:12]}"
         out = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL  # noqa: SIM115
         self.proc = subprocess.Popen(
-            [str(tansu_binary()), "broker", "--listener-url", url, "--advertised-listener-url", url, "--silent"],
+            [str(tansu_binary()), "broker", "--listener-url", url, "--advertised-listener-url", url, "--cluster-id", self.cluster_id, "--silent"],
             stdout=out,
             stderr=out,
             start_new_session=True,
@@ -114,11 +119,12 @@ class EmbeddedBroker:
             return 0.0
         return float(pages * os.sysconf("SC_PAGE_SIZE"))
 
-    def stop(self) -> None:
+    def stop(self, grace_s: float = 5.0) -> None:
+        """SIGTERM, then SIGKILL after ``grace_s`` (0: at once, as a crash would)."""
         if self.proc and self.proc.poll() is None:
             self.proc.terminate()
             try:
-                self.proc.wait(5)
+                self.proc.wait(grace_s)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
@@ -130,3 +136,40 @@ class EmbeddedBroker:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class BrokerIdentity:
+    """Tells a broker that lost its log from one that was only unreachable, by its cluster id.
+
+    A durable Kafka keeps its cluster id across restarts; the embedded broker takes a new one at
+    each start (its log was in memory). ``check`` asks for metadata through the caller's client
+    (anything with ``list_topics``) and returns (old, new) when the id changed since the last
+    answer, else None; an unanswered request changes nothing.
+    """
+
+    def __init__(self, client: object, component: str, *, timeout_s: float = 2.0) -> None:
+        self._client = client
+        self.component = component
+        self._timeout_s = timeout_s
+        self.cluster_id: str | None = None
+
+    def check(self) -> tuple[str, str] | None:
+        from confluent_kafka import KafkaException
+
+        try:
+            current = self._client.list_topics(timeout=self._timeout_s).cluster_id  # type: ignore[attr-defined]
+        except KafkaException:
+            return None
+        return self.seen(current)
+
+    def seen(self, current: str | None) -> tuple[str, str] | None:
+        """Record the cluster id ``current``; (old, new) when it differs from a previous one."""
+        if not current:
+            return None
+        old, self.cluster_id = self.cluster_id, current
+        if old is None or old == current:
+            return None
+        from streams.observability import BROKER_LOST_LOG
+
+        BROKER_LOST_LOG.labels(self.component).inc()
+        return old, current

@@ -18,7 +18,7 @@ from typing import Any
 
 import orjson
 import structlog
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from streams.topics import high_watermarks
 
@@ -76,6 +76,30 @@ class CheckpointStore:
         log.info("checkpoint loaded", topic=self.topic, partition=partition, offsets=offsets, bytes=len(data))
         return offsets, snapshot, decode_tables(data)
 
+    def _within_inputs(self, consumer: Consumer, found: dict[int, bytes], timeout: float) -> dict[int, bytes]:
+        """``found`` without the checkpoints whose offsets lie beyond their input's end: the input log
+        restarted below them (a broker that lost its log, a topic recreated), so they name records
+        that are gone; those partitions rebuild from the input instead. A damaged record is left for
+        the caller's decode to refuse."""
+        offsets: dict[int, dict[str, int]] = {}
+        for p, data in found.items():
+            try:
+                offsets[p] = decode_checkpoint(data, self.inputs)[0]
+            except (zlib.error, ValueError, KeyError):
+                continue
+        tps = [TopicPartition(t, p) for p, saved in offsets.items() for t in saved]
+        try:
+            ends = high_watermarks(consumer, tps, timeout) if tps else {}
+        except KafkaException as exc:  # an input topic gone or not there yet: nothing to compare with
+            log.warning("input ends of the checkpoints unknown", topic=self.topic, error=str(exc))
+            return found
+        for p, saved in offsets.items():
+            beyond = {t: (o, ends[(t, p)][1]) for t, o in saved.items() if (t, p) in ends and o > ends[(t, p)][1]}
+            if beyond:
+                log.error("checkpoint refers to offsets beyond its input's end: ignored, state rebuilt from the input", topic=self.topic, partition=p, offset_and_end=beyond)
+                del found[p]
+        return found
+
     def newest(self, partitions: list[int], timeout: float = 10.0) -> dict[int, bytes]:
         """The newest checkpoint record of each of ``partitions`` that has one, read with one
         consumer for all of them: a restart or rebalance restores every partition it gets at once,
@@ -110,6 +134,6 @@ class CheckpointStore:
                     waiting.discard(p)
             if waiting:
                 log.error("newest checkpoints not read in time", topic=self.topic, partitions=sorted(waiting), timeout_s=timeout)
-            return found
+            return self._within_inputs(consumer, found, timeout)
         finally:
             consumer.close()

@@ -197,7 +197,7 @@ def broker(
 
     from streams.broker import EmbeddedBroker
     from streams.shutdown import stop_on_signals
-    from streams.topics import ensure_topics
+    from streams.topics import ensure_topics, recreate_miscounted
 
     settings = _setup(get_settings(), "broker", metrics_port)
     stop = threading.Event()
@@ -210,7 +210,11 @@ def broker(
         console.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
     try:
-        ensure_topics(settings.updated(kafka_bootstrap=b.bootstrap))
+        local = settings.updated(kafka_bootstrap=b.bootstrap)
+        ensure_topics(local)
+        for _ in range(3):  # a client that reconnected at once may have made a topic with Tansu's default count
+            if not recreate_miscounted(local):
+                break
         console.print(f"broker on {b.bootstrap}: export KAFKA_BOOTSTRAP={b.bootstrap}; Ctrl-C or SIGTERM stops it", highlight=False, soft_wrap=True)
         while not stop.wait(0.5):
             if b.proc is None or b.proc.poll() is not None:
@@ -259,7 +263,7 @@ def ingest(
         console.print(f"[bold]{s.trades:,}[/] trades  {s.rate:,.0f} trades/s  {s.batches:,} batches{records}  {s.rejected:,} errors", highlight=False)
 
     async def main() -> None:
-        producer = RecordProducer(settings)
+        producer = RecordProducer(settings, component="ingest")
         task = asyncio.create_task(run_ingest(src, producer, settings, source_name=source.partition(":")[0], on_progress=progress))
         loop = asyncio.get_running_loop()
         for sig in STOP_SIGNALS:
@@ -441,7 +445,7 @@ def sink(name: Annotated[str, typer.Argument(help="clickhouse | postgres | redis
     """
     import threading
 
-    from sinks.runner import SINKS, SinkRunner, open_sinks, yield_cores
+    from sinks.runner import SINKS, SinkRunner, StoppedWaiting, open_sinks, yield_cores
     from streams.producer import RecordProducer
     from streams.shutdown import stop_on_signals
 
@@ -454,10 +458,14 @@ def sink(name: Annotated[str, typer.Argument(help="clickhouse | postgres | redis
     stop = threading.Event()
     stop_on_signals(stop.set)
     yield_cores(name)
-    chosen = open_sinks(settings, only=name)
+    try:
+        chosen = open_sinks(settings, only=name, stop=stop)
+    except StoppedWaiting:
+        console.print("stopped while waiting for the store")
+        return
     if not chosen:
         raise typer.BadParameter(f"sink {name!r} is not configured (clickhouse, postgres with DATABASE_URL, redis with REDIS_URL)")
-    producer = RecordProducer(settings)
+    producer = RecordProducer(settings, component=f"sink-{name}")
     runner = SinkRunner(chosen[0], settings, dead_letter=producer.dead_letter_durably)
     try:
         runner.run(stop)

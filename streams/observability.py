@@ -18,6 +18,17 @@ from schemas.validation import reason_code
 TRADES_IN = Counter("tickflow_trades_in_total", "Trades accepted from sources", ["source"])
 BATCHES_OUT = Counter("tickflow_batches_produced_total", "TradeBatch records produced", ["topic"])
 RECORDS_IN = Counter("tickflow_source_records_total", "Records other than trades (on-chain rows, blocks, news items, Fear & Greed days) accepted from sources", ["source", "record"])
+PRODUCER_DISCARDED = Counter(
+    "tickflow_producer_records_discarded_total",
+    "Records a producer had not delivered when the broker restarted without its log: discarded (they were bound for the lost log)",
+    ["component"],
+)
+BROKER_LOST_LOG = Counter(
+    "tickflow_broker_log_lost_total",
+    "Times a component found the broker restarted without its log (a new cluster id: the embedded broker keeps memory only); "
+    "it then reads its inputs again from the new log's start",
+    ["component"],
+)
 BYTES_OUT = Counter("tickflow_bytes_produced_total", "Bytes produced", ["topic"])
 DLQ_RECORDS = Counter(
     "tickflow_dlq_records_total", "Records sent to the dead-letter topic, by component and reason class (dead_letter_class)", ["component", "reason"]

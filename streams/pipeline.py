@@ -29,7 +29,7 @@ from agents.spec import CandleHistory
 from sinks.clickhouse import ClickHouseCandleHistory
 from sinks.postgres import PostgresCandleHistory
 from sinks.redis import LiveFanout
-from sinks.runner import SinkRunner, configured_sinks, open_sinks, sink_lag, yield_cores
+from sinks.runner import SinkRunner, StoppedWaiting, configured_sinks, open_sinks, sink_lag, yield_cores
 from streams.broker import EmbeddedBroker
 from streams.ingest import IngestStats, run_ingest
 from streams.observability import MetricsPortInUse, configure_logging, metrics_port, role_port_offset, serve_metrics
@@ -90,7 +90,7 @@ class SinkFailed(RuntimeError):
     """A sink process ended on its own: its store could not be opened or migrated, or it crashed."""
 
 
-def _sink_process(settings: Settings, name: str, ready: EventT, parent: int, metrics_port: int) -> None:
+def _sink_process(settings: Settings, name: str, ready: EventT, parent: int, metrics_port: int, wait_for_store: bool) -> None:
     """Entry of one sink's process: open and migrate its store, then consume until SIGTERM (from the
     parent's ``close`` or anyone else); its last batch is then written and committed."""
     configure_logging(settings.ops.log_level, settings.ops.log_format)
@@ -106,8 +106,13 @@ def _sink_process(settings: Settings, name: str, ready: EventT, parent: int, met
         log.info("sink metrics", sink=name, url=url)
     yield_cores(name)
     threading.Thread(target=_exit_with_parent, args=(parent,), name="parent-watch", daemon=True).start()
-    (sink,) = open_sinks(settings, only=name)
-    producer = RecordProducer(settings)
+    try:
+        # A long run waits for a store that is down, as `tickflow sink` does; a run --until-drained
+        # is a one-off job, which fails at once with the store's name.
+        (sink,) = open_sinks(settings, only=name, stop=stop if wait_for_store else None)
+    except StoppedWaiting:
+        return
+    producer = RecordProducer(settings, component=f"sink-{name}")
     runner = SinkRunner(sink, settings, dead_letter=producer.dead_letter_durably)
     ready.set()
     try:
@@ -139,7 +144,7 @@ class SinkProcesses:
     ``METRICS_PORT`` shifts the main process from 9108.
     """
 
-    def __init__(self, settings: Settings, names: list[str]) -> None:
+    def __init__(self, settings: Settings, names: list[str], *, wait_for_stores: bool = True) -> None:
         ctx = multiprocessing.get_context("spawn")
         self._closing = False
         self.procs: dict[str, BaseProcess] = {}
@@ -148,7 +153,7 @@ class SinkProcesses:
         for name in names:
             ready = ctx.Event()
             port = base + role_port_offset(f"sink-{name}") if base else 0
-            proc = ctx.Process(target=_sink_process, args=(settings, name, ready, os.getpid(), port), name=f"tickflow-sink-{name}", daemon=True)
+            proc = ctx.Process(target=_sink_process, args=(settings, name, ready, os.getpid(), port, wait_for_stores), name=f"tickflow-sink-{name}", daemon=True)
             proc.start()
             self.procs[name] = proc
             self._ready[name] = ready
@@ -285,11 +290,11 @@ async def run_pipeline(
     for sig in STOP_SIGNALS:
         with contextlib.suppress(NotImplementedError, RuntimeError):  # not the main thread: the caller stops it
             loop.add_signal_handler(sig, requested, sig)
-    producer = RecordProducer(settings)
+    producer = RecordProducer(settings, component="worker")
     sink_processes = None
     if sinks_enabled:
         settings = reachable_services(settings, say)
-        sink_processes = SinkProcesses(settings, configured_sinks(settings))
+        sink_processes = SinkProcesses(settings, configured_sinks(settings), wait_for_stores=not until_drained)
         status.sinks = sink_processes
         stopping = threading.Event()
         waiting = asyncio.create_task(stop.wait())

@@ -42,7 +42,7 @@ from typing import Any
 
 import orjson
 import structlog
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
 from prometheus_client import Counter, Gauge, Histogram
 
 from agents.spec import AgentContext, AgentLogic, AgentSpec, CandleHistory, Emit, Inbound, Reject
@@ -52,7 +52,8 @@ from schemas.registry import RecordType, record_type, topic_of
 from schemas.validation import Reason, reason
 from schemas.wire import encoder_for
 from streams.checkpoint import CheckpointStore, TableOffsets, encode_checkpoint
-from streams.observability import RECEIVED_HEADER, received_header
+from streams.observability import BROKER_LOST_LOG, RECEIVED_HEADER, received_header
+from streams.producer import LogLost
 from streams.settings import Settings
 from streams.topics import high_watermarks, state_topic
 
@@ -168,6 +169,7 @@ class AgentRunner:
         self.thread: threading.Thread | None = None
         self.error: BaseException | None = None
         self.assigned = threading.Event()  # set once partitions have been assigned and their state loaded
+        self._generation = 0  # the producer's generation this agent's state and outputs belong to
 
     @property
     def state_topic(self) -> str:
@@ -230,29 +232,38 @@ class AgentRunner:
         next_checkpoint = time.monotonic() + checkpoint_s
         next_timer = 0.0
         next_lag = 0.0
+        self._generation = self.producer.generation
         timer_s = self.spec.timer_s
         try:
             while not stop.is_set():
                 self._run_calls()
                 now = time.monotonic()
                 wait = IDLE_WAIT_S if timer_s is None else max(0.0, min(IDLE_WAIT_S, next_timer - now))
-                tables = self._poll_tables()
-                msgs = consumer.consume(CONSUME_MAX, 0.0 if tables else wait)
-                if msgs:
-                    self._handle(msgs)
-                now = time.monotonic()
-                if timer_s is not None and (msgs or now >= next_timer):
-                    self._timers(now)
-                    next_timer = now + timer_s
-                if now >= next_checkpoint:
-                    self.write_checkpoints()
-                    next_checkpoint = time.monotonic() + checkpoint_s
+                try:
+                    tables = self._poll_tables()
+                    msgs = consumer.consume(CONSUME_MAX, 0.0 if tables else wait)  # a rebalance's checkpoint may find the log lost
+                    if self.producer.generation != self._generation:
+                        raise LogLost("the producer found the broker without its log")
+                    if msgs:
+                        self._handle(msgs)
+                    now = time.monotonic()
+                    if timer_s is not None and (msgs or now >= next_timer):
+                        self._timers(now)
+                        next_timer = now + timer_s
+                    if now >= next_checkpoint:
+                        self.write_checkpoints()
+                        next_checkpoint = time.monotonic() + checkpoint_s
+                except LogLost as lost:
+                    self._broker_lost_log(consumer, str(lost))
                 if now >= next_lag:
                     self._update_lag()
                     next_lag = now + LAG_EVERY_S
                 self.producer.poll(0)
             self._run_calls()
-            self.write_checkpoints()
+            try:
+                self.write_checkpoints()
+            except LogLost as lost:  # nothing to keep: the next start rebuilds from the new log
+                self._log.error("checkpoints at stop discarded: the broker lost its log", error=str(lost))
         finally:
             self._consumer = None
             consumer.close()  # leaves the group: the partitions move to another worker at once
@@ -290,10 +301,34 @@ class AgentRunner:
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         mine = sorted({tp.partition for tp in partitions} & set(self.parts))
         if mine:
-            self.write_checkpoints(mine)
+            try:
+                self.write_checkpoints(mine)
+            except LogLost as lost:  # their next owner rebuilds them from the new log
+                self._log.error("checkpoints of revoked partitions discarded: the broker lost its log", partitions=mine, error=str(lost))
         for p in mine:
             del self.parts[p]
         consumer.unassign()
+
+    def _broker_lost_log(self, consumer: Consumer, why: str) -> None:
+        """The broker restarted without its log (the producer found it and discarded the outputs it
+        had not delivered): this agent's state was derived from records that are gone and its next
+        offsets point past the new log's records. Every partition starts again, empty, from the new
+        log's start, so that its state is again the fold of its input log, its outputs are emitted
+        again, and checkpoints written from now on refer to that log."""
+        self._generation = self.producer.generation
+        BROKER_LOST_LOG.labels(f"agent-{self.name}").inc()
+        self._log.error(
+            "broker restarted without its log: every partition's state rebuilt from the start of the new log",
+            reason=why, next_offsets_lost={p: dict(ps.offsets) for p, ps in self.parts.items()},
+        )
+        for p in list(self.parts):
+            self.parts[p] = PartitionState(self.spec.logic(AgentContext(self.settings, p, self.history)), {}, changed=True)
+            for topic in self.inputs:
+                try:
+                    consumer.seek(TopicPartition(topic, p, OFFSET_BEGINNING))
+                except KafkaException as exc:  # not fetching yet: it starts where _on_assign says, the beginning
+                    self._log.info("partition not seekable yet", partition=f"{topic}[{p}]", error=str(exc))
+        self._assign_tables()  # the tables too: every logic reads them again from the new log's start
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         """Another member owns them now: what changed here since the last checkpoint is its to redo."""
@@ -493,7 +528,7 @@ class AgentRunner:
                     if not self.live.to_topic:
                         counts[out.record] = counts.get(out.record, 0) + 1
                         continue
-                self.producer.produce(topic, out.key, encode(out.value), headers=headers)
+                self.producer.produce(topic, out.key, encode(out.value), headers=headers, expect=self._generation)
                 counts[out.record] = counts.get(out.record, 0) + 1
             else:
                 msg = None
@@ -567,12 +602,12 @@ class AgentRunner:
             ps = self.parts.get(p)
             if ps is None or not ps.changed or not (ps.offsets or ps.tables):
                 continue
-            self.producer.produce(self.state_topic, str(p), encode_checkpoint(ps.offsets, ps.logic.snapshot(), ps.tables), partition=p)
+            self.producer.produce(self.state_topic, str(p), encode_checkpoint(ps.offsets, ps.logic.snapshot(), ps.tables), partition=p, expect=self._generation)
             ps.changed = False
             written.append(p)
         if not written:
             return 0
-        self.producer.flush()
+        self.producer.flush(expect=self._generation)
         CHECKPOINT_SECONDS.labels(self.name).observe(time.perf_counter() - started)
         consumer = self._consumer
         if consumer is not None:

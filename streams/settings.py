@@ -89,6 +89,7 @@ class StoreSettings(BaseSettings):
     sink_batch_size: int = Field(5000, description="Records per sink write")
     sink_batch_ms: int = Field(500, description="Longest a sink holds a partial batch")
     redis_sink_batch_ms: int = Field(5, description="The same for the Redis sink: realtime fan-out, so its batches stay short")
+    sink_retry_max_s: float = Field(5.0, description="Longest wait between two attempts of a sink to write to (or open) a store that is down")
 
     @property
     def clickhouse_dsn(self) -> str:

@@ -80,6 +80,25 @@ def ensure_topics(settings: Settings, timeout: float = 30.0) -> list[str]:
     return created
 
 
+def recreate_miscounted(settings: Settings, timeout: float = 30.0) -> list[str]:
+    """Delete and create again every topic whose partition count is not its spec's; return their names.
+
+    Only for a broker that has just started empty (``tickflow broker``): clients reconnecting to a
+    restarted Tansu within its first milliseconds can make a topic with its default of 4 partitions
+    before :func:`ensure_topics` runs, which would break co-partitioning; nothing in it is kept.
+    """
+    client = admin(settings)
+    counts = {name: len(meta.partitions) for name, meta in client.list_topics(timeout=timeout).topics.items()}
+    wrong = [s for s in topic_specs(settings) if s.name in counts and counts[s.name] != s.partitions]
+    if not wrong:
+        return []
+    log.warning("topics with the wrong partition count recreated", topics={s.name: f"{counts[s.name]} -> {s.partitions}" for s in wrong})
+    for fut in client.delete_topics([s.name for s in wrong], operation_timeout=timeout).values():
+        fut.result()
+    ensure_topics(settings, timeout)
+    return [s.name for s in wrong]
+
+
 def high_watermarks(consumer: Consumer, partitions: list[TopicPartition], timeout: float = 10.0) -> dict[tuple[str, int], tuple[int, int]]:
     """(low, high) per partition, read from fetch responses.
 

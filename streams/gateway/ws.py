@@ -233,15 +233,29 @@ class Hub:
             except (aioredis.ConnectionError, aioredis.TimeoutError, OSError) as exc:
                 WS_DROPPED.labels("redis_down").inc()
                 log.warning("redis pub/sub lost; reconnecting", error=str(exc), retry_in_s=backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
-                patterns = list(self._by_pattern)
-                with contextlib.suppress(Exception):
-                    await self._pubsub.aclose()
-                self._pubsub = self._redis.pubsub()  # type: ignore[union-attr]
-                if patterns:
-                    with contextlib.suppress(aioredis.RedisError, OSError):
-                        await self._pubsub.psubscribe(*patterns)
+                backoff = await self._resubscribe(backoff)
+
+    async def _resubscribe(self, backoff: float) -> float:
+        """A new pub/sub connection with every room's pattern, tried with backoff until Redis takes
+        it (a restarted Redis knows no subscriptions); returns the backoff reached."""
+        attempts = 0
+        while True:
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 5.0)
+            attempts += 1
+            patterns = list(self._by_pattern)
+            with contextlib.suppress(Exception):
+                await self._pubsub.aclose()  # type: ignore[union-attr]
+            self._pubsub = self._redis.pubsub()  # type: ignore[union-attr]
+            if not patterns:
+                return backoff
+            try:
+                await self._pubsub.psubscribe(*patterns)
+            except (aioredis.RedisError, OSError) as exc:
+                log.warning("redis still unreachable; rooms wait", error=str(exc), attempt=attempts, retry_in_s=backoff)
+                continue
+            log.warning("redis pub/sub back: rooms subscribed again (messages published meanwhile are not recoverable here)", patterns=len(patterns), attempts=attempts)
+            return backoff
 
     def dispatch(self, pattern: str, channel: str, data: bytes) -> None:
         rooms = self._by_pattern.get(pattern)

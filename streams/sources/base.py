@@ -54,6 +54,11 @@ class Source(abc.ABC):
     async def aclose(self) -> None:  # noqa: B027 - optional hook
         return None
 
+    def again(self) -> Source | None:
+        """The same input from its start, as a new source: what ingest sends again when the broker
+        restarted without its log. None (the default) for a live feed, which simply goes on."""
+        return None
+
 
 def now_us() -> int:
     return time.time_ns() // 1000

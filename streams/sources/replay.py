@@ -60,11 +60,15 @@ class ReplaySource(Source):
         if speed is not None and (not math.isfinite(speed) or speed <= 0):
             raise ValueError(f"replay speed must be positive and finite, got {speed!r}")
         self.speed = speed
+        self.exchange, self.symbol = exchange, symbol
         self.max_trades = max_trades
         self.max_ms = max_ms
         self._stopped = False
         # Opened now, so that a bad exchange or symbol argument is a ValueError here, not mid-run.
         self._items = iter_trades(self.path, self.fmt, exchange=exchange, symbol=symbol)
+
+    def again(self) -> ReplaySource:
+        return ReplaySource(self.path, fmt=self.fmt, speed=self.speed, exchange=self.exchange, symbol=self.symbol, max_trades=self.max_trades, max_ms=self.max_ms)
 
     async def stream(self) -> AsyncIterator[SourceItem]:
         loop = asyncio.get_running_loop()

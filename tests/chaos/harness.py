@@ -23,9 +23,10 @@ Stable API (other chaos scenarios import it):
   written and committed, every open window closed), ``dump(out_dir) -> Dump``, ``close()``.
 - :func:`replay_and_dump` ``(path, workdir, speed=) -> Dump``: ``tickflow run --source
   replay:PATH --until-drained`` into fresh stores, then their dumps.
-- :func:`clean_dump` ``(replay, workdir) -> Dump``: the reference, that run at ``NO_WAIT_SPEED``,
-  computed once per file and process. Ingest in a faulted run must be paced too (``start_all`` does it): paced and unpaced
-  replays cut trade batches differently, which numbers candle revisions differently.
+- :func:`clean_dump` ``(replay, workdir, speed=NO_WAIT_SPEED) -> Dump``: the reference, that run at
+  ``speed``, computed once per file, speed and process. Ingest in a faulted run must be paced as
+  the clean run it is compared with (``start_all`` does it for ``NO_WAIT_SPEED``): replays paced
+  differently cut trade batches differently, which numbers candle revisions differently.
 - :func:`differences` ``(clean, other) -> list[str]``: empty when every table holds the same rows
   in both; else which table, row counts and the first differing lines.
 - :func:`compare` ``(scenario, clean, roles, replay, kills=, started=)``: dump ``roles``' stores, add the
@@ -304,15 +305,18 @@ def replay_and_dump(path: Path, workdir: Path, *, speed: str | None = NO_WAIT_SP
         return dump_with(env, workdir / "dump")
 
 
-_CLEAN: dict[Path, Dump] = {}
+_CLEAN: dict[tuple[Path, str], Dump] = {}
 
 
-def clean_dump(replay: Replay, workdir: Path) -> Dump:
-    """The reference: the README's one-command replay at ``NO_WAIT_SPEED`` (:func:`replay_and_dump`),
-    computed once per replay file and process."""
-    if replay.path not in _CLEAN:
-        _CLEAN[replay.path] = replay_and_dump(replay.path, workdir)
-    return _CLEAN[replay.path]
+def clean_dump(replay: Replay, workdir: Path, *, speed: str = NO_WAIT_SPEED) -> Dump:
+    """The reference: the README's one-command replay at ``speed`` (:func:`replay_and_dump`),
+    computed once per replay file, speed and process. A scenario compares with a clean run at its
+    own ingest's speed: a candle's ``revision`` counts re-emissions, which are coalesced per batch
+    the worker reads, and pacing changes those batches (the values never depend on them)."""
+    key = (replay.path, speed)
+    if key not in _CLEAN:
+        _CLEAN[key] = replay_and_dump(replay.path, workdir, speed=speed)
+    return _CLEAN[key]
 
 
 # -- the roles
@@ -362,10 +366,10 @@ class Roles:
             )
         return self.procs[name]
 
-    def start_all(self, replay: Replay, *, workers: int = 1, ingest_s: float | None = None) -> None:
+    def start_all(self, replay: Replay, *, workers: int = 1, ingest_s: float | None = None, ingest_args: tuple[str, ...] = ()) -> None:
         """The README's side-by-side block with ``replay`` as the source: broker, workers, every
-        configured sink, then ingest (at full speed, or paced to last about ``ingest_s``), once
-        the workers have their partitions."""
+        configured sink, then ingest once the workers have their partitions: with ``ingest_args``
+        (e.g. ``("--speed", "100x")``), else paced to last about ``ingest_s`` or at ``NO_WAIT_SPEED``."""
         from streams.broker import port_open
 
         self.start("broker")
@@ -376,7 +380,7 @@ class Roles:
             self.start(name)
         self.wait_for("the workers' partitions", self.workers_timing)
         speed = replay.speed_for(ingest_s) if ingest_s else NO_WAIT_SPEED
-        self.start("ingest", "ingest", "--source", f"replay:{replay.path}", "--speed", speed)
+        self.start("ingest", "ingest", "--source", f"replay:{replay.path}", *(ingest_args or ("--speed", speed)))
 
     def sinks(self) -> list[str]:
         return ["sink-clickhouse", *(["sink-postgres"] if self.env.get("DATABASE_URL") else []), *(["sink-redis"] if self.env.get("REDIS_URL") else [])]
