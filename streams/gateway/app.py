@@ -36,7 +36,7 @@ from streams.gateway.cache import QueryCache
 from streams.gateway.query import DATASETS, QueryError, Request as QueryRequest, Source, Unavailable, build_sql, parse_request, render, rows_oldest_first, source_of
 from streams.gateway.rooms import channel_templates, template_fields
 from streams.gateway.store import MissingTable, Store, open_store
-from streams.gateway.ws import CLOSE_FLOOD, CLOSE_FORBIDDEN, CLOSE_UNAUTHORIZED, SERVER_SEND, Hub
+from streams.gateway.ws import CLOSE_FLOOD, CLOSE_FORBIDDEN, CLOSE_UNAUTHORIZED, SERVER_SEND, Hub, cancel_all
 from streams.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -156,11 +156,7 @@ class Gateway:
             self._tasks.append(asyncio.create_task(self._hot_loop(), name="gateway-hot"))
 
     async def close(self) -> None:
-        for t in self._tasks:
-            t.cancel()
-        for t in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
+        await cancel_all(self._tasks)
         await self.hub.close()
         if self.keys is not None:
             await self.keys.close()

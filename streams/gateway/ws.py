@@ -69,6 +69,15 @@ def _error(code: str, message: str, request_id: object = None, room: str | None 
     return text_frame(error_frame(code, message, request_id, room))
 
 
+async def cancel_all(tasks: list[asyncio.Task]) -> None:
+    """Cancel the background tasks and wait for each to end; what they raise on the way out is theirs."""
+    for t in tasks:
+        t.cancel()
+    for t in tasks:
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await t
+
+
 SERVER_SEND = "tickflow.server_send"  # scope key: the ASGI server's own send, kept before Starlette wraps it
 
 
@@ -197,11 +206,7 @@ class Hub:
         self._tasks.append(asyncio.create_task(self._housekeeping(), name="gateway-hub-housekeeping"))
 
     async def close(self) -> None:
-        for t in self._tasks:
-            t.cancel()
-        for t in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
+        await cancel_all(self._tasks)
         if self._pubsub is not None:
             await self._pubsub.aclose()
         if self._redis is not None:
